@@ -1,0 +1,86 @@
+"""The interface between the halting engine and one model family.
+
+An adapter tells the engine where a model keeps its decoder layers, final norm, rotary
+embedding and token embedding, how position ids become rotary ids, which prompt tokens are
+visual, and how a decoder layer splits into its attention and feed-forward sub-layers. The
+defaults here fit HF's pre-norm decoder layers (``input_layernorm``, ``self_attn``,
+``post_attention_layernorm``, ``mlp``: Llama, Qwen2, Qwen2-VL, Qwen3, ...); a family overrides
+only what differs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+class ModelAdapter:
+    """Maps one HF model family onto the engine's decoder-loop interface.
+
+    Subclasses set :attr:`model_types` (HF ``config.model_type`` values) and
+    :attr:`auto_class` (the ``transformers`` auto class that loads the family), and override
+    :attr:`text_model` where the language model is not ``model.model``.
+    """
+
+    model_types: ClassVar[tuple[str, ...]] = ()
+    auto_class: ClassVar[str] = "AutoModelForCausalLM"
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    @property
+    def text_model(self) -> nn.Module:
+        """The decoder stack whose ``forward`` the engine takes over (embeddings, layers, norm)."""
+        return self.model.model
+
+    @property
+    def text_config(self) -> Any:
+        """The language model's config (hidden size, heads, attention implementation)."""
+        return self.text_model.config
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.text_model.layers
+
+    @property
+    def final_norm(self) -> nn.Module:
+        return self.text_model.norm
+
+    @property
+    def attn_implementation(self) -> str:
+        return self.text_config._attn_implementation
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """``(batch, T)`` token ids to ``(batch, T, hidden)`` embeddings."""
+        return self.text_model.embed_tokens(input_ids)
+
+    def rope_position_ids(
+        self, position_ids: torch.Tensor | None, batch_size: int, seq_len: int, past_len: int, device: torch.device
+    ) -> torch.Tensor:
+        """Rotary position ids ``(..., batch, T)`` for the new tokens; the engine gathers on the last dim.
+
+        Default: 1-D positions, ``past_len + arange(T)`` where the caller gave none.
+        """
+        if position_ids is None:
+            position_ids = torch.arange(past_len, past_len + seq_len, device=device).expand(batch_size, -1)
+        return position_ids
+
+    def position_embeddings(self, hidden_states: torch.Tensor, rope_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(cos, sin)`` for ``rope_ids`` as the decoder layers expect them."""
+        return self.text_model.rotary_emb(hidden_states, rope_ids)
+
+    def visual_mask(self, input_ids: torch.Tensor | None, seq_len: int) -> torch.Tensor | None:
+        """``(batch, T)`` bool, True on visual tokens; ``None`` when the family has none."""
+        return None
+
+    def attention_update(self, layer: nn.Module, hidden_states: torch.Tensor, **attention_kwargs: Any) -> torch.Tensor:
+        """The attention sub-layer's output ``U`` (``(batch, T, hidden)``, before the residual add)."""
+        normed = layer.input_layernorm(hidden_states)
+        update, _ = layer.self_attn(hidden_states=normed, **attention_kwargs)
+        return update
+
+    def feed_forward(self, layer: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The rest of the layer after the attention residual: ``h + mlp(norm(h))``."""
+        return hidden_states + layer.mlp(layer.post_attention_layernorm(hidden_states))

@@ -1,0 +1,82 @@
+"""The knobs of token halting, in one validated dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Scope = Literal["all", "visual"]
+QuestionMode = Literal["halted", "protected", "after_context"]
+
+SCOPES: tuple[str, ...] = ("all", "visual")
+QUESTION_MODES: tuple[str, ...] = ("halted", "protected", "after_context")
+
+
+@dataclass(frozen=True)
+class HaltingConfig:
+    """How many prompt tokens are halted, where, and which ones may be.
+
+    Attributes:
+        method: name of the halting policy in :data:`dash_vl.methods.METHODS` (``"dash"``).
+        ratio: ρ in [0, 1), the fraction of *eligible* prompt tokens halted at the decision
+            layer. ``0`` runs the engine with nothing halted (identical to the unmodified model).
+        start_layer: the decision layer ``l_s``. An ``int`` is a layer index in ``[1, L)``; a
+            ``float`` in (0, 1) is a fraction of ``L`` (``floor(start_layer * L)``, at least 1).
+        scope: ``"all"``: text and visual tokens are eligible (the paper's unified rule);
+            ``"visual"``: only visual tokens are eligible.
+        question: how the question (the prompt's trailing text) is treated.
+            ``"halted"``: eligible like any other token (only the last prompt token is
+            protected). ``"protected"``: never halted, but scored in the same single pass.
+            ``"after_context"``: the reference protocol of the DASH paper (run inside kvpress):
+            the context is prefilled with halting without the question, then the question is
+            appended uncompressed, attending to the reduced cache.
+            The question is the text after the last visual token, unless the caller gives its
+            length with :meth:`dash_vl.Halting.question_length`.
+    """
+
+    method: str = "dash"
+    ratio: float = 0.0
+    start_layer: int | float = 0.4
+    scope: Scope = "all"
+    question: QuestionMode = "halted"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)):
+            raise TypeError(f"ratio must be a float in [0, 1), got {self.ratio!r}")
+        if not 0.0 <= float(self.ratio) < 1.0:
+            raise ValueError(f"ratio must be in [0, 1), got {self.ratio}")
+        if isinstance(self.start_layer, bool) or not isinstance(self.start_layer, (int, float)):
+            raise TypeError(
+                f"start_layer must be an int layer index or a float fraction of the depth, got {self.start_layer!r}"
+            )
+        if isinstance(self.start_layer, float) and not 0.0 < self.start_layer < 1.0:
+            raise ValueError(f"start_layer as a fraction of the depth must be in (0, 1), got {self.start_layer}")
+        if isinstance(self.start_layer, int) and self.start_layer < 1:
+            raise ValueError(f"start_layer must be >= 1, got {self.start_layer}")
+        if self.scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}")
+        if self.question not in QUESTION_MODES:
+            raise ValueError(f"question must be one of {QUESTION_MODES}, got {self.question!r}")
+        from dash_vl.methods import METHODS
+
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {sorted(METHODS)}, got {self.method!r}")
+
+    def decision_layer(self, num_layers: int) -> int:
+        """The decision layer ``l_s`` for a model of ``num_layers`` decoder layers.
+
+        Raises:
+            ValueError: if ``l_s`` falls outside ``[1, num_layers)``.
+        """
+        if isinstance(self.start_layer, float):
+            layer = max(1, int(self.start_layer * num_layers))
+        else:
+            layer = self.start_layer
+        if not 1 <= layer < num_layers:
+            raise ValueError(f"start_layer must be in [1, {num_layers}) for a {num_layers}-layer model, got {layer}")
+        return layer
+
+    def ideal_speedup(self, num_layers: int) -> float:
+        """``L / (l_s + (L - l_s)(1 - ρ))``: prefill speedup if every layer cost the same per token."""
+        start = self.decision_layer(num_layers)
+        return num_layers / (start + (num_layers - start) * (1.0 - self.ratio))

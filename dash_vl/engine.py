@@ -1,0 +1,281 @@
+"""The halting engine: it owns the decoder loop of the language model.
+
+Prefill (empty cache):
+  * layers ``[0, l_s)`` run on all ``T`` prompt tokens and cache all of them;
+  * at the decision layer ``l_s`` the attention sub-layer runs over all ``T`` tokens; its
+    output ``U`` (after ``o_proj``, before the residual add) is what DASH scores
+    (``Δattn = ‖U_t‖₂``). The policy's top tokens stay active. Halted tokens drop out before
+    that residual add: they keep the hidden state they had entering ``l_s``, frozen to the end;
+  * active tokens are gathered into a compact left-padded tensor (prompt order kept, original
+    rotary ids kept) and run the rest of layer ``l_s`` (residual add, MLP) and all later
+    layers; layers ``>= l_s`` cache only active tokens.
+
+Later calls on the same cache (decoding, or appended text) run every new token through every
+layer: layers ``< l_s`` attend over the full cache, layers ``>= l_s`` over the compact one.
+No attention matrix is built, so any SDPA / FlashAttention kernel runs unchanged.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers.cache_utils import DynamicCache
+from transformers.modeling_outputs import BaseModelOutputWithPast
+
+from dash_vl.adapter import ModelAdapter
+from dash_vl.config import HaltingConfig
+from dash_vl.masks import causal_mask, check_implementation
+from dash_vl.methods import METHODS, DecisionInputs
+from dash_vl.report import HaltingReport, LayerShapes
+from dash_vl.selection import ActiveSet, select_active
+
+UNSUPPORTED_OUTPUTS: tuple[str, ...] = ("output_attentions", "output_hidden_states")
+
+
+@dataclass
+class CompactCache:
+    """Halting state that lives as long as one KV cache.
+
+    Attributes:
+        slot_valid: ``(batch, S)`` bool over the key slots of layers ``>= l_s``; False on the
+            left padding of the compact layout.
+    """
+
+    slot_valid: torch.Tensor
+
+
+class KeyValueCapture:
+    """Stands in for the cache at the decision layer: keeps the keys and values, stores nothing.
+
+    The decision layer attends over all ``T`` tokens but caches only the active ones, so the
+    engine takes the keys (rotary already applied) and values from here and gathers them.
+    """
+
+    key: torch.Tensor
+    value: torch.Tensor
+
+    def update(self, key: torch.Tensor, value: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        self.key, self.value = key, value
+        return key, value
+
+
+def gather_tokens(tensor: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Tensor:
+    """Select, per sample, the positions ``index`` (``(batch, K)``) along ``dim`` of ``tensor``.
+
+    ``tensor`` is ``(batch, T, ...)`` for ``dim=1`` or ``(batch, heads, T, ...)`` for ``dim=2``;
+    for rotary ids ``(..., batch, T)`` use ``dim=-1``.
+    """
+    if dim == -1:
+        return tensor.gather(-1, index.expand(*tensor.shape[:-2], *index.shape))
+    shape = list(tensor.shape)
+    shape[dim] = index.shape[1]
+    view = [index.shape[0]] + [1] * (tensor.ndim - 1)
+    view[dim] = index.shape[1]
+    return tensor.gather(dim, index.view(view).expand(shape))
+
+
+class HaltingEngine:
+    """Runs a language model's decoder stack with single-shot token halting.
+
+    Use it through :class:`dash_vl.Halting`, which installs :meth:`forward` in place of the
+    language model's own.
+    """
+
+    def __init__(self, adapter: ModelAdapter, config: HaltingConfig) -> None:
+        check_implementation(adapter.attn_implementation)
+        self.adapter = adapter
+        self.config = config
+        self.method = METHODS[config.method]()
+        self.num_layers = len(adapter.layers)
+        self.start_layer = config.decision_layer(self.num_layers)
+        self.shapes = LayerShapes.from_config(adapter.text_config)
+        self.reports: list[HaltingReport] = []
+        self.prompt_input_ids: torch.Tensor | None = None
+        self.question_tokens: int | None = None
+        self._compact: weakref.WeakKeyDictionary[Any, CompactCache] = weakref.WeakKeyDictionary()
+
+    # ----------------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: Any = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs: Any,
+    ) -> BaseModelOutputWithPast:
+        """Drop-in for the HF language model's ``forward`` (same arguments, same output)."""
+        for name in UNSUPPORTED_OUTPUTS:
+            if kwargs.get(name):
+                raise ValueError(f"{name}=True is not supported while halting is applied")
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        hidden = self.adapter.embed(input_ids) if inputs_embeds is None else inputs_embeds
+        batch_size, new_len = hidden.shape[:2]
+        use_cache = self.adapter.text_config.use_cache if use_cache is None else use_cache
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache(config=self.adapter.text_config)
+        past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if attention_mask is None:
+            attention_mask = torch.ones(batch_size, past_len + new_len, dtype=torch.bool, device=hidden.device)
+        token_valid = attention_mask.bool()
+        rope_ids = self.adapter.rope_position_ids(position_ids, batch_size, new_len, past_len, hidden.device)
+
+        if past_len == 0:
+            prompt_ids = input_ids if input_ids is not None else self.prompt_input_ids
+            hidden = self._prefill(hidden, token_valid, rope_ids, past_key_values, prompt_ids)
+        else:
+            hidden = self._extend(hidden, token_valid, rope_ids, past_key_values, self._compact.get(past_key_values))
+        return BaseModelOutputWithPast(
+            last_hidden_state=self.adapter.final_norm(hidden), past_key_values=past_key_values if use_cache else None
+        )
+
+    # ----------------------------------------------------------------------------------------
+    def _prefill(
+        self,
+        hidden: torch.Tensor,
+        token_valid: torch.Tensor,
+        rope_ids: torch.Tensor,
+        cache: Any,
+        prompt_ids: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Halting prefill of ``hidden`` ``(batch, T, D)``; returns final states ``(batch, T, D)``."""
+        seq_len = hidden.shape[1]
+        question = self._question_mask(prompt_ids, token_valid)
+        eligible = self._eligible(prompt_ids, token_valid, question)
+        if self.config.question != "after_context":
+            hidden, active = self._halting_pass(hidden, token_valid, rope_ids, cache, eligible)
+            self._record(token_valid, eligible, active, question_len=0)
+            return hidden
+        if cache is None:
+            cache = DynamicCache(config=self.adapter.text_config)
+        context_len = seq_len - int(question.sum(dim=1).max())
+        context, active = self._halting_pass(
+            hidden[:, :context_len], token_valid[:, :context_len], rope_ids[..., :context_len], cache, eligible[:, :context_len]
+        )
+        tail = self._extend(hidden[:, context_len:], token_valid, rope_ids[..., context_len:], cache, self._compact[cache])
+        self._record(token_valid[:, :context_len], eligible[:, :context_len], active, question_len=seq_len - context_len)
+        return torch.cat([context, tail], dim=1)
+
+    def _halting_pass(
+        self, hidden: torch.Tensor, token_valid: torch.Tensor, rope_ids: torch.Tensor, cache: Any, eligible: torch.Tensor
+    ) -> tuple[torch.Tensor, ActiveSet]:
+        """Layers ``[0, L)`` over a prompt, halting at ``l_s``; returns ``(batch, T, D)`` and the active set."""
+        layers = self.adapter.layers
+        implementation = self.adapter.attn_implementation
+        full_mask = causal_mask(implementation, token_valid, hidden.shape[1], hidden.dtype)
+        full_rope = self.adapter.position_embeddings(hidden, rope_ids)
+        for layer in layers[: self.start_layer]:
+            hidden = layer(hidden, attention_mask=full_mask, position_embeddings=full_rope, past_key_values=cache)
+
+        decision_layer = layers[self.start_layer]
+        capture = KeyValueCapture()
+        update = self.adapter.attention_update(
+            decision_layer, hidden, attention_mask=full_mask, position_embeddings=full_rope, past_key_values=capture
+        )
+        scores = self.method.scores(DecisionInputs(hidden_states=hidden, attention_update=update))
+        active = select_active(scores, eligible, token_valid, self.config.ratio)
+        if cache is not None:
+            cache.update(
+                gather_tokens(capture.key, active.index, dim=2),
+                gather_tokens(capture.value, active.index, dim=2),
+                self.start_layer,
+            )
+            self._compact[cache] = CompactCache(slot_valid=active.slot_valid)
+
+        compact = gather_tokens(hidden, active.index, dim=1) + gather_tokens(update, active.index, dim=1)
+        compact = self.adapter.feed_forward(decision_layer, compact)
+        compact_mask = causal_mask(implementation, active.slot_valid, compact.shape[1], compact.dtype)
+        compact_rope = self.adapter.position_embeddings(compact, gather_tokens(rope_ids, active.index, dim=-1))
+        for layer in layers[self.start_layer + 1 :]:
+            compact = layer(compact, attention_mask=compact_mask, position_embeddings=compact_rope, past_key_values=cache)
+
+        sample, slot = active.slot_valid.nonzero(as_tuple=True)
+        hidden = hidden.clone()
+        hidden[sample, active.index[sample, slot]] = compact[sample, slot]
+        return hidden, active
+
+    def _extend(
+        self, hidden: torch.Tensor, token_valid: torch.Tensor, rope_ids: torch.Tensor, cache: Any, compact: CompactCache | None
+    ) -> torch.Tensor:
+        """New tokens ``(batch, Q, D)`` through every layer after a prefill; ``token_valid`` is ``(batch, P + Q)``."""
+        new_len = hidden.shape[1]
+        implementation = self.adapter.attn_implementation
+        rope = self.adapter.position_embeddings(hidden, rope_ids)
+        full_mask = causal_mask(implementation, token_valid, new_len, hidden.dtype)
+        compact_mask = full_mask
+        if compact is not None:
+            compact.slot_valid = torch.cat([compact.slot_valid, token_valid[:, -new_len:]], dim=1)
+            compact_mask = causal_mask(implementation, compact.slot_valid, new_len, hidden.dtype)
+        for index, layer in enumerate(self.adapter.layers):
+            mask = full_mask if index < self.start_layer else compact_mask
+            hidden = layer(hidden, attention_mask=mask, position_embeddings=rope, past_key_values=cache)
+        return hidden
+
+    # ----------------------------------------------------------------------------------------
+    def _question_mask(self, prompt_ids: torch.Tensor | None, token_valid: torch.Tensor) -> torch.Tensor:
+        """``(batch, T)`` bool over the question: the trailing ``question_tokens`` if set, else the text after the last visual token."""
+        batch_size, seq_len = token_valid.shape
+        positions = torch.arange(seq_len, device=token_valid.device).expand(batch_size, -1)
+        if self.question_tokens is not None:
+            return positions >= seq_len - self.question_tokens
+        if self.config.question == "halted":
+            return positions >= seq_len - 1
+        visual = self.adapter.visual_mask(prompt_ids, seq_len)
+        if visual is None or not bool(visual.any(dim=1).all()):
+            raise ValueError(
+                f"question={self.config.question!r} needs visual tokens in every prompt to find where the question "
+                "starts, or an explicit length: `with halting.question_length(n): ...`"
+            )
+        last_visual = torch.where(visual, positions, -1).max(dim=1).values
+        return positions > last_visual[:, None]
+
+    def _eligible(self, prompt_ids: torch.Tensor | None, token_valid: torch.Tensor, question: torch.Tensor) -> torch.Tensor:
+        """``(batch, T)`` bool: tokens the policy may halt under ``scope`` and ``question``."""
+        seq_len = token_valid.shape[1]
+        eligible = token_valid.clone()
+        eligible[:, -1] = False
+        if self.config.question != "halted":
+            eligible &= ~question
+        if self.config.scope == "visual":
+            visual = self.adapter.visual_mask(prompt_ids, seq_len)
+            if visual is None:
+                raise ValueError(
+                    "scope='visual' needs the prompt's input_ids and a model with visual tokens; "
+                    f"{type(self.adapter.model).__name__} got none"
+                )
+            eligible &= visual
+        return eligible
+
+    def _record(self, token_valid: torch.Tensor, eligible: torch.Tensor, active: ActiveSet, question_len: int) -> None:
+        """Append the report of one prefill (``question_len`` uncompressed tokens after the context)."""
+        context = token_valid.sum(dim=1).tolist()
+        kept = active.counts.tolist()
+        start, shapes = self.start_layer, self.shapes
+        halted_flops = full_flops = 0.0
+        for tokens, keep in zip(context, kept):
+            question_full = shapes.layer_flops(question_len, earlier_keys=tokens)
+            question_halted = shapes.layer_flops(question_len, earlier_keys=keep)
+            full_flops += self.num_layers * (shapes.layer_flops(tokens) + question_full)
+            halted_flops += (
+                start * (shapes.layer_flops(tokens) + question_full)
+                + shapes.layer_flops(tokens, mlp_tokens=keep)
+                + (self.num_layers - start - 1) * shapes.layer_flops(keep)
+                + (self.num_layers - start) * question_halted
+            )
+        prompt = [tokens + question_len for tokens in context]
+        kept = [keep + question_len for keep in kept]
+        per_layer = [prompt] * start + [kept] * (self.num_layers - start)
+        self.reports.append(
+            HaltingReport(
+                start_layer=start,
+                prompt_tokens=prompt,
+                eligible_tokens=eligible.sum(dim=1).tolist(),
+                kept_tokens_per_layer=per_layer,
+                relative_flops=halted_flops / full_flops,
+            )
+        )

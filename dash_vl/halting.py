@@ -1,0 +1,92 @@
+"""Apply halting to an HF model the user already has, kvpress-style.
+
+    with Halting(model, ratio=0.9) as halting:
+        output_ids = model.generate(**inputs)
+    print(halting.last_report.summary())
+
+Inside the block the language model's ``forward`` is the engine's; ``model.generate`` and
+``model(...)`` are called as usual. Each prompt (each new KV cache) is halted on its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from torch import nn
+
+from dash_vl.adapters import adapter_for
+from dash_vl.config import HaltingConfig
+from dash_vl.engine import HaltingEngine
+from dash_vl.report import HaltingReport
+
+
+class Halting:
+    """Token halting on one HF model, as a context manager or with :meth:`enable` / :meth:`disable`.
+
+    Args:
+        model: an HF model of a family in :data:`dash_vl.adapters.ADAPTERS`.
+        config: the knobs; or give them as keywords (``ratio=0.9, start_layer=0.4, ...``).
+    """
+
+    def __init__(self, model: nn.Module, config: HaltingConfig | None = None, **knobs: Any) -> None:
+        if config is not None and knobs:
+            raise TypeError("pass either a HaltingConfig or keyword knobs, not both")
+        self.config = config if config is not None else HaltingConfig(**knobs)
+        self.adapter = adapter_for(model)
+        self.engine = HaltingEngine(self.adapter, self.config)
+        self._hook: Any = None
+
+    @property
+    def reports(self) -> list[HaltingReport]:
+        """One report per prefill since the halting was enabled."""
+        return self.engine.reports
+
+    @property
+    def last_report(self) -> HaltingReport:
+        if not self.engine.reports:
+            raise RuntimeError("no prefill has run with halting yet")
+        return self.engine.reports[-1]
+
+    @property
+    def enabled(self) -> bool:
+        return self._hook is not None
+
+    def enable(self) -> Halting:
+        """Install the engine in the language model; idempotent."""
+        if self.enabled:
+            return self
+        self.adapter.text_model.forward = self.engine.forward
+        self._hook = self.adapter.model.register_forward_pre_hook(self._remember_input_ids, with_kwargs=True)
+        return self
+
+    def disable(self) -> None:
+        """Restore the model's own forward."""
+        if not self.enabled:
+            return
+        del self.adapter.text_model.forward
+        self._hook.remove()
+        self._hook = None
+        self.engine.prompt_input_ids = None
+
+    def __enter__(self) -> Halting:
+        return self.enable()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.disable()
+
+    @contextmanager
+    def question_length(self, tokens: int) -> Iterator[None]:
+        """Within the block, the question is the last ``tokens`` prompt tokens of every sample."""
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
+            raise ValueError(f"question length must be a positive int, got {tokens!r}")
+        self.engine.question_tokens = tokens
+        try:
+            yield
+        finally:
+            self.engine.question_tokens = None
+
+    def _remember_input_ids(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """The language model sees embeddings only; keep the prompt's ids for the visual mask."""
+        self.engine.prompt_input_ids = kwargs.get("input_ids", args[0] if args else None)

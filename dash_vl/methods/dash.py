@@ -1,0 +1,17 @@
+"""DASH: halt the tokens whose attention update at the decision layer is smallest."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from dash_vl.methods.base import DecisionInputs, HaltingMethod
+
+
+@dataclass(frozen=True)
+class DeltaAttention(HaltingMethod):
+    """Score each token by ``Δattn = ‖U_t‖₂``, the L2 norm of its attention sub-layer output."""
+
+    def scores(self, inputs: DecisionInputs) -> torch.Tensor:
+        return inputs.attention_update.float().norm(dim=-1)
