@@ -270,12 +270,17 @@ class HaltingEngine:
         prompt = [tokens + question_len for tokens in context]
         kept = [keep + question_len for keep in kept]
         per_layer = [prompt] * start + [kept] * (self.num_layers - start)
+        seq_len = token_valid.shape[1]
+        positions = [
+            row.nonzero().flatten().tolist() + list(range(seq_len, seq_len + question_len)) for row in active.active
+        ]
         self.reports.append(
             HaltingReport(
                 start_layer=start,
                 prompt_tokens=prompt,
                 eligible_tokens=eligible.sum(dim=1).tolist(),
                 kept_tokens_per_layer=per_layer,
+                kept_positions=positions,
                 relative_flops=halted_flops / full_flops,
             )
         )

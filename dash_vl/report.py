@@ -69,6 +69,8 @@ class HaltingReport:
         prompt_tokens: non-padding prompt tokens ``T`` per sample.
         eligible_tokens: tokens that could be halted, per sample.
         kept_tokens_per_layer: ``[layer][sample]``, prompt tokens each layer ran on and cached.
+        kept_positions: ``[sample]``, prompt positions (indices into the padded prompt) still
+            active after the decision layer, ascending.
         relative_flops: theoretical prefill FLOPs of the decoder layers (linear + attention
             terms, vision encoder and LM head excluded) over those of the unmodified model.
     """
@@ -77,6 +79,7 @@ class HaltingReport:
     prompt_tokens: list[int]
     eligible_tokens: list[int]
     kept_tokens_per_layer: list[list[int]]
+    kept_positions: list[list[int]]
     relative_flops: float
 
     @property

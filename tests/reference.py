@@ -1,0 +1,133 @@
+"""A slow reference of halting that keeps the full sequence and masks halted tokens out.
+
+It shares no code with the engine: it calls the HF decoder layers one by one over all ``T``
+tokens with explicit 4-D masks, a full KV cache in every layer, and per-sample Python loops
+for the halting decision. Halted tokens are frozen by overwriting their states after every
+layer from ``l_s`` on, and hidden as keys from layers ``> l_s`` (and from layer ``l_s`` in
+later calls, whose cache at ``l_s`` the engine keeps compact).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from transformers.cache_utils import DynamicCache
+
+
+@dataclass
+class LanguageModelInputs:
+    """What the outer VLM hands its language model: ``(B, T, D)`` embeddings, ``(3, B, T)`` M-RoPE ids, ``(B, T)`` mask."""
+
+    embeds: torch.Tensor
+    rope_ids: torch.Tensor
+    valid: torch.Tensor
+
+
+def capture_language_model_inputs(model, inputs: dict) -> LanguageModelInputs:
+    """Run the unmodified model once and record the language model's inputs."""
+    captured = {}
+
+    def hook(module, args, kwargs):
+        captured.update(kwargs)
+
+    handle = model.model.language_model.register_forward_pre_hook(hook, with_kwargs=True)
+    with torch.no_grad():
+        model(**inputs)
+    handle.remove()
+    rope_ids = captured["position_ids"]
+    rope_ids = rope_ids[1:] if rope_ids.shape[0] == 4 else rope_ids
+    return LanguageModelInputs(captured["inputs_embeds"], rope_ids, captured["attention_mask"].bool())
+
+
+@dataclass
+class MaskingReference:
+    model: object
+    ratio: float
+    start_layer: int
+    eligible: torch.Tensor  # (B, T) bool, decided by the test
+    cache: DynamicCache = field(default_factory=DynamicCache)
+    active: torch.Tensor | None = None  # (B, T) bool after prefill
+    key_valid: torch.Tensor | None = None  # (B, S) bool, valid keys of all layers
+    key_active: torch.Tensor | None = None  # (B, S) bool, keys visible in layers >= l_s
+    next_rope: torch.Tensor | None = None  # (3, B) next M-RoPE position per sample
+
+    @property
+    def lm(self):
+        return self.model.model.language_model
+
+    def mask(self, query_len: int, visible: torch.Tensor) -> torch.Tensor:
+        """Causal mask of the last ``query_len`` queries over ``visible`` (``(B, S)`` bool) keys, plus the diagonal."""
+        key_len = visible.shape[1]
+        rows = []
+        for q in range(query_len):
+            query_slot = key_len - query_len + q
+            row = visible.clone()
+            row[:, query_slot + 1 :] = False
+            row[:, query_slot] = True
+            rows.append(row)
+        allowed = torch.stack(rows, dim=1)[:, None]
+        if self.lm.config._attn_implementation == "eager":
+            return torch.where(allowed, 0.0, torch.finfo(torch.float32).min)
+        return allowed
+
+    def prefill(self, inputs: LanguageModelInputs) -> torch.Tensor:
+        """Final normed states ``(B, T, D)`` of the prompt, halting at ``start_layer``."""
+        hidden, valid = inputs.embeds, inputs.valid
+        batch, seq_len = valid.shape
+        rope = self.lm.rotary_emb(hidden, inputs.rope_ids)
+        full = self.mask(seq_len, valid)
+        layers = self.lm.layers
+        with torch.no_grad():
+            for layer in layers[: self.start_layer]:
+                hidden = layer(hidden, attention_mask=full, position_embeddings=rope, past_key_values=self.cache)
+            decision = layers[self.start_layer]
+            update, _ = decision.self_attn(
+                decision.input_layernorm(hidden), attention_mask=full, position_embeddings=rope, past_key_values=self.cache
+            )
+            active = valid.clone()
+            for b in range(batch):
+                candidates = [t for t in range(seq_len) if self.eligible[b, t]]
+                norms = {t: float(update[b, t].double().norm()) for t in candidates}
+                halted = sorted(candidates, key=lambda t: norms[t])[: math.floor(self.ratio * len(candidates) + 1e-9)]
+                active[b, halted] = False
+            frozen = hidden
+            hidden = hidden + update
+            hidden = hidden + decision.mlp(decision.post_attention_layernorm(hidden))
+            hidden = torch.where(active[..., None], hidden, frozen)
+            late = self.mask(seq_len, valid & active)
+            for layer in layers[self.start_layer + 1 :]:
+                hidden = layer(hidden, attention_mask=late, position_embeddings=rope, past_key_values=self.cache)
+                hidden = torch.where(active[..., None], hidden, frozen)
+        self.active = active
+        self.key_valid, self.key_active = valid, valid & active
+        self.next_rope = inputs.rope_ids.max(dim=-1).values + 1
+        return self.lm.norm(hidden)
+
+    def extend(self, embeds: torch.Tensor) -> torch.Tensor:
+        """Final normed states ``(B, Q, D)`` of ``Q`` new tokens appended after the prompt."""
+        query_len = embeds.shape[1]
+        rope_ids = self.next_rope[..., None] + torch.arange(query_len)
+        self.next_rope = self.next_rope + query_len
+        new = torch.ones(embeds.shape[0], query_len, dtype=torch.bool)
+        self.key_valid = torch.cat([self.key_valid, new], dim=1)
+        self.key_active = torch.cat([self.key_active, new], dim=1)
+        rope = self.lm.rotary_emb(embeds, rope_ids)
+        early, late = self.mask(query_len, self.key_valid), self.mask(query_len, self.key_active)
+        hidden = embeds
+        with torch.no_grad():
+            for index, layer in enumerate(self.lm.layers):
+                mask = early if index < self.start_layer else late
+                hidden = layer(hidden, attention_mask=mask, position_embeddings=rope, past_key_values=self.cache)
+        return self.lm.norm(hidden)
+
+    def greedy(self, last_logits: torch.Tensor, steps: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``steps`` greedy tokens ``(B, steps)`` after a prefill and the logits that chose each."""
+        tokens, logits = [], [last_logits]
+        for _ in range(steps):
+            token = logits[-1].argmax(dim=-1)
+            tokens.append(token)
+            embeds = self.lm.embed_tokens(token[:, None])
+            logits.append(self.model.lm_head(self.extend(embeds))[:, -1])
+        return torch.stack(tokens, dim=1), logits[:-1]
