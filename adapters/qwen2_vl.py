@@ -21,6 +21,10 @@ class Qwen2VLAdapter(ModelAdapter):
     def text_model(self) -> nn.Module:
         return self.model.model.language_model
 
+    @property
+    def prompt_module(self) -> nn.Module:
+        return self.model.model
+
     def rope_position_ids(
         self, position_ids: torch.Tensor | None, batch_size: int, seq_len: int, past_len: int, device: torch.device
     ) -> torch.Tensor:

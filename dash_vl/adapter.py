@@ -36,6 +36,11 @@ class ModelAdapter:
         return self.model.model
 
     @property
+    def prompt_module(self) -> nn.Module:
+        """The module that receives the prompt's ``input_ids`` before they become embeddings."""
+        return self.model
+
+    @property
     def text_config(self) -> Any:
         """The language model's config (hidden size, heads, attention implementation)."""
         return self.text_model.config

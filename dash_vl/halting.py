@@ -58,7 +58,7 @@ class Halting:
         if self.enabled:
             return self
         self.adapter.text_model.forward = self.engine.forward
-        self._hook = self.adapter.model.register_forward_pre_hook(self._remember_input_ids, with_kwargs=True)
+        self._hook = self.adapter.prompt_module.register_forward_pre_hook(self._remember_input_ids, with_kwargs=True)
         return self
 
     def disable(self) -> None:

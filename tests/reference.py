@@ -51,7 +51,7 @@ class MaskingReference:
     active: torch.Tensor | None = None  # (B, T) bool after prefill
     key_valid: torch.Tensor | None = None  # (B, S) bool, valid keys of all layers
     key_active: torch.Tensor | None = None  # (B, S) bool, keys visible in layers >= l_s
-    next_rope: torch.Tensor | None = None  # (3, B) next M-RoPE position per sample
+    next_rope: torch.Tensor | None = None  # (B,) next text position per sample
 
     @property
     def lm(self):
@@ -102,13 +102,13 @@ class MaskingReference:
                 hidden = torch.where(active[..., None], hidden, frozen)
         self.active = active
         self.key_valid, self.key_active = valid, valid & active
-        self.next_rope = inputs.rope_ids.max(dim=-1).values + 1
+        self.next_rope = inputs.rope_ids.amax(dim=(0, 2)) + 1  # text continues after the largest id
         return self.lm.norm(hidden)
 
     def extend(self, embeds: torch.Tensor) -> torch.Tensor:
         """Final normed states ``(B, Q, D)`` of ``Q`` new tokens appended after the prompt."""
         query_len = embeds.shape[1]
-        rope_ids = self.next_rope[..., None] + torch.arange(query_len)
+        rope_ids = (self.next_rope[:, None] + torch.arange(query_len)).expand(3, -1, -1)
         self.next_rope = self.next_rope + query_len
         new = torch.ones(embeds.shape[0], query_len, dtype=torch.bool)
         self.key_valid = torch.cat([self.key_valid, new], dim=1)

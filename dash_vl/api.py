@@ -1,0 +1,114 @@
+"""The Python API: load a VLM with halting and ask it about images or a video.
+
+    import dash_vl
+    vlm = dash_vl.load("Qwen/Qwen2-VL-7B-Instruct", ratio=0.9)
+    print(vlm.ask("What is in the picture?", images=["cat.jpg"]))
+    print(vlm.last_report.summary())
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from PIL import Image
+from torch import nn
+
+from dash_vl.adapters import adapter_class_for
+from dash_vl.config import HaltingConfig
+from dash_vl.halting import Halting
+from dash_vl.media import ImageSource, VideoSource, load_video, open_image
+from dash_vl.report import HaltingReport
+
+
+class VisionLanguageModel:
+    """An HF VLM, its processor, and the halting applied to it.
+
+    Attributes:
+        model: the HF model (``generate`` works as usual; halting applies inside :meth:`ask`).
+        processor: the HF processor (tokenizer, image and video processors, chat template).
+        halting: the :class:`dash_vl.Halting` holding the knobs and the reports.
+    """
+
+    def __init__(self, model: nn.Module, processor: Any, config: HaltingConfig) -> None:
+        self.model = model
+        self.processor = processor
+        self.halting = Halting(model, config)
+
+    @property
+    def last_report(self) -> HaltingReport:
+        return self.halting.last_report
+
+    def ask(
+        self,
+        question: str,
+        images: ImageSource | Sequence[ImageSource] | None = None,
+        video: VideoSource | None = None,
+        max_new_tokens: int = 64,
+    ) -> str:
+        """Greedy answer to ``question`` about ``images`` (one or several) and/or a ``video``."""
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError("question must be a non-empty string")
+        if isinstance(images, (str, Path, Image.Image)):
+            images = [images]
+        opened = [open_image(image) for image in images or []]
+        frames = load_video(video) if video is not None else None
+        content: list[dict[str, Any]] = [{"type": "image"} for _ in opened]
+        if frames is not None:
+            content.append({"type": "video"})
+        content.append({"type": "text", "text": question})
+        prompt = self.processor.apply_chat_template(
+            [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+        )
+        inputs = self.processor(
+            text=[prompt],
+            images=opened or None,
+            videos=[frames] if frames is not None else None,
+            return_tensors="pt",
+        ).to(self.model.device)
+        with self.halting, torch.no_grad():
+            output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        answer_ids = output[0, inputs["input_ids"].shape[1] :]
+        return self.processor.decode(answer_ids, skip_special_tokens=True).strip()
+
+
+def load(
+    model: str | Path,
+    config: HaltingConfig | None = None,
+    device: str | None = None,
+    dtype: str | torch.dtype = "auto",
+    attn_implementation: str = "sdpa",
+    **knobs: Any,
+) -> VisionLanguageModel:
+    """Load a VLM from a Hub id or a local directory (both through ``from_pretrained``) with halting.
+
+    Args:
+        model: Hub id (``"Qwen/Qwen2-VL-7B-Instruct"``) or path to a saved model and processor.
+        config: the halting knobs; or give them as keywords (``method``, ``ratio``, ``start_layer``,
+            ``scope``, ``question``), see :class:`dash_vl.HaltingConfig`.
+        device: ``device_map`` for ``from_pretrained`` (``"cuda"``, ``"auto"``, ...); default CPU.
+        dtype: weights' dtype (``"auto"`` keeps the checkpoint's).
+        attn_implementation: ``"sdpa"`` (default), ``"eager"`` or ``"flash_attention_2"``.
+
+    Raises:
+        TypeError: if the checkpoint's family has no adapter.
+    """
+    if config is not None and knobs:
+        raise TypeError("pass either a HaltingConfig or keyword knobs, not both")
+    config = config if config is not None else HaltingConfig(**knobs)
+    model_type = transformers.AutoConfig.from_pretrained(model).model_type
+    auto_class = getattr(transformers, adapter_class_for(model_type).auto_class)
+    hf_model = auto_class.from_pretrained(
+        model, dtype=dtype, attn_implementation=attn_implementation, device_map=device
+    ).eval()
+    processor = transformers.AutoProcessor.from_pretrained(model)
+    return VisionLanguageModel(hf_model, processor, config)
+
+
+def describe(config: HaltingConfig) -> str:
+    """One line naming every knob, for logs."""
+    return ", ".join(f"{name}={value}" for name, value in asdict(config).items())

@@ -1,0 +1,89 @@
+"""The ``dash-vl`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from dash_vl.config import QUESTION_MODES, SCOPES, HaltingConfig
+
+
+def start_layer(value: str) -> int | float:
+    """``"11"`` is a layer index, ``"0.4"`` a fraction of the depth."""
+    return float(value) if "." in value else int(value)
+
+
+def add_knobs(parser: argparse.ArgumentParser) -> None:
+    from dash_vl.methods import METHODS
+
+    parser.add_argument("--method", default="dash", choices=sorted(METHODS))
+    parser.add_argument("--ratio", type=float, default=0.0, help="fraction of eligible tokens halted, in [0, 1)")
+    parser.add_argument("--start-layer", type=start_layer, default=0.4, help="layer index, or fraction of the depth")
+    parser.add_argument("--scope", default="all", choices=SCOPES)
+    parser.add_argument("--question-mode", default="halted", choices=QUESTION_MODES)
+
+
+def knobs(args: argparse.Namespace) -> HaltingConfig:
+    return HaltingConfig(
+        method=args.method, ratio=args.ratio, start_layer=args.start_layer, scope=args.scope, question=args.question_mode
+    )
+
+
+def ask(args: argparse.Namespace) -> None:
+    from dash_vl.api import describe, load
+
+    config = knobs(args)
+    vlm = load(args.model, config, device=args.device, attn_implementation=args.attn_implementation)
+    answer = vlm.ask(args.question, images=args.image or None, video=args.video, max_new_tokens=args.max_new_tokens)
+    print(answer)
+    print(f"[{describe(config)}] {vlm.last_report.summary()}", file=sys.stderr)
+
+
+def make_random_model(args: argparse.Namespace) -> None:
+    from dash_vl.random_models import random_qwen2_vl, tiny_qwen2_vl_config, tiny_qwen2_vl_processor
+
+    processor = tiny_qwen2_vl_processor()
+    model = random_qwen2_vl(tiny_qwen2_vl_config(processor.tokenizer, num_layers=args.layers), seed=args.seed)
+    model.save_pretrained(args.directory)
+    processor.save_pretrained(args.directory)
+    print(f"saved a tiny Qwen2-VL with RANDOM weights (answers are noise) to {args.directory}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dash-vl", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    ask_parser = commands.add_parser("ask", help="answer a question about images or a video, with halting")
+    ask_parser.add_argument("model", help="Hub id or local directory of the model and processor")
+    ask_parser.add_argument("--question", "-q", required=True)
+    ask_parser.add_argument("--image", action="append", help="image path (repeat for several)")
+    ask_parser.add_argument("--video", help="video file path")
+    ask_parser.add_argument("--max-new-tokens", type=int, default=64)
+    ask_parser.add_argument("--device", default=None, help="device_map, e.g. cuda or auto (default: CPU)")
+    ask_parser.add_argument("--attn-implementation", default="sdpa")
+    add_knobs(ask_parser)
+    ask_parser.set_defaults(run=ask)
+
+    random_parser = commands.add_parser(
+        "make-random-model", help="save a tiny random-weight Qwen2-VL and processor (offline plumbing demo)"
+    )
+    random_parser.add_argument("directory")
+    random_parser.add_argument("--layers", type=int, default=6)
+    random_parser.add_argument("--seed", type=int, default=0)
+    random_parser.set_defaults(run=make_random_model)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (ValueError, TypeError) as error:
+        print(f"dash-vl: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
