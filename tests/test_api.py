@@ -1,0 +1,77 @@
+"""dash_vl.load / ask and the dash-vl CLI on a tiny random Qwen2-VL saved to disk."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import dash_vl
+from dash_vl.cli import main
+from tests.conftest import random_image
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("tiny-qwen2-vl")
+    assert main(["make-random-model", str(directory)]) == 0
+    return directory
+
+
+@pytest.fixture(scope="module")
+def image_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("images") / "noise.png"
+    random_image(3, (112, 84)).save(path)
+    return path
+
+
+def test_load_from_directory_and_ask_about_an_image(saved_model, image_path):
+    vlm = dash_vl.load(saved_model, ratio=0.5)
+    answer = vlm.ask("What is shown?", images=image_path, max_new_tokens=4)
+    assert isinstance(answer, str)
+    report = vlm.last_report
+    assert report.kept_tokens_per_layer[-1][0] < report.prompt_tokens[0]
+    assert not vlm.halting.enabled
+
+
+def test_ask_with_halting_off_equals_plain_generate(saved_model, image_path):
+    vlm = dash_vl.load(saved_model, ratio=0.0)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe."}]}]
+    prompt = vlm.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    from PIL import Image
+
+    inputs = vlm.processor(text=[prompt], images=[Image.open(image_path).convert("RGB")], return_tensors="pt")
+    with torch.no_grad():
+        plain = vlm.model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    expected = vlm.processor.decode(plain[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+    assert vlm.ask("Describe.", images=[image_path], max_new_tokens=6) == expected
+
+
+def test_ask_about_video_frames_halts_video_tokens(saved_model):
+    vlm = dash_vl.load(saved_model, ratio=0.75, scope="visual")
+    frames = [random_image(seed, (112, 112)) for seed in range(4)]
+    vlm.ask("What happens?", video=frames, max_new_tokens=2)
+    report = vlm.last_report
+    assert report.eligible_tokens[0] > 0
+    assert report.prompt_tokens[0] - report.kept_tokens_per_layer[-1][0] == int(0.75 * report.eligible_tokens[0])
+
+
+def test_image_that_cannot_be_opened_is_a_clear_error(saved_model, tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    vlm = dash_vl.load(saved_model, ratio=0.5)
+    with pytest.raises(ValueError, match="cannot be opened"):
+        vlm.ask("What?", images=broken)
+    with pytest.raises(ValueError, match="does not exist"):
+        vlm.ask("What?", images=tmp_path / "missing.png")
+
+
+def test_cli_ask_prints_answer_and_report(saved_model, image_path, capsys):
+    assert main(["ask", str(saved_model), "--image", str(image_path), "-q", "Colour?", "--ratio", "0.5",
+                 "--max-new-tokens", "3"]) == 0
+    captured = capsys.readouterr()
+    assert "halted at layer 2" in captured.err and "ratio=0.5" in captured.err
+
+
+def test_cli_reports_bad_knob_without_traceback(saved_model, image_path, capsys):
+    assert main(["ask", str(saved_model), "--image", str(image_path), "-q", "x", "--ratio", "1.2"]) == 2
+    assert "ratio must be in [0, 1)" in capsys.readouterr().err

@@ -1,0 +1,75 @@
+"""Bad input fails loudly with the knob's name; nothing falls back to 'no halting'."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from dash_vl import Halting, HaltingConfig
+from dash_vl.random_models import random_qwen2_vl, tiny_qwen2_vl_config
+
+
+@pytest.mark.parametrize("ratio", [1.0, -0.1, 1.5])
+def test_ratio_outside_unit_interval_is_rejected(ratio):
+    with pytest.raises(ValueError, match="ratio"):
+        HaltingConfig(ratio=ratio)
+
+
+def test_ratio_of_wrong_type_is_rejected():
+    with pytest.raises(TypeError, match="ratio"):
+        HaltingConfig(ratio="0.5")
+
+
+@pytest.mark.parametrize("start_layer", [0, 6, 7])
+def test_start_layer_outside_model_depth_is_rejected(sdpa_model, start_layer):
+    with pytest.raises(ValueError, match="start_layer"):
+        Halting(sdpa_model, ratio=0.5, start_layer=start_layer)
+
+
+@pytest.mark.parametrize("start_layer", [0.0, 1.0, 1.5])
+def test_start_layer_fraction_outside_open_interval_is_rejected(start_layer):
+    with pytest.raises(ValueError, match="start_layer"):
+        HaltingConfig(start_layer=start_layer)
+
+
+@pytest.mark.parametrize("knob,value", [("scope", "text"), ("question", "ignored"), ("method", "nope")])
+def test_unknown_choice_is_rejected(knob, value):
+    with pytest.raises(ValueError, match=knob):
+        HaltingConfig(**{knob: value})
+
+
+def test_model_family_without_adapter_is_rejected():
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=50))
+    with pytest.raises(TypeError, match="no adapter for model type 'gpt2'"):
+        Halting(model, ratio=0.5)
+
+
+def test_module_without_config_is_rejected():
+    with pytest.raises(TypeError, match="HF config"):
+        Halting(torch.nn.Linear(2, 2), ratio=0.5)
+
+
+def test_text_only_prompt_has_no_eligible_visual_tokens(sdpa_model, processor):
+    inputs = processor(text=["<|im_start|>user\nHello there<|im_end|>\n"], return_tensors="pt")
+    with Halting(sdpa_model, ratio=0.5, scope="visual"), pytest.raises(ValueError, match="no token eligible"):
+        sdpa_model(**inputs)
+
+
+def test_protected_question_needs_visual_tokens_or_a_length(sdpa_model, processor):
+    inputs = processor(text=["<|im_start|>user\nHello there<|im_end|>\n"], return_tensors="pt")
+    with Halting(sdpa_model, ratio=0.5, question="protected"), pytest.raises(ValueError, match="question_length"):
+        sdpa_model(**inputs)
+
+
+def test_unsupported_attention_implementation_is_rejected(processor):
+    model = random_qwen2_vl(tiny_qwen2_vl_config(processor.tokenizer))
+    model.model.language_model.config._attn_implementation = "flex_attention"
+    with pytest.raises(ValueError, match="attn_implementation"):
+        Halting(model, ratio=0.5)
+
+
+def test_attention_outputs_are_rejected_while_halting(sdpa_model, processor):
+    inputs = processor(text=["<|im_start|>user\nHello<|im_end|>\n"], return_tensors="pt")
+    with Halting(sdpa_model, ratio=0.5), pytest.raises(ValueError, match="output_hidden_states"):
+        sdpa_model(**inputs, output_hidden_states=True)
