@@ -1,0 +1,143 @@
+"""Prefill time of a Qwen2-VL-7B-shaped language tower: unmodified, DASH engine, and the ideal.
+
+Random bf16 weights (speed does not depend on weight values), SDPA, batch 1, on a GPU.
+For each prompt length T, the same run times:
+  * ``full``: the unmodified HF language model;
+  * ``dash``: the same model under :class:`dash_vl.Halting` (scoring, selection, gathers,
+    compact cache, frozen-state scatter: everything the engine does);
+  * ``ideal``: layers ``< l_s`` on T tokens, then layers ``>= l_s`` on a precomputed random
+    subset of ``K = T - floor(ρ(T-1))`` tokens (HF layers called directly, no scoring, no bookkeeping);
+  * ``select``: scoring + selection alone on a ``(1, T, D)`` update, to show its share.
+Each time is the median of ``--repeats`` CUDA-event timings after ``--warmup`` runs.
+
+    python eval/bench_prefill.py --lengths 4096 16384 32768 --ratios 0.667 0.9 0.96 0.99 --out eval/results/prefill.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+from collections.abc import Callable
+from datetime import date
+
+import torch
+import transformers
+from transformers.cache_utils import DynamicCache
+
+from dash_vl import Halting
+from dash_vl.methods import DecisionInputs, DeltaAttention
+from dash_vl.random_models import qwen2_vl_7b_config, random_qwen2_vl
+from dash_vl.selection import halted_count, select_active
+
+
+def cuda_median_ms(run: Callable[[], object], warmup: int, repeats: int) -> float:
+    """Median wall time of ``run`` on the current CUDA stream, in milliseconds."""
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        run()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def ideal_prefill(language_model, embeds: torch.Tensor, rope_ids: torch.Tensor, start: int, keep_index: torch.Tensor):
+    """Layers ``< start`` on all tokens, layers ``>= start`` on ``keep_index`` (``(1, K)``), SDPA causal."""
+    cache = DynamicCache(config=language_model.config)
+    hidden = embeds
+    rope = language_model.rotary_emb(hidden, rope_ids)
+    for layer in language_model.layers[:start]:
+        hidden = layer(hidden, attention_mask=None, position_embeddings=rope, past_key_values=cache)
+    hidden = hidden[:, keep_index[0]]
+    kept_ids = rope_ids[..., keep_index[0]]
+    rope = language_model.rotary_emb(hidden, kept_ids)
+    for layer in language_model.layers[start:]:
+        hidden = layer(hidden, attention_mask=None, position_embeddings=rope, past_key_values=cache)
+    return language_model.norm(hidden)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lengths", type=int, nargs="+", default=[4096, 16384, 32768])
+    parser.add_argument("--ratios", type=float, nargs="+", default=[0.667, 0.9, 0.96, 0.99])
+    parser.add_argument("--start-layer", type=int, default=11)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", default=None, help="write the rows as JSON here")
+    args = parser.parse_args()
+
+    device = torch.device("cuda")
+    model = random_qwen2_vl(qwen2_vl_7b_config(), dtype=torch.bfloat16, device=device)
+    language_model = model.model.language_model
+    hidden_size = language_model.config.hidden_size
+    num_layers = len(language_model.layers)
+    rows = []
+    with torch.no_grad():
+        for length in args.lengths:
+            generator = torch.Generator(device=device).manual_seed(length)
+            embeds = torch.randn(1, length, hidden_size, device=device, dtype=torch.bfloat16, generator=generator)
+            rope_ids = torch.arange(length, device=device).view(1, 1, -1).expand(3, 1, -1)
+            run_full = lambda: language_model(inputs_embeds=embeds, position_ids=rope_ids, use_cache=True)  # noqa: E731
+            full_ms = cuda_median_ms(run_full, args.warmup, args.repeats)
+            for ratio in args.ratios:
+                keep = length - halted_count(ratio, length - 1)
+                keep_index = torch.randperm(length - 1, device=device, generator=generator)[: keep - 1]
+                keep_index = torch.cat([keep_index, torch.tensor([length - 1], device=device)]).sort().values[None]
+                ideal_ms = cuda_median_ms(
+                    lambda: ideal_prefill(language_model, embeds, rope_ids, args.start_layer, keep_index),
+                    args.warmup,
+                    args.repeats,
+                )
+                with Halting(model, ratio=ratio, start_layer=args.start_layer) as halting:
+                    dash_ms = cuda_median_ms(run_full, args.warmup, args.repeats)
+                report = halting.last_report
+                update = torch.randn_like(embeds)
+                valid = torch.ones(1, length, dtype=torch.bool, device=device)
+                eligible = valid.clone()
+                eligible[:, -1] = False
+                select_ms = cuda_median_ms(
+                    lambda: select_active(
+                        DeltaAttention().scores(DecisionInputs(embeds, update)), eligible, valid, ratio
+                    ),
+                    args.warmup,
+                    args.repeats,
+                )
+                theory = num_layers / (args.start_layer + (num_layers - args.start_layer) * keep / length)
+                row = dict(
+                    T=length, ratio=ratio, kept=report.kept_tokens_per_layer[-1][0], full_ms=full_ms,
+                    ideal_ms=ideal_ms, dash_ms=dash_ms, select_ms=select_ms,
+                    ideal_speedup=full_ms / ideal_ms, dash_speedup=full_ms / dash_ms,
+                    dash_over_ideal=(full_ms / dash_ms) / (full_ms / ideal_ms), select_share=select_ms / dash_ms,
+                    linear_theory=theory, relative_flops=report.relative_flops,
+                )
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+            torch.cuda.empty_cache()
+
+    header = "| T | ρ | kept | full ms | ideal ms | DASH ms | ideal × | DASH × | DASH/ideal | select % | theory × | rel. FLOPs |"
+    print("\n" + header + "\n" + "|---" * 12 + "|")
+    for r in rows:
+        print(
+            f"| {r['T']} | {r['ratio']} | {r['kept']} | {r['full_ms']:.1f} | {r['ideal_ms']:.1f} | {r['dash_ms']:.1f} | "
+            f"{r['ideal_speedup']:.2f} | {r['dash_speedup']:.2f} | {r['dash_over_ideal']:.3f} | "
+            f"{100 * r['select_share']:.2f} | {r['linear_theory']:.2f} | {r['relative_flops']:.3f} |"
+        )
+    meta = dict(
+        gpu=torch.cuda.get_device_name(), torch=torch.__version__, transformers=transformers.__version__,
+        python=platform.python_version(), date=str(date.today()), start_layer=args.start_layer,
+        layers=num_layers, warmup=args.warmup, repeats=args.repeats,
+    )
+    print(json.dumps(meta))
+    if args.out:
+        with open(args.out, "w") as handle:
+            json.dump(dict(meta=meta, rows=rows), handle, indent=1)
+
+
+if __name__ == "__main__":
+    main()
