@@ -6,8 +6,9 @@ from torch import nn
 
 from dash_vl.adapter import ModelAdapter
 from dash_vl.adapters.qwen2_vl import Qwen2VLAdapter
+from dash_vl.adapters.text_llm import CausalLMAdapter
 
-ADAPTERS: tuple[type[ModelAdapter], ...] = (Qwen2VLAdapter,)
+ADAPTERS: tuple[type[ModelAdapter], ...] = (Qwen2VLAdapter, CausalLMAdapter)
 
 
 def adapter_class_for(model_type: str) -> type[ModelAdapter]:

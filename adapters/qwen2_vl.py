@@ -8,22 +8,12 @@ the outer model computes; the engine gathers them per kept token, so kept tokens
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from dash_vl.adapter import ModelAdapter
+from dash_vl.adapter import VisionLanguageAdapter
 
 
-class Qwen2VLAdapter(ModelAdapter):
+class Qwen2VLAdapter(VisionLanguageAdapter):
     model_types = ("qwen2_vl", "qwen2_5_vl")
-    auto_class = "AutoModelForImageTextToText"
-
-    @property
-    def text_model(self) -> nn.Module:
-        return self.model.model.language_model
-
-    @property
-    def prompt_module(self) -> nn.Module:
-        return self.model.model
 
     def rope_position_ids(
         self, position_ids: torch.Tensor | None, batch_size: int, seq_len: int, past_len: int, device: torch.device
@@ -35,9 +25,3 @@ class Qwen2VLAdapter(ModelAdapter):
         if position_ids.shape[0] == 4:
             return position_ids[1:]
         return position_ids
-
-    def visual_mask(self, input_ids: torch.Tensor | None, seq_len: int) -> torch.Tensor | None:
-        if input_ids is None:
-            return None
-        config = self.model.config
-        return (input_ids == config.image_token_id) | (input_ids == config.video_token_id)

@@ -26,6 +26,7 @@ class ModelAdapter:
 
     model_types: ClassVar[tuple[str, ...]] = ()
     auto_class: ClassVar[str] = "AutoModelForCausalLM"
+    has_visual_tokens: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -89,3 +90,30 @@ class ModelAdapter:
     def feed_forward(self, layer: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
         """The rest of the layer after the attention residual: ``h + mlp(norm(h))``."""
         return hidden_states + layer.mlp(layer.post_attention_layernorm(hidden_states))
+
+
+class VisionLanguageAdapter(ModelAdapter):
+    """A VLM whose language model is ``model.model.language_model`` and whose visual tokens are the
+    placeholders named by ``config.image_token_id`` / ``config.video_token_id`` (where present)."""
+
+    auto_class = "AutoModelForImageTextToText"
+    has_visual_tokens = True
+    visual_token_id_names: ClassVar[tuple[str, ...]] = ("image_token_id", "video_token_id")
+
+    @property
+    def text_model(self) -> nn.Module:
+        return self.model.model.language_model
+
+    @property
+    def prompt_module(self) -> nn.Module:
+        return self.model.model
+
+    def visual_mask(self, input_ids: torch.Tensor | None, seq_len: int) -> torch.Tensor | None:
+        if input_ids is None:
+            return None
+        mask = torch.zeros_like(input_ids, dtype=torch.bool)
+        for name in self.visual_token_id_names:
+            token_id = getattr(self.model.config, name, None)
+            if token_id is not None:
+                mask |= input_ids == token_id
+        return mask

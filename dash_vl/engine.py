@@ -86,6 +86,10 @@ class HaltingEngine:
 
     def __init__(self, adapter: ModelAdapter, config: HaltingConfig) -> None:
         check_implementation(adapter.attn_implementation)
+        if config.scope == "visual" and not adapter.has_visual_tokens:
+            raise ValueError(
+                f"scope='visual' needs a model with visual tokens; {type(adapter.model).__name__} is text-only"
+            )
         self.adapter = adapter
         self.config = config
         self.method = METHODS[config.method]()

@@ -18,27 +18,45 @@ from transformers.cache_utils import DynamicCache
 
 @dataclass
 class LanguageModelInputs:
-    """What the outer VLM hands its language model: ``(B, T, D)`` embeddings, ``(3, B, T)`` M-RoPE ids, ``(B, T)`` mask."""
+    """What the outer model hands its language model at prefill.
+
+    ``embeds`` ``(B, T, D)``; ``position_ids`` as handed over (``(4, B, T)`` for Qwen2-VL under
+    generate, ``(B, T)`` for text LLMs); ``rope_ids`` the rotary ids (``(3, B, T)`` or ``(B, T)``);
+    ``valid`` ``(B, T)`` bool.
+    """
 
     embeds: torch.Tensor
+    position_ids: torch.Tensor
     rope_ids: torch.Tensor
     valid: torch.Tensor
 
+    def prefix(self, length: int) -> "LanguageModelInputs":
+        return LanguageModelInputs(
+            self.embeds[:, :length], self.position_ids[..., :length], self.rope_ids[..., :length], self.valid[:, :length]
+        )
+
+
+def language_model_of(model):
+    return getattr(model.model, "language_model", model.model)
+
 
 def capture_language_model_inputs(model, inputs: dict) -> LanguageModelInputs:
-    """Run the unmodified model once and record the language model's inputs."""
-    captured = {}
-
-    def hook(module, args, kwargs):
-        captured.update(kwargs)
-
-    handle = model.model.language_model.register_forward_pre_hook(hook, with_kwargs=True)
+    """Record the language model's inputs at the prefill of the unmodified model's ``generate``."""
+    language_model = language_model_of(model)
+    calls = []
+    handle = language_model.register_forward_pre_hook(lambda m, a, kwargs: calls.append(kwargs), with_kwargs=True)
     with torch.no_grad():
-        model(**inputs)
+        model.generate(**inputs, max_new_tokens=1, do_sample=False)
     handle.remove()
-    rope_ids = captured["position_ids"]
-    rope_ids = rope_ids[1:] if rope_ids.shape[0] == 4 else rope_ids
-    return LanguageModelInputs(captured["inputs_embeds"], rope_ids, captured["attention_mask"].bool())
+    prefill = calls[0]
+    embeds = prefill.get("inputs_embeds")
+    if embeds is None:
+        embeds = language_model.embed_tokens(prefill["input_ids"])
+    position_ids = prefill["position_ids"]
+    rope_ids = position_ids[1:] if position_ids.ndim == 3 and position_ids.shape[0] == 4 else position_ids
+    mask = prefill.get("attention_mask")
+    valid = torch.ones(embeds.shape[:2], dtype=torch.bool) if mask is None else mask.bool()
+    return LanguageModelInputs(embeds, position_ids, rope_ids, valid)
 
 
 @dataclass
@@ -55,7 +73,7 @@ class MaskingReference:
 
     @property
     def lm(self):
-        return self.model.model.language_model
+        return language_model_of(self.model)
 
     def mask(self, query_len: int, visible: torch.Tensor) -> torch.Tensor:
         """Causal mask of the last ``query_len`` queries over ``visible`` (``(B, S)`` bool) keys, plus the diagonal."""
@@ -102,13 +120,17 @@ class MaskingReference:
                 hidden = torch.where(active[..., None], hidden, frozen)
         self.active = active
         self.key_valid, self.key_active = valid, valid & active
-        self.next_rope = inputs.rope_ids.amax(dim=(0, 2)) + 1  # text continues after the largest id
+        largest = inputs.rope_ids.amax(dim=-1)
+        self.next_rope = (largest.amax(dim=0) if largest.ndim == 2 else largest) + 1  # text goes on after the largest id
+        self.rope_rows = inputs.rope_ids.shape[0] if inputs.rope_ids.ndim == 3 else 0
         return self.lm.norm(hidden)
 
     def extend(self, embeds: torch.Tensor) -> torch.Tensor:
         """Final normed states ``(B, Q, D)`` of ``Q`` new tokens appended after the prompt."""
         query_len = embeds.shape[1]
-        rope_ids = (self.next_rope[:, None] + torch.arange(query_len)).expand(3, -1, -1)
+        rope_ids = self.next_rope[:, None] + torch.arange(query_len)
+        if self.rope_rows:
+            rope_ids = rope_ids.expand(self.rope_rows, -1, -1)
         self.next_rope = self.next_rope + query_len
         new = torch.ones(embeds.shape[0], query_len, dtype=torch.bool)
         self.key_valid = torch.cat([self.key_valid, new], dim=1)

@@ -78,9 +78,7 @@ def test_context_then_question_matches_masking_reference(sdpa_model, processor, 
     question_len = question_tokens or ids.shape[1] - 1 - int(visual.nonzero().max())
     context_len = ids.shape[1] - question_len
     lm_inputs = capture_language_model_inputs(sdpa_model, inputs)
-    context = type(lm_inputs)(
-        lm_inputs.embeds[:, :context_len], lm_inputs.rope_ids[..., :context_len], lm_inputs.valid[:, :context_len]
-    )
+    context = lm_inputs.prefix(context_len)
     eligible = inputs["attention_mask"].bool()[:, :context_len]
     reference = MaskingReference(sdpa_model, 0.75, 2, eligible)
     with torch.no_grad():
