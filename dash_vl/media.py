@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Union
+from typing import Union
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -32,16 +32,12 @@ def open_image(source: ImageSource) -> Image.Image:
         raise ValueError(f"image {str(source)!r} cannot be opened: {error}") from error
 
 
-def load_video(source: VideoSource, fps: float = 2.0, max_frames: int = 64) -> torch.Tensor | list[Image.Image]:
-    """Frames of a video: a file decoded and sampled by qwen-vl-utils, or a list of images as given.
+def load_video(source: VideoSource, fps: float = 2.0, max_frames: int = 64) -> list[Image.Image]:
+    """Frames of a video: a file decoded with PyAV and sampled as qwen-vl-utils does, or images as given.
 
-    Args:
-        source: a video file path, or the frames as ``PIL.Image`` objects.
-        fps: frames sampled per second of video (qwen-vl-utils' rule).
-        max_frames: upper bound on sampled frames.
-
-    Returns:
-        ``(frames, 3, H, W)`` uint8 tensor for a file, or the list of RGB images.
+    The frame count is qwen-vl-utils' ``smart_nframes`` (``fps`` frames per second of video, even,
+    within its bounds and ``max_frames``), taken evenly spaced over the decoded frames.
+    (qwen-vl-utils' own readers need decord, torchcodec, or a torchvision with ``read_video``.)
 
     Raises:
         ValueError: if the file is missing or cannot be decoded; TypeError for other sources.
@@ -52,10 +48,21 @@ def load_video(source: VideoSource, fps: float = 2.0, max_frames: int = 64) -> t
         raise TypeError(f"video must be a path or a list of PIL images, got {type(source).__name__}")
     if not Path(source).is_file():
         raise ValueError(f"video {str(source)!r} does not exist")
-    from qwen_vl_utils import fetch_video
-
-    request: dict[str, Any] = {"video": str(source), "fps": fps, "max_frames": max_frames}
     try:
-        return fetch_video(request)
-    except Exception as error:  # decoders raise many types; all mean the same to the caller
+        import av
+    except ImportError as error:
+        raise ImportError("decoding video files needs PyAV: pip install 'dash-vl[video]'") from error
+    try:
+        with av.open(str(source)) as container:
+            stream = container.streams.video[0]
+            video_fps = float(stream.average_rate or 1)
+            frames = [frame.to_image() for frame in container.decode(stream)]
+    except (av.error.FFmpegError, IndexError) as error:
         raise ValueError(f"video {str(source)!r} cannot be decoded: {error}") from error
+    if len(frames) < 2:
+        raise ValueError(f"video {str(source)!r} has {len(frames)} frames; at least 2 are needed")
+    from qwen_vl_utils.vision_process import smart_nframes
+
+    count = smart_nframes({"fps": fps, "min_frames": 2, "max_frames": min(max_frames, len(frames))}, len(frames), video_fps)
+    picks = torch.linspace(0, len(frames) - 1, count).round().long().tolist()
+    return [frames[index].convert("RGB") for index in picks]

@@ -75,3 +75,37 @@ def test_cli_ask_prints_answer_and_report(saved_model, image_path, capsys):
 def test_cli_reports_bad_knob_without_traceback(saved_model, image_path, capsys):
     assert main(["ask", str(saved_model), "--image", str(image_path), "-q", "x", "--ratio", "1.2"]) == 2
     assert "ratio must be in [0, 1)" in capsys.readouterr().err
+
+
+def write_video(path, frames: int = 8, fps: int = 4) -> None:
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 112, 112, "yuv420p"
+        for index in range(frames):
+            image = np.full((112, 112, 3), index * 30, dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def test_ask_about_a_video_file(saved_model, tmp_path):
+    path = tmp_path / "clip.mp4"
+    write_video(path)
+    from dash_vl.media import load_video
+
+    assert len(load_video(path)) == 4  # 2 s of video at 2 frames per second
+    vlm = dash_vl.load(saved_model, ratio=0.5, scope="visual")
+    assert isinstance(vlm.ask("What happens?", video=path, max_new_tokens=2), str)
+    assert vlm.last_report.eligible_tokens[0] > 0
+
+
+def test_video_that_cannot_be_decoded_is_a_clear_error(saved_model, tmp_path):
+    path = tmp_path / "broken.mp4"
+    path.write_bytes(b"junk")
+    vlm = dash_vl.load(saved_model, ratio=0.5)
+    with pytest.raises(ValueError, match="cannot be decoded"):
+        vlm.ask("What?", video=path)
