@@ -158,6 +158,8 @@ class HaltingEngine:
         if cache is None:
             cache = DynamicCache(config=self.adapter.text_config)
         context_len = seq_len - int(question.sum(dim=1).max())
+        if context_len < 1:
+            raise ValueError(f"the question covers the whole prompt ({seq_len} tokens); nothing is left to halt")
         context, active = self._halting_pass(
             hidden[:, :context_len], token_valid[:, :context_len], rope_ids[..., :context_len], cache, eligible[:, :context_len]
         )

@@ -82,11 +82,6 @@ class HaltingReport:
     kept_positions: list[list[int]]
     relative_flops: float
 
-    @property
-    def kept_fraction(self) -> float:
-        """Kept prompt tokens in the last layer over prompt tokens, over the batch."""
-        return sum(self.kept_tokens_per_layer[-1]) / sum(self.prompt_tokens)
-
     def summary(self) -> str:
         return (
             f"halted at layer {self.start_layer}: kept {sum(self.kept_tokens_per_layer[-1])} of "

@@ -153,3 +153,14 @@ class MaskingReference:
             embeds = self.lm.embed_tokens(token[:, None])
             logits.append(self.model.lm_head(self.extend(embeds))[:, -1])
         return torch.stack(tokens, dim=1), logits[:-1]
+
+
+def assert_engine_matches_reference(report, reference: MaskingReference, valid, logits, expected_logits, produced,
+                                    expected_tokens, expected_step_logits, steps: int) -> None:
+    """Same kept positions, prefill logits on valid tokens, greedy tokens and per-step logits (fp32, 1e-5)."""
+    for b in range(valid.shape[0]):
+        assert report.kept_positions[b] == reference.active[b].nonzero().flatten().tolist()
+    torch.testing.assert_close(logits[valid], expected_logits[valid], rtol=1e-5, atol=1e-5)
+    assert torch.equal(produced.sequences[:, -steps:], expected_tokens)
+    for step, expected_step in zip(produced.logits, expected_step_logits):
+        torch.testing.assert_close(step, expected_step, rtol=1e-5, atol=1e-5)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dash_vl import Halting
-from tests.reference import MaskingReference, capture_language_model_inputs
+from tests.reference import MaskingReference, assert_engine_matches_reference, capture_language_model_inputs
 
 STEPS = 16
 
@@ -78,10 +78,7 @@ def test_halting_matches_masking_reference(model, inputs, ratio, scope, question
         report = halting.last_report
         produced = generate(model, inputs)
 
-    valid = inputs["attention_mask"].bool()
-    for b in range(valid.shape[0]):
-        assert report.kept_positions[b] == reference.active[b].nonzero().flatten().tolist()
-    torch.testing.assert_close(logits[valid], expected_logits[valid], rtol=1e-5, atol=1e-5)
-    assert torch.equal(produced.sequences[:, -STEPS:], expected_tokens)
-    for step, expected_step in zip(produced.logits, expected_step_logits):
-        torch.testing.assert_close(step, expected_step, rtol=1e-5, atol=1e-5)
+    assert_engine_matches_reference(
+        report, reference, inputs["attention_mask"].bool(), logits, expected_logits, produced, expected_tokens,
+        expected_step_logits, STEPS,
+    )

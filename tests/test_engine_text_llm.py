@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, Qwen3Config
 
 from dash_vl import Halting
-from tests.reference import MaskingReference, capture_language_model_inputs
+from tests.reference import MaskingReference, assert_engine_matches_reference, capture_language_model_inputs
 from tests.test_engine_qwen2_vl import STEPS, generate
 
 SIZES = dict(
@@ -63,13 +63,10 @@ def test_text_halting_matches_masking_reference(text_model, prompts, ratio):
             logits = text_model(**prompts, position_ids=lm_inputs.position_ids).logits
         report = halting.last_report
         produced = generate(text_model, prompts)
-    valid = lm_inputs.valid
-    for b in range(valid.shape[0]):
-        assert report.kept_positions[b] == reference.active[b].nonzero().flatten().tolist()
-    torch.testing.assert_close(logits[valid], expected_logits[valid], rtol=1e-5, atol=1e-5)
-    assert torch.equal(produced.sequences[:, -STEPS:], expected_tokens)
-    for step, expected_step in zip(produced.logits, expected_step_logits):
-        torch.testing.assert_close(step, expected_step, rtol=1e-5, atol=1e-5)
+    assert_engine_matches_reference(
+        report, reference, lm_inputs.valid, logits, expected_logits, produced, expected_tokens,
+        expected_step_logits, STEPS,
+    )
 
 
 def test_text_model_refuses_visual_scope(text_model):

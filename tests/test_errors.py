@@ -73,3 +73,10 @@ def test_attention_outputs_are_rejected_while_halting(sdpa_model, processor):
     inputs = processor(text=["<|im_start|>user\nHello<|im_end|>\n"], return_tensors="pt")
     with Halting(sdpa_model, ratio=0.5), pytest.raises(ValueError, match="output_hidden_states"):
         sdpa_model(**inputs, output_hidden_states=True)
+
+
+def test_question_covering_the_whole_prompt_is_rejected(sdpa_model, processor):
+    inputs = processor(text=["<|im_start|>user\nHi<|im_end|>\n"], return_tensors="pt")
+    halting = Halting(sdpa_model, ratio=0.5, question="after_context")
+    with halting, halting.question_length(inputs["input_ids"].shape[1]), pytest.raises(ValueError, match="whole prompt"):
+        sdpa_model(**inputs)
