@@ -97,9 +97,7 @@ def load(
     Raises:
         TypeError: if the checkpoint's family has no adapter.
     """
-    if config is not None and knobs:
-        raise TypeError("pass either a HaltingConfig or keyword knobs, not both")
-    config = config if config is not None else HaltingConfig(**knobs)
+    config = HaltingConfig.resolve(config, knobs)
     model_type = transformers.AutoConfig.from_pretrained(model).model_type
     auto_class = getattr(transformers, adapter_class_for(model_type).auto_class)
     hf_model = auto_class.from_pretrained(

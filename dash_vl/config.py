@@ -62,6 +62,13 @@ class HaltingConfig:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {sorted(METHODS)}, got {self.method!r}")
 
+    @classmethod
+    def resolve(cls, config: HaltingConfig | None, knobs: dict) -> HaltingConfig:
+        """``config`` as given, or one built from keyword ``knobs``; both at once is a ``TypeError``."""
+        if config is not None and knobs:
+            raise TypeError("pass either a HaltingConfig or keyword knobs, not both")
+        return config if config is not None else cls(**knobs)
+
     def decision_layer(self, num_layers: int) -> int:
         """The decision layer ``l_s`` for a model of ``num_layers`` decoder layers.
 

@@ -31,9 +31,7 @@ class Halting:
     """
 
     def __init__(self, model: nn.Module, config: HaltingConfig | None = None, **knobs: Any) -> None:
-        if config is not None and knobs:
-            raise TypeError("pass either a HaltingConfig or keyword knobs, not both")
-        self.config = config if config is not None else HaltingConfig(**knobs)
+        self.config = HaltingConfig.resolve(config, knobs)
         self.adapter = adapter_for(model)
         self.engine = HaltingEngine(self.adapter, self.config)
         self._hook: Any = None

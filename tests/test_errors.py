@@ -80,3 +80,8 @@ def test_question_covering_the_whole_prompt_is_rejected(sdpa_model, processor):
     halting = Halting(sdpa_model, ratio=0.5, question="after_context")
     with halting, halting.question_length(inputs["input_ids"].shape[1]), pytest.raises(ValueError, match="whole prompt"):
         sdpa_model(**inputs)
+
+
+def test_config_and_keyword_knobs_together_are_rejected(sdpa_model):
+    with pytest.raises(TypeError, match="not both"):
+        Halting(sdpa_model, HaltingConfig(ratio=0.5), ratio=0.9)
