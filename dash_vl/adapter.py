@@ -77,7 +77,7 @@ class ModelAdapter:
         """``(cos, sin)`` for ``rope_ids`` as the decoder layers expect them."""
         return self.text_model.rotary_emb(hidden_states, rope_ids)
 
-    def visual_mask(self, input_ids: torch.Tensor | None, seq_len: int) -> torch.Tensor | None:
+    def visual_mask(self, input_ids: torch.Tensor | None) -> torch.Tensor | None:
         """``(batch, T)`` bool, True on visual tokens; ``None`` when the family has none."""
         return None
 
@@ -108,7 +108,7 @@ class VisionLanguageAdapter(ModelAdapter):
     def prompt_module(self) -> nn.Module:
         return self.model.model
 
-    def visual_mask(self, input_ids: torch.Tensor | None, seq_len: int) -> torch.Tensor | None:
+    def visual_mask(self, input_ids: torch.Tensor | None) -> torch.Tensor | None:
         if input_ids is None:
             return None
         mask = torch.zeros_like(input_ids, dtype=torch.bool)

@@ -149,8 +149,9 @@ class HaltingEngine:
     ) -> torch.Tensor:
         """Halting prefill of ``hidden`` ``(batch, T, D)``; returns final states ``(batch, T, D)``."""
         seq_len = hidden.shape[1]
-        question = self._question_mask(prompt_ids, token_valid)
-        eligible = self._eligible(prompt_ids, token_valid, question)
+        visual = self.adapter.visual_mask(prompt_ids)
+        question = self._question_mask(visual, token_valid)
+        eligible = self._eligible(visual, token_valid, question)
         if self.config.question != "after_context":
             hidden, active = self._halting_pass(hidden, token_valid, rope_ids, cache, eligible)
             self._record(token_valid, eligible, active, question_len=0)
@@ -223,7 +224,7 @@ class HaltingEngine:
         return hidden
 
     # ----------------------------------------------------------------------------------------
-    def _question_mask(self, prompt_ids: torch.Tensor | None, token_valid: torch.Tensor) -> torch.Tensor:
+    def _question_mask(self, visual: torch.Tensor | None, token_valid: torch.Tensor) -> torch.Tensor:
         """``(batch, T)`` bool over the question: the trailing ``question_tokens`` if set, else the text after the last visual token."""
         batch_size, seq_len = token_valid.shape
         positions = torch.arange(seq_len, device=token_valid.device).expand(batch_size, -1)
@@ -231,7 +232,6 @@ class HaltingEngine:
             return positions >= seq_len - self.question_tokens
         if self.config.question == "halted":
             return positions >= seq_len - 1
-        visual = self.adapter.visual_mask(prompt_ids, seq_len)
         if visual is None or not bool(visual.any(dim=1).all()):
             raise ValueError(
                 f"question={self.config.question!r} needs visual tokens in every prompt to find where the question "
@@ -240,15 +240,13 @@ class HaltingEngine:
         last_visual = torch.where(visual, positions, -1).max(dim=1).values
         return positions > last_visual[:, None]
 
-    def _eligible(self, prompt_ids: torch.Tensor | None, token_valid: torch.Tensor, question: torch.Tensor) -> torch.Tensor:
+    def _eligible(self, visual: torch.Tensor | None, token_valid: torch.Tensor, question: torch.Tensor) -> torch.Tensor:
         """``(batch, T)`` bool: tokens the policy may halt under ``scope`` and ``question``."""
-        seq_len = token_valid.shape[1]
         eligible = token_valid.clone()
         eligible[:, -1] = False
         if self.config.question != "halted":
             eligible &= ~question
         if self.config.scope == "visual":
-            visual = self.adapter.visual_mask(prompt_ids, seq_len)
             if visual is None:
                 raise ValueError(
                     "scope='visual' needs the prompt's input_ids and a model with visual tokens; "
