@@ -10,10 +10,12 @@ from __future__ import annotations
 import torch
 
 from dash_vl.adapter import VisionLanguageAdapter
+from dash_vl.media import FrameSampling
 
 
 class Qwen2VLAdapter(VisionLanguageAdapter):
     model_types = ("qwen2_vl", "qwen2_5_vl")
+    video_sampling = FrameSampling("qwen", max_frames=64, fps=2.0)
 
     def rope_position_ids(
         self, position_ids: torch.Tensor | None, batch_size: int, seq_len: int, past_len: int, device: torch.device

@@ -15,6 +15,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from dash_vl.media import FrameSampling
+
 
 class ModelAdapter:
     """Maps one HF model family onto the engine's decoder-loop interface.
@@ -94,10 +96,15 @@ class ModelAdapter:
 
 class VisionLanguageAdapter(ModelAdapter):
     """A VLM whose language model is ``model.model.language_model`` and whose visual tokens are the
-    placeholders named by ``config.image_token_id`` / ``config.video_token_id`` (where present)."""
+    placeholders named by ``config.image_token_id`` / ``config.video_token_id`` (where present).
+
+    :attr:`video_sampling` says how many frames the Python API takes from a video file for
+    the family (32 evenly spaced unless a family says otherwise).
+    """
 
     auto_class = "AutoModelForImageTextToText"
     has_visual_tokens = True
+    video_sampling: ClassVar[FrameSampling] = FrameSampling("uniform", max_frames=32)
     visual_token_id_names: ClassVar[tuple[str, ...]] = ("image_token_id", "video_token_id")
 
     @property

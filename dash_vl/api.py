@@ -56,7 +56,7 @@ class VisionLanguageModel:
         if isinstance(images, (str, Path, Image.Image)):
             images = [images]
         opened = [open_image(image) for image in images or []]
-        frames = load_video(video) if video is not None else None
+        frames = load_video(video, self.halting.adapter.video_sampling) if video is not None else None
         content: list[dict[str, Any]] = [{"type": "image"} for _ in opened]
         if frames is not None:
             content.append({"type": "video"})
@@ -66,7 +66,7 @@ class VisionLanguageModel:
         )
         inputs = self.processor(
             text=[prompt],
-            images=opened or None,
+            images=[opened] if opened else None,
             videos=[frames] if frames is not None else None,
             return_tensors="pt",
         ).to(self.model.device)

@@ -41,16 +41,18 @@ def ask(args: argparse.Namespace) -> None:
 
 
 def make_random_model(args: argparse.Namespace) -> None:
-    from dash_vl.random_models import random_qwen2_vl, tiny_qwen2_vl_config, tiny_qwen2_vl_processor
+    from dash_vl.random_models import random_model, tiny_config, tiny_processor
 
-    processor = tiny_qwen2_vl_processor()
-    model = random_qwen2_vl(tiny_qwen2_vl_config(processor.tokenizer, num_layers=args.layers), seed=args.seed)
+    processor = tiny_processor(args.family)
+    model = random_model(tiny_config(args.family, processor.tokenizer, num_layers=args.layers), seed=args.seed)
     model.save_pretrained(args.directory)
     processor.save_pretrained(args.directory)
-    print(f"saved a tiny Qwen2-VL with RANDOM weights (answers are noise) to {args.directory}")
+    print(f"saved a tiny {type(model).__name__} with RANDOM weights (answers are noise) to {args.directory}")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from dash_vl.random_models import FAMILIES
+
     parser = argparse.ArgumentParser(prog="dash-vl", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -66,9 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     ask_parser.set_defaults(run=ask)
 
     random_parser = commands.add_parser(
-        "make-random-model", help="save a tiny random-weight Qwen2-VL and processor (offline plumbing demo)"
+        "make-random-model", help="save a tiny random-weight VLM and its processor (offline plumbing demo)"
     )
     random_parser.add_argument("directory")
+    random_parser.add_argument("--family", default="qwen2_vl", choices=sorted(FAMILIES))
     random_parser.add_argument("--layers", type=int, default=6)
     random_parser.add_argument("--seed", type=int, default=0)
     random_parser.set_defaults(run=make_random_model)

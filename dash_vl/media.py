@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Literal, Union
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -32,12 +33,44 @@ def open_image(source: ImageSource) -> Image.Image:
         raise ValueError(f"image {str(source)!r} cannot be opened: {error}") from error
 
 
-def load_video(source: VideoSource, fps: float = 2.0, max_frames: int = 64) -> list[Image.Image]:
-    """Frames of a video: a file decoded with PyAV and sampled as qwen-vl-utils does, or images as given.
+@dataclass(frozen=True)
+class FrameSampling:
+    """How many frames a model family takes from a video file (always evenly spaced over it).
 
-    The frame count is qwen-vl-utils' ``smart_nframes`` (``fps`` frames per second of video, even,
-    within its bounds and ``max_frames``), taken evenly spaced over the decoded frames.
-    (qwen-vl-utils' own readers need decord, torchcodec, or a torchvision with ``read_video``.)
+    Attributes:
+        rule: ``"qwen"``: qwen-vl-utils' ``smart_nframes`` (``fps`` frames per second of video,
+            an even count within its bounds and ``max_frames``), as Qwen2-VL expects;
+            ``"uniform"``: ``max_frames`` frames (all of them if the video has fewer), as the
+            LLaVA-OneVision and InternVL evaluation code samples.
+        max_frames: the most frames taken.
+        fps: frames per second of video under the ``"qwen"`` rule.
+    """
+
+    rule: Literal["qwen", "uniform"] = "qwen"
+    max_frames: int = 64
+    fps: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.rule not in ("qwen", "uniform"):
+            raise ValueError(f"rule must be 'qwen' or 'uniform', got {self.rule!r}")
+        if self.max_frames < 2:
+            raise ValueError(f"max_frames must be >= 2, got {self.max_frames}")
+
+    def count(self, total_frames: int, video_fps: float) -> int:
+        """Frames to take from a video of ``total_frames`` frames at ``video_fps``."""
+        if self.rule == "uniform":
+            return min(self.max_frames, total_frames)
+        from qwen_vl_utils.vision_process import smart_nframes
+
+        bounds = {"fps": self.fps, "min_frames": 2, "max_frames": min(self.max_frames, total_frames)}
+        return smart_nframes(bounds, total_frames, video_fps)
+
+
+def load_video(source: VideoSource, sampling: FrameSampling = FrameSampling()) -> list[Image.Image]:
+    """Frames of a video: a file decoded with PyAV and sampled by ``sampling``, or images as given.
+
+    (qwen-vl-utils' own readers need decord, torchcodec, or a torchvision with ``read_video``,
+    so the file is decoded here and only qwen-vl-utils' frame-count rule is used.)
 
     Raises:
         ValueError: if the file is missing or cannot be decoded; TypeError for other sources.
@@ -61,8 +94,6 @@ def load_video(source: VideoSource, fps: float = 2.0, max_frames: int = 64) -> l
         raise ValueError(f"video {str(source)!r} cannot be decoded: {error}") from error
     if len(frames) < 2:
         raise ValueError(f"video {str(source)!r} has {len(frames)} frames; at least 2 are needed")
-    from qwen_vl_utils.vision_process import smart_nframes
-
-    count = smart_nframes({"fps": fps, "min_frames": 2, "max_frames": min(max_frames, len(frames))}, len(frames), video_fps)
+    count = sampling.count(len(frames), video_fps)
     picks = torch.linspace(0, len(frames) - 1, count).round().long().tolist()
     return [frames[index].convert("RGB") for index in picks]

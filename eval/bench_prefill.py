@@ -28,7 +28,7 @@ from transformers.cache_utils import DynamicCache
 
 from dash_vl import Halting
 from dash_vl.methods import DecisionInputs, DeltaAttention
-from dash_vl.random_models import qwen2_vl_7b_config, random_qwen2_vl
+from dash_vl.random_models import full_size_config, random_model
 from dash_vl.selection import halted_count, select_active
 
 
@@ -73,7 +73,7 @@ def main() -> None:
     args = parser.parse_args()
 
     device = torch.device("cuda")
-    model = random_qwen2_vl(qwen2_vl_7b_config(), dtype=torch.bfloat16, device=device)
+    model = random_model(full_size_config("qwen2_vl"), dtype=torch.bfloat16, device=device)
     language_model = model.model.language_model
     hidden_size = language_model.config.hidden_size
     num_layers = len(language_model.layers)

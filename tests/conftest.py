@@ -1,15 +1,20 @@
-"""Tiny random Qwen2-VL models and prompts, built offline from configs."""
+"""Tiny random VLMs of every family and their prompts (images, several images, video), built offline."""
 
 from __future__ import annotations
+
+from functools import cache
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch import nn
 
-from dash_vl.random_models import random_qwen2_vl, tiny_qwen2_vl_config, tiny_qwen2_vl_processor
+from dash_vl.random_models import FAMILIES, random_model, tiny_config, tiny_processor
 
+FAMILY_NAMES: tuple[str, ...] = tuple(FAMILIES)
 QUESTIONS = ("What colour is the square in the middle?", "How many?")
+PROMPT_KINDS = ("image", "multi_image", "video")
 
 
 def random_image(seed: int, size: tuple[int, int]) -> Image.Image:
@@ -17,29 +22,58 @@ def random_image(seed: int, size: tuple[int, int]) -> Image.Image:
     return Image.fromarray(pixels)
 
 
+def video_frames(seed: int, count: int = 4, size: tuple[int, int] = (64, 64)) -> np.ndarray:
+    """``(count, height, width, 3)`` uint8 random frames."""
+    return np.stack([np.asarray(random_image(seed * 100 + frame, size)) for frame in range(count)])
+
+
+@cache
+def processor_of(family: str):
+    return tiny_processor(family)
+
+
+@cache
+def model_of(family: str, attn_implementation: str) -> nn.Module:
+    return random_model(tiny_config(family, processor_of(family).tokenizer), attn_implementation=attn_implementation)
+
+
+def vl_inputs(processor, batch: int, kind: str = "image") -> dict:
+    """``batch`` chat prompts, left-padded: one image each (``"image"``, sizes differ per sample),
+    two images each (``"multi_image"``) or a 4-frame video each (``"video"``)."""
+    texts, images, videos = [], [], []
+    for sample in range(batch):
+        if kind == "image":
+            media = [random_image(sample, (112 + 56 * sample, 112))]
+        elif kind == "multi_image":
+            media = [random_image(sample, (100, 60)), random_image(10 + sample, (56, 84))]
+        else:
+            media = []
+            videos.append(video_frames(sample))
+        content = [{"type": "image"} for _ in media] + [{"type": "video"} for _ in videos[sample:]]
+        content.append({"type": "text", "text": QUESTIONS[sample]})
+        messages = [{"role": "user", "content": content}]
+        texts.append(processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+        images.append(media)
+    return dict(
+        processor(
+            text=texts, images=images if kind != "video" else None, videos=videos or None, return_tensors="pt", padding=True
+        )
+    )
+
+
 @pytest.fixture(scope="session")
 def processor():
-    return tiny_qwen2_vl_processor()
+    return processor_of("qwen2_vl")
 
 
 @pytest.fixture(scope="session", params=["sdpa", "eager"])
-def model(request, processor):
-    return random_qwen2_vl(tiny_qwen2_vl_config(processor.tokenizer), attn_implementation=request.param)
+def model(request):
+    return model_of("qwen2_vl", request.param)
 
 
 @pytest.fixture(scope="session")
-def sdpa_model(processor):
-    return random_qwen2_vl(tiny_qwen2_vl_config(processor.tokenizer), attn_implementation="sdpa")
-
-
-def vl_inputs(processor, batch: int) -> dict:
-    """``batch`` chat prompts, one image each of different sizes, left-padded."""
-    texts, images = [], []
-    for sample in range(batch):
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTIONS[sample]}]}]
-        texts.append(processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
-        images.append(random_image(sample, (112 + 56 * sample, 112)))
-    return dict(processor(text=texts, images=images, return_tensors="pt", padding=True))
+def sdpa_model():
+    return model_of("qwen2_vl", "sdpa")
 
 
 @pytest.fixture(params=[1, 2], ids=["batch1", "batch2-left-padded"])

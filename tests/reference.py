@@ -36,6 +36,37 @@ class LanguageModelInputs:
         )
 
 
+STEPS = 16
+
+
+def generate(model, inputs, **kwargs):
+    """``STEPS`` greedy tokens with their logits."""
+    with torch.no_grad():
+        return model.generate(
+            **inputs, max_new_tokens=STEPS, min_new_tokens=STEPS, do_sample=False, output_logits=True,
+            return_dict_in_generate=True, **kwargs
+        )
+
+
+def eligible_tokens(model, inputs, scope: str, question: str) -> torch.Tensor:
+    """Written out independently of the engine: valid, not last, visual-only or not, question kept or not."""
+    ids, valid = inputs["input_ids"], inputs["attention_mask"].bool()
+    eligible = valid.clone()
+    eligible[:, -1] = False
+    visual = torch.zeros_like(valid)
+    for name in ("image_token_id", "video_token_id"):
+        token_id = getattr(model.config, name, None)
+        if token_id is not None:
+            visual |= ids == token_id
+    if scope == "visual":
+        eligible &= visual
+    if question == "protected":
+        for b in range(ids.shape[0]):
+            last_visual = int(visual[b].nonzero().max())
+            eligible[b, last_visual + 1 :] = False
+    return eligible
+
+
 def language_model_of(model):
     return getattr(model.model, "language_model", model.model)
 
@@ -145,10 +176,15 @@ class MaskingReference:
         return self.lm.norm(hidden)
 
     def greedy(self, last_logits: torch.Tensor, steps: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """``steps`` greedy tokens ``(B, steps)`` after a prefill and the logits that chose each."""
+        """``steps`` greedy tokens ``(B, steps)`` after a prefill and the logits that chose each.
+
+        End-of-sequence tokens are never chosen, as under ``generate(min_new_tokens=steps)``.
+        """
+        eos = self.model.generation_config.eos_token_id
+        banned = torch.tensor(eos if isinstance(eos, list) else [eos])
         tokens, logits = [], [last_logits]
         for _ in range(steps):
-            token = logits[-1].argmax(dim=-1)
+            token = logits[-1].index_fill(-1, banned, -torch.inf).argmax(dim=-1)
             tokens.append(token)
             embeds = self.lm.embed_tokens(token[:, None])
             logits.append(self.model.lm_head(self.extend(embeds))[:, -1])

@@ -1,4 +1,4 @@
-"""dash_vl.load / ask and the dash-vl CLI on a tiny random Qwen2-VL saved to disk."""
+"""dash_vl.load / ask and the dash-vl CLI on a tiny random VLM of each family saved to disk."""
 
 from __future__ import annotations
 
@@ -7,13 +7,14 @@ import torch
 
 import dash_vl
 from dash_vl.cli import main
-from tests.conftest import random_image
+from dash_vl.media import FrameSampling, load_video
+from tests.conftest import FAMILY_NAMES, random_image
 
 
-@pytest.fixture(scope="module")
-def saved_model(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("tiny-qwen2-vl")
-    assert main(["make-random-model", str(directory)]) == 0
+@pytest.fixture(scope="module", params=FAMILY_NAMES)
+def saved_model(request, tmp_path_factory):
+    directory = tmp_path_factory.mktemp(f"tiny-{request.param}")
+    assert main(["make-random-model", str(directory), "--family", request.param]) == 0
     return directory
 
 
@@ -33,17 +34,18 @@ def test_load_from_directory_and_ask_about_an_image(saved_model, image_path):
     assert not vlm.halting.enabled
 
 
-def test_ask_with_halting_off_equals_plain_generate(saved_model, image_path):
+def test_ask_with_halting_off_equals_plain_generate_on_two_images(saved_model, image_path):
     vlm = dash_vl.load(saved_model, ratio=0.0)
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe."}]}]
-    prompt = vlm.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    content = [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "Describe."}]
+    prompt = vlm.processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False)
     from PIL import Image
 
-    inputs = vlm.processor(text=[prompt], images=[Image.open(image_path).convert("RGB")], return_tensors="pt")
+    images = [Image.open(image_path).convert("RGB"), random_image(4, (60, 90))]
+    inputs = vlm.processor(text=[prompt], images=[images], return_tensors="pt")
     with torch.no_grad():
         plain = vlm.model.generate(**inputs, max_new_tokens=6, do_sample=False)
     expected = vlm.processor.decode(plain[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
-    assert vlm.ask("Describe.", images=[image_path], max_new_tokens=6) == expected
+    assert vlm.ask("Describe.", images=[image_path, images[1]], max_new_tokens=6) == expected
 
 
 def test_ask_about_video_frames_halts_video_tokens(saved_model):
@@ -92,15 +94,28 @@ def write_video(path, frames: int = 8, fps: int = 4) -> None:
             container.mux(packet)
 
 
+def test_video_file_frames_follow_the_sampling_rule(tmp_path):
+    path = tmp_path / "clip.mp4"
+    write_video(path)
+    assert len(load_video(path, FrameSampling("qwen", fps=2.0))) == 4  # 2 s of video at 2 frames per second
+    assert len(load_video(path, FrameSampling("uniform", max_frames=32))) == 8  # every frame of a short video
+    assert len(load_video(path, FrameSampling("uniform", max_frames=3))) == 3
+
+
 def test_ask_about_a_video_file(saved_model, tmp_path):
     path = tmp_path / "clip.mp4"
     write_video(path)
-    from dash_vl.media import load_video
-
-    assert len(load_video(path)) == 4  # 2 s of video at 2 frames per second
     vlm = dash_vl.load(saved_model, ratio=0.5, scope="visual")
     assert isinstance(vlm.ask("What happens?", video=path, max_new_tokens=2), str)
     assert vlm.last_report.eligible_tokens[0] > 0
+
+
+def test_cli_ask_about_a_video_file(saved_model, tmp_path, capsys):
+    path = tmp_path / "clip.mp4"
+    write_video(path)
+    assert main(["ask", str(saved_model), "--video", str(path), "-q", "What happens?", "--ratio", "0.5",
+                 "--scope", "visual", "--max-new-tokens", "2"]) == 0
+    assert "scope=visual" in capsys.readouterr().err
 
 
 def test_video_that_cannot_be_decoded_is_a_clear_error(saved_model, tmp_path):

@@ -10,8 +10,7 @@ import torch
 from dash_vl import Halting
 from dash_vl.selection import halted_count
 from tests.conftest import vl_inputs
-from tests.reference import MaskingReference, capture_language_model_inputs
-from tests.test_engine_qwen2_vl import STEPS, eligible_tokens, generate
+from tests.reference import STEPS, MaskingReference, capture_language_model_inputs, eligible_tokens, generate
 
 
 def test_kv_cache_holds_all_tokens_before_the_decision_layer_and_kept_ones_after(sdpa_model, inputs):

@@ -7,8 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, Qwen3Config
 
 from dash_vl import Halting
-from tests.reference import MaskingReference, assert_engine_matches_reference, capture_language_model_inputs
-from tests.test_engine_qwen2_vl import STEPS, generate
+from tests.reference import STEPS, MaskingReference, assert_engine_matches_reference, capture_language_model_inputs, generate
 
 SIZES = dict(
     vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=5, num_attention_heads=4,

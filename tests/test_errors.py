@@ -7,7 +7,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from dash_vl import Halting, HaltingConfig
-from dash_vl.random_models import random_qwen2_vl, tiny_qwen2_vl_config
+from dash_vl.random_models import random_model, tiny_config
 
 
 @pytest.mark.parametrize("ratio", [1.0, -0.1, 1.5])
@@ -63,7 +63,7 @@ def test_protected_question_needs_visual_tokens_or_a_length(sdpa_model, processo
 
 
 def test_unsupported_attention_implementation_is_rejected(processor):
-    model = random_qwen2_vl(tiny_qwen2_vl_config(processor.tokenizer))
+    model = random_model(tiny_config("qwen2_vl", processor.tokenizer))
     model.model.language_model.config._attn_implementation = "flex_attention"
     with pytest.raises(ValueError, match="attn_implementation"):
         Halting(model, ratio=0.5)

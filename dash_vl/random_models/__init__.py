@@ -1,0 +1,87 @@
+"""Vision-language models built from configuration values with random weights, and tiny offline processors.
+
+For tests (tiny shapes on the CPU, with each family's real image and video processing) and
+speed benchmarks (the public checkpoints' shapes on a GPU: speed does not depend on weight
+values). Nothing here reaches the Hugging Face Hub. One module per family; this one holds the
+registry and what the families share.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import torch
+from torch import nn
+
+from dash_vl.random_models import internvl, llava_onevision, qwen2_5_vl, qwen2_vl
+from dash_vl.random_models.tokenizer import byte_level_tokenizer
+
+FAMILIES: dict[str, ModuleType] = {
+    "qwen2_vl": qwen2_vl,
+    "qwen2_5_vl": qwen2_5_vl,
+    "llava_onevision": llava_onevision,
+    "internvl": internvl,
+}
+
+
+def family(name: str) -> ModuleType:
+    """The module that builds family ``name``.
+
+    Raises:
+        ValueError: for a name not in :data:`FAMILIES`.
+    """
+    if name not in FAMILIES:
+        raise ValueError(f"no random-model family {name!r}; choose one of {sorted(FAMILIES)}")
+    return FAMILIES[name]
+
+
+def tiny_processor(name: str) -> Any:
+    """The tiny offline processor of family ``name`` (real image/video processing, byte-level tokenizer)."""
+    return family(name).tiny_processor()
+
+
+def tiny_config(name: str, tokenizer: Any, num_layers: int = 6, **text: Any) -> Any:
+    """A tiny config of family ``name``: a ``num_layers``-layer language model of hidden size 64
+    (4 heads, 2 KV heads) whose special ids match ``tokenizer``; ``text`` overrides language-model fields."""
+    pad_id, eos_id = tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|im_end|>"])
+    text_config = dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=4096,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+        bos_token_id=pad_id,
+    )
+    return family(name).tiny_config(tokenizer, dict(text_config, **text))
+
+
+def full_size_config(name: str, num_layers: int | None = None) -> Any:
+    """The public 7B/8B checkpoint's shapes for family ``name`` (optionally fewer layers)."""
+    return family(name).full_size_config(num_layers)
+
+
+def random_model(
+    config: Any,
+    attn_implementation: str = "sdpa",
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+) -> nn.Module:
+    """The family's ``...ForConditionalGeneration`` for ``config`` with seeded random weights, in eval mode."""
+    model_class = next(module.MODEL_CLASS for module in FAMILIES.values() if module.MODEL_CLASS.config_class is type(config))
+    torch.manual_seed(seed)
+    config._attn_implementation = attn_implementation
+    config.text_config._attn_implementation = attn_implementation
+    with torch.device(device):
+        model = model_class(config)
+    return model.to(dtype).eval()
+
+
+__all__ = [
+    "FAMILIES", "byte_level_tokenizer", "family", "full_size_config", "random_model", "tiny_config", "tiny_processor",
+]

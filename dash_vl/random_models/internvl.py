@@ -1,0 +1,77 @@
+"""InternVL (HF format) from configuration values: a tiny one with a real processor, and InternVL3-8B's shapes.
+
+The tiny processor keeps the real dynamic tiling (``crop_to_patches``), the
+``<img><IMG_CONTEXT>...</img>`` layout and ``FrameN:`` video prompts. The tiny language model
+is Llama-style on purpose (InternVL3 uses Qwen2.5): the adapter must not assume one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import InternVLConfig, InternVLForConditionalGeneration, InternVLProcessor, InternVLVideoProcessor
+from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+
+from dash_vl.random_models.tokenizer import byte_level_tokenizer, chat_template, token_ids
+
+MODEL_CLASS = InternVLForConditionalGeneration
+
+NAMED_TOKENS: dict[str, str] = {
+    "start_image_token": "<img>",
+    "end_image_token": "</img>",
+    "context_image_token": "<IMG_CONTEXT>",
+    "video_token": "<video>",
+}
+SPECIAL_TOKENS: tuple[str, ...] = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", *NAMED_TOKENS.values())
+TILE = 56
+PATCH = 14
+
+TEXT_8B: dict[str, Any] = dict(
+    model_type="qwen2",
+    hidden_size=3584,
+    intermediate_size=18944,
+    num_hidden_layers=28,
+    num_attention_heads=28,
+    num_key_value_heads=4,
+    vocab_size=151674,
+    max_position_embeddings=32768,
+    rms_norm_eps=1e-6,
+    rope_theta=1000000.0,
+)
+VISION_300M: dict[str, Any] = dict(
+    hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, image_size=[448, 448], patch_size=[14, 14]
+)
+
+
+def tiny_processor() -> InternVLProcessor:
+    """The real InternVL image (dynamic tiles, up to 4) and video processors with 56-px tiles, byte-level tokenizer."""
+    tile = {"height": TILE, "width": TILE}
+    return InternVLProcessor(
+        image_processor=GotOcr2ImageProcessorPil(size=tile, crop_to_patches=True, min_patches=1, max_patches=4),
+        tokenizer=byte_level_tokenizer(SPECIAL_TOKENS, NAMED_TOKENS),
+        video_processor=InternVLVideoProcessor(size=tile),
+        image_seq_length=(TILE // PATCH) ** 2 // 4,
+        chat_template=chat_template("<IMG_CONTEXT>\n", "<video>\n"),
+    )
+
+
+def tiny_config(tokenizer: Any, text: dict[str, Any]) -> InternVLConfig:
+    """An InternVL with a Llama-style language model of the ``text`` shapes and a 2-layer InternViT."""
+    ids = token_ids(tokenizer, SPECIAL_TOKENS)
+    vision = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        image_size=[TILE, TILE], patch_size=[PATCH, PATCH],
+    )
+    return InternVLConfig(
+        text_config=dict(text, model_type="llama"),
+        vision_config=vision,
+        image_token_id=ids["<IMG_CONTEXT>"],
+        image_seq_length=(TILE // PATCH) ** 2 // 4,
+        downsample_ratio=0.5,
+    )
+
+
+def full_size_config(num_layers: int | None = None) -> InternVLConfig:
+    """InternVL3-8B-hf's shapes (Qwen2.5-7B, InternViT-300M at 448 px, 256 tokens a tile), optionally fewer layers."""
+    text = dict(TEXT_8B, num_hidden_layers=num_layers or TEXT_8B["num_hidden_layers"])
+    return InternVLConfig(text_config=text, vision_config=VISION_300M, image_seq_length=256, downsample_ratio=0.5)

@@ -1,0 +1,85 @@
+"""LLaVA-OneVision from configuration values: a tiny one with a real processor, and the 7B's shapes.
+
+The tiny processor keeps the real anyres tiling (a base view plus crops from
+``image_grid_pinpoints``, with image-newline features), multi-image prompts and video frames.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import (
+    LlavaOnevisionConfig,
+    LlavaOnevisionForConditionalGeneration,
+    LlavaOnevisionProcessor,
+    LlavaOnevisionVideoProcessor,
+)
+from transformers.models.llava_onevision.image_processing_pil_llava_onevision import LlavaOnevisionImageProcessorPil
+
+from dash_vl.random_models.tokenizer import byte_level_tokenizer, chat_template, token_ids
+
+MODEL_CLASS = LlavaOnevisionForConditionalGeneration
+
+SPECIAL_TOKENS: tuple[str, ...] = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>")
+TILE = 56
+PATCH = 14
+PINPOINTS = [[TILE, TILE], [TILE, 2 * TILE], [2 * TILE, TILE], [2 * TILE, 2 * TILE]]
+
+TEXT_7B: dict[str, Any] = dict(
+    model_type="qwen2",
+    hidden_size=3584,
+    intermediate_size=18944,
+    num_hidden_layers=28,
+    num_attention_heads=28,
+    num_key_value_heads=4,
+    vocab_size=152128,
+    max_position_embeddings=32768,
+    rms_norm_eps=1e-6,
+    rope_theta=1000000.0,
+)
+VISION_SO400M: dict[str, Any] = dict(
+    model_type="siglip_vision_model",
+    hidden_size=1152,
+    intermediate_size=4304,
+    num_hidden_layers=26,
+    num_attention_heads=16,
+    image_size=384,
+    patch_size=14,
+)
+
+
+def tiny_processor() -> LlavaOnevisionProcessor:
+    """The real LLaVA-OneVision image (anyres) and video processors with 56-px tiles and a byte-level tokenizer."""
+    tile = {"height": TILE, "width": TILE}
+    return LlavaOnevisionProcessor(
+        image_processor=LlavaOnevisionImageProcessorPil(size=tile, image_grid_pinpoints=PINPOINTS),
+        tokenizer=byte_level_tokenizer(SPECIAL_TOKENS),
+        video_processor=LlavaOnevisionVideoProcessor(size=tile),
+        num_image_tokens=(TILE // PATCH) ** 2,
+        vision_feature_select_strategy="full",
+        chat_template=chat_template("<image>\n", "<video>\n"),
+    )
+
+
+def tiny_config(tokenizer: Any, text: dict[str, Any]) -> LlavaOnevisionConfig:
+    """A LLaVA-OneVision with a Qwen2 language model of the ``text`` shapes and a 2-layer SigLIP."""
+    ids = token_ids(tokenizer, SPECIAL_TOKENS)
+    vision = dict(
+        model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, image_size=TILE, patch_size=PATCH,
+    )
+    return LlavaOnevisionConfig(
+        text_config=dict(text, model_type="qwen2"),
+        vision_config=vision,
+        image_token_index=ids["<image>"],
+        video_token_index=ids["<video>"],
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+        image_grid_pinpoints=PINPOINTS,
+    )
+
+
+def full_size_config(num_layers: int | None = None) -> LlavaOnevisionConfig:
+    """llava-onevision-qwen2-7b-ov-hf's shapes (Qwen2-7B, SigLIP so400m at 384 px), optionally fewer layers."""
+    text = dict(TEXT_7B, num_hidden_layers=num_layers or TEXT_7B["num_hidden_layers"])
+    return LlavaOnevisionConfig(text_config=text, vision_config=VISION_SO400M, vision_feature_select_strategy="full")

@@ -1,0 +1,70 @@
+"""Qwen2-VL from configuration values: a tiny one with a real processor, and Qwen2-VL-7B's shapes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor, Qwen2VLVideoProcessor
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+from dash_vl.random_models.tokenizer import byte_level_tokenizer, chat_template, token_ids
+
+MODEL_CLASS = Qwen2VLForConditionalGeneration
+
+SPECIAL_TOKENS: tuple[str, ...] = (
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>",
+)
+
+TEXT_7B: dict[str, Any] = dict(
+    hidden_size=3584,
+    intermediate_size=18944,
+    num_hidden_layers=28,
+    num_attention_heads=28,
+    num_key_value_heads=4,
+    vocab_size=152064,
+    max_position_embeddings=32768,
+    rms_norm_eps=1e-6,
+    rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
+)
+VISION_7B: dict[str, Any] = dict(
+    depth=32, embed_dim=1280, hidden_size=3584, num_heads=16, mlp_ratio=4, patch_size=14, spatial_merge_size=2, temporal_patch_size=2
+)
+
+
+def tiny_processor(processor_class: type = Qwen2VLProcessor, min_pixels: int = 56 * 56, max_pixels: int = 224 * 224) -> Any:
+    """The real Qwen2-VL image and video processors and chat layout with a byte-level tokenizer."""
+    sizes = dict(min_pixels=min_pixels, max_pixels=max_pixels, patch_size=14, merge_size=2, temporal_patch_size=2)
+    return processor_class(
+        image_processor=Qwen2VLImageProcessorPil(**sizes),
+        tokenizer=byte_level_tokenizer(SPECIAL_TOKENS),
+        video_processor=Qwen2VLVideoProcessor(**sizes),
+        chat_template=chat_template(
+            "<|vision_start|><|image_pad|><|vision_end|>", "<|vision_start|><|video_pad|><|vision_end|>"
+        ),
+    )
+
+
+def tiny_config(
+    tokenizer: Any, text: dict[str, Any], config_class: type = Qwen2VLConfig, vision: dict[str, Any] | None = None
+) -> Any:
+    """A Qwen2-VL (or ``config_class``) with the ``text`` shapes, a 2-block ViT and merger (or
+    ``vision``), M-RoPE sections for head size 16, special ids from ``tokenizer``."""
+    ids = token_ids(tokenizer, SPECIAL_TOKENS)
+    text = dict(text, rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]})
+    vision = vision or dict(depth=2, embed_dim=32, hidden_size=text["hidden_size"], num_heads=4, mlp_ratio=2)
+    return config_class(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+    )
+
+
+def full_size_config(num_layers: int | None = None) -> Qwen2VLConfig:
+    """Qwen2-VL-7B-Instruct's shapes (optionally fewer layers)."""
+    text = dict(TEXT_7B, num_hidden_layers=num_layers or TEXT_7B["num_hidden_layers"])
+    return Qwen2VLConfig(text_config=text, vision_config=VISION_7B)
