@@ -1,10 +1,10 @@
-"""The same engine on text-only LLMs (Llama, Qwen2, Qwen3 layers): every token is text."""
+"""The same engine on text-only LLMs (Llama, Mistral, Qwen2, Qwen3 layers): every token is text."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, Qwen3Config
+from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
 
 from dash_vl import Halting
 from tests.reference import STEPS, MaskingReference, assert_engine_matches_reference, capture_language_model_inputs, generate
@@ -13,7 +13,7 @@ SIZES = dict(
     vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=5, num_attention_heads=4,
     num_key_value_heads=2, max_position_embeddings=512, pad_token_id=0, eos_token_id=1, bos_token_id=2,
 )
-CONFIGS = {"llama": LlamaConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config}
+CONFIGS = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config}
 
 
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
