@@ -89,6 +89,23 @@ class ModelAdapter:
         update, _ = layer.self_attn(hidden_states=normed, **attention_kwargs)
         return update
 
+    def attention_queries(
+        self, layer: nn.Module, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
+        """The attention sub-layer's queries for ``hidden_states`` ``(batch, Q, hidden)``: normed,
+        projected, per-head normed where the family has ``q_norm``, rotary applied and multiplied by
+        the attention's scaling; ``(batch, heads, Q, head_dim)``."""
+        attention = layer.self_attn
+        normed = layer.input_layernorm(hidden_states)
+        query = attention.q_proj(normed).view(*normed.shape[:-1], -1, attention.head_dim)
+        if hasattr(attention, "q_norm"):
+            query = attention.q_norm(query)
+        query = query.transpose(1, 2)
+        cos, sin = (part.unsqueeze(1) for part in position_embeddings)
+        first, second = query.chunk(2, dim=-1)
+        rotated = query * cos + torch.cat([-second, first], dim=-1) * sin
+        return rotated * attention.scaling
+
     def feed_forward(self, layer: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
         """The rest of the layer after the attention residual: ``h + mlp(norm(h))``."""
         return hidden_states + layer.mlp(layer.post_attention_layernorm(hidden_states))

@@ -19,14 +19,19 @@ def add_knobs(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--method", default="dash", choices=sorted(METHODS))
     parser.add_argument("--ratio", type=float, default=0.0, help="fraction of eligible tokens halted, in [0, 1)")
-    parser.add_argument("--start-layer", type=start_layer, default=0.4, help="layer index, or fraction of the depth")
-    parser.add_argument("--scope", default="all", choices=SCOPES)
+    parser.add_argument(
+        "--start-layer", type=start_layer, default=None,
+        help="layer index, or fraction of the depth (default: the method's, 0.4 for DASH, 2 for FastV/DART)",
+    )
+    parser.add_argument("--scope", default=None, choices=SCOPES, help="default: the method's (all for DASH, visual for FastV/DART)")
     parser.add_argument("--question-mode", default="halted", choices=QUESTION_MODES)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random method")
 
 
 def knobs(args: argparse.Namespace) -> HaltingConfig:
     return HaltingConfig(
-        method=args.method, ratio=args.ratio, start_layer=args.start_layer, scope=args.scope, question=args.question_mode
+        method=args.method, ratio=args.ratio, start_layer=args.start_layer, scope=args.scope, question=args.question_mode,
+        seed=args.seed,
     )
 
 

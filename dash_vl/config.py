@@ -17,13 +17,19 @@ class HaltingConfig:
     """How many prompt tokens are halted, where, and which ones may be.
 
     Attributes:
-        method: name of the halting policy in :data:`dash_vl.methods.METHODS` (``"dash"``).
+        method: name of the halting policy in :data:`dash_vl.methods.METHODS`: ``"dash"``, its
+            ablations ``"dash_block"``, ``"dash_highest"``, ``"random"``, or the baselines
+            ``"fastv"`` and ``"dart"`` (see each module for its published rule).
         ratio: ρ in [0, 1), the fraction of *eligible* prompt tokens halted at the decision
-            layer. ``0`` runs the engine with nothing halted (identical to the unmodified model).
+            layer (for FastV and DART: the fraction of visual tokens dropped). ``0`` runs the
+            engine with nothing halted (identical to the unmodified model).
         start_layer: the decision layer ``l_s``. An ``int`` is a layer index in ``[1, L)``; a
             ``float`` in (0, 1) is a fraction of ``L`` (``floor(start_layer * L)``, at least 1).
+            Unset (``None``), the method's default: ``0.4`` for DASH and its ablations, layer
+            ``2`` (the official ``K``) for FastV and DART.
         scope: ``"all"``: text and visual tokens are eligible (the paper's unified rule);
-            ``"visual"``: only visual tokens are eligible.
+            ``"visual"``: only visual tokens are eligible. Unset (``None``), it becomes the
+            method's default: ``"all"`` for DASH and its ablations, ``"visual"`` for FastV and DART.
         question: how the question (the prompt's trailing text) is treated.
             ``"halted"``: eligible like any other token (only the last prompt token is
             protected). ``"protected"``: never halted, but scored in the same single pass.
@@ -32,19 +38,29 @@ class HaltingConfig:
             appended uncompressed, attending to the reduced cache.
             The question is the text after the last visual token, unless the caller gives its
             length with :meth:`dash_vl.Halting.question_length`.
+        seed: seed of the ``"random"`` method's generator (the same on every prompt).
     """
 
     method: str = "dash"
     ratio: float = 0.0
-    start_layer: int | float = 0.4
-    scope: Scope = "all"
+    start_layer: int | float | None = None
+    scope: Scope | None = None
     question: QuestionMode = "halted"
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)):
             raise TypeError(f"ratio must be a float in [0, 1), got {self.ratio!r}")
         if not 0.0 <= float(self.ratio) < 1.0:
             raise ValueError(f"ratio must be in [0, 1), got {self.ratio}")
+        from dash_vl.methods import METHODS
+
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {sorted(METHODS)}, got {self.method!r}")
+        if self.start_layer is None:
+            object.__setattr__(self, "start_layer", METHODS[self.method].default_start_layer)
+        if self.scope is None:
+            object.__setattr__(self, "scope", METHODS[self.method].default_scope)
         if isinstance(self.start_layer, bool) or not isinstance(self.start_layer, (int, float)):
             raise TypeError(
                 f"start_layer must be an int layer index or a float fraction of the depth, got {self.start_layer!r}"
@@ -57,10 +73,8 @@ class HaltingConfig:
             raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}")
         if self.question not in QUESTION_MODES:
             raise ValueError(f"question must be one of {QUESTION_MODES}, got {self.question!r}")
-        from dash_vl.methods import METHODS
-
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {sorted(METHODS)}, got {self.method!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise TypeError(f"seed must be an int, got {self.seed!r}")
 
     @classmethod
     def resolve(cls, config: HaltingConfig | None, knobs: dict) -> HaltingConfig:

@@ -2,13 +2,15 @@
 
 Prefill (empty cache):
   * layers ``[0, l_s)`` run on all ``T`` prompt tokens and cache all of them;
-  * at the decision layer ``l_s`` the attention sub-layer runs over all ``T`` tokens; its
-    output ``U`` (after ``o_proj``, before the residual add) is what DASH scores
-    (``Δattn = ‖U_t‖₂``). The policy's top tokens stay active. Halted tokens drop out before
-    that residual add: they keep the hidden state they had entering ``l_s``, frozen to the end;
+  * the policy (``dash_vl.methods``) decides which tokens stay active. For DASH and its
+    ablations (placement ``"attention_update"``) the attention sub-layer of ``l_s`` runs over
+    all ``T`` tokens first; its output ``U`` (after ``o_proj``, before the residual add) is what
+    DASH scores (``Δattn = ‖U_t‖₂``), and halted tokens drop out before that residual add.
+    For FastV and DART (placement ``"layer_input"``) the decision is made on what layers
+    ``l_s - 1`` and ``l_s`` see, and only active tokens run layer ``l_s``. Either way halted
+    tokens keep the hidden state they had entering ``l_s``, frozen to the end;
   * active tokens are gathered into a compact left-padded tensor (prompt order kept, original
-    rotary ids kept) and run the rest of layer ``l_s`` (residual add, MLP) and all later
-    layers; layers ``>= l_s`` cache only active tokens.
+    rotary ids kept) and run the rest of the layers; layers ``>= l_s`` cache only active tokens.
 
 Later calls on the same cache (decoding, or appended text) run every new token through every
 layer: layers ``< l_s`` attend over the full cache, layers ``>= l_s`` over the compact one.
@@ -27,10 +29,11 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from dash_vl.adapter import ModelAdapter
 from dash_vl.config import HaltingConfig
+from dash_vl.decision import DecisionProbe
 from dash_vl.masks import causal_mask, check_implementation
-from dash_vl.methods import METHODS, DecisionInputs
+from dash_vl.methods import METHODS
 from dash_vl.report import HaltingReport, LayerShapes
-from dash_vl.selection import ActiveSet, select_active
+from dash_vl.selection import ActiveSet, compact_layout, require_eligible
 
 UNSUPPORTED_OUTPUTS: tuple[str, ...] = ("output_attentions", "output_hidden_states")
 
@@ -45,21 +48,6 @@ class CompactCache:
     """
 
     slot_valid: torch.Tensor
-
-
-class KeyValueCapture:
-    """Stands in for the cache at the decision layer: keeps the keys and values, stores nothing.
-
-    The decision layer attends over all ``T`` tokens but caches only the active ones, so the
-    engine takes the keys (rotary already applied) and values from here and gathers them.
-    """
-
-    key: torch.Tensor
-    value: torch.Tensor
-
-    def update(self, key: torch.Tensor, value: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        self.key, self.value = key, value
-        return key, value
 
 
 def gather_tokens(tensor: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Tensor:
@@ -92,7 +80,7 @@ class HaltingEngine:
             )
         self.adapter = adapter
         self.config = config
-        self.method = METHODS[config.method]()
+        self.method = METHODS[config.method].from_config(config)
         self.num_layers = len(adapter.layers)
         self.start_layer = config.decision_layer(self.num_layers)
         self.shapes = LayerShapes.from_config(adapter.text_config)
@@ -172,39 +160,55 @@ class HaltingEngine:
         self, hidden: torch.Tensor, token_valid: torch.Tensor, rope_ids: torch.Tensor, cache: Any, eligible: torch.Tensor
     ) -> tuple[torch.Tensor, ActiveSet]:
         """Layers ``[0, L)`` over a prompt, halting at ``l_s``; returns ``(batch, T, D)`` and the active set."""
-        layers = self.adapter.layers
+        require_eligible(eligible, self.config.ratio)
+        layers, start = self.adapter.layers, self.start_layer
         implementation = self.adapter.attn_implementation
-        full_mask = causal_mask(implementation, token_valid, hidden.shape[1], hidden.dtype)
-        full_rope = self.adapter.position_embeddings(hidden, rope_ids)
-        for layer in layers[: self.start_layer]:
-            hidden = layer(hidden, attention_mask=full_mask, position_embeddings=full_rope, past_key_values=cache)
-
-        decision_layer = layers[self.start_layer]
-        capture = KeyValueCapture()
-        update = self.adapter.attention_update(
-            decision_layer, hidden, attention_mask=full_mask, position_embeddings=full_rope, past_key_values=capture
+        full = dict(
+            attention_mask=causal_mask(implementation, token_valid, hidden.shape[1], hidden.dtype),
+            position_embeddings=self.adapter.position_embeddings(hidden, rope_ids),
         )
-        scores = self.method.scores(DecisionInputs(hidden_states=hidden, attention_update=update))
-        active = select_active(scores, eligible, token_valid, self.config.ratio)
+        early_cache = cache if cache is not None else DynamicCache(config=self.adapter.text_config)
+        for layer in layers[:start]:
+            previous_hidden = hidden
+            hidden = layer(hidden, past_key_values=early_cache, **full)
+
+        probe = DecisionProbe(
+            self.adapter, start, hidden, previous_hidden, early_cache.layers[start - 1].keys, token_valid, eligible, full
+        )
+        kept = self.method.keep(probe, self.config.ratio) if self.config.ratio > 0 else eligible
+        active = compact_layout(token_valid & (kept | ~eligible))
+        in_layer = self.method.placement == "attention_update"
+        if in_layer:
+            compact = self._finish_decision_layer(probe, active, cache)
+        else:
+            compact = gather_tokens(hidden, active.index, dim=1)
         if cache is not None:
-            cache.update(
-                gather_tokens(capture.key, active.index, dim=2),
-                gather_tokens(capture.value, active.index, dim=2),
-                self.start_layer,
-            )
             self._compact[cache] = CompactCache(slot_valid=active.slot_valid)
 
-        compact = gather_tokens(hidden, active.index, dim=1) + gather_tokens(update, active.index, dim=1)
-        compact = self.adapter.feed_forward(decision_layer, compact)
         compact_mask = causal_mask(implementation, active.slot_valid, compact.shape[1], compact.dtype)
         compact_rope = self.adapter.position_embeddings(compact, gather_tokens(rope_ids, active.index, dim=-1))
-        for layer in layers[self.start_layer + 1 :]:
+        for layer in layers[start + 1 if in_layer else start :]:
             compact = layer(compact, attention_mask=compact_mask, position_embeddings=compact_rope, past_key_values=cache)
 
         sample, slot = active.slot_valid.nonzero(as_tuple=True)
         hidden = hidden.clone()
         hidden[sample, active.index[sample, slot]] = compact[sample, slot]
         return hidden, active
+
+    def _finish_decision_layer(self, probe: DecisionProbe, active: ActiveSet, cache: Any) -> torch.Tensor:
+        """Rest of layer ``l_s`` for the active tokens after its attention ran on all ``T``; caches their
+        K/V at ``l_s``; returns the compact states ``(batch, K, D)`` leaving ``l_s``."""
+        update = probe.attention_update()
+        if cache is not None:
+            cache.update(
+                gather_tokens(probe.capture.key, active.index, dim=2),
+                gather_tokens(probe.capture.value, active.index, dim=2),
+                self.start_layer,
+            )
+        if probe.block_output is not None:
+            return gather_tokens(probe.block_output, active.index, dim=1)
+        compact = gather_tokens(probe.hidden_states, active.index, dim=1) + gather_tokens(update, active.index, dim=1)
+        return self.adapter.feed_forward(probe.layer, compact)
 
     def _extend(
         self, hidden: torch.Tensor, token_valid: torch.Tensor, rope_ids: torch.Tensor, cache: Any, compact: CompactCache | None
@@ -255,6 +259,14 @@ class HaltingEngine:
             eligible &= visual
         return eligible
 
+    def _decision_layer_flops(self, tokens: int, keep: int) -> float:
+        """Layer ``l_s`` of one sample: attention over all ``tokens`` then MLP on ``keep`` (DASH), MLP on
+        all (whole-block score), or only the ``keep`` active tokens (decision before the layer)."""
+        if self.method.placement == "layer_input":
+            return self.shapes.layer_flops(keep)
+        mlp_tokens = tokens if self.method.needs_block_update else keep
+        return self.shapes.layer_flops(tokens, mlp_tokens=mlp_tokens)
+
     def _record(self, token_valid: torch.Tensor, eligible: torch.Tensor, active: ActiveSet, question_len: int) -> None:
         """Append the report of one prefill (``question_len`` uncompressed tokens after the context)."""
         context = token_valid.sum(dim=1).tolist()
@@ -267,7 +279,7 @@ class HaltingEngine:
             full_flops += self.num_layers * (shapes.layer_flops(tokens) + question_full)
             halted_flops += (
                 start * (shapes.layer_flops(tokens) + question_full)
-                + shapes.layer_flops(tokens, mlp_tokens=keep)
+                + self._decision_layer_flops(tokens, keep)
                 + (self.num_layers - start - 1) * shapes.layer_flops(keep)
                 + (self.num_layers - start) * question_halted
             )

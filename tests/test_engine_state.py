@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dash_vl import Halting
-from dash_vl.selection import halted_count
+from dash_vl.methods import halted_count
 from tests.conftest import vl_inputs
 from tests.reference import STEPS, MaskingReference, capture_language_model_inputs, eligible_tokens, generate
 

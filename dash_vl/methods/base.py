@@ -1,30 +1,114 @@
-"""What every halting policy receives at the decision layer and must return."""
+"""What every halting policy sees at the decision layer, and what it must return.
+
+A policy decides once per prompt which tokens stay active from the decision layer ``l_s`` on.
+Where it decides is its :attr:`HaltingMethod.placement`:
+
+* ``"attention_update"`` (DASH and its ablations): inside layer ``l_s``, after its attention
+  sub-layer has run over all ``T`` tokens; halted tokens drop out before the residual add.
+* ``"layer_input"`` (FastV, DART): before layer ``l_s``; only the active tokens run it.
+"""
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Literal, Protocol
 
 import torch
 
+if TYPE_CHECKING:
+    from dash_vl.config import HaltingConfig
 
-@dataclass(frozen=True)
-class DecisionInputs:
-    """Tensors of the decision layer ``l_s``, over all ``T`` prompt tokens.
+Placement = Literal["attention_update", "layer_input"]
+
+
+class DecisionInputs(Protocol):
+    """The decision layer's tensors over all ``T`` prompt tokens; each is computed on first use.
 
     Attributes:
         hidden_states: ``(batch, T, hidden)``, the residual stream entering layer ``l_s``.
-        attention_update: ``(batch, T, hidden)``, the output of layer ``l_s``'s attention
-            sub-layer (after ``o_proj``, before the residual add).
+        valid: ``(batch, T)`` bool, non-padding tokens.
+        eligible: ``(batch, T)`` bool, tokens the policy may halt (``scope`` and question applied).
     """
 
     hidden_states: torch.Tensor
-    attention_update: torch.Tensor
+    valid: torch.Tensor
+    eligible: torch.Tensor
+
+    def attention_update(self) -> torch.Tensor:
+        """``(batch, T, hidden)``: layer ``l_s``'s attention sub-layer output (after ``o_proj``, before the
+        residual add). Only under the ``"attention_update"`` placement."""
+
+    def block_update(self) -> torch.Tensor:
+        """``(batch, T, hidden)``: layer ``l_s``'s whole-block update (output minus input), MLP run on all
+        ``T`` tokens. Only under the ``"attention_update"`` placement."""
+
+    def previous_keys(self) -> torch.Tensor:
+        """``(batch, kv_heads, T, head_dim)``: the keys of layer ``l_s - 1`` (rotary applied), as cached."""
+
+    def last_query_attention(self) -> torch.Tensor:
+        """``(batch, heads, T)`` float32: layer ``l_s - 1``'s attention probabilities from each sample's
+        last prompt token to every token (softmax over valid keys), one row, no ``T x T`` matrix."""
+
+    def normed_hidden_states(self) -> torch.Tensor:
+        """``(batch, T, hidden)``: :attr:`hidden_states` through the model's final norm."""
 
 
 class HaltingMethod(ABC):
-    """A policy that scores prompt tokens; the engine keeps the highest-scoring eligible ones."""
+    """A policy choosing, once per prompt, the tokens that stay active from layer ``l_s`` on.
+
+    Subclasses set :attr:`placement`, :attr:`needs_block_update` (the MLP of layer ``l_s`` runs on
+    all ``T`` tokens, which the FLOP count must know), :attr:`default_scope` and
+    :attr:`default_start_layer` (used where the config leaves ``scope`` / ``start_layer`` unset)
+    and implement :meth:`keep`.
+    """
+
+    placement: ClassVar[Placement] = "attention_update"
+    needs_block_update: ClassVar[bool] = False
+    default_scope: ClassVar[str] = "all"
+    default_start_layer: ClassVar[int | float] = 0.4
+
+    @classmethod
+    def from_config(cls, config: HaltingConfig) -> HaltingMethod:
+        """The policy for ``config`` (knobs other than ``ratio`` that the policy reads)."""
+        return cls()
+
+    @abstractmethod
+    def keep(self, inputs: DecisionInputs, ratio: float) -> torch.Tensor:
+        """``(batch, T)`` bool: the eligible tokens that stay active (the engine keeps every
+        non-eligible valid token active whatever this says)."""
+
+
+class ScoredHalting(HaltingMethod):
+    """Halt, per sample, the ``floor(ratio * E)`` eligible tokens with the lowest keep-scores
+    (``E`` eligible tokens); at least one eligible token always stays active."""
 
     @abstractmethod
     def scores(self, inputs: DecisionInputs) -> torch.Tensor:
-        """Keep-scores, ``(batch, T)`` float32: higher means more worth keeping active."""
+        """Keep-scores, ``(batch, T)``: higher means more worth keeping active."""
+
+    def keep(self, inputs: DecisionInputs, ratio: float) -> torch.Tensor:
+        return ~lowest(self.scores(inputs), inputs.eligible, halted_counts(ratio, inputs.eligible))
+
+
+def halted_count(ratio: float, eligible: int) -> int:
+    """Tokens halted out of ``eligible``: ``floor(ratio * eligible)`` (always < eligible for ratio < 1).
+
+    A tolerance of 1e-9 absorbs binary rounding, so that 0.29 * 100 halts 29, not 28.
+    """
+    return min(eligible, math.floor(ratio * eligible + 1e-9))
+
+
+def halted_counts(ratio: float, eligible: torch.Tensor) -> torch.Tensor:
+    """``(batch,)`` long: :func:`halted_count` per sample of ``eligible`` ``(batch, T)``."""
+    counts = [halted_count(ratio, int(n)) for n in eligible.sum(dim=1).tolist()]
+    return torch.tensor(counts, device=eligible.device)
+
+
+def lowest(scores: torch.Tensor, candidates: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """``(batch, T)`` bool: per sample, the ``counts[b]`` candidates with the lowest ``scores``
+    (ties broken by position). ``scores`` ``(batch, T)``, ``candidates`` ``(batch, T)`` bool."""
+    ascending = scores.float().masked_fill(~candidates, math.inf).argsort(dim=1, stable=True)
+    positions = torch.arange(scores.shape[1], device=scores.device).expand_as(ascending)
+    rank = torch.empty_like(ascending).scatter_(1, ascending, positions)
+    return candidates & (rank < counts[:, None])

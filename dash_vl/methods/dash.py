@@ -6,12 +6,12 @@ from dataclasses import dataclass
 
 import torch
 
-from dash_vl.methods.base import DecisionInputs, HaltingMethod
+from dash_vl.methods.base import DecisionInputs, ScoredHalting
 
 
 @dataclass(frozen=True)
-class DeltaAttention(HaltingMethod):
+class DeltaAttention(ScoredHalting):
     """Score each token by ``Δattn = ‖U_t‖₂``, the L2 norm of its attention sub-layer output."""
 
     def scores(self, inputs: DecisionInputs) -> torch.Tensor:
-        return inputs.attention_update.float().norm(dim=-1)
+        return inputs.attention_update().float().norm(dim=-1)

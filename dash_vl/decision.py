@@ -1,0 +1,96 @@
+"""The tensors a halting policy may read at the decision layer, computed only when it asks.
+
+:class:`DecisionProbe` implements :class:`dash_vl.methods.DecisionInputs` for one prefill. The
+engine fills in what it has anyway (the states entering layers ``l_s - 1`` and ``l_s``, the
+cache); the rest (attention update, block update, one attention row) is computed on demand.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from dash_vl.adapter import ModelAdapter
+
+
+class KeyValueCapture:
+    """Stands in for the cache at the decision layer: keeps the keys and values, stores nothing.
+
+    The decision layer attends over all ``T`` tokens but caches only the active ones, so the
+    engine takes the keys (rotary already applied) and values from here and gathers them.
+    """
+
+    key: torch.Tensor
+    value: torch.Tensor
+
+    def update(self, key: torch.Tensor, value: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        self.key, self.value = key, value
+        return key, value
+
+
+class DecisionProbe:
+    """Lazy decision-layer inputs of one prefill (see :class:`dash_vl.methods.DecisionInputs`).
+
+    Args:
+        adapter: the model's adapter.
+        layer_index: the decision layer ``l_s``.
+        hidden_states: ``(batch, T, hidden)`` entering layer ``l_s``.
+        previous_hidden_states: ``(batch, T, hidden)`` entering layer ``l_s - 1``.
+        previous_keys: ``(batch, kv_heads, T, head_dim)`` cached keys of layer ``l_s - 1``.
+        valid, eligible: ``(batch, T)`` bool.
+        attention_kwargs: the full-sequence ``attention_mask`` and ``position_embeddings``.
+    """
+
+    def __init__(
+        self,
+        adapter: ModelAdapter,
+        layer_index: int,
+        hidden_states: torch.Tensor,
+        previous_hidden_states: torch.Tensor,
+        previous_keys: torch.Tensor,
+        valid: torch.Tensor,
+        eligible: torch.Tensor,
+        attention_kwargs: dict[str, Any],
+    ) -> None:
+        self.adapter = adapter
+        self.layer: nn.Module = adapter.layers[layer_index]
+        self.previous_layer: nn.Module = adapter.layers[layer_index - 1]
+        self.hidden_states = hidden_states
+        self.previous_hidden_states = previous_hidden_states
+        self._previous_keys = previous_keys
+        self.valid = valid
+        self.eligible = eligible
+        self.attention_kwargs = attention_kwargs
+        self.capture = KeyValueCapture()
+        self._attention_update: torch.Tensor | None = None
+        self.block_output: torch.Tensor | None = None
+
+    def attention_update(self) -> torch.Tensor:
+        if self._attention_update is None:
+            self._attention_update = self.adapter.attention_update(
+                self.layer, self.hidden_states, past_key_values=self.capture, **self.attention_kwargs
+            )
+        return self._attention_update
+
+    def block_update(self) -> torch.Tensor:
+        if self.block_output is None:
+            self.block_output = self.adapter.feed_forward(self.layer, self.hidden_states + self.attention_update())
+        return self.block_output - self.hidden_states
+
+    def previous_keys(self) -> torch.Tensor:
+        return self._previous_keys
+
+    def last_query_attention(self) -> torch.Tensor:
+        cos, sin = self.attention_kwargs["position_embeddings"]
+        query = self.adapter.attention_queries(
+            self.previous_layer, self.previous_hidden_states[:, -1:], (cos[..., -1:, :], sin[..., -1:, :])
+        )
+        keys = self._previous_keys.repeat_interleave(query.shape[1] // self._previous_keys.shape[1], dim=1)
+        logits = (query.float() @ keys.float().transpose(-1, -2)).squeeze(2)
+        logits = logits.masked_fill(~self.valid[:, None, :], -torch.inf)
+        return logits.softmax(dim=-1)
+
+    def normed_hidden_states(self) -> torch.Tensor:
+        return self.adapter.final_norm(self.hidden_states)
