@@ -96,6 +96,8 @@ class MaskingReference:
     ratio: float
     start_layer: int
     eligible: torch.Tensor  # (B, T) bool, decided by the test
+    score: str = "delta_attention"  # delta_attention | delta_block | highest | random (seed 0)
+    given_active: torch.Tensor | None = None  # (B, T) bool chosen by the test: halted before layer start_layer
     cache: DynamicCache = field(default_factory=DynamicCache)
     active: torch.Tensor | None = None  # (B, T) bool after prefill
     key_valid: torch.Tensor | None = None  # (B, S) bool, valid keys of all layers
@@ -131,22 +133,23 @@ class MaskingReference:
         with torch.no_grad():
             for layer in layers[: self.start_layer]:
                 hidden = layer(hidden, attention_mask=full, position_embeddings=rope, past_key_values=self.cache)
-            decision = layers[self.start_layer]
-            update, _ = decision.self_attn(
-                decision.input_layernorm(hidden), attention_mask=full, position_embeddings=rope, past_key_values=self.cache
-            )
-            active = valid.clone()
-            for b in range(batch):
-                candidates = [t for t in range(seq_len) if self.eligible[b, t]]
-                norms = {t: float(update[b, t].double().norm()) for t in candidates}
-                halted = sorted(candidates, key=lambda t: norms[t])[: math.floor(self.ratio * len(candidates) + 1e-9)]
-                active[b, halted] = False
             frozen = hidden
-            hidden = hidden + update
-            hidden = hidden + decision.mlp(decision.post_attention_layernorm(hidden))
-            hidden = torch.where(active[..., None], hidden, frozen)
+            if self.given_active is not None:
+                active = valid & self.given_active
+                later = layers[self.start_layer :]
+            else:
+                decision = layers[self.start_layer]
+                update, _ = decision.self_attn(
+                    decision.input_layernorm(hidden), attention_mask=full, position_embeddings=rope,
+                    past_key_values=self.cache,
+                )
+                hidden = hidden + update
+                hidden = hidden + decision.mlp(decision.post_attention_layernorm(hidden))
+                active = self.decide(update, hidden - frozen, valid)
+                hidden = torch.where(active[..., None], hidden, frozen)
+                later = layers[self.start_layer + 1 :]
             late = self.mask(seq_len, valid & active)
-            for layer in layers[self.start_layer + 1 :]:
+            for layer in later:
                 hidden = layer(hidden, attention_mask=late, position_embeddings=rope, past_key_values=self.cache)
                 hidden = torch.where(active[..., None], hidden, frozen)
         self.active = active
@@ -155,6 +158,23 @@ class MaskingReference:
         self.next_rope = (largest.amax(dim=0) if largest.ndim == 2 else largest) + 1  # text goes on after the largest id
         self.rope_rows = inputs.rope_ids.shape[0] if inputs.rope_ids.ndim == 3 else 0
         return self.lm.norm(hidden)
+
+    def decide(self, update: torch.Tensor, block_delta: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Active ``(B, T)`` after halting the ``floor(ratio * E)`` lowest-scoring eligible tokens, one by one."""
+        batch, seq_len = valid.shape
+        random_scores = torch.rand((batch, seq_len), generator=torch.Generator().manual_seed(0))
+        active = valid.clone()
+        for b in range(batch):
+            candidates = [t for t in range(seq_len) if self.eligible[b, t]]
+            scores = {
+                "delta_attention": {t: float(update[b, t].double().norm()) for t in candidates},
+                "delta_block": {t: float(block_delta[b, t].double().norm()) for t in candidates},
+                "highest": {t: -float(update[b, t].double().norm()) for t in candidates},
+                "random": {t: float(random_scores[b, t]) for t in candidates},
+            }[self.score]
+            halted = sorted(candidates, key=lambda t: scores[t])[: math.floor(self.ratio * len(candidates) + 1e-9)]
+            active[b, halted] = False
+        return active
 
     def extend(self, embeds: torch.Tensor) -> torch.Tensor:
         """Final normed states ``(B, Q, D)`` of ``Q`` new tokens appended after the prompt."""

@@ -1,0 +1,184 @@
+"""The ablations and the FastV / DART baselines: each equals a slow reference of its published rule
+(kept tokens, prefill logits, 16 decode steps), on every VL family; kept counts follow the
+documented formulas up to extreme ratios."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dash_vl import Halting
+from tests.conftest import FAMILY_NAMES, model_of, processor_of, random_image, vl_inputs
+from tests.reference import (
+    STEPS,
+    MaskingReference,
+    assert_engine_matches_reference,
+    capture_language_model_inputs,
+    eligible_tokens,
+    generate,
+    language_model_of,
+)
+
+FAMILY_PROMPTS = [(family, kind) for family in FAMILY_NAMES for kind in ("image", "video")]
+
+
+def vl_case(family: str, kind: str) -> tuple:
+    return model_of(family, "sdpa"), vl_inputs(processor_of(family), 2, kind)
+
+
+def run_engine(model, inputs, position_ids=None, **knobs):
+    """Prefill logits (with ``generate``'s position ids where given), the prefill's report, and ``generate``."""
+    with Halting(model, **knobs) as halting:
+        with torch.no_grad():
+            logits = model(**inputs, position_ids=position_ids).logits
+        report = halting.last_report
+        produced = generate(model, inputs)
+    return report, logits, produced
+
+
+def check_against(reference: MaskingReference, model, inputs, **knobs) -> None:
+    lm_inputs = capture_language_model_inputs(model, inputs)
+    with torch.no_grad():
+        expected_logits = model.lm_head(reference.prefill(lm_inputs))
+    expected_tokens, expected_step_logits = reference.greedy(expected_logits[:, -1], STEPS)
+    report, logits, produced = run_engine(model, inputs, position_ids=lm_inputs.position_ids, **knobs)
+    assert_engine_matches_reference(
+        report, reference, inputs["attention_mask"].bool(), logits, expected_logits, produced, expected_tokens,
+        expected_step_logits, STEPS,
+    )
+
+
+@pytest.mark.parametrize("family,kind", FAMILY_PROMPTS)
+@pytest.mark.parametrize("method,score", [("dash_block", "delta_block"), ("dash_highest", "highest"), ("random", "random")])
+def test_ablation_matches_masking_reference(family, kind, method, score):
+    model, inputs = vl_case(family, kind)
+    reference = MaskingReference(model, 0.75, 2, eligible_tokens(model, inputs, "all", "halted"), score=score)
+    check_against(reference, model, inputs, method=method, ratio=0.75, start_layer=2)
+
+
+# --- FastV ------------------------------------------------------------------------------------
+
+
+def fastv_kept(model, inputs, ratio: float, layer: int) -> torch.Tensor:
+    """Official rule on HF's eager attention maps: head-mean attention from the last token in layer
+    ``layer - 1``; keep the top round(N (1 - ratio)) visual tokens, every other token."""
+    eager = model_of(next(f for f in FAMILY_NAMES if model_of(f, "sdpa") is model), "eager")
+    with torch.no_grad():
+        attentions = eager(**inputs, output_attentions=True).attentions
+    received = attentions[layer - 1].mean(dim=1)[:, -1, :]
+    visual = eligible_tokens(model, inputs, "visual", "halted")
+    kept = inputs["attention_mask"].bool() & ~visual
+    for b in range(kept.shape[0]):
+        candidates = visual[b].nonzero().flatten()
+        top = received[b, candidates].topk(round(candidates.numel() * (1 - ratio))).indices
+        kept[b, candidates[top]] = True
+    return kept
+
+
+@pytest.mark.parametrize("family,kind", FAMILY_PROMPTS)
+@pytest.mark.parametrize("ratio", [0.5, 0.9])
+def test_fastv_matches_eager_attention_reference(family, kind, ratio):
+    model, inputs = vl_case(family, kind)
+    kept = fastv_kept(model, inputs, ratio, layer=2)
+    reference = MaskingReference(model, ratio, 2, kept, given_active=kept)
+    check_against(reference, model, inputs, method="fastv", ratio=ratio)
+
+
+# --- DART -------------------------------------------------------------------------------------
+
+
+def dart_kept(model, inputs, ratio: float, layer: int, pivots: int = 4) -> torch.Tensor:
+    """Official rule, written out with Python sets: pivots by L1 norm of layer ``layer - 1``'s keys
+    (visual; text after the last visual token), then per pivot (prompt order) the
+    floor(N (1 - ratio) / 8) remaining visual tokens least cosine-similar to it."""
+    lm_inputs = capture_language_model_inputs(model, inputs)  # generate's positions: L1 norms of rotated keys depend on them
+    with torch.no_grad():
+        output = language_model_of(model)(
+            inputs_embeds=lm_inputs.embeds, position_ids=lm_inputs.position_ids, attention_mask=inputs["attention_mask"],
+            use_cache=True, output_hidden_states=True,
+        )
+    keys = output.past_key_values.layers[layer - 1].keys.transpose(1, 2).flatten(2)
+    states = language_model_of(model).norm(output.hidden_states[layer]).detach()
+    valid = inputs["attention_mask"].bool()
+    visual = eligible_tokens(model, inputs, "visual", "halted")
+    kept = valid & ~visual
+    for b in range(valid.shape[0]):
+        image = visual[b].nonzero().flatten().tolist()
+        text = [t for t in range(max(image) + 1, valid.shape[1]) if valid[b, t]]
+        l1 = {t: float(keys[b, t].abs().sum()) for t in image + text}
+        image_pivots = sorted(image, key=lambda t: -l1[t])[:pivots]
+        text_pivots = sorted(text, key=lambda t: -l1[t])[:pivots]
+        budget = math.floor(len(image) * (1 - ratio) / (2 * pivots))
+        chosen, pool = set(image_pivots), [t for t in image if t not in image_pivots]
+        for pivot in sorted(image_pivots + text_pivots):
+            similarity = {t: float(torch.cosine_similarity(states[b, pivot], states[b, t], dim=0)) for t in pool}
+            picks = sorted(pool, key=lambda t: similarity[t])[:budget]
+            chosen.update(picks)
+            pool = [t for t in pool if t not in picks]
+        kept[b, sorted(chosen)] = True
+    return kept
+
+
+@pytest.mark.parametrize("family,kind", FAMILY_PROMPTS)
+@pytest.mark.parametrize("ratio", [0.5, 0.9])
+def test_dart_matches_reference_rule(family, kind, ratio):
+    model, inputs = vl_case(family, kind)
+    kept = dart_kept(model, inputs, ratio, layer=2)
+    reference = MaskingReference(model, ratio, 2, kept, given_active=kept)
+    check_against(reference, model, inputs, method="dart", ratio=ratio)
+
+
+# --- counts at extreme ratios ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def many_visual_tokens():
+    """One Qwen2-VL prompt with four 224 x 224 images: 256 visual tokens."""
+    processor = processor_of("qwen2_vl")
+    content = [{"type": "image"}] * 4 + [{"type": "text", "text": "Which image is brightest?"}]
+    text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False)
+    images = [random_image(seed, (224, 224)) for seed in range(4)]
+    return dict(processor(text=[text], images=[images], return_tensors="pt"))
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.9, 0.96, 0.99])
+@pytest.mark.parametrize(
+    "method,expected",
+    [
+        ("dash", lambda n, e, r: n - math.floor(r * e + 1e-9)),
+        ("fastv", lambda n, e, r: n - e + round(e * (1 - r))),
+        ("dart", lambda n, e, r: n - e + min(e, 4 + 8 * int(e * (1 - r) / 8))),
+    ],
+)
+def test_kept_counts_follow_the_documented_formula(many_visual_tokens, method, expected, ratio):
+    model = model_of("qwen2_vl", "sdpa")
+    report, _, produced = run_engine(model, many_visual_tokens, method=method, ratio=ratio)
+    prompt, eligible = report.prompt_tokens[0], report.eligible_tokens[0]
+    assert eligible == (256 if method != "dash" else prompt - 1)
+    assert report.kept_tokens_per_layer[-1][0] == expected(prompt, eligible, ratio)
+    assert produced.sequences.shape[1] == many_visual_tokens["input_ids"].shape[1] + STEPS
+
+
+def test_fastv_budget_that_rounds_to_zero_is_a_clear_error():
+    model, inputs = vl_case("qwen2_vl", "image")  # 16 and 40 visual tokens
+    with Halting(model, method="fastv", ratio=0.99), pytest.raises(ValueError, match="keeps round"):
+        model(**inputs)
+
+
+@pytest.mark.parametrize("method", ["fastv", "dart", "dash_block", "random"])
+def test_ratio_zero_matches_unmodified_model_for_every_method(method):
+    model, inputs = vl_case("llava_onevision", "image")
+    with torch.no_grad():
+        expected = model(**inputs).logits
+    _, logits, _ = run_engine(model, inputs, method=method, ratio=0.0)
+    valid = inputs["attention_mask"].bool()
+    assert torch.equal(logits[valid], expected[valid])
+
+
+def test_visual_baselines_default_to_visual_scope_and_layer_two():
+    model, inputs = vl_case("internvl", "image")
+    report, _, _ = run_engine(model, inputs, method="dart", ratio=0.5)
+    assert report.start_layer == 2
+    assert report.eligible_tokens == eligible_tokens(model, inputs, "visual", "halted").sum(dim=1).tolist()
