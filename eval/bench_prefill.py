@@ -18,48 +18,16 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-from collections.abc import Callable
 from datetime import date
 
 import torch
 import transformers
-from transformers.cache_utils import DynamicCache
 
 from dash_vl import Halting
-from dash_vl.methods import DecisionInputs, DeltaAttention
+from dash_vl.methods import DeltaAttention, halted_count
 from dash_vl.random_models import full_size_config, random_model
-from dash_vl.selection import halted_count, select_active
-
-
-def cuda_median_ms(run: Callable[[], object], warmup: int, repeats: int) -> float:
-    """Median wall time of ``run`` on the current CUDA stream, in milliseconds."""
-    for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        run()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
-def ideal_prefill(language_model, embeds: torch.Tensor, rope_ids: torch.Tensor, start: int, keep_index: torch.Tensor):
-    """Layers ``< start`` on all tokens, layers ``>= start`` on ``keep_index`` (``(1, K)``), SDPA causal."""
-    cache = DynamicCache(config=language_model.config)
-    hidden = embeds
-    rope = language_model.rotary_emb(hidden, rope_ids)
-    for layer in language_model.layers[:start]:
-        hidden = layer(hidden, attention_mask=None, position_embeddings=rope, past_key_values=cache)
-    hidden = hidden[:, keep_index[0]]
-    kept_ids = rope_ids[..., keep_index[0]]
-    rope = language_model.rotary_emb(hidden, kept_ids)
-    for layer in language_model.layers[start:]:
-        hidden = layer(hidden, attention_mask=None, position_embeddings=rope, past_key_values=cache)
-    return language_model.norm(hidden)
+from dash_vl.selection import compact_layout
+from gpu_timing import FixedDecisionInputs, cuda_median_ms, ideal_prefill
 
 
 def main() -> None:
@@ -102,9 +70,7 @@ def main() -> None:
                 eligible = valid.clone()
                 eligible[:, -1] = False
                 select_ms = cuda_median_ms(
-                    lambda: select_active(
-                        DeltaAttention().scores(DecisionInputs(embeds, update)), eligible, valid, ratio
-                    ),
+                    lambda: compact_layout(DeltaAttention().keep(FixedDecisionInputs(embeds, valid, eligible, update), ratio)),
                     args.warmup,
                     args.repeats,
                 )

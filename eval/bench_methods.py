@@ -1,0 +1,106 @@
+"""Prefill of a Qwen2-VL-7B-shaped language tower under every method, side by side (GPU).
+
+Random bf16 weights (speed does not depend on weight values), SDPA, batch 1. The prompt is
+64 text tokens, ``T - 128`` image tokens, 64 text tokens (the question), as the engine sees a
+one-image prompt. For each ``T`` the same run times the unmodified model and each method at each
+ratio (median of ``--repeats`` CUDA-event timings after ``--warmup``), and reports kept tokens,
+relative FLOPs, peak GPU memory during the prefill and KV-cache bytes after it. Ratios mean what
+each method documents: DASH and its ablations halt ``ρ`` of all tokens but the last; FastV and
+DART drop ``ρ`` of the image tokens, from their default layer 2.
+
+    python eval/bench_methods.py --lengths 16384 32768 --ratios 0.667 0.9 0.99 --out eval/results/methods_qwen2vl7b.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from datetime import date
+
+import torch
+import transformers
+
+from dash_vl import Halting
+from dash_vl.random_models import full_size_config, random_model
+from gpu_timing import cuda_median_ms
+
+TEXT_AROUND = 64
+
+
+def cache_bytes(cache) -> int:
+    """Bytes held by a DynamicCache's keys and values, all layers."""
+    return sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
+
+
+def measure(run, warmup: int, repeats: int) -> dict:
+    """Median prefill ms, then one more run for peak memory (GiB) and KV-cache bytes (MiB)."""
+    milliseconds = cuda_median_ms(run, warmup, repeats)
+    torch.cuda.reset_peak_memory_stats()
+    output = run()
+    return dict(
+        ms=milliseconds,
+        peak_gib=torch.cuda.max_memory_allocated() / 2**30,
+        kv_mib=cache_bytes(output.past_key_values) / 2**20,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lengths", type=int, nargs="+", default=[16384, 32768])
+    parser.add_argument("--ratios", type=float, nargs="+", default=[0.667, 0.9, 0.99])
+    parser.add_argument("--methods", nargs="+", default=["dash", "fastv", "dart", "dash_block", "random"])
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", default=None, help="write the rows as JSON here")
+    args = parser.parse_args()
+
+    device = torch.device("cuda")
+    model = random_model(full_size_config("qwen2_vl"), dtype=torch.bfloat16, device=device)
+    language_model = model.model.language_model
+    image_token = model.config.image_token_id
+    rows = []
+    with torch.no_grad():
+        for length in args.lengths:
+            generator = torch.Generator(device=device).manual_seed(length)
+            embeds = torch.randn(1, length, language_model.config.hidden_size, device=device, dtype=torch.bfloat16, generator=generator)
+            rope_ids = torch.arange(length, device=device).view(1, 1, -1).expand(3, 1, -1)
+            prompt_ids = torch.zeros(1, length, dtype=torch.long, device=device)
+            prompt_ids[:, TEXT_AROUND : length - TEXT_AROUND] = image_token
+            run = lambda: language_model(inputs_embeds=embeds, position_ids=rope_ids, use_cache=True)  # noqa: E731
+            full = measure(run, args.warmup, args.repeats)
+            rows.append(dict(T=length, method="none", ratio=0.0, kept=length, relative_flops=1.0, speedup=1.0, **full))
+            print(json.dumps(rows[-1]), flush=True)
+            for method in args.methods:
+                for ratio in args.ratios:
+                    with Halting(model, method=method, ratio=ratio) as halting:
+                        halting.engine.prompt_input_ids = prompt_ids  # the outer model's pre-hook would set these
+                        result = measure(run, args.warmup, args.repeats)
+                    report = halting.last_report
+                    rows.append(dict(
+                        T=length, method=method, ratio=ratio, start_layer=report.start_layer,
+                        kept=report.kept_tokens_per_layer[-1][0], relative_flops=report.relative_flops,
+                        speedup=full["ms"] / result["ms"], **result,
+                    ))
+                    print(json.dumps(rows[-1]), flush=True)
+            torch.cuda.empty_cache()
+
+    print("\n| T | method | ρ | l_s | kept | rel. FLOPs | ms | speedup | peak GiB | KV MiB |\n" + "|---" * 10 + "|")
+    for r in rows:
+        print(
+            f"| {r['T']} | {r['method']} | {r['ratio']} | {r.get('start_layer', '-')} | {r['kept']} | "
+            f"{r['relative_flops']:.3f} | {r['ms']:.1f} | {r['speedup']:.2f} | {r['peak_gib']:.2f} | {r['kv_mib']:.0f} |"
+        )
+    meta = dict(
+        gpu=torch.cuda.get_device_name(), torch=torch.__version__, transformers=transformers.__version__,
+        python=platform.python_version(), date=str(date.today()), warmup=args.warmup, repeats=args.repeats,
+        layers=len(language_model.layers),
+    )
+    print(json.dumps(meta))
+    if args.out:
+        with open(args.out, "w") as handle:
+            json.dump(dict(meta=meta, rows=rows), handle, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""Shared pieces of the GPU benchmarks: CUDA-event medians, the ideal halted prefill, a fixed decision input."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from transformers.cache_utils import DynamicCache
+
+
+def cuda_median_ms(run: Callable[[], object], warmup: int, repeats: int) -> float:
+    """Median wall time of ``run`` on the current CUDA stream, in milliseconds (CUDA events, after warm-up)."""
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        run()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def ideal_prefill(language_model, embeds: torch.Tensor, rope_ids: torch.Tensor, start: int, keep_index: torch.Tensor):
+    """Layers ``< start`` on all tokens, layers ``>= start`` on ``keep_index`` (``(1, K)``), SDPA causal,
+    HF layers called directly: no scoring, no bookkeeping."""
+    cache = DynamicCache(config=language_model.config)
+    hidden = embeds
+    rope = language_model.rotary_emb(hidden, rope_ids)
+    for layer in language_model.layers[:start]:
+        hidden = layer(hidden, attention_mask=None, position_embeddings=rope, past_key_values=cache)
+    hidden = hidden[:, keep_index[0]]
+    rope = language_model.rotary_emb(hidden, rope_ids[..., keep_index[0]])
+    for layer in language_model.layers[start:]:
+        hidden = layer(hidden, attention_mask=None, position_embeddings=rope, past_key_values=cache)
+    return language_model.norm(hidden)
+
+
+@dataclass
+class FixedDecisionInputs:
+    """Decision inputs with a given attention update ``(batch, T, hidden)``, to time scoring + selection alone."""
+
+    hidden_states: torch.Tensor
+    valid: torch.Tensor
+    eligible: torch.Tensor
+    update: torch.Tensor
+
+    def attention_update(self) -> torch.Tensor:
+        return self.update
