@@ -1,6 +1,8 @@
-"""Prefill of a Qwen2-VL-7B-shaped language tower under every method, side by side (GPU).
+"""Prefill of a 7B/8B VLM's language tower under every method, side by side (GPU).
 
-Random bf16 weights (speed does not depend on weight values), SDPA, batch 1. The prompt is
+The tower has the shapes of ``--family``'s public checkpoint (Qwen2-VL-7B-Instruct by default,
+llava-onevision-qwen2-7b-ov-hf, InternVL3-8B-hf), random bf16 weights (speed does not depend on
+weight values), SDPA, batch 1. The prompt is
 64 text tokens, ``T - 128`` image tokens, 64 text tokens (the question), as the engine sees a
 one-image prompt. For each ``T`` the same run times the unmodified model and each method at each
 ratio (median of ``--repeats`` CUDA-event timings after ``--warmup``), and reports kept tokens,
@@ -22,7 +24,7 @@ import torch
 import transformers
 
 from dash_vl import Halting
-from dash_vl.random_models import full_size_config, random_model
+from dash_vl.random_models import FAMILIES, full_size_config, random_model
 from gpu_timing import cuda_median_ms
 
 TEXT_AROUND = 64
@@ -47,6 +49,7 @@ def measure(run, warmup: int, repeats: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", default="qwen2_vl", choices=sorted(FAMILIES))
     parser.add_argument("--lengths", type=int, nargs="+", default=[16384, 32768])
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.667, 0.9, 0.99])
     parser.add_argument("--methods", nargs="+", default=["dash", "fastv", "dart", "dash_block", "random"])
@@ -56,7 +59,7 @@ def main() -> None:
     args = parser.parse_args()
 
     device = torch.device("cuda")
-    model = random_model(full_size_config("qwen2_vl"), dtype=torch.bfloat16, device=device)
+    model = random_model(full_size_config(args.family), dtype=torch.bfloat16, device=device)
     language_model = model.model.language_model
     image_token = model.config.image_token_id
     rows = []
@@ -64,7 +67,9 @@ def main() -> None:
         for length in args.lengths:
             generator = torch.Generator(device=device).manual_seed(length)
             embeds = torch.randn(1, length, language_model.config.hidden_size, device=device, dtype=torch.bfloat16, generator=generator)
-            rope_ids = torch.arange(length, device=device).view(1, 1, -1).expand(3, 1, -1)
+            rope_ids = torch.arange(length, device=device)[None]
+            if args.family.startswith("qwen"):
+                rope_ids = rope_ids[None].expand(3, 1, -1)  # M-RoPE: three equal rows, as for text
             prompt_ids = torch.zeros(1, length, dtype=torch.long, device=device)
             prompt_ids[:, TEXT_AROUND : length - TEXT_AROUND] = image_token
             run = lambda: language_model(inputs_embeds=embeds, position_ids=rope_ids, use_cache=True)  # noqa: E731
@@ -93,7 +98,7 @@ def main() -> None:
         )
     meta = dict(
         gpu=torch.cuda.get_device_name(), torch=torch.__version__, transformers=transformers.__version__,
-        python=platform.python_version(), date=str(date.today()), warmup=args.warmup, repeats=args.repeats,
+        python=platform.python_version(), date=str(date.today()), warmup=args.warmup, repeats=args.repeats, family=args.family,
         layers=len(language_model.layers),
     )
     print(json.dumps(meta))

@@ -12,6 +12,7 @@ from typing import Any
 from transformers import InternVLConfig, InternVLForConditionalGeneration, InternVLProcessor, InternVLVideoProcessor
 from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
 
+from dash_vl.random_models.shapes import qwen2_7b_text
 from dash_vl.random_models.tokenizer import byte_level_tokenizer, chat_template, token_ids
 
 MODEL_CLASS = InternVLForConditionalGeneration
@@ -26,18 +27,7 @@ SPECIAL_TOKENS: tuple[str, ...] = ("<|endoftext|>", "<|im_start|>", "<|im_end|>"
 TILE = 56
 PATCH = 14
 
-TEXT_8B: dict[str, Any] = dict(
-    model_type="qwen2",
-    hidden_size=3584,
-    intermediate_size=18944,
-    num_hidden_layers=28,
-    num_attention_heads=28,
-    num_key_value_heads=4,
-    vocab_size=151674,
-    max_position_embeddings=32768,
-    rms_norm_eps=1e-6,
-    rope_theta=1000000.0,
-)
+TEXT_8B_FIELDS: dict[str, Any] = dict(model_type="qwen2", vocab_size=151674, rope_theta=1000000.0)
 VISION_300M: dict[str, Any] = dict(
     hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, image_size=[448, 448], patch_size=[14, 14]
 )
@@ -73,5 +63,4 @@ def tiny_config(tokenizer: Any, text: dict[str, Any]) -> InternVLConfig:
 
 def full_size_config(num_layers: int | None = None) -> InternVLConfig:
     """InternVL3-8B-hf's shapes (Qwen2.5-7B, InternViT-300M at 448 px, 256 tokens a tile), optionally fewer layers."""
-    text = dict(TEXT_8B, num_hidden_layers=num_layers or TEXT_8B["num_hidden_layers"])
-    return InternVLConfig(text_config=text, vision_config=VISION_300M, image_seq_length=256, downsample_ratio=0.5)
+    return InternVLConfig(text_config=qwen2_7b_text(num_layers, **TEXT_8B_FIELDS), vision_config=VISION_300M, image_seq_length=256, downsample_ratio=0.5)

@@ -16,6 +16,7 @@ from transformers import (
 )
 from transformers.models.llava_onevision.image_processing_pil_llava_onevision import LlavaOnevisionImageProcessorPil
 
+from dash_vl.random_models.shapes import qwen2_7b_text
 from dash_vl.random_models.tokenizer import byte_level_tokenizer, chat_template, token_ids
 
 MODEL_CLASS = LlavaOnevisionForConditionalGeneration
@@ -25,18 +26,7 @@ TILE = 56
 PATCH = 14
 PINPOINTS = [[TILE, TILE], [TILE, 2 * TILE], [2 * TILE, TILE], [2 * TILE, 2 * TILE]]
 
-TEXT_7B: dict[str, Any] = dict(
-    model_type="qwen2",
-    hidden_size=3584,
-    intermediate_size=18944,
-    num_hidden_layers=28,
-    num_attention_heads=28,
-    num_key_value_heads=4,
-    vocab_size=152128,
-    max_position_embeddings=32768,
-    rms_norm_eps=1e-6,
-    rope_theta=1000000.0,
-)
+TEXT_7B_FIELDS: dict[str, Any] = dict(model_type="qwen2", vocab_size=152128, rope_theta=1000000.0)
 VISION_SO400M: dict[str, Any] = dict(
     model_type="siglip_vision_model",
     hidden_size=1152,
@@ -81,5 +71,4 @@ def tiny_config(tokenizer: Any, text: dict[str, Any]) -> LlavaOnevisionConfig:
 
 def full_size_config(num_layers: int | None = None) -> LlavaOnevisionConfig:
     """llava-onevision-qwen2-7b-ov-hf's shapes (Qwen2-7B, SigLIP so400m at 384 px), optionally fewer layers."""
-    text = dict(TEXT_7B, num_hidden_layers=num_layers or TEXT_7B["num_hidden_layers"])
-    return LlavaOnevisionConfig(text_config=text, vision_config=VISION_SO400M, vision_feature_select_strategy="full")
+    return LlavaOnevisionConfig(text_config=qwen2_7b_text(num_layers, **TEXT_7B_FIELDS), vision_config=VISION_SO400M, vision_feature_select_strategy="full")

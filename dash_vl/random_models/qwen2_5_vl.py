@@ -8,6 +8,7 @@ from typing import Any
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
 
 from dash_vl.random_models import qwen2_vl
+from dash_vl.random_models.shapes import qwen2_7b_text
 
 MODEL_CLASS = Qwen2_5_VLForConditionalGeneration
 
@@ -33,5 +34,4 @@ def tiny_config(tokenizer: Any, text: dict[str, Any]) -> Qwen2_5_VLConfig:
 
 def full_size_config(num_layers: int | None = None) -> Qwen2_5_VLConfig:
     """Qwen2.5-VL-7B-Instruct's shapes (optionally fewer layers)."""
-    text = dict(qwen2_vl.TEXT_7B, num_hidden_layers=num_layers or qwen2_vl.TEXT_7B["num_hidden_layers"])
-    return Qwen2_5_VLConfig(text_config=text, vision_config=VISION_7B)
+    return Qwen2_5_VLConfig(text_config=qwen2_7b_text(num_layers, **qwen2_vl.TEXT_7B_FIELDS), vision_config=VISION_7B)

@@ -7,6 +7,7 @@ from typing import Any
 from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor, Qwen2VLVideoProcessor
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+from dash_vl.random_models.shapes import qwen2_7b_text
 from dash_vl.random_models.tokenizer import byte_level_tokenizer, chat_template, token_ids
 
 MODEL_CLASS = Qwen2VLForConditionalGeneration
@@ -15,16 +16,8 @@ SPECIAL_TOKENS: tuple[str, ...] = (
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>",
 )
 
-TEXT_7B: dict[str, Any] = dict(
-    hidden_size=3584,
-    intermediate_size=18944,
-    num_hidden_layers=28,
-    num_attention_heads=28,
-    num_key_value_heads=4,
-    vocab_size=152064,
-    max_position_embeddings=32768,
-    rms_norm_eps=1e-6,
-    rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
+TEXT_7B_FIELDS: dict[str, Any] = dict(
+    vocab_size=152064, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]}
 )
 VISION_7B: dict[str, Any] = dict(
     depth=32, embed_dim=1280, hidden_size=3584, num_heads=16, mlp_ratio=4, patch_size=14, spatial_merge_size=2, temporal_patch_size=2
@@ -66,5 +59,4 @@ def tiny_config(
 
 def full_size_config(num_layers: int | None = None) -> Qwen2VLConfig:
     """Qwen2-VL-7B-Instruct's shapes (optionally fewer layers)."""
-    text = dict(TEXT_7B, num_hidden_layers=num_layers or TEXT_7B["num_hidden_layers"])
-    return Qwen2VLConfig(text_config=text, vision_config=VISION_7B)
+    return Qwen2VLConfig(text_config=qwen2_7b_text(num_layers, **TEXT_7B_FIELDS), vision_config=VISION_7B)
