@@ -7,10 +7,14 @@ the outer model computes; the engine gathers them per kept token, so kept tokens
 
 from __future__ import annotations
 
+import sys
+from typing import Any
+
 import torch
 
 from dash_vl.adapter import VisionLanguageAdapter
 from dash_vl.media import FrameSampling
+from dash_vl.vision_evidence import SegmentAttention, VisualEvidence
 
 
 class Qwen2VLAdapter(VisionLanguageAdapter):
@@ -27,3 +31,53 @@ class Qwen2VLAdapter(VisionLanguageAdapter):
         if position_ids.shape[0] == 4:
             return position_ids[1:]
         return position_ids
+
+    @property
+    def vision_feature_attention(self) -> torch.nn.Module:
+        """The last ViT block's attention (its output goes through the merger to the LLM)."""
+        return self.model.model.visual.blocks[-1].attn
+
+    def vision_segments(self, attention: torch.nn.Module, args: tuple, kwargs: dict) -> list[SegmentAttention]:
+        """Segments of the packed patch sequence ``(P, width)`` as the block's ``cu_seqlens`` cut it
+        (frames; windows where the last block is a window block); the metric is the key before rotary."""
+        hidden = args[0] if args else kwargs["hidden_states"]
+        query, key, _ = attention.qkv(hidden).reshape(hidden.shape[0], 3, attention.num_heads, -1).unbind(1)
+        metric = key.mean(dim=1)
+        rotate = sys.modules[type(attention).__module__].apply_rotary_pos_emb_vision
+        query, key = rotate(query, key, *kwargs["position_embeddings"])
+        query, key = (query * attention.scaling).transpose(0, 1), key.transpose(0, 1)
+        bounds = kwargs["cu_seqlens"].tolist()
+        return [
+            SegmentAttention(query[:, start:end], key[:, start:end], metric[start:end])
+            for start, end in zip(bounds[:-1], bounds[1:])
+        ]
+
+    def tokens_from_patches(self, modality: str, patches: torch.Tensor, arguments: dict[str, Any]) -> VisualEvidence:
+        """Each LLM token is one merger group of ``spatial_merge_size²`` consecutive patches: the mean of
+        their evidence (the official VisionZip pooling for Qwen); Qwen2.5-VL's window order is undone.
+        Units are temporal slices (a frame pair of a video, or an image)."""
+        visual = self.model.model.visual
+        grid = arguments["image_grid_thw" if modality == "image" else "video_grid_thw"]
+        group = visual.spatial_merge_size**2
+        tokens = patches.view(-1, group, patches.shape[1]).mean(dim=1)
+        window_index = window_order(visual, grid)
+        if window_index is not None:
+            tokens = tokens[torch.argsort(window_index.to(tokens.device))]
+        per_slice = (grid[:, 1] * grid[:, 2] // group).repeat_interleave(grid[:, 0])
+        unit = torch.arange(per_slice.numel(), device=tokens.device).repeat_interleave(per_slice.to(tokens.device))
+        return VisualEvidence(score=tokens[:, 0], metric=tokens[:, 1:], unit=unit)
+
+
+def window_order(visual: torch.nn.Module, grid: torch.Tensor) -> torch.Tensor | None:
+    """Qwen2.5-VL's window permutation of the merged tokens (``window_index``: position ``i`` of the
+    blocks' order holds LLM token ``window_index[i]``); ``None`` for Qwen2-VL, which has no windows.
+    transformers has it as a method of the ViT up to 5.2x and as a module function after."""
+    if not hasattr(visual, "fullatt_block_indexes"):
+        return None
+    if hasattr(visual, "get_window_index"):
+        return visual.get_window_index(grid)[0]
+    windows = sys.modules[type(visual).__module__].get_vision_window_index
+    return windows(
+        grid, spatial_merge_size=visual.spatial_merge_size, window_size=visual.window_size, patch_size=visual.patch_size,
+        kwargs={},
+    )[0]

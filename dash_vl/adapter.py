@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from dash_vl.media import FrameSampling
+from dash_vl.vision_evidence import SegmentAttention, VisualEvidence
 
 
 class ModelAdapter:
@@ -117,12 +118,21 @@ class VisionLanguageAdapter(ModelAdapter):
 
     :attr:`video_sampling` says how many frames the Python API takes from a video file for
     the family (32 evenly spaced unless a family says otherwise).
+
+    For policies that read the vision encoder (VisionZip, see :mod:`dash_vl.vision_evidence`) a
+    family names its feature functions (:attr:`feature_functions`), the attention module of the
+    encoder's feature layer (:attr:`vision_feature_attention`), whether that encoder has a
+    ``[CLS]`` token, how to get queries and keys from that module's inputs
+    (:meth:`vision_segments`; the default fits encoders with ``q_proj`` / ``k_proj`` over a
+    batch of tiles) and how its patches become LLM visual tokens (:meth:`tokens_from_patches`).
     """
 
     auto_class = "AutoModelForImageTextToText"
     has_visual_tokens = True
     video_sampling: ClassVar[FrameSampling] = FrameSampling("uniform", max_frames=32)
     visual_token_id_names: ClassVar[tuple[str, ...]] = ("image_token_id", "video_token_id")
+    feature_functions: ClassVar[dict[str, str]] = {"image": "get_image_features", "video": "get_video_features"}
+    vision_has_cls: ClassVar[bool] = False
 
     @property
     def text_model(self) -> nn.Module:
@@ -141,3 +151,38 @@ class VisionLanguageAdapter(ModelAdapter):
             if token_id is not None:
                 mask |= input_ids == token_id
         return mask
+
+    @property
+    def vision_feature_attention(self) -> nn.Module:
+        """The self-attention module of the vision encoder layer whose output the LLM receives."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its vision encoder's attention")
+
+    def feature_layer(self, layers: nn.ModuleList) -> nn.Module:
+        """The encoder layer that produces ``hidden_states[config.vision_feature_layer]``."""
+        index = self.model.config.vision_feature_layer
+        if not isinstance(index, int) or index == 0:
+            raise ValueError(f"vision_feature_layer must be one nonzero layer index, got {index!r}")
+        return layers[index if index < 0 else index - 1]
+
+    def vision_segments(self, attention: nn.Module, args: tuple, kwargs: dict) -> list[SegmentAttention]:
+        """One :class:`SegmentAttention` per tile of the batch ``(tiles, n, width)`` entering ``attention``
+        (``q_proj`` / ``k_proj``, ``q_norm`` / ``k_norm`` where present, no rotary)."""
+        hidden = args[0] if args else kwargs["hidden_states"]
+        queries, keys = attention.q_proj(hidden), attention.k_proj(hidden)
+        if hasattr(attention, "k_norm"):
+            queries, keys = attention.q_norm(queries), attention.k_norm(keys)
+        queries, keys = (part.view(*hidden.shape[:2], attention.num_heads, -1).transpose(1, 2) for part in (queries, keys))
+        queries = queries * attention.scale
+        metric = keys.mean(dim=1)
+        return [SegmentAttention(queries[tile], keys[tile], metric[tile]) for tile in range(hidden.shape[0])]
+
+    def tokens_from_patches(self, modality: str, patches: torch.Tensor, arguments: dict[str, Any]) -> VisualEvidence:
+        """Map the evidence of one feature-function call from encoder patches to LLM visual tokens.
+
+        Args:
+            modality: ``"image"`` or ``"video"``.
+            patches: ``(P, 1 + m)``: dominance then metric of every patch the LLM's features come
+                from (``[CLS]`` excluded), in the encoder's order.
+            arguments: the feature function's arguments by name.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not map encoder patches to visual tokens")

@@ -19,17 +19,18 @@ class HaltingConfig:
     Attributes:
         method: name of the halting policy in :data:`dash_vl.methods.METHODS`: ``"dash"``, its
             ablations ``"dash_block"``, ``"dash_highest"``, ``"random"``, or the baselines
-            ``"fastv"`` and ``"dart"`` (see each module for its published rule).
+            ``"fastv"``, ``"dart"`` and ``"visionzip"`` (see each module for its published rule).
         ratio: ρ in [0, 1), the fraction of *eligible* prompt tokens halted at the decision
-            layer (for FastV and DART: the fraction of visual tokens dropped). ``0`` runs the
+            layer (for FastV, DART and VisionZip: the fraction of visual tokens dropped). ``0`` runs the
             engine with nothing halted (identical to the unmodified model).
-        start_layer: the decision layer ``l_s``. An ``int`` is a layer index in ``[1, L)``; a
+        start_layer: the decision layer ``l_s``. An ``int`` is a layer index in ``[1, L)`` (``0``,
+            before the first layer, only for VisionZip, which must decide there); a
             ``float`` in (0, 1) is a fraction of ``L`` (``floor(start_layer * L)``, at least 1).
             Unset (``None``), the method's default: ``0.4`` for DASH and its ablations, layer
-            ``2`` (the official ``K``) for FastV and DART.
+            ``2`` (the official ``K``) for FastV and DART, ``0`` (before the LLM) for VisionZip.
         scope: ``"all"``: text and visual tokens are eligible (the paper's unified rule);
             ``"visual"``: only visual tokens are eligible. Unset (``None``), it becomes the
-            method's default: ``"all"`` for DASH and its ablations, ``"visual"`` for FastV and DART.
+            method's default: ``"all"`` for DASH and its ablations, ``"visual"`` for the baselines.
         question: how the question (the prompt's trailing text) is treated.
             ``"halted"``: eligible like any other token (only the last prompt token is
             protected). ``"protected"``: never halted, but scored in the same single pass.
@@ -67,8 +68,9 @@ class HaltingConfig:
             )
         if isinstance(self.start_layer, float) and not 0.0 < self.start_layer < 1.0:
             raise ValueError(f"start_layer as a fraction of the depth must be in (0, 1), got {self.start_layer}")
-        if isinstance(self.start_layer, int) and self.start_layer < 1:
-            raise ValueError(f"start_layer must be >= 1, got {self.start_layer}")
+        lowest = METHODS[self.method].lowest_start_layer
+        if isinstance(self.start_layer, int) and self.start_layer < lowest:
+            raise ValueError(f"start_layer must be >= {lowest} for method {self.method!r}, got {self.start_layer}")
         if self.scope not in SCOPES:
             raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}")
         if self.question not in QUESTION_MODES:
@@ -87,14 +89,14 @@ class HaltingConfig:
         """The decision layer ``l_s`` for a model of ``num_layers`` decoder layers.
 
         Raises:
-            ValueError: if ``l_s`` falls outside ``[1, num_layers)``.
+            ValueError: if ``l_s`` falls outside ``[0, num_layers)``.
         """
         if isinstance(self.start_layer, float):
             layer = max(1, int(self.start_layer * num_layers))
         else:
             layer = self.start_layer
-        if not 1 <= layer < num_layers:
-            raise ValueError(f"start_layer must be in [1, {num_layers}) for a {num_layers}-layer model, got {layer}")
+        if not 0 <= layer < num_layers:
+            raise ValueError(f"start_layer must be in [0, {num_layers}) for a {num_layers}-layer model, got {layer}")
         return layer
 
     def ideal_speedup(self, num_layers: int) -> float:

@@ -37,10 +37,11 @@ class DecisionProbe:
         adapter: the model's adapter.
         layer_index: the decision layer ``l_s``.
         hidden_states: ``(batch, T, hidden)`` entering layer ``l_s``.
-        previous_hidden_states: ``(batch, T, hidden)`` entering layer ``l_s - 1``.
-        previous_keys: ``(batch, kv_heads, T, head_dim)`` cached keys of layer ``l_s - 1``.
+        previous_hidden_states: ``(batch, T, hidden)`` entering layer ``l_s - 1``; ``None`` at ``l_s = 0``.
+        previous_keys: ``(batch, kv_heads, T, head_dim)`` cached keys of layer ``l_s - 1``; ``None`` at ``l_s = 0``.
         valid, eligible: ``(batch, T)`` bool.
         attention_kwargs: the full-sequence ``attention_mask`` and ``position_embeddings``.
+        vision_evidence: the encoder's evidence over the prompt (score, metric, unit), where recorded.
     """
 
     def __init__(
@@ -48,21 +49,23 @@ class DecisionProbe:
         adapter: ModelAdapter,
         layer_index: int,
         hidden_states: torch.Tensor,
-        previous_hidden_states: torch.Tensor,
-        previous_keys: torch.Tensor,
+        previous_hidden_states: torch.Tensor | None,
+        previous_keys: torch.Tensor | None,
         valid: torch.Tensor,
         eligible: torch.Tensor,
         attention_kwargs: dict[str, Any],
+        vision_evidence: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
         self.adapter = adapter
+        self.layer_index = layer_index
         self.layer: nn.Module = adapter.layers[layer_index]
-        self.previous_layer: nn.Module = adapter.layers[layer_index - 1]
         self.hidden_states = hidden_states
         self.previous_hidden_states = previous_hidden_states
         self._previous_keys = previous_keys
         self.valid = valid
         self.eligible = eligible
         self.attention_kwargs = attention_kwargs
+        self._vision_evidence = vision_evidence
         self.capture = KeyValueCapture()
         self._attention_update: torch.Tensor | None = None
         self.block_output: torch.Tensor | None = None
@@ -80,17 +83,25 @@ class DecisionProbe:
         return self.block_output - self.hidden_states
 
     def previous_keys(self) -> torch.Tensor:
+        if self._previous_keys is None:
+            raise ValueError("this method reads layer l_s - 1, so it needs start_layer >= 1")
         return self._previous_keys
 
     def last_query_attention(self) -> torch.Tensor:
         cos, sin = self.attention_kwargs["position_embeddings"]
         query = self.adapter.attention_queries(
-            self.previous_layer, self.previous_hidden_states[:, -1:], (cos[..., -1:, :], sin[..., -1:, :])
+            self.adapter.layers[self.layer_index - 1], self.previous_hidden_states[:, -1:], (cos[..., -1:, :], sin[..., -1:, :])
         )
-        keys = self._previous_keys.repeat_interleave(query.shape[1] // self._previous_keys.shape[1], dim=1)
+        previous_keys = self.previous_keys()
+        keys = previous_keys.repeat_interleave(query.shape[1] // previous_keys.shape[1], dim=1)
         logits = (query.float() @ keys.float().transpose(-1, -2)).squeeze(2)
         logits = logits.masked_fill(~self.valid[:, None, :], -torch.inf)
         return logits.softmax(dim=-1)
 
     def normed_hidden_states(self) -> torch.Tensor:
         return self.adapter.final_norm(self.hidden_states)
+
+    def vision_evidence(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self._vision_evidence is None:
+            raise ValueError("no vision-encoder evidence was recorded for this prompt")
+        return self._vision_evidence

@@ -7,8 +7,10 @@ Prefill (empty cache):
     all ``T`` tokens first; its output ``U`` (after ``o_proj``, before the residual add) is what
     DASH scores (``Δattn = ‖U_t‖₂``), and halted tokens drop out before that residual add.
     For FastV and DART (placement ``"layer_input"``) the decision is made on what layers
-    ``l_s - 1`` and ``l_s`` see, and only active tokens run layer ``l_s``. Either way halted
-    tokens keep the hidden state they had entering ``l_s``, frozen to the end;
+    ``l_s - 1`` and ``l_s`` see, and only active tokens run layer ``l_s``; VisionZip decides the
+    same way at ``l_s = 0`` from the vision encoder's evidence and merges dropped tokens into
+    kept ones. Either way halted tokens keep the hidden state they had entering ``l_s``, frozen
+    to the end;
   * active tokens are gathered into a compact left-padded tensor (prompt order kept, original
     rotary ids kept) and run the rest of the layers; layers ``>= l_s`` cache only active tokens.
 
@@ -31,9 +33,12 @@ from dash_vl.adapter import ModelAdapter
 from dash_vl.config import HaltingConfig
 from dash_vl.decision import DecisionProbe
 from dash_vl.masks import causal_mask, check_implementation
-from dash_vl.methods import METHODS
+from dash_vl.methods import METHODS, Decision
 from dash_vl.report import HaltingReport, LayerShapes
 from dash_vl.selection import ActiveSet, compact_layout, require_eligible
+from dash_vl.vision_evidence import EvidenceRecorder, evidence_over_prompt
+
+Evidence = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 UNSUPPORTED_OUTPUTS: tuple[str, ...] = ("output_attentions", "output_hidden_states")
 
@@ -69,7 +74,8 @@ class HaltingEngine:
     """Runs a language model's decoder stack with single-shot token halting.
 
     Use it through :class:`dash_vl.Halting`, which installs :meth:`forward` in place of the
-    language model's own.
+    language model's own (and, for a policy that reads the vision encoder, sets
+    :attr:`evidence_recorder`).
     """
 
     def __init__(self, adapter: ModelAdapter, config: HaltingConfig) -> None:
@@ -87,6 +93,7 @@ class HaltingEngine:
         self.reports: list[HaltingReport] = []
         self.prompt_input_ids: torch.Tensor | None = None
         self.question_tokens: int | None = None
+        self.evidence_recorder: EvidenceRecorder | None = None
         self._compact: weakref.WeakKeyDictionary[Any, CompactCache] = weakref.WeakKeyDictionary()
 
     # ----------------------------------------------------------------------------------------
@@ -140,8 +147,9 @@ class HaltingEngine:
         visual = self.adapter.visual_mask(prompt_ids)
         question = self._question_mask(visual, token_valid)
         eligible = self._eligible(visual, token_valid, question)
+        evidence = self._vision_evidence(prompt_ids)
         if self.config.question != "after_context":
-            hidden, active = self._halting_pass(hidden, token_valid, rope_ids, cache, eligible)
+            hidden, active = self._halting_pass(hidden, token_valid, rope_ids, cache, eligible, evidence)
             self._record(token_valid, eligible, active, question_len=0)
             return hidden
         if cache is None:
@@ -149,15 +157,32 @@ class HaltingEngine:
         context_len = seq_len - int(question.sum(dim=1).max())
         if context_len < 1:
             raise ValueError(f"the question covers the whole prompt ({seq_len} tokens); nothing is left to halt")
+        if evidence is not None:
+            evidence = tuple(part[:, :context_len] for part in evidence)
         context, active = self._halting_pass(
-            hidden[:, :context_len], token_valid[:, :context_len], rope_ids[..., :context_len], cache, eligible[:, :context_len]
+            hidden[:, :context_len], token_valid[:, :context_len], rope_ids[..., :context_len], cache,
+            eligible[:, :context_len], evidence,
         )
         tail = self._extend(hidden[:, context_len:], token_valid, rope_ids[..., context_len:], cache, self._compact[cache])
         self._record(token_valid[:, :context_len], eligible[:, :context_len], active, question_len=seq_len - context_len)
         return torch.cat([context, tail], dim=1)
 
+    def _vision_evidence(self, prompt_ids: torch.Tensor | None) -> Evidence | None:
+        """The encoder evidence of this prompt laid over it, for a policy that reads it; else ``None``."""
+        if self.evidence_recorder is None:
+            return None
+        recorded = self.evidence_recorder.take()
+        if not any(recorded.values()) or prompt_ids is None:
+            raise ValueError(
+                f"method {self.config.method!r} reads the vision encoder: call the whole model on a prompt with "
+                "images or videos (its language model alone has no encoder evidence)"
+            )
+        token_ids = {modality: getattr(self.adapter.model.config, f"{modality}_token_id", None) for modality in recorded}
+        return evidence_over_prompt(recorded, prompt_ids, token_ids)
+
     def _halting_pass(
-        self, hidden: torch.Tensor, token_valid: torch.Tensor, rope_ids: torch.Tensor, cache: Any, eligible: torch.Tensor
+        self, hidden: torch.Tensor, token_valid: torch.Tensor, rope_ids: torch.Tensor, cache: Any, eligible: torch.Tensor,
+        evidence: Evidence | None = None,
     ) -> tuple[torch.Tensor, ActiveSet]:
         """Layers ``[0, L)`` over a prompt, halting at ``l_s``; returns ``(batch, T, D)`` and the active set."""
         require_eligible(eligible, self.config.ratio)
@@ -168,20 +193,24 @@ class HaltingEngine:
             position_embeddings=self.adapter.position_embeddings(hidden, rope_ids),
         )
         early_cache = cache if cache is not None else DynamicCache(config=self.adapter.text_config)
+        previous_hidden = previous_keys = None
         for layer in layers[:start]:
             previous_hidden = hidden
             hidden = layer(hidden, past_key_values=early_cache, **full)
+        if start > 0:
+            previous_keys = early_cache.layers[start - 1].keys
 
         probe = DecisionProbe(
-            self.adapter, start, hidden, previous_hidden, early_cache.layers[start - 1].keys, token_valid, eligible, full
+            self.adapter, start, hidden, previous_hidden, previous_keys, token_valid, eligible, full, evidence
         )
-        kept = self.method.keep(probe, self.config.ratio) if self.config.ratio > 0 else eligible
-        active = compact_layout(token_valid & (kept | ~eligible))
+        decision = self.method.decide(probe, self.config.ratio) if self.config.ratio > 0 else Decision(eligible)
+        active = compact_layout(token_valid & (decision.kept | ~eligible))
         in_layer = self.method.placement == "attention_update"
         if in_layer:
             compact = self._finish_decision_layer(probe, active, cache)
         else:
-            compact = gather_tokens(hidden, active.index, dim=1)
+            entering = hidden if decision.states is None else decision.states
+            compact = gather_tokens(entering, active.index, dim=1)
         if cache is not None:
             self._compact[cache] = CompactCache(slot_valid=active.slot_valid)
 

@@ -20,6 +20,7 @@ from dash_vl.adapters import adapter_for
 from dash_vl.config import HaltingConfig
 from dash_vl.engine import HaltingEngine
 from dash_vl.report import HaltingReport
+from dash_vl.vision_evidence import EvidenceRecorder
 
 
 class Halting:
@@ -57,6 +58,9 @@ class Halting:
             return self
         self.adapter.text_model.forward = self.engine.forward
         self._hook = self.adapter.prompt_module.register_forward_pre_hook(self._remember_input_ids, with_kwargs=True)
+        if self.engine.method.needs_vision_evidence:
+            self.engine.evidence_recorder = EvidenceRecorder(self.adapter)
+            self.engine.evidence_recorder.install()
         return self
 
     def disable(self) -> None:
@@ -66,6 +70,9 @@ class Halting:
         del self.adapter.text_model.forward
         self._hook.remove()
         self._hook = None
+        if self.engine.evidence_recorder is not None:
+            self.engine.evidence_recorder.remove()
+            self.engine.evidence_recorder = None
         self.engine.prompt_input_ids = None
 
     def __enter__(self) -> Halting:

@@ -150,6 +150,7 @@ def many_visual_tokens():
         ("dash", lambda n, e, r: n - math.floor(r * e + 1e-9)),
         ("fastv", lambda n, e, r: n - e + round(e * (1 - r))),
         ("dart", lambda n, e, r: n - e + min(e, 4 + 8 * int(e * (1 - r) / 8))),
+        ("visionzip", lambda n, e, r: n - e + 4 * round(e / 4 * (1 - r))),  # one unit per image
     ],
 )
 def test_kept_counts_follow_the_documented_formula(many_visual_tokens, method, expected, ratio):
@@ -167,7 +168,7 @@ def test_fastv_budget_that_rounds_to_zero_is_a_clear_error():
         model(**inputs)
 
 
-@pytest.mark.parametrize("method", ["fastv", "dart", "dash_block", "random"])
+@pytest.mark.parametrize("method", ["fastv", "dart", "dash_block", "random", "visionzip"])
 def test_ratio_zero_matches_unmodified_model_for_every_method(method):
     model, inputs = vl_case("llava_onevision", "image")
     with torch.no_grad():

@@ -5,13 +5,16 @@ Where it decides is its :attr:`HaltingMethod.placement`:
 
 * ``"attention_update"`` (DASH and its ablations): inside layer ``l_s``, after its attention
   sub-layer has run over all ``T`` tokens; halted tokens drop out before the residual add.
-* ``"layer_input"`` (FastV, DART): before layer ``l_s``; only the active tokens run it.
+* ``"layer_input"`` (FastV, DART, and VisionZip at ``l_s = 0``): before layer ``l_s``; only the
+  active tokens run it. Such a policy may also change the states its kept tokens carry into
+  ``l_s`` (VisionZip merges dropped tokens into kept ones).
 """
 
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Literal, Protocol
 
 import torch
@@ -53,20 +56,42 @@ class DecisionInputs(Protocol):
     def normed_hidden_states(self) -> torch.Tensor:
         """``(batch, T, hidden)``: :attr:`hidden_states` through the model's final norm."""
 
+    def vision_evidence(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The vision encoder's evidence laid over the prompt (see :mod:`dash_vl.vision_evidence`):
+        dominance ``(batch, T)``, similarity metric ``(batch, T, m)`` and tile/frame unit ``(batch, T)``
+        long (``-1`` off the visual tokens). Only for policies with ``needs_vision_evidence``."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a policy decided for one prompt.
+
+    Attributes:
+        kept: ``(batch, T)`` bool, the eligible tokens that stay active.
+        states: ``(batch, T, hidden)``, the states the active tokens carry into layer ``l_s``
+            where the policy changes them (``"layer_input"`` placement only); ``None`` keeps them.
+    """
+
+    kept: torch.Tensor
+    states: torch.Tensor | None = None
+
 
 class HaltingMethod(ABC):
     """A policy choosing, once per prompt, the tokens that stay active from layer ``l_s`` on.
 
     Subclasses set :attr:`placement`, :attr:`needs_block_update` (the MLP of layer ``l_s`` runs on
-    all ``T`` tokens, which the FLOP count must know), :attr:`default_scope` and
-    :attr:`default_start_layer` (used where the config leaves ``scope`` / ``start_layer`` unset)
-    and implement :meth:`keep`.
+    all ``T`` tokens, which the FLOP count must know), :attr:`needs_vision_evidence` (the vision
+    encoder's attention is recorded while the prompt is encoded), :attr:`default_scope` and
+    :attr:`default_start_layer` (used where the config leaves ``scope`` / ``start_layer`` unset),
+    :attr:`lowest_start_layer` (0 only for a policy that decides before the first layer) and implement :meth:`keep` (or :meth:`decide`, to change the kept tokens' states too).
     """
 
     placement: ClassVar[Placement] = "attention_update"
     needs_block_update: ClassVar[bool] = False
+    needs_vision_evidence: ClassVar[bool] = False
     default_scope: ClassVar[str] = "all"
     default_start_layer: ClassVar[int | float] = 0.4
+    lowest_start_layer: ClassVar[int] = 1
 
     @classmethod
     def from_config(cls, config: HaltingConfig) -> HaltingMethod:
@@ -77,6 +102,10 @@ class HaltingMethod(ABC):
     def keep(self, inputs: DecisionInputs, ratio: float) -> torch.Tensor:
         """``(batch, T)`` bool: the eligible tokens that stay active (the engine keeps every
         non-eligible valid token active whatever this says)."""
+
+    def decide(self, inputs: DecisionInputs, ratio: float) -> Decision:
+        """The decision for one prompt; by default :meth:`keep` with the states left as they are."""
+        return Decision(kept=self.keep(inputs, ratio))
 
 
 class ScoredHalting(HaltingMethod):
