@@ -9,7 +9,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +19,20 @@ import transformers
 from PIL import Image
 from torch import nn
 
-from dash_vl.adapters import adapter_class_for
+from dash_vl.adapters import adapter_class_for, adapter_for
 from dash_vl.config import HaltingConfig
 from dash_vl.halting import Halting
 from dash_vl.media import ImageSource, VideoSource, load_video, open_image
 from dash_vl.report import HaltingReport
+
+
+@dataclass(frozen=True)
+class Query:
+    """One question about zero or more images and at most one video."""
+
+    question: str
+    images: Sequence[ImageSource] = field(default_factory=tuple)
+    video: VideoSource | None = None
 
 
 class VisionLanguageModel:
@@ -31,16 +41,20 @@ class VisionLanguageModel:
     Attributes:
         model: the HF model (``generate`` works as usual; halting applies inside :meth:`ask`).
         processor: the HF processor (tokenizer, image and video processors, chat template).
-        halting: the :class:`dash_vl.Halting` holding the knobs and the reports.
+        halting: the :class:`dash_vl.Halting` holding the knobs and the reports; ``None`` when the
+            model runs unmodified (``config=None``).
     """
 
-    def __init__(self, model: nn.Module, processor: Any, config: HaltingConfig) -> None:
+    def __init__(self, model: nn.Module, processor: Any, config: HaltingConfig | None) -> None:
         self.model = model
         self.processor = processor
-        self.halting = Halting(model, config)
+        self.adapter = adapter_for(model)
+        self.halting = Halting(model, config) if config is not None else None
 
     @property
     def last_report(self) -> HaltingReport:
+        if self.halting is None:
+            raise RuntimeError("this model runs unmodified; it has no halting report")
         return self.halting.last_report
 
     def ask(
@@ -51,29 +65,45 @@ class VisionLanguageModel:
         max_new_tokens: int = 64,
     ) -> str:
         """Greedy answer to ``question`` about ``images`` (one or several) and/or a ``video``."""
-        if not isinstance(question, str) or not question.strip():
-            raise ValueError("question must be a non-empty string")
         if isinstance(images, (str, Path, Image.Image)):
             images = [images]
-        opened = [open_image(image) for image in images or []]
-        frames = load_video(video, self.halting.adapter.video_sampling) if video is not None else None
-        content: list[dict[str, Any]] = [{"type": "image"} for _ in opened]
-        if frames is not None:
-            content.append({"type": "video"})
-        content.append({"type": "text", "text": question})
-        prompt = self.processor.apply_chat_template(
-            [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
-        )
+        return self.answer([Query(question, tuple(images or ()), video)], max_new_tokens=max_new_tokens)[0]
+
+    def answer(
+        self, queries: Sequence[Query], max_new_tokens: int = 64, system_prompt: str | None = None
+    ) -> list[str]:
+        """Greedy answers to a batch of queries, prefilled together (left-padded) with halting."""
+        prompts, images, videos = [], [], []
+        for query in queries:
+            if not isinstance(query.question, str) or not query.question.strip():
+                raise ValueError("question must be a non-empty string")
+            opened = [open_image(image) for image in query.images]
+            frames = load_video(query.video, self.adapter.video_sampling) if query.video is not None else None
+            content: list[dict[str, Any]] = [{"type": "image"} for _ in opened]
+            if frames is not None:
+                content.append({"type": "video"})
+            content.append({"type": "text", "text": query.question})
+            messages = [{"role": "user", "content": content}]
+            if system_prompt:
+                messages.insert(0, {"role": "system", "content": [{"type": "text", "text": system_prompt}]})
+            prompts.append(self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+            images.append(opened)
+            if frames is not None:
+                videos.append(frames)
+        if videos and len(videos) != len(queries):
+            raise ValueError("in one batch either every query has a video or none has")
+        self.processor.tokenizer.padding_side = "left"
         inputs = self.processor(
-            text=[prompt],
-            images=[opened] if opened else None,
-            videos=[frames] if frames is not None else None,
+            text=prompts,
+            images=images if any(images) else None,
+            videos=videos or None,
+            padding=True,
             return_tensors="pt",
         ).to(self.model.device)
-        with self.halting, torch.no_grad():
+        with self.halting or nullcontext(), torch.no_grad():
             output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-        answer_ids = output[0, inputs["input_ids"].shape[1] :]
-        return self.processor.decode(answer_ids, skip_special_tokens=True).strip()
+        answers = output[:, inputs["input_ids"].shape[1] :]
+        return [text.strip() for text in self.processor.batch_decode(answers, skip_special_tokens=True)]
 
 
 def load(

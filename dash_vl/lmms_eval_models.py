@@ -1,0 +1,188 @@
+"""lmms-eval models with halting: ``dash_qwen2_vl``, ``dash_llava_onevision``, ``dash_internvl``.
+
+Registered through the ``lmms_eval.models`` entry-point group (see ``pyproject.toml``), so after
+``pip install "dash-vl[eval]"``::
+
+    lmms-eval --model dash_qwen2_vl \\
+        --model_args pretrained=Qwen/Qwen2-VL-7B-Instruct,method=dash,ratio=0.9 --tasks mme
+
+``model_args`` take the halting knobs of :class:`dash_vl.HaltingConfig` (``method`` — also
+``none`` for the unmodified model —, ``ratio``, ``start_layer``, ``scope``, ``question``,
+``seed``) and the loading ones (``pretrained``, ``device_map``, ``dtype``,
+``attn_implementation``, ``system_prompt``, ``max_new_tokens``); an unknown key is an error.
+Under ``accelerate launch`` each process loads the model on its own GPU and evaluates its
+shard of the requests (data parallel), as lmms-eval's own models do.
+
+This module imports lmms-eval; nothing else in ``dash_vl`` does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+from lmms_eval.api.instance import Instance
+from lmms_eval.api.model import lmms
+from lmms_eval.models.registry_v2 import ModelManifest
+from PIL import Image
+from tqdm import tqdm
+
+from dash_vl.api import Query, VisionLanguageModel, load
+from dash_vl.cli import start_layer as parse_start_layer
+from dash_vl.config import HaltingConfig
+
+VIDEO_SUFFIXES: tuple[str, ...] = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+LOADING_KEYS: tuple[str, ...] = (
+    "pretrained", "device", "device_map", "dtype", "attn_implementation", "batch_size", "max_batch_size",
+    "system_prompt", "max_new_tokens",
+)
+HALTING_KEYS: tuple[str, ...] = ("method", "ratio", "start_layer", "scope", "question", "seed")
+
+
+def halting_config(method: str, ratio: Any, start_layer: Any, scope: Any, question: str, seed: Any) -> HaltingConfig | None:
+    """The knobs as lmms-eval parses them (numbers may arrive as strings); ``None`` for ``method=none``."""
+    if method == "none":
+        if float(ratio) != 0.0:
+            raise ValueError(f"method=none runs the unmodified model; it takes no ratio (got {ratio})")
+        return None
+    if isinstance(start_layer, str):
+        start_layer = parse_start_layer(start_layer)
+    return HaltingConfig(
+        method=method, ratio=float(ratio), start_layer=start_layer, scope=scope, question=question, seed=int(seed)
+    )
+
+
+def query_of(context: str, visuals: list[Any]) -> Query:
+    """A :class:`Query` from an lmms-eval context and its visuals (PIL images, image or video paths)."""
+    images, videos = [], []
+    for visual in visuals:
+        if isinstance(visual, (str, Path)) and str(visual).lower().endswith(VIDEO_SUFFIXES):
+            videos.append(visual)
+        elif isinstance(visual, (str, Path, Image.Image)):
+            images.append(visual)
+        else:
+            raise TypeError(f"unsupported visual {type(visual).__name__}: expected a PIL image or a file path")
+    if len(videos) > 1:
+        raise ValueError(f"one video per request is supported, got {len(videos)}")
+    return Query(context.replace("<image>", "").strip(), tuple(images), videos[0] if videos else None)
+
+
+def flatten_visuals(visuals: Any) -> list[Any]:
+    if visuals is None:
+        return []
+    if not isinstance(visuals, (list, tuple)):
+        return [visuals]
+    return [item for visual in visuals for item in flatten_visuals(visual)]
+
+
+class HaltingModel(lmms):
+    """An HF VLM with halting, answering lmms-eval's ``generate_until`` requests in batches.
+
+    Subclasses name the families they accept (:attr:`model_types`); a checkpoint of another
+    family is an error, so that ``dash_qwen2_vl`` never silently evaluates something else.
+    """
+
+    model_types: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self,
+        pretrained: str,
+        method: str = "dash",
+        ratio: float = 0.0,
+        start_layer: int | float | str | None = None,
+        scope: str | None = None,
+        question: str = "halted",
+        seed: int = 0,
+        device: str | None = "cuda",
+        device_map: str | None = None,
+        dtype: str = "auto",
+        attn_implementation: str = "sdpa",
+        batch_size: int | str = 1,
+        max_batch_size: int | None = None,
+        system_prompt: str | None = None,
+        max_new_tokens: int = 128,
+        **unknown: Any,
+    ) -> None:
+        super().__init__()
+        if unknown:
+            raise ValueError(
+                f"unknown model_args {sorted(unknown)} for {type(self).__name__}; known: {sorted(HALTING_KEYS + LOADING_KEYS)}"
+            )
+        from accelerate import Accelerator
+
+        accelerator = Accelerator()
+        if accelerator.num_processes > 1:
+            device_map = f"cuda:{accelerator.local_process_index}"
+            self._rank, self._world_size = accelerator.local_process_index, accelerator.num_processes
+        config = halting_config(method, ratio, start_layer, scope, question, seed)
+        loaded = load(pretrained, HaltingConfig(), device=device_map or device, dtype=dtype, attn_implementation=attn_implementation)
+        self.vlm = VisionLanguageModel(loaded.model, loaded.processor, config)
+        model_type = self.vlm.model.config.model_type
+        if model_type not in self.model_types:
+            raise ValueError(f"{type(self).__name__} evaluates {self.model_types} checkpoints; {pretrained} is {model_type!r}")
+        self.batch_size_per_gpu = int(batch_size)
+        self.system_prompt = system_prompt
+        self.max_new_tokens = int(max_new_tokens)
+
+    @property
+    def batch_size(self) -> int:
+        return self.batch_size_per_gpu
+
+    def generate_until(self, requests: list[Instance]) -> list[str]:
+        answers: list[str] = [""] * len(requests)
+        progress = tqdm(total=len(requests), disable=self.rank != 0, desc="dash_vl responding")
+        order = sorted(range(len(requests)), key=lambda index: str(requests[index].args[1]))
+        for start in range(0, len(order), self.batch_size_per_gpu):
+            chunk = order[start : start + self.batch_size_per_gpu]
+            queries, kwargs = [], dict(requests[chunk[0]].args[1] or {})
+            for index in chunk:
+                context, _, doc_to_visual, doc_id, task, split = requests[index].args
+                queries.append(query_of(context, flatten_visuals(doc_to_visual(self.task_dict[task][split][doc_id]))))
+            for index, text in zip(chunk, self._answer(queries, kwargs)):
+                answers[index] = text
+            progress.update(len(chunk))
+        progress.close()
+        return answers
+
+    def _answer(self, queries: list[Query], generation: dict[str, Any]) -> list[str]:
+        """Greedy answers (lmms-eval's ``temperature`` 0), cut at the first ``until`` string."""
+        if float(generation.get("temperature", 0) or 0) > 0:
+            raise ValueError("dash_vl models decode greedily; the task asks for temperature > 0")
+        until = generation.get("until") or []
+        until = [until] if isinstance(until, str) else until
+        max_new_tokens = int(generation.get("max_new_tokens", self.max_new_tokens))
+        texts = self.vlm.answer(queries, max_new_tokens=max_new_tokens, system_prompt=self.system_prompt)
+        for stop in until:
+            texts = [text.split(stop)[0] for text in texts]
+        return texts
+
+    def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
+        raise NotImplementedError("dash_vl's lmms-eval models answer generate_until tasks only")
+
+    def generate_until_multi_round(self, requests: list[Instance]) -> list[str]:
+        raise NotImplementedError("dash_vl's lmms-eval models answer single-round tasks only")
+
+
+class DashQwen2VL(HaltingModel):
+    model_types = ("qwen2_vl", "qwen2_5_vl")
+
+
+class DashLlavaOnevision(HaltingModel):
+    model_types = ("llava_onevision",)
+
+
+class DashInternVL(HaltingModel):
+    model_types = ("internvl",)
+
+
+def manifests() -> list[ModelManifest]:
+    """The ``lmms_eval.models`` entry point: one manifest per family."""
+    return [
+        ModelManifest(model_id=name, simple_class_path=f"{__name__}.{cls.__name__}")
+        for name, cls in (
+            ("dash_qwen2_vl", DashQwen2VL), ("dash_llava_onevision", DashLlavaOnevision), ("dash_internvl", DashInternVL)
+        )
+    ]
+
+
+__all__ = ["DashInternVL", "DashLlavaOnevision", "DashQwen2VL", "HaltingModel", "manifests"]

@@ -1,0 +1,93 @@
+"""The lmms-eval plugin: registered through the entry point, runs the real ``lmms-eval`` CLI end to
+end on a tiny saved model and the offline ``dash_shapes`` task, answers exactly as the Python API
+does, and rejects bad ``model_args``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("lmms_eval")
+
+from dash_vl.api import load  # noqa: E402
+from dash_vl.random_models import random_model, tiny_config, tiny_processor  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+TASK_DIR = REPO / "eval" / "tasks"
+LIMIT = 4
+
+
+@pytest.fixture(scope="module")
+def saved_models(tmp_path_factory) -> dict[str, Path]:
+    folders = {}
+    for family in ("qwen2_vl", "internvl"):
+        folder = tmp_path_factory.mktemp(family)
+        processor = tiny_processor(family)
+        random_model(tiny_config(family, processor.tokenizer)).save_pretrained(folder)
+        processor.save_pretrained(folder)
+        folders[family] = folder
+    return folders
+
+
+def run_lmms_eval(model: str, model_args: str, output: Path) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable, "-m", "lmms_eval", "--model", model, "--model_args", model_args, "--tasks", "dash_shapes",
+        "--include_path", str(TASK_DIR), "--device", "cpu", "--batch_size", "2", "--limit", str(LIMIT),
+        "--output_path", str(output), "--log_samples",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_models_are_registered_through_the_entry_point():
+    from lmms_eval.models import get_model, list_available_models
+
+    assert {"dash_qwen2_vl", "dash_llava_onevision", "dash_internvl"} <= set(list_available_models())
+    assert get_model("dash_qwen2_vl").__name__ == "DashQwen2VL"
+
+
+@pytest.mark.parametrize(
+    "family,model,knobs",
+    [("qwen2_vl", "dash_qwen2_vl", dict(method="visionzip", ratio=0.5)), ("internvl", "dash_internvl", dict(method="dash", ratio=0.75))],
+)
+def test_cli_end_to_end_matches_the_python_api(saved_models, tmp_path, family, model, knobs):
+    folder = saved_models[family]
+    args = ",".join([f"pretrained={folder}", "dtype=float32"] + [f"{k}={v}" for k, v in knobs.items()])
+    finished = run_lmms_eval(model, args, tmp_path)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    results = json.loads(next(tmp_path.rglob("*_results.json")).read_text())
+    assert results["config"]["model_args"] == args
+    assert "exact_match,none" in results["results"]["dash_shapes"]
+    samples = [json.loads(line) for line in next(tmp_path.rglob("*_samples_dash_shapes.jsonl")).read_text().splitlines()]
+    assert sorted(sample["doc_id"] for sample in samples) == list(range(LIMIT))
+
+    sys.path.insert(0, str(TASK_DIR / "dash_shapes"))
+    try:
+        from utils import dash_shapes_doc_to_text, dash_shapes_doc_to_visual
+    finally:
+        sys.path.pop(0)
+    docs = [json.loads(line) for line in (TASK_DIR / "dash_shapes" / "dash_shapes.jsonl").read_text().splitlines()]
+    vlm = load(folder, dtype="float32", **knobs)
+    for sample in samples:
+        doc = docs[sample["doc_id"]]
+        question = dash_shapes_doc_to_text(doc, {"post_prompt": " Answer with one word."})
+        assert sample["input"] == question
+        assert sample["filtered_resps"] == vlm.ask(question, images=dash_shapes_doc_to_visual(doc), max_new_tokens=8)
+
+
+def test_unknown_model_args_and_wrong_family_are_clear_errors(saved_models):
+    from dash_vl.lmms_eval_models import DashInternVL, DashQwen2VL
+
+    with pytest.raises(ValueError, match="unknown model_args \\['bogus'\\]"):
+        DashQwen2VL(pretrained=str(saved_models["qwen2_vl"]), device="cpu", bogus=1)
+    with pytest.raises(ValueError, match="evaluates \\('internvl',\\) checkpoints"):
+        DashInternVL(pretrained=str(saved_models["qwen2_vl"]), device="cpu")
+    with pytest.raises(ValueError, match="ratio must be in"):
+        DashQwen2VL(pretrained=str(saved_models["qwen2_vl"]), device="cpu", ratio=1.5)
+    with pytest.raises(ValueError, match="method=none runs the unmodified model"):
+        DashQwen2VL(pretrained=str(saved_models["qwen2_vl"]), device="cpu", method="none", ratio=0.5)
