@@ -8,7 +8,10 @@ one-image prompt. For each ``T`` the same run times the unmodified model and eac
 ratio (median of ``--repeats`` CUDA-event timings after ``--warmup``), and reports kept tokens,
 relative FLOPs, peak GPU memory during the prefill and KV-cache bytes after it. Ratios mean what
 each method documents: DASH and its ablations halt ``ρ`` of all tokens but the last; FastV and
-DART drop ``ρ`` of the image tokens, from their default layer 2.
+DART drop ``ρ`` of the image tokens, from their default layer 2; VisionZip keeps
+``round(n(1-ρ))`` of every ``--unit``-token tile/frame before layer 0. VisionZip's encoder-side
+scoring is not part of this language-tower timing: its evidence (random scores and keys, as
+the recorder would hand them over) is given, like the other methods' inputs are.
 
     python eval/bench_methods.py --lengths 16384 32768 --ratios 0.667 0.9 0.99 --out eval/results/methods_qwen2vl7b.json
 """
@@ -25,6 +28,7 @@ import transformers
 
 from dash_vl import Halting
 from dash_vl.random_models import FAMILIES, full_size_config, random_model
+from dash_vl.vision_evidence import VisualEvidence
 from gpu_timing import cuda_median_ms
 
 TEXT_AROUND = 64
@@ -47,12 +51,31 @@ def measure(run, warmup: int, repeats: int) -> dict:
     )
 
 
+class GivenEvidence:
+    """Stands in for the encoder-side recorder: the same random evidence for every prefill."""
+
+    def __init__(self, tokens: int, unit: int, metric_size: int, device: torch.device) -> None:
+        generator = torch.Generator(device=device).manual_seed(tokens)
+        self.evidence = VisualEvidence(
+            score=torch.rand(tokens, device=device, generator=generator),
+            metric=torch.randn(tokens, metric_size, device=device, generator=generator),
+            unit=torch.arange(tokens, device=device) // unit,
+        )
+
+    def take(self) -> dict[str, list[VisualEvidence]]:
+        return {"image": [self.evidence], "video": []}
+
+    def remove(self) -> None:
+        return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", default="qwen2_vl", choices=sorted(FAMILIES))
     parser.add_argument("--lengths", type=int, nargs="+", default=[16384, 32768])
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.667, 0.9, 0.99])
     parser.add_argument("--methods", nargs="+", default=["dash", "fastv", "dart", "dash_block", "random"])
+    parser.add_argument("--unit", type=int, default=1024, help="VisionZip: visual tokens per tile/frame")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", default=None, help="write the rows as JSON here")
@@ -80,6 +103,9 @@ def main() -> None:
                 for ratio in args.ratios:
                     with Halting(model, method=method, ratio=ratio) as halting:
                         halting.engine.prompt_input_ids = prompt_ids  # the outer model's pre-hook would set these
+                        if halting.engine.method.needs_vision_evidence:
+                            halting.engine.evidence_recorder.remove()
+                            halting.engine.evidence_recorder = GivenEvidence(length - 2 * TEXT_AROUND, args.unit, 80, device)
                         result = measure(run, args.warmup, args.repeats)
                     report = halting.last_report
                     rows.append(dict(
