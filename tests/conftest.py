@@ -78,3 +78,12 @@ def sdpa_model():
 @pytest.fixture(params=[1, 2], ids=["batch1", "batch2-left-padded"])
 def inputs(request, processor):
     return vl_inputs(processor, request.param)
+
+
+def four_image_prompt() -> dict:
+    """One Qwen2-VL prompt with four 224 x 224 images: 4 x 64 = 256 visual tokens."""
+    processor = processor_of("qwen2_vl")
+    content = [{"type": "image"}] * 4 + [{"type": "text", "text": "Which image is brightest?"}]
+    text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False)
+    images = [random_image(seed, (224, 224)) for seed in range(4)]
+    return dict(processor(text=[text], images=[images], return_tensors="pt"))

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dash_vl import Halting
-from tests.conftest import FAMILY_NAMES, model_of, processor_of, random_image, vl_inputs
+from tests.conftest import FAMILY_NAMES, four_image_prompt, model_of, processor_of, vl_inputs
 from tests.reference import (
     STEPS,
     MaskingReference,
@@ -136,11 +136,7 @@ def test_dart_matches_reference_rule(family, kind, ratio):
 @pytest.fixture(scope="module")
 def many_visual_tokens():
     """One Qwen2-VL prompt with four 224 x 224 images: 256 visual tokens."""
-    processor = processor_of("qwen2_vl")
-    content = [{"type": "image"}] * 4 + [{"type": "text", "text": "Which image is brightest?"}]
-    text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False)
-    images = [random_image(seed, (224, 224)) for seed in range(4)]
-    return dict(processor(text=[text], images=[images], return_tensors="pt"))
+    return four_image_prompt()
 
 
 @pytest.mark.parametrize("ratio", [0.5, 0.9, 0.96, 0.99])

@@ -13,7 +13,7 @@ from transformers import AttentionInterface
 
 from dash_vl import Halting
 from dash_vl.adapters.qwen2_vl import window_order
-from tests.conftest import FAMILY_NAMES, model_of, processor_of, random_image, vl_inputs
+from tests.conftest import FAMILY_NAMES, four_image_prompt, model_of, processor_of, vl_inputs
 from tests.reference import (
     STEPS,
     MaskingReference,
@@ -197,11 +197,7 @@ def test_visionzip_matches_reference_rule(family, kind, ratio):
 @pytest.fixture(scope="module")
 def four_images():
     """One Qwen2-VL prompt with four 224 x 224 images: four units of 64 visual tokens."""
-    processor = processor_of("qwen2_vl")
-    content = [{"type": "image"}] * 4 + [{"type": "text", "text": "Which image is brightest?"}]
-    text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False)
-    images = [random_image(seed, (224, 224)) for seed in range(4)]
-    return dict(processor(text=[text], images=[images], return_tensors="pt"))
+    return four_image_prompt()
 
 
 @pytest.mark.parametrize("ratio,dominant,contextual", [(0.5, 27, 5), (0.75, 14, 2), (0.9, 6, 0), (0.99, 1, 0)])
