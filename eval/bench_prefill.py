@@ -17,17 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-from datetime import date
 
 import torch
-import transformers
 
 from dash_vl import Halting
 from dash_vl.methods import DeltaAttention, halted_count
 from dash_vl.random_models import full_size_config, random_model
 from dash_vl.selection import compact_layout
-from gpu_timing import FixedDecisionInputs, cuda_median_ms, ideal_prefill
+from gpu_timing import FixedDecisionInputs, cuda_median_ms, ideal_prefill, report_run
 
 
 def main() -> None:
@@ -94,15 +91,7 @@ def main() -> None:
             f"{r['ideal_speedup']:.2f} | {r['dash_speedup']:.2f} | {r['dash_over_ideal']:.3f} | "
             f"{100 * r['select_share']:.2f} | {r['linear_theory']:.2f} | {r['relative_flops']:.3f} |"
         )
-    meta = dict(
-        gpu=torch.cuda.get_device_name(), torch=torch.__version__, transformers=transformers.__version__,
-        python=platform.python_version(), date=str(date.today()), start_layer=args.start_layer,
-        layers=num_layers, warmup=args.warmup, repeats=args.repeats,
-    )
-    print(json.dumps(meta))
-    if args.out:
-        with open(args.out, "w") as handle:
-            json.dump(dict(meta=meta, rows=rows), handle, indent=1)
+    report_run(rows, args.out, start_layer=args.start_layer, layers=num_layers, warmup=args.warmup, repeats=args.repeats)
 
 
 if __name__ == "__main__":

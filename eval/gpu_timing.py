@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import platform
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import date
 
 import torch
+import transformers
 from transformers.cache_utils import DynamicCache
 
 
@@ -51,3 +55,16 @@ class FixedDecisionInputs:
 
     def attention_update(self) -> torch.Tensor:
         return self.update
+
+
+def report_run(rows: list[dict], out: str | None, **settings: object) -> None:
+    """Print the run's metadata (GPU, versions, date and ``settings``) as JSON, and write it with
+    ``rows`` to ``out`` when given."""
+    meta = dict(
+        gpu=torch.cuda.get_device_name(), torch=torch.__version__, transformers=transformers.__version__,
+        python=platform.python_version(), date=str(date.today()), **settings,
+    )
+    print(json.dumps(meta))
+    if out:
+        with open(out, "w") as handle:
+            json.dump(dict(meta=meta, rows=rows), handle, indent=1)

@@ -92,7 +92,7 @@ def test_fastv_matches_eager_attention_reference(family, kind, ratio):
 def dart_kept(model, inputs, ratio: float, layer: int, pivots: int = 4) -> torch.Tensor:
     """Official rule, written out with Python sets: pivots by L1 norm of layer ``layer - 1``'s keys
     (visual; text after the last visual token), then per pivot (prompt order) the
-    floor(N (1 - ratio) / 8) remaining visual tokens least cosine-similar to it."""
+    floor(N (1 - ratio) / P) remaining visual tokens least cosine-similar to it (P pivots found)."""
     lm_inputs = capture_language_model_inputs(model, inputs)  # generate's positions: L1 norms of rotated keys depend on them
     with torch.no_grad():
         output = language_model_of(model)(
@@ -110,7 +110,7 @@ def dart_kept(model, inputs, ratio: float, layer: int, pivots: int = 4) -> torch
         l1 = {t: float(keys[b, t].abs().sum()) for t in image + text}
         image_pivots = sorted(image, key=lambda t: -l1[t])[:pivots]
         text_pivots = sorted(text, key=lambda t: -l1[t])[:pivots]
-        budget = math.floor(len(image) * (1 - ratio) / (2 * pivots))
+        budget = math.floor(len(image) * (1 - ratio) / len(image_pivots + text_pivots))
         chosen, pool = set(image_pivots), [t for t in image if t not in image_pivots]
         for pivot in sorted(image_pivots + text_pivots):
             similarity = {t: float(torch.cosine_similarity(states[b, pivot], states[b, t], dim=0)) for t in pool}

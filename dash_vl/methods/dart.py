@@ -6,13 +6,16 @@ Before layer ``K`` (the decision layer, default 2 for DART):
 1. pivots: the ``pivot_visual`` eligible tokens and the ``pivot_text`` text tokens after the
    last eligible one (the question and chat tail) whose keys in layer ``K - 1`` (rotary
    applied, heads concatenated) have the largest L1 norm;
-2. per-pivot budget ``floor(N (1 - ρ) / (pivot_visual + pivot_text))`` for ``N`` eligible tokens;
+2. per-pivot budget ``floor(N (1 - ρ) / P)`` for ``N`` eligible tokens and ``P`` pivots found
+   (``pivot_visual + pivot_text`` in the official setting, where at least ``pivot_text`` text
+   tokens follow the image; fewer when they do not, e.g. a text prompt whose question is
+   appended after the halted context, so that about ``(1 - ρ) N`` tokens are still kept);
 3. for each pivot in prompt order, the budget's worth of remaining eligible tokens *least*
    cosine-similar to it (on the hidden states entering layer ``K`` through the final norm) are
    kept and leave the pool;
 4. kept: the visual pivots and every token chosen in 3; the other eligible tokens are dropped.
 
-So ``min(N, pivot_visual + pivots · budget)`` eligible tokens are kept (never zero). The official
+So ``min(N, pivot_visual + P · budget)`` eligible tokens are kept (never zero). The official
 code walks the pivots in the order of a Python ``set``; here it is prompt order.
 """
 
@@ -55,11 +58,12 @@ class DART(HaltingMethod):
         after_last = valid & ~eligible & (positions > candidates.max())
         visual_pivots = top_positions(key_l1, eligible, self.pivot_visual)
         text_pivots = top_positions(key_l1, after_last, self.pivot_text)
-        budget = int(candidates.numel() * (1.0 - ratio) / (self.pivot_visual + self.pivot_text))
+        pivots = torch.cat([visual_pivots, text_pivots]).sort().values
+        budget = int(candidates.numel() * (1.0 - ratio) / pivots.numel())
         kept = torch.zeros_like(eligible)
         kept[visual_pivots] = True
         pool = eligible & ~kept
-        for pivot in torch.cat([visual_pivots, text_pivots]).sort().values.tolist():
+        for pivot in pivots.tolist():
             pool_positions = pool.nonzero().flatten()
             take = min(budget, pool_positions.numel())
             if take == 0:

