@@ -73,6 +73,18 @@ class VisionLanguageModel:
         self, queries: Sequence[Query], max_new_tokens: int = 64, system_prompt: str | None = None
     ) -> list[str]:
         """Greedy answers to a batch of queries, prefilled together (left-padded) with halting."""
+        inputs = self.prepare(queries, system_prompt)
+        with self.halting or nullcontext(), torch.no_grad():
+            output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        answers = output[:, inputs["input_ids"].shape[1] :]
+        return [text.strip() for text in self.processor.batch_decode(answers, skip_special_tokens=True)]
+
+    def prepare(self, queries: Sequence[Query], system_prompt: str | None = None) -> Any:
+        """The processor's left-padded batch (on the model's device) for ``queries``, chat template applied.
+
+        Raises:
+            ValueError: on an empty question, or a batch where only some queries have a video.
+        """
         prompts, images, videos = [], [], []
         for query in queries:
             if not isinstance(query.question, str) or not query.question.strip():
@@ -93,17 +105,13 @@ class VisionLanguageModel:
         if videos and len(videos) != len(queries):
             raise ValueError("in one batch either every query has a video or none has")
         self.processor.tokenizer.padding_side = "left"
-        inputs = self.processor(
+        return self.processor(
             text=prompts,
             images=images if any(images) else None,
             videos=videos or None,
             padding=True,
             return_tensors="pt",
         ).to(self.model.device)
-        with self.halting or nullcontext(), torch.no_grad():
-            output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-        answers = output[:, inputs["input_ids"].shape[1] :]
-        return [text.strip() for text in self.processor.batch_decode(answers, skip_special_tokens=True)]
 
 
 def load(
