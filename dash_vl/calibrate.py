@@ -134,7 +134,7 @@ class CalibrationResult:
         pick = self.pick
         return (
             f"{self.method}: start_layer={pick.start_layer} ratio={pick.ratio} (ideal speedup "
-            f"{pick.ideal_speedup:.3f}x, perplexity +{100 * pick.perplexity_increase:.2f} %, KL {pick.kl:.4f} nats)"
+            f"{pick.ideal_speedup:.3f}x, perplexity {100 * pick.perplexity_increase:+.2f} %, KL {pick.kl:.4f} nats)"
         )
 
 
