@@ -2,7 +2,7 @@
 
 The tower has the shapes of ``--family``'s public checkpoint (Qwen2-VL-7B-Instruct by default,
 llava-onevision-qwen2-7b-ov-hf, InternVL3-8B-hf), random bf16 weights (speed does not depend on
-weight values), SDPA, batch 1. The prompt is
+weight values), SDPA, batch ``--batch`` (default 1; equal-length prompts). The prompt is
 64 text tokens, ``T - 128`` image tokens, 64 text tokens (the question), as the engine sees a
 one-image prompt. For each ``T`` the same run times the unmodified model and each method at each
 ratio (median of ``--repeats`` CUDA-event timings after ``--warmup``), and reports kept tokens,
@@ -73,10 +73,13 @@ def main() -> None:
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.667, 0.9, 0.99])
     parser.add_argument("--methods", nargs="+", default=["dash", "fastv", "dart", "dash_block", "random"])
     parser.add_argument("--unit", type=int, default=1024, help="VisionZip: visual tokens per tile/frame")
+    parser.add_argument("--batch", type=int, default=1, help="prompts per prefill (VisionZip: batch 1 only)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", default=None, help="write the rows as JSON here")
     args = parser.parse_args()
+    if args.batch > 1 and "visionzip" in args.methods:
+        parser.error("VisionZip's given encoder evidence is for batch 1; leave it out with --batch > 1")
 
     device = torch.device("cuda")
     model = random_model(full_size_config(args.family), dtype=torch.bfloat16, device=device)
@@ -86,15 +89,17 @@ def main() -> None:
     with torch.no_grad():
         for length in args.lengths:
             generator = torch.Generator(device=device).manual_seed(length)
-            embeds = torch.randn(1, length, language_model.config.hidden_size, device=device, dtype=torch.bfloat16, generator=generator)
-            rope_ids = torch.arange(length, device=device)[None]
+            embeds = torch.randn(args.batch, length, language_model.config.hidden_size, device=device, dtype=torch.bfloat16, generator=generator)
+            rope_ids = torch.arange(length, device=device)[None].expand(args.batch, -1)
             if args.family.startswith("qwen"):
-                rope_ids = rope_ids[None].expand(3, 1, -1)  # M-RoPE: three equal rows, as for text
-            prompt_ids = torch.zeros(1, length, dtype=torch.long, device=device)
+                rope_ids = rope_ids[None].expand(3, -1, -1)  # M-RoPE: three equal rows, as for text
+            prompt_ids = torch.zeros(args.batch, length, dtype=torch.long, device=device)
             prompt_ids[:, TEXT_AROUND : length - TEXT_AROUND] = image_token
             run = lambda: language_model(inputs_embeds=embeds, position_ids=rope_ids, use_cache=True)  # noqa: E731
             full = measure(run, args.warmup, args.repeats)
-            rows.append(dict(T=length, method="none", ratio=0.0, kept=length, relative_flops=1.0, speedup=1.0, **full))
+            rows.append(dict(
+                T=length, batch=args.batch, method="none", ratio=0.0, kept=length, relative_flops=1.0, speedup=1.0, **full
+            ))
             print(json.dumps(rows[-1]), flush=True)
             for method in args.methods:
                 for ratio in args.ratios:
@@ -106,7 +111,7 @@ def main() -> None:
                         result = measure(run, args.warmup, args.repeats)
                     report = halting.last_report
                     rows.append(dict(
-                        T=length, method=method, ratio=ratio, start_layer=report.start_layer,
+                        T=length, batch=args.batch, method=method, ratio=ratio, start_layer=report.start_layer,
                         kept=report.kept_tokens_per_layer[-1][0], relative_flops=report.relative_flops,
                         speedup=full["ms"] / result["ms"], **result,
                     ))
@@ -120,7 +125,8 @@ def main() -> None:
             f"{r['relative_flops']:.3f} | {r['ms']:.1f} | {r['speedup']:.2f} | {r['peak_gib']:.2f} | {r['kv_mib']:.0f} |"
         )
     report_run(
-        rows, args.out, warmup=args.warmup, repeats=args.repeats, family=args.family, layers=len(language_model.layers)
+        rows, args.out, warmup=args.warmup, repeats=args.repeats, family=args.family, batch=args.batch,
+        layers=len(language_model.layers),
     )
 
 
