@@ -99,7 +99,8 @@ class DecisionProbe:
         return logits.softmax(dim=-1)
 
     def normed_hidden_states(self) -> torch.Tensor:
-        return self.adapter.final_norm(self.hidden_states)
+        # under a device_map the final norm may sit on another GPU than layer l_s
+        return self.adapter.final_norm(self.hidden_states).to(self.hidden_states.device)
 
     def vision_evidence(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self._vision_evidence is None:

@@ -219,9 +219,11 @@ class HaltingEngine:
         for layer in layers[start + 1 if in_layer else start :]:
             compact = layer(compact, attention_mask=compact_mask, position_embeddings=compact_rope, past_key_values=cache)
 
-        sample, slot = active.slot_valid.nonzero(as_tuple=True)
-        hidden = hidden.clone()
-        hidden[sample, active.index[sample, slot]] = compact[sample, slot]
+        # Under a device_map the last layer may sit on another GPU: the frozen states join it there.
+        device = compact.device
+        sample, slot = (part.to(device) for part in active.slot_valid.nonzero(as_tuple=True))
+        hidden = hidden.to(device, copy=True)
+        hidden[sample, active.index.to(device)[sample, slot]] = compact[sample, slot]
         return hidden, active
 
     def _finish_decision_layer(self, probe: DecisionProbe, active: ActiveSet, cache: Any) -> torch.Tensor:
