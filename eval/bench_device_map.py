@@ -24,7 +24,7 @@ from accelerate import dispatch_model
 from bench_ttft import image_prompt
 from dash_vl import Halting
 from dash_vl.random_models import full_size_config, random_model
-from gpu_timing import report_run
+from gpu_timing import add_timing_arguments, print_table, report_run
 
 
 def split_map(model) -> dict[str, int]:
@@ -63,9 +63,7 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=16384)
     parser.add_argument("--ratio", type=float, default=0.9)
     parser.add_argument("--methods", nargs="+", default=["none", "dash", "fastv", "dart", "visionzip"])
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", default=None)
+    add_timing_arguments(parser, warmup=1)
     args = parser.parse_args()
     if torch.cuda.device_count() < 2:
         parser.error("needs 2 GPUs")
@@ -98,11 +96,11 @@ def main() -> None:
             ))
             print(json.dumps(rows[-1]), flush=True)
 
-    print("\n| T | method | ρ | kept (1 GPU / 2 GPUs) | max |Δ logit| | same top token | 1 GPU ms | 2 GPUs ms |\n"
-          + "|---" * 8 + "|")
-    for r in rows:
-        print(f"| {r['T']} | {r['method']} | {r['ratio']} | {r['kept_single']} / {r['kept_split']} | "
-              f"{r['max_abs_logit_difference']:.3g} | {r['same_top_token']} | {r['single_ms']:.1f} | {r['split_ms']:.1f} |")
+    print_table(rows, {
+        "T": "{T}", "method": "{method}", "ρ": "{ratio}", "kept (1 GPU / 2 GPUs)": "{kept_single} / {kept_split}",
+        "max |Δ logit|": "{max_abs_logit_difference:.3g}", "same top token": "{same_top_token}",
+        "1 GPU ms": "{single_ms:.1f}", "2 GPUs ms": "{split_ms:.1f}",
+    })
     report_run(rows, args.out, warmup=args.warmup, repeats=args.repeats, family="qwen2_vl", gpus=torch.cuda.device_count())
 
 

@@ -26,7 +26,7 @@ import torch
 from dash_vl import Halting
 from dash_vl.random_models import FAMILIES, full_size_config, random_model
 from dash_vl.vision_evidence import VisualEvidence
-from gpu_timing import cuda_median_ms, report_run
+from gpu_timing import add_timing_arguments, print_table, cuda_median_ms, report_run
 
 TEXT_AROUND = 64
 
@@ -74,9 +74,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["dash", "fastv", "dart", "dash_block", "random"])
     parser.add_argument("--unit", type=int, default=1024, help="VisionZip: visual tokens per tile/frame")
     parser.add_argument("--batch", type=int, default=1, help="prompts per prefill (VisionZip: batch 1 only)")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", default=None, help="write the rows as JSON here")
+    add_timing_arguments(parser)
     args = parser.parse_args()
     if args.batch > 1 and "visionzip" in args.methods:
         parser.error("VisionZip's given encoder evidence is for batch 1; leave it out with --batch > 1")
@@ -118,12 +116,11 @@ def main() -> None:
                     print(json.dumps(rows[-1]), flush=True)
             torch.cuda.empty_cache()
 
-    print("\n| T | method | ρ | l_s | kept | rel. FLOPs | ms | speedup | peak GiB | KV MiB |\n" + "|---" * 10 + "|")
-    for r in rows:
-        print(
-            f"| {r['T']} | {r['method']} | {r['ratio']} | {r.get('start_layer', '-')} | {r['kept']} | "
-            f"{r['relative_flops']:.3f} | {r['ms']:.1f} | {r['speedup']:.2f} | {r['peak_gib']:.2f} | {r['kv_mib']:.0f} |"
-        )
+    print_table(rows, {
+        "T": "{T}", "method": "{method}", "ρ": "{ratio}", "l_s": "{start_layer}", "kept": "{kept}",
+        "rel. FLOPs": "{relative_flops:.3f}", "ms": "{ms:.1f}", "speedup": "{speedup:.2f}", "peak GiB": "{peak_gib:.2f}",
+        "KV MiB": "{kv_mib:.0f}",
+    })
     report_run(
         rows, args.out, warmup=args.warmup, repeats=args.repeats, family=args.family, batch=args.batch,
         layers=len(language_model.layers),

@@ -24,7 +24,7 @@ from dash_vl import Halting
 from dash_vl.methods import DeltaAttention, halted_count
 from dash_vl.random_models import full_size_config, random_model
 from dash_vl.selection import compact_layout
-from gpu_timing import FixedDecisionInputs, cuda_median_ms, ideal_prefill, report_run
+from gpu_timing import add_timing_arguments, FixedDecisionInputs, cuda_median_ms, ideal_prefill, report_run
 
 
 def main() -> None:
@@ -32,9 +32,7 @@ def main() -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=[4096, 16384, 32768])
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.667, 0.9, 0.96, 0.99])
     parser.add_argument("--start-layer", type=int, default=11)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", default=None, help="write the rows as JSON here")
+    add_timing_arguments(parser)
     args = parser.parse_args()
 
     device = torch.device("cuda")

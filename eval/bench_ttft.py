@@ -24,7 +24,7 @@ from transformers import Qwen2VLForConditionalGeneration
 
 from dash_vl import Halting
 from dash_vl.random_models import full_size_config, random_model
-from gpu_timing import cuda_median_ms, report_run
+from gpu_timing import add_timing_arguments, print_table, cuda_median_ms, report_run
 
 TEXT_AROUND = 64
 # transformers releases after 5.17 take the processor's token types (1: image) to build M-RoPE ids
@@ -61,9 +61,7 @@ def main() -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=[4096, 16384])
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.667, 0.9])
     parser.add_argument("--methods", nargs="+", default=["dash", "fastv", "dart", "visionzip"])
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", default=None, help="write the rows as JSON here")
+    add_timing_arguments(parser)
     args = parser.parse_args()
 
     device = torch.device("cuda")
@@ -96,12 +94,10 @@ def main() -> None:
                 print(json.dumps(rows[-1]), flush=True)
             torch.cuda.empty_cache()
 
-    print("\n| T | method | ρ | kept | rel. LM FLOPs | TTFT ms | speedup | peak GiB |\n" + "|---" * 8 + "|")
-    for r in rows:
-        print(
-            f"| {r['T']} | {r['method']} | {r['ratio']} | {r['kept']} | {r['relative_flops']:.3f} | "
-            f"{r['ttft_ms']:.1f} | {r['speedup']:.2f} | {r['peak_gib']:.2f} |"
-        )
+    print_table(rows, {
+        "T": "{T}", "method": "{method}", "ρ": "{ratio}", "kept": "{kept}", "rel. LM FLOPs": "{relative_flops:.3f}",
+        "TTFT ms": "{ttft_ms:.1f}", "speedup": "{speedup:.2f}", "peak GiB": "{peak_gib:.2f}",
+    })
     report_run(rows, args.out, warmup=args.warmup, repeats=args.repeats, family="qwen2_vl", batch=1)
 
 

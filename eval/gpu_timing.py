@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import statistics
@@ -68,3 +69,24 @@ def report_run(rows: list[dict], out: str | None, **settings: object) -> None:
     if out:
         with open(out, "w") as handle:
             json.dump(dict(meta=meta, rows=rows), handle, indent=1)
+
+
+def add_timing_arguments(parser: argparse.ArgumentParser, warmup: int = 2, repeats: int = 5) -> None:
+    """``--warmup``, ``--repeats`` and ``--out`` (JSON of the rows), shared by the benchmarks."""
+    parser.add_argument("--warmup", type=int, default=warmup)
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--out", default=None, help="write the rows as JSON here")
+
+
+class _Dash(dict):
+    """A row for ``str.format_map`` where a missing field prints as ``-``."""
+
+    def __missing__(self, key: str) -> str:
+        return "-"
+
+
+def print_table(rows: list[dict], columns: dict[str, str]) -> None:
+    """A markdown table: ``columns`` maps each header to a format string over a row's fields."""
+    print("\n| " + " | ".join(columns) + " |\n" + "|---" * len(columns) + "|")
+    for row in rows:
+        print("| " + " | ".join(spec.format_map(_Dash(row)) for spec in columns.values()) + " |")
