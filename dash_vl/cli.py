@@ -8,10 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dash_vl.calibrate import DEFAULT_RATIOS, DEFAULT_START_LAYERS
+from dash_vl.calibrate import DEFAULT_RATIOS, DEFAULT_START_LAYERS, QualityBudget
 from dash_vl.config import QUESTION_MODES, SCOPES, HaltingConfig
-
-DEFAULT_MAX_PERPLEXITY_INCREASE = 0.05
 
 
 def start_layer(value: str) -> int | float:
@@ -66,12 +64,10 @@ def load_language_model(name: str, device: str | None, dtype: str) -> tuple[Any,
 
 
 def calibrate(args: argparse.Namespace) -> None:
-    from dash_vl.calibrate import CalibrationPrompt, QualityBudget, calibrate, retrieval_prompts
+    from dash_vl.calibrate import CalibrationPrompt, calibrate, retrieval_prompts
 
-    max_perplexity_increase = args.max_ppl_increase
-    if max_perplexity_increase is None and args.max_kl is None:
-        max_perplexity_increase = DEFAULT_MAX_PERPLEXITY_INCREASE
-    budget = QualityBudget(max_perplexity_increase, args.max_kl)
+    given = args.max_ppl_increase is not None or args.max_kl is not None
+    budget = QualityBudget(args.max_ppl_increase, args.max_kl) if given else QualityBudget()
     model, tokenizer = load_language_model(args.model, args.device, args.dtype)
     if args.text:
         prompts = [CalibrationPrompt.from_text(tokenizer, Path(path).read_text(), args.continuation) for path in args.text]
@@ -129,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate_parser.add_argument("--ratios", nargs="+", type=float, default=list(DEFAULT_RATIOS))
     calibrate_parser.add_argument(
         "--max-ppl-increase", type=float, default=None,
-        help=f"relative perplexity increase allowed (default {DEFAULT_MAX_PERPLEXITY_INCREASE} when --max-kl is unset)",
+        help=f"relative perplexity increase allowed (default {QualityBudget.max_perplexity_increase} when --max-kl is unset)",
     )
     calibrate_parser.add_argument("--max-kl", type=float, default=None, help="mean next-token KL allowed, nats")
     calibrate_parser.add_argument("--device", default=None, help="device (smollm2) or device_map, e.g. cuda")
