@@ -42,7 +42,17 @@ def ask(args: argparse.Namespace) -> None:
     from dash_vl.api import describe, load
 
     config = knobs(args)
-    vlm = load(args.model, config, device=args.device, attn_implementation=args.attn_implementation)
+    model = args.model
+    if model is None:
+        from dash_vl.scenes_vlm import shipped_model_directory
+
+        model = shipped_model_directory()
+        print(
+            f"no model named: using the small scenes Qwen2-VL shipped with dash_vl ({model}); it knows only "
+            "synthetic scenes (dash-vl make-scene) and is a test bed for halting, not a general model",
+            file=sys.stderr,
+        )
+    vlm = load(model, config, device=args.device, attn_implementation=args.attn_implementation)
     answer = vlm.ask(args.question, images=args.image or None, video=args.video, max_new_tokens=args.max_new_tokens)
     print(answer)
     print(f"[{describe(config)}] {vlm.last_report.summary()}", file=sys.stderr)
@@ -92,6 +102,16 @@ def make_random_model(args: argparse.Namespace) -> None:
     print(f"saved a tiny {type(model).__name__} with RANDOM weights (answers are noise) to {args.directory}")
 
 
+def make_scene(args: argparse.Namespace) -> None:
+    from dash_vl.scenes import scene_questions
+
+    scene, questions = scene_questions("heldout", args.seed, args.index)
+    scene.render().save(args.path)
+    print(f"saved held-out scene {args.index} (seed {args.seed}) to {args.path}; questions with their answers:")
+    for question in questions:
+        print(f"  {question.question} -> {question.answer}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from dash_vl.methods import METHODS
     from dash_vl.random_models import FAMILIES
@@ -100,7 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     ask_parser = commands.add_parser("ask", help="answer a question about images or a video, with halting")
-    ask_parser.add_argument("model", help="Hub id or local directory of the model and processor")
+    ask_parser.add_argument(
+        "model", nargs="?", default=None,
+        help="Hub id or local directory of the model and processor (default: the shipped scenes model)",
+    )
     ask_parser.add_argument("--question", "-q", required=True)
     ask_parser.add_argument("--image", action="append", help="image path (repeat for several)")
     ask_parser.add_argument("--video", help="video file path")
@@ -131,6 +154,14 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate_parser.add_argument("--device", default=None, help="device (smollm2) or device_map, e.g. cuda")
     calibrate_parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, ...")
     calibrate_parser.set_defaults(run=calibrate)
+
+    scene_parser = commands.add_parser(
+        "make-scene", help="draw a held-out synthetic scene (for the shipped model) and print its questions and answers"
+    )
+    scene_parser.add_argument("path", help="image file to write (.png)")
+    scene_parser.add_argument("--index", type=int, default=0, help="which held-out scene")
+    scene_parser.add_argument("--seed", type=int, default=0)
+    scene_parser.set_defaults(run=make_scene)
 
     random_parser = commands.add_parser(
         "make-random-model", help="save a tiny random-weight VLM and its processor (offline plumbing demo)"

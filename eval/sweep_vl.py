@@ -8,9 +8,10 @@ GPU, after one warm-up batch) and peak GPU memory of the cell (``nan`` on CPU). 
 A setting a method refuses (e.g. a FastV budget that rounds to zero) is a row with ``error``.
 
 Tasks are the offline lmms-eval tasks of ``eval/tasks/`` (their own ``utils`` render the
-images and score the answers), so the sweep needs no network:
+images and score the answers; prompts, metric and answer length come from their YAML), so the
+sweep needs no network:
 
-    python eval/sweep_vl.py /path/to/model --tasks dash_shapes --device cuda \\
+    python eval/sweep_vl.py /path/to/model --tasks dash_scenes --device cuda \\
         --results eval/results/sweep_MODEL.jsonl
 """
 
@@ -32,6 +33,7 @@ import torch
 from dash_vl.api import Query, VisionLanguageModel, load
 from dash_vl.config import SCOPES, HaltingConfig
 from dash_vl.halting import Halting
+from dash_vl.scenes_vlm import SHIPPED_DIRECTORY
 from dash_vl.sweep import Cell, ResultStore, run_sweep
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -55,8 +57,9 @@ class LocalTask:
 
     @classmethod
     def load(cls, name: str, limit: int | None) -> LocalTask:
-        """``eval/tasks/<name>/``: ``<name>.jsonl`` documents and ``utils.py`` functions
-        ``<name>_doc_to_visual``, ``_doc_to_text``, ``_process_results`` (lmms-eval's names)."""
+        """``eval/tasks/<name>/``: ``<name>.jsonl`` documents, ``utils.py`` functions
+        ``<name>_doc_to_visual``, ``_doc_to_text``, ``_process_results`` (lmms-eval's names), and
+        from ``<name>.yaml`` the default prompt kwargs, the first metric and ``max_new_tokens``."""
         folder = TASK_FOLDER / name
         if not (folder / f"{name}.jsonl").is_file():
             known = sorted(path.name for path in TASK_FOLDER.iterdir() if path.is_dir())
@@ -66,12 +69,25 @@ class LocalTask:
         spec.loader.exec_module(utils)
         with (folder / f"{name}.jsonl").open() as handle:
             documents = [json.loads(line) for line in handle if line.strip()][:limit]
-        post_prompt = {"post_prompt": " Answer with one word."}
+        settings = task_settings(folder / f"{name}.yaml")
+        prompt_kwargs = settings["lmms_eval_specific_kwargs"]["default"]
         return cls(
             name, documents, getattr(utils, f"{name}_doc_to_visual"),
-            lambda doc: getattr(utils, f"{name}_doc_to_text")(doc, post_prompt),
-            getattr(utils, f"{name}_process_results"), "exact_match", 8,
+            lambda doc: getattr(utils, f"{name}_doc_to_text")(doc, prompt_kwargs),
+            getattr(utils, f"{name}_process_results"), settings["metric_list"][0]["metric"],
+            settings["generation_kwargs"]["max_new_tokens"],
         )
+
+
+def task_settings(path: Path) -> dict:
+    """An lmms-eval task YAML as a dict (``!function`` tags kept as their strings)."""
+    import yaml
+
+    class TaskLoader(yaml.SafeLoader):
+        pass
+
+    TaskLoader.add_constructor("!function", lambda loader, node: loader.construct_scalar(node))
+    return yaml.load(path.read_text(), Loader=TaskLoader)
 
 
 def config_for(cell: Cell) -> HaltingConfig | None:
@@ -161,8 +177,11 @@ def main() -> None:
     from dash_vl.methods import METHODS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", help="Hub id or local directory (from_pretrained)")
-    parser.add_argument("--tasks", nargs="+", default=["dash_shapes"])
+    parser.add_argument(
+        "model", nargs="?", default=str(SHIPPED_DIRECTORY),
+        help="Hub id or local directory (from_pretrained); default: the shipped scenes model",
+    )
+    parser.add_argument("--tasks", nargs="+", default=["dash_scenes"])
     parser.add_argument("--methods", nargs="+", default=["dash", "fastv", "visionzip", "dart"], choices=sorted(METHODS))
     parser.add_argument("--ratios", nargs="+", type=float, default=list(DEFAULT_RATIOS))
     parser.add_argument("--scopes", nargs="+", default=["default"], choices=["default", *SCOPES])

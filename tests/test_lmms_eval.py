@@ -34,10 +34,12 @@ def saved_models(tmp_path_factory) -> dict[str, Path]:
     return folders
 
 
-def run_lmms_eval(model: str, model_args: str, output: Path) -> subprocess.CompletedProcess:
+def run_lmms_eval(
+    model: str, model_args: str, output: Path, task: str = "dash_shapes", limit: int = LIMIT
+) -> subprocess.CompletedProcess:
     command = [
-        sys.executable, "-m", "lmms_eval", "--model", model, "--model_args", model_args, "--tasks", "dash_shapes",
-        "--include_path", str(TASK_DIR), "--device", "cpu", "--batch_size", "2", "--limit", str(LIMIT),
+        sys.executable, "-m", "lmms_eval", "--model", model, "--model_args", model_args, "--tasks", task,
+        "--include_path", str(TASK_DIR), "--device", "cpu", "--batch_size", "2", "--limit", str(limit),
         "--output_path", str(output), "--log_samples",
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -78,6 +80,18 @@ def test_cli_end_to_end_matches_the_python_api(saved_models, tmp_path, family, m
         question = dash_shapes_doc_to_text(doc, {"post_prompt": " Answer with one word."})
         assert sample["input"] == question
         assert sample["filtered_resps"] == vlm.ask(question, images=dash_shapes_doc_to_visual(doc), max_new_tokens=8)
+
+
+def test_shipped_scenes_model_scores_through_the_cli(tmp_path):
+    """The trained model answers the first held-out ``dash_scenes`` questions (all five kinds) exactly."""
+    from dash_vl.scenes_vlm import shipped_model_directory
+
+    finished = run_lmms_eval(
+        "dash_qwen2_vl", f"pretrained={shipped_model_directory()},method=none", tmp_path, task="dash_scenes", limit=10
+    )
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    results = json.loads(next(tmp_path.rglob("*_results.json")).read_text())
+    assert results["results"]["dash_scenes"]["exact_match,none"] == 1.0
 
 
 def test_unknown_model_args_and_wrong_family_are_clear_errors(saved_models):

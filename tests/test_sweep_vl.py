@@ -28,7 +28,7 @@ def tiny_model(tmp_path_factory) -> Path:
 
 def test_sweep_writes_tidy_rows_plots_and_resumes(tiny_model, tmp_path):
     results = tmp_path / "sweep.jsonl"
-    settings = ["--limit", "4", "--batch-size", "2", "--ratios", "0", "0.5", "0.99", "--methods", "dash", "fastv",
+    settings = ["--tasks", "dash_shapes", "--limit", "4", "--batch-size", "2", "--ratios", "0", "0.5", "0.99", "--methods", "dash", "fastv",
                 "--results", str(results)]
     first = sweep(str(tiny_model), *settings)
     assert first.returncode == 0, first.stderr

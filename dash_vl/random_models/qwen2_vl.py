@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor, Qwen2VLVideoProcessor
+from transformers import (
+    PreTrainedTokenizerFast, Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor, Qwen2VLVideoProcessor,
+)
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from dash_vl.random_models.shapes import qwen2_7b_text
@@ -24,12 +26,18 @@ VISION_7B: dict[str, Any] = dict(
 )
 
 
-def tiny_processor(processor_class: type = Qwen2VLProcessor, min_pixels: int = 56 * 56, max_pixels: int = 224 * 224) -> Any:
-    """The real Qwen2-VL image and video processors and chat layout with a byte-level tokenizer."""
+def tiny_processor(
+    processor_class: type = Qwen2VLProcessor,
+    min_pixels: int = 56 * 56,
+    max_pixels: int = 224 * 224,
+    tokenizer: PreTrainedTokenizerFast | None = None,
+) -> Any:
+    """The real Qwen2-VL image and video processors and chat layout with ``tokenizer`` (default: a
+    byte-level one holding :data:`SPECIAL_TOKENS`); images are resized to ``min_pixels``–``max_pixels``."""
     sizes = dict(min_pixels=min_pixels, max_pixels=max_pixels, patch_size=14, merge_size=2, temporal_patch_size=2)
     return processor_class(
         image_processor=Qwen2VLImageProcessorPil(**sizes),
-        tokenizer=byte_level_tokenizer(SPECIAL_TOKENS),
+        tokenizer=tokenizer or byte_level_tokenizer(SPECIAL_TOKENS),
         video_processor=Qwen2VLVideoProcessor(**sizes),
         chat_template=chat_template(
             "<|vision_start|><|image_pad|><|vision_end|>", "<|vision_start|><|video_pad|><|vision_end|>"
@@ -38,12 +46,18 @@ def tiny_processor(processor_class: type = Qwen2VLProcessor, min_pixels: int = 5
 
 
 def tiny_config(
-    tokenizer: Any, text: dict[str, Any], config_class: type = Qwen2VLConfig, vision: dict[str, Any] | None = None
+    tokenizer: Any,
+    text: dict[str, Any],
+    config_class: type = Qwen2VLConfig,
+    vision: dict[str, Any] | None = None,
+    mrope_section: tuple[int, int, int] = (2, 3, 3),
 ) -> Any:
     """A Qwen2-VL (or ``config_class``) with the ``text`` shapes, a 2-block ViT and merger (or
-    ``vision``), M-RoPE sections for head size 16, special ids from ``tokenizer``."""
+    ``vision``), special ids from ``tokenizer``; ``mrope_section`` (temporal, height, width rotary
+    pairs) must sum to half the head size (default: head size 16)."""
     ids = token_ids(tokenizer, SPECIAL_TOKENS)
-    text = dict(text, rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]})
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": list(mrope_section)}
+    text = dict(text, rope_parameters=rope)
     vision = vision or dict(depth=2, embed_dim=32, hidden_size=text["hidden_size"], num_heads=4, mlp_ratio=2)
     return config_class(
         text_config=text,

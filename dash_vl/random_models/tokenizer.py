@@ -1,6 +1,10 @@
-"""An offline byte-level tokenizer and a chat template, shared by the tiny processors."""
+"""Offline byte-level tokenizers (no merges, or BPE merges learnt from a corpus) and a chat
+template, shared by the tiny processors and the shipped scenes model."""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
 
 from transformers import PreTrainedTokenizerFast
 
@@ -14,12 +18,38 @@ def byte_level_tokenizer(
     the tokenizer then exposes ``tokenizer.context_image_token`` and ``..._id`` as some processors expect.
     Padding is on the left; ``<|im_end|>`` ends a turn and ``<|endoftext|>`` pads.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer, models, pre_tokenizers
 
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     vocab = {symbol: index for index, symbol in enumerate(sorted(alphabet))}
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    return wrapped(Tokenizer(models.BPE(vocab=vocab, merges=[])), special_tokens, named_tokens)
+
+
+def bpe_tokenizer(corpus: Iterable[str], vocab_size: int, special_tokens: tuple[str, ...]) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer of ``vocab_size`` tokens (the 256 bytes, merges learnt from
+    ``corpus``, then ``special_tokens``), built offline; padding as in :func:`byte_level_tokenizer`."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - len(special_tokens),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(corpus, trainer)
+    return wrapped(backend, special_tokens)
+
+
+def wrapped(
+    backend: Any, special_tokens: tuple[str, ...], named_tokens: dict[str, str] | None = None
+) -> PreTrainedTokenizerFast:
+    """``backend`` (a ``tokenizers.Tokenizer``) with a byte-level pre-tokenizer and decoder kept
+    or set, as a left-padding HF tokenizer with ``special_tokens`` added."""
+    from tokenizers import decoders, pre_tokenizers
+
+    if backend.pre_tokenizer is None:
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     backend.decoder = decoders.ByteLevel()
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
