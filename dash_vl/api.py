@@ -35,6 +35,16 @@ class Query:
     video: VideoSource | None = None
 
 
+@dataclass(frozen=True)
+class ContinuationScore:
+    """A continuation scored after a prompt: ``log_prob`` (nats, summed over its ``tokens``) and
+    whether greedy decoding yields it."""
+
+    log_prob: float
+    tokens: int
+    greedy: bool
+
+
 class VisionLanguageModel:
     """An HF VLM, its processor, and the halting applied to it.
 
@@ -79,6 +89,32 @@ class VisionLanguageModel:
         answers = output[:, inputs["input_ids"].shape[1] :]
         return [text.strip() for text in self.processor.batch_decode(answers, skip_special_tokens=True)]
 
+    def log_likelihood(self, query: Query, continuation: str, system_prompt: str | None = None) -> ContinuationScore:
+        """How likely ``continuation`` is as the answer to ``query``: its log-probability, its
+        token count, and whether greedy decoding would produce exactly its tokens.
+
+        The prompt is prefilled with halting as in :meth:`answer`; the continuation is then
+        teacher-forced through HF ``generate`` (each step forced to the continuation's next token,
+        the raw logits kept), so its tokens are scored exactly as decoding sees them.
+
+        Raises:
+            ValueError: on an empty ``continuation``.
+        """
+        tokens = self.processor.tokenizer(continuation, add_special_tokens=False)["input_ids"]
+        if not tokens:
+            raise ValueError("continuation must hold at least one token")
+        inputs = self.prepare([query], system_prompt)
+        forced = ForcedTokens(tokens, inputs["input_ids"].shape[1])
+        with self.halting or nullcontext(), torch.no_grad():
+            output = self.model.generate(
+                **inputs, max_new_tokens=len(tokens), do_sample=False, logits_processor=[forced],
+                output_logits=True, return_dict_in_generate=True,
+            )
+        log_probs = torch.log_softmax(torch.cat(output.logits)[: len(tokens)].float(), dim=-1)
+        targets = torch.tensor(tokens, device=log_probs.device)
+        total = log_probs.gather(1, targets[:, None]).sum().item()
+        return ContinuationScore(total, len(tokens), bool((log_probs.argmax(dim=-1) == targets).all()))
+
     def prepare(self, queries: Sequence[Query], system_prompt: str | None = None) -> Any:
         """The processor's left-padded batch (on the model's device) for ``queries``, chat template applied.
 
@@ -112,6 +148,18 @@ class VisionLanguageModel:
             padding=True,
             return_tensors="pt",
         ).to(self.model.device)
+
+
+class ForcedTokens(transformers.LogitsProcessor):
+    """Makes greedy ``generate`` emit ``tokens`` (ids) after a prompt of ``prompt_length`` tokens."""
+
+    def __init__(self, tokens: Sequence[int], prompt_length: int) -> None:
+        self.tokens, self.prompt_length = list(tokens), prompt_length
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        forced = torch.full_like(scores, -torch.inf)
+        forced[:, self.tokens[input_ids.shape[1] - self.prompt_length]] = 0.0
+        return forced
 
 
 def load(

@@ -157,7 +157,19 @@ class HaltingModel(lmms):
         return texts
 
     def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
-        raise NotImplementedError("dash_vl's lmms-eval models answer generate_until tasks only")
+        """Per request, as lmms-eval's own wrappers return it: the continuation's (the task's
+        target's) mean negative log-likelihood per token after the halted prompt (lmms-eval's
+        multiple-choice scoring takes the smallest), and whether greedy decoding gives it
+        (:meth:`VisionLanguageModel.log_likelihood`)."""
+        scores = []
+        for request in tqdm(requests, disable=self.rank != 0, desc="dash_vl scoring"):
+            context, doc_to_target, doc_to_visual, doc_id, task, split = request.args
+            document = self.task_dict[task][split][doc_id]
+            continuation = doc_to_target if isinstance(doc_to_target, str) else doc_to_target(document)
+            query = query_of(context, flatten_visuals(doc_to_visual(document)))
+            score = self.vlm.log_likelihood(query, continuation, self.system_prompt)
+            scores.append((-score.log_prob / score.tokens, score.greedy))
+        return scores
 
     def generate_until_multi_round(self, requests: list[Instance]) -> list[str]:
         raise NotImplementedError("dash_vl's lmms-eval models answer single-round tasks only")

@@ -157,13 +157,33 @@ def measure_cell(vlm: VisionLanguageModel, task: LocalTask, cell: Cell, batch_si
     )
 
 
+def score_table(rows: list[dict]) -> str:
+    """Markdown: per task, method and scope, the score and relative FLOPs at each ratio
+    (``-`` where the method refused the setting), the unmodified model first."""
+    ratios = sorted({row["ratio"] for row in rows})
+    lines = ["| task | method | scope | " + " | ".join(f"ρ={ratio}" for ratio in ratios) + " |",
+             "|" + "---|" * (3 + len(ratios))]
+    found = {(row["task"], row["method"], row["scope"], row["ratio"]): row for row in rows}
+    for task, method, scope in dict.fromkeys(key[:3] for key in found):
+        cells = []
+        for ratio in ratios:
+            row = found.get((task, method, scope, ratio))
+            ok = row is not None and not row.get("error")
+            cells.append(f"{row['score']:.3f} ({row['relative_flops']:.2f})" if ok else "-")
+        lines.append(f"| {task} | {method} | {scope} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def report(store: ResultStore, results: str, title: str) -> None:
-    """CSV and the two PNGs (score vs ratio; score vs relative FLOPs and vs prefill latency)."""
+    """CSV, the markdown table and three PNGs (score vs ratio, vs relative FLOPs, vs prefill latency)."""
     from plots import plot_lines
 
-    rows = [row for row in store.rows() if not row.get("error")]
     stem = str(Path(results).with_suffix(""))
     store.write_csv(stem + ".csv")
+    table = score_table(store.rows())
+    Path(stem + ".md").write_text("Score (relative prefill FLOPs) per cell.\n\n" + table + "\n")
+    print(table)
+    rows = [row for row in store.rows() if not row.get("error")]
     for row in rows:
         row["label"] = f"{row['method']} ({row['scope']})"
     reference = next((row["score"] for row in rows if row["method"] == UNMODIFIED), None)

@@ -42,8 +42,9 @@ def test_sweep_writes_tidy_rows_plots_and_resumes(tiny_model, tmp_path):
     assert dash_half["kept_tokens"] < dash_half["prompt_tokens"] == unmodified["prompt_tokens"]
     assert 0 < dash_half["relative_flops"] < 1 and dash_half["prefill_ms"] > 0
     assert all(0.0 <= r["score"] <= 1.0 for r in rows)
-    for suffix in ("_ratio.png", "_flops.png", "_latency.png", ".csv"):
+    for suffix in ("_ratio.png", "_flops.png", "_latency.png", ".csv", ".md"):
         assert (tmp_path / f"sweep{suffix}").stat().st_size > 0
+    assert "| dash_shapes | none | - | " in (tmp_path / "sweep.md").read_text()
     again = sweep(str(tiny_model), *settings)
     assert again.returncode == 0, again.stderr
     assert len(results.read_text().splitlines()) == len(rows)
