@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import asdict, dataclass
+from functools import cache
 from typing import Literal
 
 from PIL import Image, ImageDraw, ImageFont
@@ -32,6 +33,8 @@ NUMBERS: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five", "six"
 BACKGROUND: tuple[int, int, int] = (200, 200, 200)
 IMAGE_SIZE = 448
 MAX_OBJECTS = 6
+FONT_SIZE = 40
+LABEL_PADDING = 6
 SPLITS: dict[str, int] = {"train": 0, "heldout": 1}
 QuestionKind = Literal["colour", "shape", "count", "count_all", "left_right", "above_below", "exists", "word"]
 QUESTION_KINDS: tuple[str, ...] = ("colour", "shape", "count", "count_all", "left_right", "above_below", "exists", "word")
@@ -106,12 +109,9 @@ class SceneQuestion:
     kind: str
 
 
-FONT_SIZE = 40
-LABEL_PADDING = 6
-
-
+@cache
 def label_font() -> ImageFont.FreeTypeFont:
-    """Pillow's bundled font at :data:`FONT_SIZE` pixels (needs Pillow built with FreeType)."""
+    """Pillow's bundled font at :data:`FONT_SIZE` pixels (needs Pillow built with FreeType), loaded once."""
     return ImageFont.load_default(size=FONT_SIZE)
 
 
