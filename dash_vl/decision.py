@@ -40,6 +40,7 @@ class DecisionProbe:
         previous_hidden_states: ``(batch, T, hidden)`` entering layer ``l_s - 1``; ``None`` at ``l_s = 0``.
         previous_keys: ``(batch, kv_heads, T, head_dim)`` cached keys of layer ``l_s - 1``; ``None`` at ``l_s = 0``.
         valid, eligible: ``(batch, T)`` bool.
+        eligible_counts: eligible tokens per sample, on the host.
         attention_kwargs: the full-sequence ``attention_mask`` and ``position_embeddings``.
         vision_evidence: the encoder's evidence over the prompt (score, metric, unit), where recorded.
     """
@@ -53,6 +54,7 @@ class DecisionProbe:
         previous_keys: torch.Tensor | None,
         valid: torch.Tensor,
         eligible: torch.Tensor,
+        eligible_counts: list[int],
         attention_kwargs: dict[str, Any],
         vision_evidence: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
@@ -64,6 +66,7 @@ class DecisionProbe:
         self._previous_keys = previous_keys
         self.valid = valid
         self.eligible = eligible
+        self.eligible_counts = eligible_counts
         self.attention_kwargs = attention_kwargs
         self._vision_evidence = vision_evidence
         self.capture = KeyValueCapture()
@@ -85,13 +88,15 @@ class DecisionProbe:
     def previous_keys(self) -> torch.Tensor:
         if self._previous_keys is None:
             raise ValueError("this method reads layer l_s - 1, so it needs start_layer >= 1")
-        return self._previous_keys
+        # under a device_map layer l_s - 1 may sit on another GPU than layer l_s
+        return self._previous_keys.to(self.hidden_states.device)
 
     def last_query_attention(self) -> torch.Tensor:
-        cos, sin = self.attention_kwargs["position_embeddings"]
-        query = self.adapter.attention_queries(
-            self.adapter.layers[self.layer_index - 1], self.previous_hidden_states[:, -1:], (cos[..., -1:, :], sin[..., -1:, :])
-        )
+        previous_layer = self.adapter.layers[self.layer_index - 1]
+        device = next(previous_layer.parameters()).device
+        cos, sin = (part[..., -1:, :].to(device) for part in self.attention_kwargs["position_embeddings"])
+        last_states = self.previous_hidden_states[:, -1:].to(device)
+        query = self.adapter.attention_queries(previous_layer, last_states, (cos, sin)).to(self.hidden_states.device)
         previous_keys = self.previous_keys()
         keys = previous_keys.repeat_interleave(query.shape[1] // previous_keys.shape[1], dim=1)
         logits = (query.float() @ keys.float().transpose(-1, -2)).squeeze(2)

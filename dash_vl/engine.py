@@ -70,6 +70,13 @@ def gather_tokens(tensor: torch.Tensor, index: torch.Tensor, dim: int) -> torch.
     return tensor.gather(dim, index.view(view).expand(shape))
 
 
+def to_device(value: Any, device: torch.device) -> Any:
+    """``value`` (a tensor, a tuple of tensors or ``None``) on ``device``."""
+    if isinstance(value, tuple):
+        return tuple(part.to(device) for part in value)
+    return None if value is None else value.to(device)
+
+
 class HaltingEngine:
     """Runs a language model's decoder stack with single-shot token halting.
 
@@ -184,12 +191,21 @@ class HaltingEngine:
         self, hidden: torch.Tensor, token_valid: torch.Tensor, rope_ids: torch.Tensor, cache: Any, eligible: torch.Tensor,
         evidence: Evidence | None = None,
     ) -> tuple[torch.Tensor, ActiveSet]:
-        """Layers ``[0, L)`` over a prompt, halting at ``l_s``; returns ``(batch, T, D)`` and the active set."""
-        require_eligible(eligible, self.config.ratio)
+        """Layers ``[0, L)`` over a prompt, halting at ``l_s``; returns ``(batch, T, D)`` and the active set.
+
+        The host reads the per-sample token counts once, before the first layer; after that it
+        never waits for the GPU where the policy reports its kept counts (DASH does), so the
+        compact layers are queued while the full-length ones still run.
+        """
+        valid_counts, eligible_counts = torch.stack((token_valid.sum(dim=1), eligible.sum(dim=1))).tolist()
+        require_eligible(eligible_counts, self.config.ratio)
         layers, start = self.adapter.layers, self.start_layer
         implementation = self.adapter.attn_implementation
+        seq_len = hidden.shape[1]
         full = dict(
-            attention_mask=causal_mask(implementation, token_valid, hidden.shape[1], hidden.dtype),
+            attention_mask=causal_mask(
+                implementation, token_valid, seq_len, hidden.dtype, all_valid=min(valid_counts) == seq_len
+            ),
             position_embeddings=self.adapter.position_embeddings(hidden, rope_ids),
         )
         early_cache = cache if cache is not None else DynamicCache(config=self.adapter.text_config)
@@ -199,12 +215,26 @@ class HaltingEngine:
             hidden = layer(hidden, past_key_values=early_cache, **full)
         if start > 0:
             previous_keys = early_cache.layers[start - 1].keys
+        # Under a device_map layer l_s may sit on another GPU than the layers before it: decide there.
+        device = next(layers[start].parameters()).device
+        hidden, token_valid, eligible, rope_ids = (part.to(device) for part in (hidden, token_valid, eligible, rope_ids))
+        full = {name: to_device(value, device) for name, value in full.items()}
+        evidence = to_device(evidence, device)
 
         probe = DecisionProbe(
-            self.adapter, start, hidden, previous_hidden, previous_keys, token_valid, eligible, full, evidence
+            self.adapter, start, hidden, previous_hidden, previous_keys, token_valid, eligible, eligible_counts, full,
+            evidence,
         )
-        decision = self.method.decide(probe, self.config.ratio) if self.config.ratio > 0 else Decision(eligible)
-        active = compact_layout(token_valid & (decision.kept | ~eligible))
+        if self.config.ratio > 0:
+            decision = self.method.decide(probe, self.config.ratio)
+        else:
+            decision = Decision(eligible, kept_counts=eligible_counts)
+        active_counts = None
+        if decision.kept_counts is not None:
+            active_counts = [v - e + k for v, e, k in zip(valid_counts, eligible_counts, decision.kept_counts)]
+        active = compact_layout(
+            token_valid & (decision.kept | ~eligible), width=None if active_counts is None else max(active_counts)
+        )
         in_layer = self.method.placement == "attention_update"
         if in_layer:
             compact = self._finish_decision_layer(probe, active, cache)
@@ -214,16 +244,19 @@ class HaltingEngine:
         if cache is not None:
             self._compact[cache] = CompactCache(slot_valid=active.slot_valid)
 
-        compact_mask = causal_mask(implementation, active.slot_valid, compact.shape[1], compact.dtype)
+        compact_valid = None if active_counts is None else min(active_counts) == compact.shape[1]
+        compact_mask = causal_mask(implementation, active.slot_valid, compact.shape[1], compact.dtype, compact_valid)
         compact_rope = self.adapter.position_embeddings(compact, gather_tokens(rope_ids, active.index, dim=-1))
         for layer in layers[start + 1 if in_layer else start :]:
             compact = layer(compact, attention_mask=compact_mask, position_embeddings=compact_rope, past_key_values=cache)
 
         # Under a device_map the last layer may sit on another GPU: the frozen states join it there.
+        # Padding slots hold halted positions; they write back the frozen state they already have.
         device = compact.device
-        sample, slot = (part.to(device) for part in active.slot_valid.nonzero(as_tuple=True))
         hidden = hidden.to(device, copy=True)
-        hidden[sample, active.index.to(device)[sample, slot]] = compact[sample, slot]
+        index = active.index.to(device)
+        written = torch.where(active.slot_valid.to(device)[..., None], compact, gather_tokens(hidden, index, dim=1))
+        hidden.scatter_(1, index[..., None].expand_as(written), written)
         return hidden, active
 
     def _finish_decision_layer(self, probe: DecisionProbe, active: ActiveSet, cache: Any) -> torch.Tensor:

@@ -22,7 +22,7 @@ def check_implementation(implementation: str) -> None:
 
 
 def causal_mask(
-    implementation: str, key_valid: torch.Tensor, query_length: int, dtype: torch.dtype
+    implementation: str, key_valid: torch.Tensor, query_length: int, dtype: torch.dtype, all_valid: bool | None = None
 ) -> torch.Tensor | None:
     """The mask for queries that are the last ``query_length`` of ``S`` key slots.
 
@@ -34,6 +34,8 @@ def causal_mask(
         key_valid: ``(batch, S)`` bool, False on padding slots.
         query_length: number of query tokens ``Q <= S``.
         dtype: dtype of the additive mask for eager attention.
+        all_valid: whether every slot of ``key_valid`` is True, where the caller knows it (the host
+            then does not wait for the GPU to check).
 
     Returns:
         ``None`` where the kernel's own causal mode suffices; else ``(batch, S)`` long for
@@ -41,7 +43,7 @@ def causal_mask(
     """
     check_implementation(implementation)
     key_length = key_valid.shape[1]
-    all_valid = bool(key_valid.all())
+    all_valid = bool(key_valid.all()) if all_valid is None else all_valid
     if implementation.startswith("flash_attention"):
         return None if all_valid else key_valid.long()
     if implementation == "sdpa" and all_valid and query_length in (1, key_length):

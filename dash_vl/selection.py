@@ -29,22 +29,25 @@ class ActiveSet:
         return self.slot_valid.sum(dim=1)
 
 
-def require_eligible(eligible: torch.Tensor, ratio: float) -> None:
-    """Raise if ``ratio > 0`` and a sample of ``eligible`` ``(batch, T)`` has no eligible token."""
-    counts = eligible.sum(dim=1).tolist()
+def require_eligible(counts: list[int], ratio: float) -> None:
+    """Raise if ``ratio > 0`` and a sample has no eligible token (``counts``: eligible tokens per sample)."""
     if ratio > 0 and min(counts) == 0:
         raise ValueError(
             f"sample {counts.index(0)} has no token eligible for halting (check `scope` and the protected question)"
         )
 
 
-def compact_layout(active: torch.Tensor) -> ActiveSet:
-    """Left-padded compact layout of the ``True`` positions of ``active`` (``(batch, T)`` bool)."""
+def compact_layout(active: torch.Tensor, width: int | None = None) -> ActiveSet:
+    """Left-padded compact layout of the ``True`` positions of ``active`` (``(batch, T)`` bool).
+
+    ``width`` is the largest per-sample count of ``active`` where the caller knows it; given, the
+    host does not wait for the GPU to count.
+    """
     seq_len = active.shape[1]
     positions = torch.arange(seq_len, device=active.device).expand_as(active)
     order = torch.where(active, positions, -1).sort(dim=1, stable=True).indices
     counts = active.sum(dim=1)
-    width = int(counts.max())
+    width = int(counts.max()) if width is None else width
     index = order[:, seq_len - width :]
     slot_valid = torch.arange(width, device=active.device)[None, :] >= (width - counts)[:, None]
     return ActiveSet(active=active, index=index, slot_valid=slot_valid)

@@ -27,17 +27,18 @@ from dash_vl.random_models import full_size_config, random_model
 from gpu_timing import add_timing_arguments, print_table, report_run
 
 
-def split_map(model) -> dict[str, int]:
-    """Module name -> GPU: the vision tower, the embeddings and the first half of the decoder on 0;
-    the second half, the final norm and the LM head on 1."""
+def split_map(model, first_gpu_layers: int | None = None) -> dict[str, int]:
+    """Module name -> GPU: the vision tower, the embeddings and decoder layers ``[0, first_gpu_layers)``
+    (default: the first half) on 0; the other layers, the final norm and the LM head on 1."""
     language_model = model.model.language_model
     layers = len(language_model.layers)
+    first_gpu_layers = layers // 2 if first_gpu_layers is None else first_gpu_layers
     device_map = {f"model.{name}": 0 for name, _ in model.model.named_children() if name != "language_model"}
     for name, _ in language_model.named_children():
         if name != "layers":
             device_map[f"model.language_model.{name}"] = 1 if name == "norm" else 0
     for index in range(layers):
-        device_map[f"model.language_model.layers.{index}"] = 0 if index < layers // 2 else 1
+        device_map[f"model.language_model.layers.{index}"] = 0 if index < first_gpu_layers else 1
     device_map["lm_head"] = 1
     return device_map
 
@@ -63,13 +64,15 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=16384)
     parser.add_argument("--ratio", type=float, default=0.9)
     parser.add_argument("--methods", nargs="+", default=["none", "dash", "fastv", "dart", "visionzip"])
+    parser.add_argument("--first-gpu-layers", type=int, default=None,
+                        help="decoder layers on GPU 0 (default: half); DASH decides at layer 11 of 28")
     add_timing_arguments(parser, warmup=1)
     args = parser.parse_args()
     if torch.cuda.device_count() < 2:
         parser.error("needs 2 GPUs")
 
     single = random_model(full_size_config("qwen2_vl"), dtype=torch.bfloat16, device="cuda:0")
-    split = dispatch_model(copy.deepcopy(single).to("cpu"), device_map=split_map(single))
+    split = dispatch_model(copy.deepcopy(single).to("cpu"), device_map=split_map(single, args.first_gpu_layers))
     inputs = image_prompt(single.config, args.length, torch.device("cuda:0"))
     rows = []
     with torch.no_grad():
@@ -101,7 +104,8 @@ def main() -> None:
         "max |Δ logit|": "{max_abs_logit_difference:.3g}", "same top token": "{same_top_token}",
         "1 GPU ms": "{single_ms:.1f}", "2 GPUs ms": "{split_ms:.1f}",
     })
-    report_run(rows, args.out, warmup=args.warmup, repeats=args.repeats, family="qwen2_vl", gpus=torch.cuda.device_count())
+    report_run(rows, args.out, warmup=args.warmup, repeats=args.repeats, family="qwen2_vl", gpus=torch.cuda.device_count(),
+               first_gpu_layers=args.first_gpu_layers)
 
 
 if __name__ == "__main__":

@@ -15,19 +15,28 @@ import transformers
 from transformers.cache_utils import DynamicCache
 
 
+def cuda_medians_ms(runs: dict[str, Callable[[], object]], warmup: int, repeats: int) -> dict[str, float]:
+    """Median wall time of each of ``runs`` on the current CUDA stream, in milliseconds (CUDA events,
+    after warm-up). The runs take turns within every repeat, so drift in clocks or temperature
+    during the measurement reaches all of them alike."""
+    for _ in range(warmup):
+        for run in runs.values():
+            run()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            run()
+            end.record()
+            torch.cuda.synchronize()
+            times[name].append(start.elapsed_time(end))
+    return {name: statistics.median(measured) for name, measured in times.items()}
+
+
 def cuda_median_ms(run: Callable[[], object], warmup: int, repeats: int) -> float:
     """Median wall time of ``run`` on the current CUDA stream, in milliseconds (CUDA events, after warm-up)."""
-    for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        run()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return cuda_medians_ms({"run": run}, warmup, repeats)["run"]
 
 
 def ideal_prefill(language_model, embeds: torch.Tensor, rope_ids: torch.Tensor, start: int, keep_index: torch.Tensor):

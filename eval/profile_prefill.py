@@ -6,7 +6,11 @@ random subset). After ``--warmup`` runs of each:
   * per layer: CUDA events around every decoder layer (forward pre-hook and hook), median of
     ``--repeats`` runs, and the time outside the layers (whole run minus the layers);
   * per operator: the torch profiler's self CUDA time per run of every operator in either run,
-    sorted by DASH minus ideal.
+    sorted by DASH minus ideal;
+  * inside DASH's decision step: a timeline of CUDA events and host clock readings at the
+    engine's steps (from the end of layer ``l_s - 1`` to the start of layer ``l_s + 1``, and
+    from the end of the last layer to the end of the run), median of ``--repeats`` runs, and
+    every call that makes the host wait for the GPU (``torch.cuda.set_sync_debug_mode``).
 
     cd eval && python profile_prefill.py --length 16384 --ratio 0.9   # -> eval/results/profile_prefill_qwen2vl7b.md
 """
@@ -15,12 +19,20 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import time
+import warnings
+from collections import Counter
 from collections.abc import Callable
+from contextlib import ExitStack
+from unittest.mock import patch
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+import dash_vl.engine
 from dash_vl import Halting
+from dash_vl.decision import DecisionProbe
+from dash_vl.engine import HaltingEngine
 from dash_vl.methods import halted_count
 from dash_vl.random_models import full_size_config, random_model
 from gpu_timing import cuda_median_ms, ideal_prefill
@@ -64,6 +76,83 @@ def per_layer_ms(layers, run: Callable[[], object], repeats: int) -> tuple[list[
     return [statistics.median(times) for times in zip(*per_run)], statistics.median(totals)
 
 
+class Timeline:
+    """CUDA events and host clock readings at named points of repeated runs."""
+
+    def __init__(self) -> None:
+        self.runs: list[list[tuple[str, torch.cuda.Event, float]]] = []
+
+    def mark(self, label: str) -> None:
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        self.runs[-1].append((label, event, time.perf_counter()))
+
+    def traced(self, label: str, function: Callable) -> Callable:
+        """``function`` with a mark before and after each call."""
+
+        def marked(*args: object, **kwargs: object) -> object:
+            self.mark(f"{label} starts")
+            result = function(*args, **kwargs)
+            self.mark(f"{label} ends")
+            return result
+
+        return marked
+
+    def intervals(self) -> list[tuple[str, str, float, float]]:
+        """``(from, to, GPU ms, host ms)`` between consecutive marks, medians over the runs."""
+        torch.cuda.synchronize()
+        rows = []
+        for step in range(len(self.runs[0]) - 1):
+            pairs = [(run[step], run[step + 1]) for run in self.runs]
+            gpu = statistics.median(first[1].elapsed_time(second[1]) for first, second in pairs)
+            host = statistics.median(1000 * (second[2] - first[2]) for first, second in pairs)
+            rows.append((pairs[0][0][0], pairs[0][1][0], gpu, host))
+        return rows
+
+
+def decision_step_timeline(engine: HaltingEngine, run: Callable[[], object], repeats: int) -> Timeline:
+    """Mark the engine's steps around its decision layer in ``repeats`` runs of ``run``."""
+    timeline = Timeline()
+    layers, start = engine.adapter.layers, engine.start_layer
+    method_class = type(engine.method)
+    traced_functions = [
+        (dash_vl.engine, "require_eligible", "require_eligible"),
+        (DecisionProbe, "attention_update", "attention over all T"),
+        (method_class, "decide", "policy decide (score + select)"),
+        (dash_vl.engine, "compact_layout", "compact_layout"),
+        (HaltingEngine, "_finish_decision_layer", "rest of layer l_s (gathers, K/V cache, MLP)"),
+        (dash_vl.engine, "causal_mask", "causal_mask"),
+        (engine.adapter, "position_embeddings", "rotary tables"),
+        (HaltingEngine, "_record", "report"),
+    ]
+    with ExitStack() as stack:
+        for owner, name, label in traced_functions:
+            stack.enter_context(patch.object(owner, name, timeline.traced(label, getattr(owner, name))))
+        for index, hook in ((start - 1, "ends"), (start + 1, "starts"), (len(layers) - 1, "ends")):
+            register = layers[index].register_forward_hook if hook == "ends" else layers[index].register_forward_pre_hook
+            handle = register(lambda *_, label=f"layer {index} {hook}": timeline.mark(label))
+            stack.callback(handle.remove)
+        for _ in range(repeats):
+            timeline.runs.append([])
+            timeline.mark("run starts")
+            run()
+            timeline.mark("run ends")
+    return timeline
+
+
+def host_waits(run: Callable[[], object]) -> Counter:
+    """Where one ``run`` makes the host wait for the GPU: ``file:line`` and count of each synchronizing call."""
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            run()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return Counter(f"{warning.filename}:{warning.lineno}" for warning in caught if "synchroniz" in str(warning.message))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--length", type=int, default=16384)
@@ -93,10 +182,12 @@ def main() -> None:
         return language_model(inputs_embeds=embeds, position_ids=rope_ids, use_cache=True)
 
     layers = language_model.layers
-    with torch.no_grad(), Halting(model, ratio=args.ratio, start_layer=args.start_layer):
+    with torch.no_grad(), Halting(model, ratio=args.ratio, start_layer=args.start_layer) as halting:
         dash_ms = cuda_median_ms(run_dash, args.warmup, 5)
         dash_layers, dash_total = per_layer_ms(layers, run_dash, 5)
         dash = cuda_ms_by_operator(run_dash, args.repeats)
+        timeline = decision_step_timeline(halting.engine, run_dash, 5)
+        waits = host_waits(run_dash)
     with torch.no_grad():
         ideal_ms = cuda_median_ms(run_ideal, args.warmup, 5)
         ideal_layers, ideal_total = per_layer_ms(layers, run_ideal, 5)
@@ -118,6 +209,14 @@ def main() -> None:
     for name in names[: args.rows]:
         d, i = dash.get(name, 0.0), ideal.get(name, 0.0)
         print(f"| {name[:90]} | {d:.2f} | {i:.2f} | {d - i:+.2f} |")
+    print("\nDASH's decision step, medians of 5 (GPU: CUDA events; host: clock; from one mark to the next)\n")
+    print("| from | to | GPU ms | host ms |\n|---|---|---|---|")
+    for first, second, gpu, host in timeline.intervals():
+        if first != f"layer {args.start_layer - 1} starts" and not first.startswith("run starts"):
+            print(f"| {first} | {second} | {gpu:.3f} | {host:.3f} |")
+    print(f"\nhost waits for the GPU in one DASH run: {sum(waits.values())}")
+    for place, count in waits.most_common():
+        print(f"  {count} x {place}")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from dash_vl.api import Query, VisionLanguageModel
-from dash_vl.scenes import IMAGE_SIZE, Scene, SceneQuestion, balanced_questions, scene_questions
+from dash_vl.scenes import IMAGE_SIZE, QUESTION_KINDS, Scene, SceneQuestion, balanced_questions, scene_questions
 from dash_vl.scenes_vlm import POST_PROMPT, build_processor, untrained_model
 
 IGNORED = -100
@@ -111,10 +111,12 @@ def qwen2_vl_patches(pixels: torch.Tensor, image_processor: Any) -> tuple[torch.
 class SceneChats(IterableDataset):
     """Endless training chats from scene ``first_scene`` on; worker ``w`` of ``W`` takes scenes
     ``first_scene + w``, ``+ W``, ... (so a resumed run sees new scenes). Workers draw and
-    tokenize; the patches are cut on the GPU by :func:`qwen2_vl_patches`."""
+    tokenize; the patches are cut on the GPU by :func:`qwen2_vl_patches`. Questions of the
+    ``focus`` kinds come first in every chat, so each scene that has one is asked it."""
 
-    def __init__(self, processor: Any, seed: int, first_scene: int, turns: int) -> None:
+    def __init__(self, processor: Any, seed: int, first_scene: int, turns: int, focus: tuple[str, ...] = ()) -> None:
         self.processor, self.seed, self.first_scene, self.turns = processor, seed, first_scene, turns
+        self.focus = focus
         tokenizer = processor.tokenizer
         self.start_id, self.end_id, self.image_id = tokenizer.convert_tokens_to_ids(
             ["<|im_start|>", "<|im_end|>", "<|image_pad|>"]
@@ -149,6 +151,7 @@ class SceneChats(IterableDataset):
         index = self.first_scene + offset
         while True:
             scene, questions = scene_questions("train", self.seed, index)
+            questions.sort(key=lambda question: question.kind not in self.focus)
             rng = random.Random(index)
             yield self.example(scene, questions[: rng.randint(1, self.turns)], rng)
             index += stride
@@ -223,6 +226,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=14)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--heldout", type=int, default=800, help="held-out questions scored at the end (0: none)")
+    parser.add_argument("--focus", nargs="*", default=[], choices=QUESTION_KINDS, help="question kinds asked first")
+    parser.add_argument("--init", default=None, help="a saved model folder to start from when no checkpoint exists")
     args = parser.parse_args()
 
     processor = build_processor()
@@ -237,10 +242,13 @@ def main() -> None:
         optimizer.load_state_dict(state["optimizer"])
         step, scenes_seen = state["step"], state["scenes_seen"]
         print(f"resumed at step {step} ({scenes_seen} scenes seen)", flush=True)
+    elif args.init:
+        model.load_state_dict(type(model).from_pretrained(args.init).state_dict())
+        print(f"started from the weights in {args.init}", flush=True)
 
     pad_id = processor.tokenizer.pad_token_id
     loader = DataLoader(
-        SceneChats(processor, args.seed, scenes_seen, args.turns), batch_size=args.batch_size,
+        SceneChats(processor, args.seed, scenes_seen, args.turns, tuple(args.focus)), batch_size=args.batch_size,
         num_workers=args.workers, collate_fn=partial(collate, pad_id=pad_id), prefetch_factor=4,
         persistent_workers=False,
     )

@@ -126,3 +126,33 @@ def test_training_resumes_from_its_checkpoint(tmp_path):
     assert "resumed at step 1 (2 scenes seen)" in second.stdout
     assert torch.load(checkpoint)["scenes_seen"] == 4
     assert dash_vl.load(output).model.config.text_config.num_hidden_layers == 8
+
+
+def test_focus_kinds_are_asked_first():
+    processor = build_processor(scenes=300)
+    focus = ("left_right", "word")
+    dataset = training.SceneChats(processor, seed=0, first_scene=0, turns=1, focus=focus)
+    asked_focus = 0
+    for index, example in zip(range(12), iter(dataset)):
+        _, questions = scene_questions("train", 0, index)
+        text = processor.tokenizer.decode(example.tokens["input_ids"])
+        available = [question for question in questions if question.kind in focus]
+        if available:
+            assert available[0].question in text
+            asked_focus += 1
+    assert asked_focus >= 3
+
+
+def test_training_starts_from_a_saved_model(tmp_path):
+    output = tmp_path / "model"
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "eval" / "train_scenes_vlm.py"), "--device", "cpu", "--checkpoint",
+         str(tmp_path / "state.pt"), "--output", str(output), "--batch-size", "2", "--workers", "1", "--heldout", "0",
+         "--steps", "0", "--init", str(SHIPPED_DIRECTORY)],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert f"started from the weights in {SHIPPED_DIRECTORY}" in run.stdout
+    started, shipped_model = (dash_vl.load(path, dtype="float32").model for path in (output, SHIPPED_DIRECTORY))
+    for name, value in shipped_model.state_dict().items():
+        assert torch.equal(started.state_dict()[name], value), name

@@ -24,7 +24,7 @@ class DeltaBlock(ScoredHalting):
     needs_block_update = True
 
     def scores(self, inputs: DecisionInputs) -> torch.Tensor:
-        return inputs.block_update().float().norm(dim=-1)
+        return torch.linalg.vector_norm(inputs.block_update(), dim=-1, dtype=torch.float32)
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class HighestDeltaAttention(ScoredHalting):
     """Keep-score ``-‖U_t‖₂``: the tokens with the largest attention update are halted."""
 
     def scores(self, inputs: DecisionInputs) -> torch.Tensor:
-        return -inputs.attention_update().float().norm(dim=-1)
+        return -torch.linalg.vector_norm(inputs.attention_update(), dim=-1, dtype=torch.float32)
 
 
 @dataclass(frozen=True)

@@ -32,11 +32,13 @@ class DecisionInputs(Protocol):
         hidden_states: ``(batch, T, hidden)``, the residual stream entering layer ``l_s``.
         valid: ``(batch, T)`` bool, non-padding tokens.
         eligible: ``(batch, T)`` bool, tokens the policy may halt (``scope`` and question applied).
+        eligible_counts: eligible tokens per sample, already on the host.
     """
 
     hidden_states: torch.Tensor
     valid: torch.Tensor
     eligible: torch.Tensor
+    eligible_counts: list[int]
 
     def attention_update(self) -> torch.Tensor:
         """``(batch, T, hidden)``: layer ``l_s``'s attention sub-layer output (after ``o_proj``, before the
@@ -70,10 +72,14 @@ class Decision:
         kept: ``(batch, T)`` bool, the eligible tokens that stay active.
         states: ``(batch, T, hidden)``, the states the active tokens carry into layer ``l_s``
             where the policy changes them (``"layer_input"`` placement only); ``None`` keeps them.
+        kept_counts: per sample, how many eligible tokens ``kept`` holds, where the policy knows
+            it without reading the GPU; the engine then lays out the compact batch without
+            waiting for the GPU. ``None``: the engine counts ``kept`` itself.
     """
 
     kept: torch.Tensor
     states: torch.Tensor | None = None
+    kept_counts: list[int] | None = None
 
 
 class HaltingMethod(ABC):
@@ -119,6 +125,10 @@ class ScoredHalting(HaltingMethod):
     def keep(self, inputs: DecisionInputs, ratio: float) -> torch.Tensor:
         return ~lowest(self.scores(inputs), inputs.eligible, halted_counts(ratio, inputs.eligible))
 
+    def decide(self, inputs: DecisionInputs, ratio: float) -> Decision:
+        kept_counts = [count - halted_count(ratio, count) for count in inputs.eligible_counts]
+        return Decision(kept=self.keep(inputs, ratio), kept_counts=kept_counts)
+
 
 def halted_count(ratio: float, eligible: int) -> int:
     """Tokens halted out of ``eligible``: ``floor(ratio * eligible)`` (always < eligible for ratio < 1).
@@ -129,9 +139,10 @@ def halted_count(ratio: float, eligible: int) -> int:
 
 
 def halted_counts(ratio: float, eligible: torch.Tensor) -> torch.Tensor:
-    """``(batch,)`` long: :func:`halted_count` per sample of ``eligible`` ``(batch, T)``."""
-    counts = [halted_count(ratio, int(n)) for n in eligible.sum(dim=1).tolist()]
-    return torch.tensor(counts, device=eligible.device)
+    """``(batch,)`` long: :func:`halted_count` per sample of ``eligible`` ``(batch, T)``, computed on
+    its device (the same float64 product and sum, so the host never waits for the GPU)."""
+    totals = eligible.sum(dim=1)
+    return torch.minimum(totals, (totals.double() * ratio + 1e-9).floor().long())
 
 
 def lowest(scores: torch.Tensor, candidates: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:

@@ -14,4 +14,4 @@ class DeltaAttention(ScoredHalting):
     """Score each token by ``Δattn = ‖U_t‖₂``, the L2 norm of its attention sub-layer output."""
 
     def scores(self, inputs: DecisionInputs) -> torch.Tensor:
-        return inputs.attention_update().float().norm(dim=-1)
+        return torch.linalg.vector_norm(inputs.attention_update(), dim=-1, dtype=torch.float32)

@@ -1,0 +1,84 @@
+"""The engine reads GPU values back to the host only before the first layer under DASH, so on a
+GPU the compact layers are queued while the full-length ones still run; device-side counts
+equal the host's."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import ExitStack
+from unittest.mock import patch
+
+import pytest
+import torch
+
+from dash_vl import Halting
+from dash_vl.engine import HaltingEngine
+from dash_vl.methods import halted_count
+from dash_vl.methods.base import halted_counts
+from tests.conftest import vl_inputs
+
+HOST_READS: tuple[str, ...] = ("tolist", "item", "__bool__", "__int__", "__float__", "nonzero")
+
+
+class HostReadCounter:
+    """Counts tensor reads to the host made by dash_vl code while :attr:`counting` is set."""
+
+    def __init__(self) -> None:
+        self.counting = False
+        self.places: list[str] = []
+
+    def wrap(self, name: str):
+        original = getattr(torch.Tensor, name)
+
+        def counted(tensor, *args, **kwargs):
+            caller = sys._getframe(1).f_code
+            if self.counting and "dash_vl" in caller.co_filename:
+                self.places.append(f"{name} in {caller.co_name}")
+            return original(tensor, *args, **kwargs)
+
+        return counted
+
+
+@pytest.mark.parametrize("batch", [1, 2], ids=["batch1", "batch2-left-padded"])
+@pytest.mark.parametrize("method", ["dash", "dash_block", "random"])
+def test_no_host_reads_from_the_first_layer_to_the_report(sdpa_model, processor, batch, method):
+    inputs = vl_inputs(processor, batch)
+    counter = HostReadCounter()
+    layers = sdpa_model.model.language_model.layers
+
+    def start(*_: object) -> None:
+        counter.counting = True
+
+    def stop_then_record(engine, *args, **kwargs):
+        counter.counting = False
+        return original_record(engine, *args, **kwargs)
+
+    original_record = HaltingEngine._record
+    with ExitStack() as stack, Halting(sdpa_model, method=method, ratio=0.75, start_layer=2) as halting, torch.no_grad():
+        for name in HOST_READS:
+            stack.enter_context(patch.object(torch.Tensor, name, counter.wrap(name)))
+        stack.enter_context(patch.object(HaltingEngine, "_record", stop_then_record))
+        stack.callback(layers[0].register_forward_pre_hook(start).remove)
+        sdpa_model(**inputs)
+    assert counter.places == []
+    assert halting.last_report.kept_tokens_per_layer[-1] == [
+        tokens - halted_count(0.75, eligible)
+        for tokens, eligible in zip(halting.last_report.prompt_tokens, halting.last_report.eligible_tokens)
+    ]
+
+
+def test_fastv_counts_its_kept_tokens_on_the_host(sdpa_model, processor):
+    """A policy that does not report its kept counts still works: the engine counts them itself."""
+    inputs = vl_inputs(processor, 2)
+    with Halting(sdpa_model, method="fastv", ratio=0.5, start_layer=2) as halting, torch.no_grad():
+        sdpa_model(**inputs)
+    report = halting.last_report
+    assert all(kept < tokens for kept, tokens in zip(report.kept_tokens_per_layer[-1], report.prompt_tokens))
+
+
+def test_device_halted_counts_equal_the_host_rule():
+    totals = torch.arange(0, 3000)
+    eligible = torch.arange(3000)[None, :] < totals[:, None]
+    for ratio in (0.0, 0.1, 0.29, 0.5, 0.667, 0.75, 0.9, 0.96, 0.98, 0.99, 1.0):
+        expected = [halted_count(ratio, int(total)) for total in totals]
+        assert halted_counts(ratio, eligible).tolist() == expected, ratio
