@@ -212,7 +212,7 @@ def main() -> None:
     print("\nDASH's decision step, medians of 5 (GPU: CUDA events; host: clock; from one mark to the next)\n")
     print("| from | to | GPU ms | host ms |\n|---|---|---|---|")
     for first, second, gpu, host in timeline.intervals():
-        if first != f"layer {args.start_layer - 1} starts" and not first.startswith("run starts"):
+        if first != "run starts":  # the full-length layers before l_s: the per-layer table has them
             print(f"| {first} | {second} | {gpu:.3f} | {host:.3f} |")
     print(f"\nhost waits for the GPU in one DASH run: {sum(waits.values())}")
     for place, count in waits.most_common():
