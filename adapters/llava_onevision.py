@@ -40,7 +40,9 @@ class LlavaOnevisionAdapter(VisionLanguageAdapter):
         newline = torch.zeros(tiles.shape[-1], device=tiles.device, dtype=tiles.dtype)
         newline[-1] = -1
         if modality == "video":
-            samples = arguments["pixel_values_videos"].shape[0]
+            # get_video_features names its frames `pixel_values` up to transformers 5.17, `pixel_values_videos` later
+            videos = arguments["pixel_values_videos"] if "pixel_values_videos" in arguments else arguments["pixel_values"]
+            samples = videos.shape[0]
             frames = inner.apply_pooling(tiles).reshape(samples, -1, tiles.shape[-1])
             tokens = torch.cat([frames, newline.expand(samples, 1, -1)], dim=1).flatten(0, 1)
         else:

@@ -22,7 +22,9 @@ No attention matrix is built, so any SDPA / FlashAttention kernel runs unchanged
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -97,11 +99,28 @@ class HaltingEngine:
         self.num_layers = len(adapter.layers)
         self.start_layer = config.decision_layer(self.num_layers)
         self.shapes = LayerShapes.from_config(adapter.text_config)
-        self.reports: list[HaltingReport] = []
+        self._reports: list[HaltingReport] = []
+        self._pending_report: Callable[[], HaltingReport] | None = None
         self.prompt_input_ids: torch.Tensor | None = None
         self.question_tokens: int | None = None
         self.evidence_recorder: EvidenceRecorder | None = None
         self._compact: weakref.WeakKeyDictionary[Any, CompactCache] = weakref.WeakKeyDictionary()
+
+    @property
+    def reports(self) -> list[HaltingReport]:
+        """One report per prefill, oldest first.
+
+        The last prefill's report is built when first read (or when the next prefill starts):
+        building it reads counts and kept positions from the GPU, so a prefill never makes the
+        host wait for its own layers to finish.
+        """
+        self._build_pending_report()
+        return self._reports
+
+    def _build_pending_report(self) -> None:
+        if self._pending_report is not None:
+            self._reports.append(self._pending_report())
+            self._pending_report = None
 
     # ----------------------------------------------------------------------------------------
     def forward(
@@ -150,6 +169,7 @@ class HaltingEngine:
         prompt_ids: torch.Tensor | None,
     ) -> torch.Tensor:
         """Halting prefill of ``hidden`` ``(batch, T, D)``; returns final states ``(batch, T, D)``."""
+        self._build_pending_report()  # the previous prefill's: at most one report waits to be built
         seq_len = hidden.shape[1]
         visual = self.adapter.visual_mask(prompt_ids)
         question = self._question_mask(visual, token_valid)
@@ -157,7 +177,7 @@ class HaltingEngine:
         evidence = self._vision_evidence(prompt_ids)
         if self.config.question != "after_context":
             hidden, active = self._halting_pass(hidden, token_valid, rope_ids, cache, eligible, evidence)
-            self._record(token_valid, eligible, active, question_len=0)
+            self._pending_report = partial(self._report, token_valid, eligible, active, question_len=0)
             return hidden
         if cache is None:
             cache = DynamicCache(config=self.adapter.text_config)
@@ -171,7 +191,9 @@ class HaltingEngine:
             eligible[:, :context_len], evidence,
         )
         tail = self._extend(hidden[:, context_len:], token_valid, rope_ids[..., context_len:], cache, self._compact[cache])
-        self._record(token_valid[:, :context_len], eligible[:, :context_len], active, question_len=seq_len - context_len)
+        self._pending_report = partial(
+            self._report, token_valid[:, :context_len], eligible[:, :context_len], active, question_len=seq_len - context_len
+        )
         return torch.cat([context, tail], dim=1)
 
     def _vision_evidence(self, prompt_ids: torch.Tensor | None) -> Evidence | None:
@@ -331,8 +353,8 @@ class HaltingEngine:
         mlp_tokens = tokens if self.method.needs_block_update else keep
         return self.shapes.layer_flops(tokens, mlp_tokens=mlp_tokens)
 
-    def _record(self, token_valid: torch.Tensor, eligible: torch.Tensor, active: ActiveSet, question_len: int) -> None:
-        """Append the report of one prefill (``question_len`` uncompressed tokens after the context)."""
+    def _report(self, token_valid: torch.Tensor, eligible: torch.Tensor, active: ActiveSet, question_len: int) -> HaltingReport:
+        """The report of one prefill (``question_len`` uncompressed tokens after the context)."""
         context = token_valid.sum(dim=1).tolist()
         kept = active.counts.tolist()
         start, shapes = self.start_layer, self.shapes
@@ -354,13 +376,11 @@ class HaltingEngine:
         positions = [
             row.nonzero().flatten().tolist() + list(range(seq_len, seq_len + question_len)) for row in active.active
         ]
-        self.reports.append(
-            HaltingReport(
-                start_layer=start,
-                prompt_tokens=prompt,
-                eligible_tokens=eligible.sum(dim=1).tolist(),
-                kept_tokens_per_layer=per_layer,
-                kept_positions=positions,
-                relative_flops=halted_flops / full_flops,
-            )
+        return HaltingReport(
+            start_layer=start,
+            prompt_tokens=prompt,
+            eligible_tokens=eligible.sum(dim=1).tolist(),
+            kept_tokens_per_layer=per_layer,
+            kept_positions=positions,
+            relative_flops=halted_flops / full_flops,
         )

@@ -4,7 +4,7 @@ Qwen2-VL-7B's shapes with random bf16 weights: the vision tower, embeddings and 
 the decoder layers on ``cuda:0``, the rest, the final norm and the LM head on ``cuda:1``
 (accelerate's hooks move activations between them). For each method the split model's
 last-token logits and kept count are compared with the single-GPU model's on the same prompt
-(one image, ``bench_ttft.image_prompt``), and both whole-model forwards are timed (median of
+(one image, ``dash_vl.random_models.long_prompt``), and both whole-model forwards are timed (median of
 ``--repeats`` after ``--warmup``, wall clock after ``cuda.synchronize`` on both devices).
 
     python eval/bench_device_map.py --length 16384 --ratio 0.9 --out eval/results/device_map_qwen2vl7b.json
@@ -21,9 +21,8 @@ import time
 import torch
 from accelerate import dispatch_model
 
-from bench_ttft import image_prompt
 from dash_vl import Halting
-from dash_vl.random_models import full_size_config, random_model
+from dash_vl.random_models import full_size_config, long_prompt, random_model
 from gpu_timing import add_timing_arguments, print_table, report_run
 
 
@@ -73,7 +72,7 @@ def main() -> None:
 
     single = random_model(full_size_config("qwen2_vl"), dtype=torch.bfloat16, device="cuda:0")
     split = dispatch_model(copy.deepcopy(single).to("cpu"), device_map=split_map(single, args.first_gpu_layers))
-    inputs = image_prompt(single.config, args.length, torch.device("cuda:0"))
+    inputs = long_prompt("qwen2_vl", single.config, args.length, torch.device("cuda:0"), torch.bfloat16)
     rows = []
     with torch.no_grad():
         for method in args.methods:

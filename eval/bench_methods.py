@@ -26,26 +26,9 @@ import torch
 from dash_vl import Halting
 from dash_vl.random_models import FAMILIES, full_size_config, random_model
 from dash_vl.vision_evidence import VisualEvidence
-from gpu_timing import add_timing_arguments, print_table, cuda_median_ms, report_run
+from gpu_timing import add_timing_arguments, measure, print_table, report_run
 
 TEXT_AROUND = 64
-
-
-def cache_bytes(cache) -> int:
-    """Bytes held by a DynamicCache's keys and values, all layers."""
-    return sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
-
-
-def measure(run, warmup: int, repeats: int) -> dict:
-    """Median prefill ms, then one more run for peak memory (GiB) and KV-cache bytes (MiB)."""
-    milliseconds = cuda_median_ms(run, warmup, repeats)
-    torch.cuda.reset_peak_memory_stats()
-    output = run()
-    return dict(
-        ms=milliseconds,
-        peak_gib=torch.cuda.max_memory_allocated() / 2**30,
-        kv_mib=cache_bytes(output.past_key_values) / 2**20,
-    )
 
 
 class GivenEvidence:

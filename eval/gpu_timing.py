@@ -39,6 +39,23 @@ def cuda_median_ms(run: Callable[[], object], warmup: int, repeats: int) -> floa
     return cuda_medians_ms({"run": run}, warmup, repeats)["run"]
 
 
+def cache_bytes(cache) -> int:
+    """Bytes held by a DynamicCache's keys and values, all layers."""
+    return sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
+
+
+def measure(run, warmup: int, repeats: int) -> dict:
+    """Median prefill ms, then one more run for peak memory (GiB) and KV-cache bytes (MiB)."""
+    milliseconds = cuda_median_ms(run, warmup, repeats)
+    torch.cuda.reset_peak_memory_stats()
+    output = run()
+    return dict(
+        ms=milliseconds,
+        peak_gib=torch.cuda.max_memory_allocated() / 2**30,
+        kv_mib=cache_bytes(output.past_key_values) / 2**20,
+    )
+
+
 def ideal_prefill(language_model, embeds: torch.Tensor, rope_ids: torch.Tensor, start: int, keep_index: torch.Tensor):
     """Layers ``< start`` on all tokens, layers ``>= start`` on ``keep_index`` (``(1, K)``), SDPA causal,
     HF layers called directly: no scoring, no bookkeeping."""

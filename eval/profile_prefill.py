@@ -9,8 +9,9 @@ random subset). After ``--warmup`` runs of each:
     sorted by DASH minus ideal;
   * inside DASH's decision step: a timeline of CUDA events and host clock readings at the
     engine's steps (from the end of layer ``l_s - 1`` to the start of layer ``l_s + 1``, and
-    from the end of the last layer to the end of the run), median of ``--repeats`` runs, and
-    every call that makes the host wait for the GPU (``torch.cuda.set_sync_debug_mode``).
+    from the end of the last layer to the end of the run, then the report built when read), median
+    of ``--repeats`` runs, and every call that makes the host wait for the GPU
+    (``torch.cuda.set_sync_debug_mode``).
 
     cd eval && python profile_prefill.py --length 16384 --ratio 0.9   # -> eval/results/profile_prefill_qwen2vl7b.md
 """
@@ -123,7 +124,7 @@ def decision_step_timeline(engine: HaltingEngine, run: Callable[[], object], rep
         (HaltingEngine, "_finish_decision_layer", "rest of layer l_s (gathers, K/V cache, MLP)"),
         (dash_vl.engine, "causal_mask", "causal_mask"),
         (engine.adapter, "position_embeddings", "rotary tables"),
-        (HaltingEngine, "_record", "report"),
+        (HaltingEngine, "_report", "report (built when read)"),
     ]
     with ExitStack() as stack:
         for owner, name, label in traced_functions:
@@ -132,11 +133,13 @@ def decision_step_timeline(engine: HaltingEngine, run: Callable[[], object], rep
             register = layers[index].register_forward_hook if hook == "ends" else layers[index].register_forward_pre_hook
             handle = register(lambda *_, label=f"layer {index} {hook}": timeline.mark(label))
             stack.callback(handle.remove)
+        engine.reports  # build a report left pending by earlier runs, so every run below has the same marks
         for _ in range(repeats):
             timeline.runs.append([])
             timeline.mark("run starts")
             run()
             timeline.mark("run ends")
+            engine.reports  # read the report, as a caller would
     return timeline
 
 

@@ -1,6 +1,6 @@
-"""The engine reads GPU values back to the host only before the first layer under DASH, so on a
-GPU the compact layers are queued while the full-length ones still run; device-side counts
-equal the host's."""
+"""Under DASH the engine reads GPU values back to the host only before the first layer, so on a
+GPU the compact layers and the final norm are queued while the full-length layers still run;
+the report is built when read; device-side counts equal the host's."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ class HostReadCounter:
 
 @pytest.mark.parametrize("batch", [1, 2], ids=["batch1", "batch2-left-padded"])
 @pytest.mark.parametrize("method", ["dash", "dash_block", "random"])
-def test_no_host_reads_from_the_first_layer_to_the_report(sdpa_model, processor, batch, method):
+def test_no_host_reads_from_the_first_layer_to_the_end_of_the_call(sdpa_model, processor, batch, method):
     inputs = vl_inputs(processor, batch)
     counter = HostReadCounter()
     layers = sdpa_model.model.language_model.layers
@@ -49,22 +49,39 @@ def test_no_host_reads_from_the_first_layer_to_the_report(sdpa_model, processor,
     def start(*_: object) -> None:
         counter.counting = True
 
-    def stop_then_record(engine, *args, **kwargs):
-        counter.counting = False
-        return original_record(engine, *args, **kwargs)
-
-    original_record = HaltingEngine._record
     with ExitStack() as stack, Halting(sdpa_model, method=method, ratio=0.75, start_layer=2) as halting, torch.no_grad():
         for name in HOST_READS:
             stack.enter_context(patch.object(torch.Tensor, name, counter.wrap(name)))
-        stack.enter_context(patch.object(HaltingEngine, "_record", stop_then_record))
         stack.callback(layers[0].register_forward_pre_hook(start).remove)
         sdpa_model(**inputs)
+        counter.counting = False
     assert counter.places == []
     assert halting.last_report.kept_tokens_per_layer[-1] == [
         tokens - halted_count(0.75, eligible)
         for tokens, eligible in zip(halting.last_report.prompt_tokens, halting.last_report.eligible_tokens)
     ]
+
+
+def test_report_is_built_when_read_and_before_the_next_prefill(sdpa_model, processor):
+    inputs = vl_inputs(processor, 2)
+    built = []
+    original = HaltingEngine._report
+
+    def counted(engine, *args, **kwargs):
+        built.append(kwargs["question_len"])
+        return original(engine, *args, **kwargs)
+
+    with patch.object(HaltingEngine, "_report", counted), Halting(sdpa_model, ratio=0.5, start_layer=2) as halting:
+        with torch.no_grad():
+            sdpa_model(**inputs)
+            assert built == []
+            first = halting.last_report
+            assert built == [0] and halting.last_report is first
+            sdpa_model(**inputs)
+            sdpa_model(**inputs)
+            assert len(built) == 2  # the second prefill's report was built when the third started
+        assert len(halting.reports) == 3 and built == [0, 0, 0]
+        assert halting.reports[2] == first
 
 
 def test_fastv_counts_its_kept_tokens_on_the_host(sdpa_model, processor):

@@ -12,6 +12,7 @@ import torch
 from transformers import AttentionInterface
 
 from dash_vl import Halting
+from dash_vl.adapters import adapter_for
 from dash_vl.adapters.qwen2_vl import window_order
 from tests.conftest import FAMILY_NAMES, four_image_prompt, model_of, processor_of, vl_inputs
 from tests.reference import (
@@ -240,3 +241,18 @@ def test_visionzip_decides_before_the_llm_on_visual_tokens_only():
         model(**inputs)
     assert halting.last_report.start_layer == 0
     assert "get_image_features" not in model.model.__dict__  # the recorder's wrapper is gone
+
+
+def test_llava_onevision_video_evidence_reads_frames_under_either_argument_name():
+    """transformers 5.17 passes video frames to ``get_video_features`` as ``pixel_values``, later
+    releases as ``pixel_values_videos``: the evidence must be the same."""
+    model = model_of("llava_onevision", "sdpa")
+    adapter = adapter_for(model)
+    vision = model.config.vision_config
+    frames = torch.zeros(2, 3, vision.num_channels, vision.image_size, vision.image_size)
+    patches = torch.randn(2 * 3 * (vision.image_size // vision.patch_size) ** 2, 1 + vision.hidden_size)
+    older = adapter.tokens_from_patches("video", patches, {"pixel_values": frames})
+    newer = adapter.tokens_from_patches("video", patches, {"pixel_values_videos": frames})
+    assert older.score.shape == (2 * (3 * 4 + 1),)  # 3 frames of 2 x 2 pooled tokens and a newline, per video
+    for field in ("score", "metric", "unit"):
+        assert torch.equal(getattr(older, field), getattr(newer, field))

@@ -65,6 +65,13 @@ def full_size_config(name: str, num_layers: int | None = None) -> Any:
     return family(name).full_size_config(num_layers)
 
 
+def long_prompt(name: str, config: Any, length: int, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Model inputs of family ``name`` (batch 1) with about ``length`` tokens, most of them visual,
+    for timing a whole model: one image (Qwen2-VL, Qwen2.5-VL) or one video (LLaVA-OneVision,
+    InternVL), random pixels, text around it."""
+    return family(name).long_prompt(config, length, device, dtype)
+
+
 def random_model(
     config: Any,
     attn_implementation: str = "sdpa",
@@ -83,5 +90,5 @@ def random_model(
 
 
 __all__ = [
-    "FAMILIES", "byte_level_tokenizer", "family", "full_size_config", "random_model", "tiny_config", "tiny_processor",
+    "FAMILIES", "byte_level_tokenizer", "family", "full_size_config", "long_prompt", "random_model", "tiny_config", "tiny_processor",
 ]

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from transformers import InternVLConfig, InternVLForConditionalGeneration, InternVLProcessor, InternVLVideoProcessor
 from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
 
+from dash_vl.random_models.prompts import TEXT_AROUND, random_text
 from dash_vl.random_models.shapes import qwen2_7b_text
 from dash_vl.random_models.tokenizer import byte_level_tokenizer, chat_template, token_ids
 
@@ -64,3 +66,22 @@ def tiny_config(tokenizer: Any, text: dict[str, Any]) -> InternVLConfig:
 def full_size_config(num_layers: int | None = None) -> InternVLConfig:
     """InternVL3-8B-hf's shapes (Qwen2.5-7B, InternViT-300M at 448 px, 256 tokens a tile), optionally fewer layers."""
     return InternVLConfig(text_config=qwen2_7b_text(num_layers, **TEXT_8B_FIELDS), vision_config=VISION_300M, image_seq_length=256, downsample_ratio=0.5)
+
+
+def long_prompt(config: InternVLConfig, length: int, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Inputs (batch 1) for one video of as many frames as fit about ``length`` tokens between two
+    64-token texts, laid out as the processor lays out frames: a few text tokens (``FrameN: <img>``),
+    ``image_seq_length`` context tokens (256 at 448 px), a closing text token (``</img>``), each
+    frame one tile; pixels are random."""
+    vision = config.vision_config
+    labels, per_frame = 4, config.image_seq_length
+    frames = max(1, (length - 2 * TEXT_AROUND) // (per_frame + labels))
+    generator = torch.Generator(device=device).manual_seed(length)
+    text = lambda count: random_text(count, config.image_token_id, generator)  # noqa: E731
+    frame = lambda: [text(labels - 1), torch.full((per_frame,), config.image_token_id, device=device), text(1)]  # noqa: E731
+    ids = torch.cat([text(TEXT_AROUND), *(part for _ in range(frames) for part in frame()), text(TEXT_AROUND)])[None]
+    pixels = (frames, vision.num_channels, *vision.image_size)
+    return dict(
+        input_ids=ids, attention_mask=torch.ones_like(ids),
+        pixel_values=torch.randn(pixels, device=device, generator=generator).to(dtype),
+    )

@@ -6,8 +6,10 @@ The tiny processor keeps the real anyres tiling (a base view plus crops from
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+import torch
 from transformers import (
     LlavaOnevisionConfig,
     LlavaOnevisionForConditionalGeneration,
@@ -16,6 +18,7 @@ from transformers import (
 )
 from transformers.models.llava_onevision.image_processing_pil_llava_onevision import LlavaOnevisionImageProcessorPil
 
+from dash_vl.random_models.prompts import TEXT_AROUND, random_text
 from dash_vl.random_models.shapes import qwen2_7b_text
 from dash_vl.random_models.tokenizer import byte_level_tokenizer, chat_template, token_ids
 
@@ -72,3 +75,21 @@ def tiny_config(tokenizer: Any, text: dict[str, Any]) -> LlavaOnevisionConfig:
 def full_size_config(num_layers: int | None = None) -> LlavaOnevisionConfig:
     """llava-onevision-qwen2-7b-ov-hf's shapes (Qwen2-7B, SigLIP so400m at 384 px), optionally fewer layers."""
     return LlavaOnevisionConfig(text_config=qwen2_7b_text(num_layers, **TEXT_7B_FIELDS), vision_config=VISION_SO400M, vision_feature_select_strategy="full")
+
+
+def long_prompt(config: LlavaOnevisionConfig, length: int, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Inputs (batch 1) for one video of as many frames as fit about ``length`` tokens between two
+    64-token texts. Each frame is one SigLIP view pooled 2 x 2 (196 tokens at 384 px), and one
+    image-newline token follows the video, as the model packs it; pixels are random."""
+    vision = config.vision_config
+    pooled_side = math.ceil(vision.image_size // vision.patch_size / 2)
+    per_frame = pooled_side**2
+    frames = max(1, (length - 2 * TEXT_AROUND - 1) // per_frame)
+    generator = torch.Generator(device=device).manual_seed(length)
+    text = lambda: random_text(TEXT_AROUND, min(config.image_token_id, config.video_token_id), generator)  # noqa: E731
+    ids = torch.cat([text(), torch.full((frames * per_frame + 1,), config.video_token_id, device=device), text()])[None]
+    pixels = (1, frames, vision.num_channels, vision.image_size, vision.image_size)
+    return dict(
+        input_ids=ids, attention_mask=torch.ones_like(ids),
+        pixel_values_videos=torch.randn(pixels, device=device, generator=generator).to(dtype),
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
 
 from dash_vl.random_models import qwen2_vl
@@ -35,3 +36,8 @@ def tiny_config(tokenizer: Any, text: dict[str, Any]) -> Qwen2_5_VLConfig:
 def full_size_config(num_layers: int | None = None) -> Qwen2_5_VLConfig:
     """Qwen2.5-VL-7B-Instruct's shapes (optionally fewer layers)."""
     return Qwen2_5_VLConfig(text_config=qwen2_7b_text(num_layers, **qwen2_vl.TEXT_7B_FIELDS), vision_config=VISION_7B)
+
+
+def long_prompt(config: Qwen2_5_VLConfig, length: int, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Qwen2-VL's timing prompt (:func:`dash_vl.random_models.qwen2_vl.long_prompt`) for this family."""
+    return qwen2_vl.long_prompt(config, length, device, dtype, model_class=MODEL_CLASS)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import inspect
+import math
 from typing import Any
 
+import torch
 from transformers import (
     PreTrainedTokenizerFast, Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor, Qwen2VLVideoProcessor,
 )
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+from dash_vl.random_models.prompts import TEXT_AROUND, random_text
 from dash_vl.random_models.shapes import qwen2_7b_text
 from dash_vl.random_models.tokenizer import byte_level_tokenizer, chat_template, token_ids
 
@@ -74,3 +78,33 @@ def tiny_config(
 def full_size_config(num_layers: int | None = None) -> Qwen2VLConfig:
     """Qwen2-VL-7B-Instruct's shapes (optionally fewer layers)."""
     return Qwen2VLConfig(text_config=qwen2_7b_text(num_layers, **TEXT_7B_FIELDS), vision_config=VISION_7B)
+
+
+def long_prompt(
+    config: Any, length: int, device: torch.device, dtype: torch.dtype, model_class: type = MODEL_CLASS
+) -> dict[str, torch.Tensor]:
+    """Inputs of ``model_class`` (batch 1) for one image of about ``length - 130`` visual tokens
+    between two 64-token texts: random ``pixel_values`` with a real ``image_grid_thw``, so the
+    ViT's work and the M-RoPE ids are those of such an image."""
+    vision = config.vision_config
+    merge = vision.spatial_merge_size
+    patch_features = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
+    visual = max(1, length - 2 * TEXT_AROUND - 2)
+    rows = math.isqrt(visual)
+    cols = visual // rows
+    tokens = rows * cols
+    generator = torch.Generator(device=device).manual_seed(length)
+    text = lambda: random_text(TEXT_AROUND, config.vision_start_token_id, generator)  # noqa: E731
+    ids = torch.cat([
+        text(), torch.tensor([config.vision_start_token_id], device=device),
+        torch.full((tokens,), config.image_token_id, device=device),
+        torch.tensor([config.vision_end_token_id], device=device), text(),
+    ])[None]
+    # transformers releases after 5.17 take the processor's token types (1: image) to build M-RoPE ids
+    newer = "mm_token_type_ids" in inspect.signature(model_class.forward).parameters
+    token_types = {"mm_token_type_ids": (ids == config.image_token_id).long()} if newer else {}
+    return dict(
+        **token_types, input_ids=ids, attention_mask=torch.ones_like(ids),
+        pixel_values=torch.randn(tokens * merge**2, patch_features, device=device, generator=generator).to(dtype),
+        image_grid_thw=torch.tensor([[1, merge * rows, merge * cols]], device=device),
+    )

@@ -1,0 +1,47 @@
+"""The families' long timing prompts: the model accepts them, they hold about the asked length,
+and the engine sees their visual tokens."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dash_vl import Halting
+from dash_vl.random_models import full_size_config, long_prompt
+from tests.conftest import FAMILY_NAMES, model_of
+
+VISUAL_IDS = ("image_token_id", "video_token_id")
+
+
+def visual_count(config, input_ids: torch.Tensor) -> int:
+    ids = [getattr(config, name) for name in VISUAL_IDS if getattr(config, name, None) is not None]
+    return int(torch.isin(input_ids, torch.tensor(ids)).sum())
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_tiny_model_runs_a_long_prompt_and_halts_its_visual_tokens(family):
+    model = model_of(family, "sdpa")
+    prompt = long_prompt(family, model.config, 300, torch.device("cpu"), torch.float32)
+    length, visual = prompt["input_ids"].shape[1], visual_count(model.config, prompt["input_ids"])
+    assert 260 <= length <= 300 and visual >= (length - 128) // 2  # tiny InternVL frames: 4 labels, 4 visual
+    with Halting(model, ratio=0.5, scope="visual") as halting, torch.no_grad():
+        logits = model(**prompt, logits_to_keep=1).logits  # HF checks placeholders against the features
+    assert logits.shape[:2] == (1, 1) and torch.isfinite(logits).all()
+    assert halting.last_report.eligible_tokens == [visual]
+    assert halting.last_report.kept_tokens_per_layer[-1] == [length - visual // 2]
+
+
+@pytest.mark.parametrize(
+    "family, per_unit, units_field",
+    [("qwen2_vl", None, None), ("llava_onevision", 196, "pixel_values_videos"), ("internvl", 256, "pixel_values")],
+)
+def test_full_size_prompt_has_the_checkpoints_tokens_per_frame(family, per_unit, units_field):
+    config = full_size_config(family, num_layers=1)
+    prompt = long_prompt(family, config, 4096, torch.device("cpu"), torch.bfloat16)
+    length, visual = prompt["input_ids"].shape[1], visual_count(config, prompt["input_ids"])
+    assert 4096 - 300 <= length <= 4096
+    if family == "qwen2_vl":  # one image; 2 x 2 patches a token
+        assert visual == prompt["pixel_values"].shape[0] // 4 == int(prompt["image_grid_thw"].prod()) // 4
+    else:  # one video; LLaVA-OV adds one newline token after it
+        frames = prompt[units_field].shape[-4]
+        assert visual == frames * per_unit + (family == "llava_onevision")
