@@ -10,8 +10,9 @@ Registered through the ``lmms_eval.models`` entry-point group (see ``pyproject.t
 ``none`` for the unmodified model —, ``ratio``, ``start_layer``, ``scope``, ``question``,
 ``seed``) and the loading ones (``pretrained``, ``device_map``, ``dtype``,
 ``attn_implementation``, ``system_prompt``, ``max_new_tokens``); an unknown key is an error.
-Under ``accelerate launch`` each process loads the model on its own GPU and evaluates its
-shard of the requests (data parallel), as lmms-eval's own models do.
+Under ``accelerate launch`` (or ``torchrun``) each process loads the model on its own device
+(its GPU; the CPU with a gloo process group) and evaluates its shard of the requests (data
+parallel), as lmms-eval's own models do.
 
 This module imports lmms-eval; nothing else in ``dash_vl`` does.
 """
@@ -110,10 +111,10 @@ class HaltingModel(lmms):
             )
         from accelerate import Accelerator
 
-        accelerator = Accelerator()
-        if accelerator.num_processes > 1:
-            device_map = f"cuda:{accelerator.local_process_index}"
-            self._rank, self._world_size = accelerator.local_process_index, accelerator.num_processes
+        self.accelerator = Accelerator()
+        if self.accelerator.num_processes > 1:  # data parallel: this process's own GPU (or the CPU under gloo)
+            device_map = str(self.accelerator.device)
+            self._rank, self._world_size = self.accelerator.process_index, self.accelerator.num_processes
         config = halting_config(method, ratio, start_layer, scope, question, seed)
         loaded = load(pretrained, HaltingConfig(), device=device_map or device, dtype=dtype, attn_implementation=attn_implementation)
         self.vlm = VisionLanguageModel(loaded.model, loaded.processor, config)
@@ -127,6 +128,11 @@ class HaltingModel(lmms):
     @property
     def batch_size(self) -> int:
         return self.batch_size_per_gpu
+
+    @property
+    def device(self) -> Any:
+        """Where the model's inputs go (lmms-eval gathers request counts across processes there)."""
+        return self.vlm.model.device
 
     def generate_until(self, requests: list[Instance]) -> list[str]:
         answers: list[str] = [""] * len(requests)
@@ -171,8 +177,29 @@ class HaltingModel(lmms):
             scores.append((-score.log_prob / score.tokens, score.greedy))
         return scores
 
-    def generate_until_multi_round(self, requests: list[Instance]) -> list[str]:
-        raise NotImplementedError("dash_vl's lmms-eval models answer single-round tasks only")
+    def generate_until_multi_round(self, requests: list[Instance]) -> list[list[str]]:
+        """Per request, the answers of all its rounds, as lmms-eval's own wrappers return them.
+
+        Round 0 asks the request's context about the document's visuals. After each round the
+        task's ``doc_to_text`` gets the answers so far and returns the next round's visuals and
+        text, the answers to keep and whether the dialogue has ended. Every round is a prompt of
+        its own (no chat history), prefilled with halting and answered greedily; requests are
+        answered one at a time, since their rounds depend on their own answers.
+        """
+        answers = []
+        for request in tqdm(requests, disable=self.rank != 0, desc="dash_vl responding (rounds)"):
+            context, generation, doc_to_visual, doc_to_text, doc_id, task, split = request.args
+            document = self.task_dict[task][split][doc_id]
+            visuals, text, kept, round_info, finished = doc_to_visual(document), context, [], None, False
+            rounds = 0
+            while not finished:
+                kept = [*kept, self._answer([query_of(text, flatten_visuals(visuals))], dict(generation or {}))[0]]
+                rounds += 1
+                visuals, text, finished, kept, round_info = doc_to_text(
+                    document, previous_output=kept, round_idx=rounds, previous_round_info=round_info
+                )
+            answers.append(list(kept))
+        return answers
 
 
 class DashQwen2VL(HaltingModel):

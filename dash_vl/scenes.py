@@ -193,6 +193,13 @@ def candidate_questions(scene: Scene, rng: random.Random) -> dict[str, SceneQues
     return found
 
 
+def first_word(reply: str) -> str:
+    """A reply read as a one-word answer (how the offline tasks score): its first word,
+    lower-cased, full stops dropped; ``""`` for an empty reply."""
+    words = reply.strip().lower().replace(".", " ").split()
+    return words[0] if words else ""
+
+
 def scene_rng(split: str, seed: int, index: int) -> random.Random:
     """The random stream of scene ``index`` of ``split`` under ``seed`` (splits never share a stream)."""
     if split not in SPLITS:

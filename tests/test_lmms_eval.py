@@ -35,10 +35,13 @@ def saved_models(tmp_path_factory) -> dict[str, Path]:
 
 
 def run_lmms_eval(
-    model: str, model_args: str, output: Path, task: str = "dash_shapes", limit: int = LIMIT
+    model: str, model_args: str, output: Path, task: str = "dash_shapes", limit: int = LIMIT, processes: int = 1
 ) -> subprocess.CompletedProcess:
+    """The lmms-eval CLI in a subprocess; ``processes > 1`` launches it data-parallel with torchrun
+    (the launcher ``accelerate launch`` wraps; on the CPU the processes talk through gloo)."""
+    launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(processes)] if processes > 1 else []
     command = [
-        sys.executable, "-m", "lmms_eval", "--model", model, "--model_args", model_args, "--tasks", task,
+        sys.executable, *launcher, "-m", "lmms_eval", "--model", model, "--model_args", model_args, "--tasks", task,
         "--include_path", str(TASK_DIR), "--device", "cpu", "--batch_size", "2", "--limit", str(limit),
         "--output_path", str(output), "--log_samples",
     ]
@@ -82,6 +85,20 @@ def test_cli_end_to_end_matches_the_python_api(saved_models, tmp_path, family, m
         assert sample["filtered_resps"] == vlm.ask(question, images=dash_shapes_doc_to_visual(doc), max_new_tokens=8)
 
 
+def test_data_parallel_processes_answer_their_shards_as_one_process_does(saved_models, tmp_path):
+    args = f"pretrained={saved_models['qwen2_vl']},dtype=float32,method=dash,ratio=0.5"
+    answers = {}
+    for processes in (1, 2):
+        output = tmp_path / str(processes)
+        finished = run_lmms_eval("dash_qwen2_vl", args, output, limit=6, processes=processes)
+        assert finished.returncode == 0, finished.stderr[-3000:]
+        samples = next(output.rglob("*_samples_dash_shapes.jsonl")).read_text().splitlines()
+        answers[processes] = {sample["doc_id"]: sample["filtered_resps"] for sample in map(json.loads, samples)}
+    assert "Running on rank 1" in finished.stdout + finished.stderr  # the second process evaluated its shard
+    assert sorted(answers[2]) == list(range(6))
+    assert answers[2] == answers[1]
+
+
 def test_shipped_scenes_model_scores_through_the_cli(tmp_path):
     """The trained model answers the first held-out ``dash_scenes`` questions (all five kinds) exactly."""
     from dash_vl.scenes_vlm import shipped_model_directory
@@ -92,6 +109,23 @@ def test_shipped_scenes_model_scores_through_the_cli(tmp_path):
     assert finished.returncode == 0, finished.stderr[-3000:]
     results = json.loads(next(tmp_path.rglob("*_results.json")).read_text())
     assert results["results"]["dash_scenes"]["exact_match,none"] == 1.0
+
+
+def test_multi_round_task_asks_each_question_in_its_own_round(tmp_path):
+    """``dash_scenes_rounds`` asks 2-4 questions of one scene, one per round; the trained model
+    answers every round right, so each round must have seen its own question."""
+    from dash_vl.scenes_vlm import shipped_model_directory
+
+    finished = run_lmms_eval(
+        "dash_qwen2_vl", f"pretrained={shipped_model_directory()},method=none", tmp_path, task="dash_scenes_rounds", limit=6
+    )
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    results = json.loads(next(tmp_path.rglob("*_results.json")).read_text())["results"]["dash_scenes_rounds"]
+    assert results["exact_match,none"] == results["all_rounds_right,none"] == 1.0
+    documents = [json.loads(line) for line in (TASK_DIR / "dash_scenes_rounds" / "dash_scenes_rounds.jsonl").read_text().splitlines()]
+    for sample in map(json.loads, next(tmp_path.rglob("*_samples_dash_scenes_rounds.jsonl")).read_text().splitlines()):
+        answers = documents[sample["doc_id"]]["answers"]
+        assert len(answers) >= 2 and sample["filtered_resps"] == answers
 
 
 def test_unknown_model_args_and_wrong_family_are_clear_errors(saved_models):

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
+
 import pytest
 
 from dash_vl.scenes import (
-    COLOURS, NUMBERS, QUESTION_KINDS, Scene, balanced_questions, scene_questions, scene_rng,
+    COLOURS, NUMBERS, QUESTION_KINDS, Scene, balanced_questions, first_word, scene_questions, scene_rng,
 )
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "eval"))
+import make_scenes_task as task_files  # noqa: E402
+
+sys.path.pop(0)
+LEARNT_KINDS = ("colour", "shape", "count", "count_all", "exists")
 SCENES = [scene_questions("train", 0, index) for index in range(40)]
 
 
@@ -73,3 +82,19 @@ def test_balanced_questions_cycle_through_the_kinds():
     assert [question.kind for _, question in pairs] == ["word", "count"] * 5
     with pytest.raises(ValueError, match="unknown question kinds"):
         balanced_questions("heldout", 0, 2, kinds=("colour", "texture"))
+
+
+def test_first_word_reads_a_one_word_reply():
+    assert first_word(" Blue.") == "blue"
+    assert first_word("three shapes") == "three"
+    assert first_word("") == first_word(" . ") == ""
+
+
+def test_committed_scene_tasks_are_what_the_generator_writes():
+    committed = [json.loads(line) for line in task_files.TASK_FILE.read_text().splitlines()]
+    assert committed == task_files.single_question_documents(200, LEARNT_KINDS, seed=0)
+    rounds = [json.loads(line) for line in task_files.ROUNDS_TASK_FILE.read_text().splitlines()]
+    assert rounds == task_files.multi_round_documents(40, 4, LEARNT_KINDS, seed=0)
+    for document in rounds:
+        assert 2 <= len(document["questions"]) == len(document["answers"]) <= 4
+        assert set(document["kinds"]) <= set(LEARNT_KINDS) and len(set(document["kinds"])) == len(document["kinds"])

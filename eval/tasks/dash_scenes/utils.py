@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from PIL import Image
 
-from dash_vl.scenes import Scene
+from dash_vl.scenes import Scene, first_word
 
 
 def dash_scenes_doc_to_visual(doc: dict) -> list[Image.Image]:
@@ -21,5 +21,4 @@ def dash_scenes_doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = 
 
 
 def dash_scenes_process_results(doc: dict, results: list[str]) -> dict[str, float]:
-    words = results[0].strip().lower().replace(".", " ").split()
-    return {"exact_match": float(bool(words) and words[0] == doc["answer"])}
+    return {"exact_match": float(first_word(results[0]) == doc["answer"])}

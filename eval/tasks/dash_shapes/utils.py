@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from PIL import Image, ImageDraw
 
+from dash_vl.scenes import first_word
+
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30), "green": (30, 170, 60), "blue": (40, 70, 220), "yellow": (235, 210, 40),
     "purple": (140, 50, 170), "orange": (240, 140, 20), "black": (10, 10, 10), "white": (250, 250, 250),
@@ -39,5 +41,4 @@ def dash_shapes_doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = 
 
 
 def dash_shapes_process_results(doc: dict, results: list[str]) -> dict[str, float]:
-    words = results[0].strip().lower().replace(".", " ").split()
-    return {"exact_match": float(bool(words) and words[0] == doc["colour"])}
+    return {"exact_match": float(first_word(results[0]) == doc["colour"])}
