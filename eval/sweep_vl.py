@@ -70,6 +70,8 @@ class LocalTask:
         with (folder / f"{name}.jsonl").open() as handle:
             documents = [json.loads(line) for line in handle if line.strip()][:limit]
         settings = task_settings(folder / f"{name}.yaml")
+        if settings["output_type"] != "generate_until":
+            raise ValueError(f"task {name!r} is {settings['output_type']!r}; the sweep answers generate_until tasks only")
         prompt_kwargs = settings["lmms_eval_specific_kwargs"]["default"]
         return cls(
             name, documents, getattr(utils, f"{name}_doc_to_visual"),

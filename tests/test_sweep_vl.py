@@ -53,3 +53,8 @@ def test_sweep_writes_tidy_rows_plots_and_resumes(tiny_model, tmp_path):
 def test_sweep_refuses_an_unknown_task(tiny_model, tmp_path):
     run = sweep(str(tiny_model), "--tasks", "mme", "--results", str(tmp_path / "x.jsonl"))
     assert run.returncode != 0 and "no offline task 'mme'" in run.stderr
+
+
+def test_sweep_refuses_a_multi_round_task(tiny_model, tmp_path):
+    run = sweep(str(tiny_model), "--tasks", "dash_scenes_rounds", "--results", str(tmp_path / "x.jsonl"))
+    assert run.returncode != 0 and "'generate_until_multi_round'; the sweep answers generate_until tasks only" in run.stderr
