@@ -177,7 +177,7 @@ class HaltingEngine:
         evidence = self._vision_evidence(prompt_ids)
         if self.config.question != "after_context":
             hidden, active = self._halting_pass(hidden, token_valid, rope_ids, cache, eligible, evidence)
-            self._pending_report = partial(self._report, token_valid, eligible, active, question_len=0)
+            self._pending_report = partial(self._report, token_valid, eligible, active.active, question_len=0)
             return hidden
         if cache is None:
             cache = DynamicCache(config=self.adapter.text_config)
@@ -192,7 +192,8 @@ class HaltingEngine:
         )
         tail = self._extend(hidden[:, context_len:], token_valid, rope_ids[..., context_len:], cache, self._compact[cache])
         self._pending_report = partial(
-            self._report, token_valid[:, :context_len], eligible[:, :context_len], active, question_len=seq_len - context_len
+            self._report, token_valid[:, :context_len], eligible[:, :context_len], active.active,
+            question_len=seq_len - context_len,
         )
         return torch.cat([context, tail], dim=1)
 
@@ -353,10 +354,14 @@ class HaltingEngine:
         mlp_tokens = tokens if self.method.needs_block_update else keep
         return self.shapes.layer_flops(tokens, mlp_tokens=mlp_tokens)
 
-    def _report(self, token_valid: torch.Tensor, eligible: torch.Tensor, active: ActiveSet, question_len: int) -> HaltingReport:
-        """The report of one prefill (``question_len`` uncompressed tokens after the context)."""
+    def _report(self, token_valid: torch.Tensor, eligible: torch.Tensor, active: torch.Tensor, question_len: int) -> HaltingReport:
+        """The report of one prefill from its ``(batch, T)`` bool masks over the context (valid,
+        eligible, active tokens), read to the host in one copy; ``question_len`` uncompressed
+        tokens follow the context."""
+        device = token_valid.device
+        token_valid, eligible, active = torch.stack([token_valid, eligible.to(device), active.to(device)]).cpu()
         context = token_valid.sum(dim=1).tolist()
-        kept = active.counts.tolist()
+        kept = active.sum(dim=1).tolist()
         start, shapes = self.start_layer, self.shapes
         halted_flops = full_flops = 0.0
         for tokens, keep in zip(context, kept):
@@ -374,7 +379,7 @@ class HaltingEngine:
         per_layer = [prompt] * start + [kept] * (self.num_layers - start)
         seq_len = token_valid.shape[1]
         positions = [
-            row.nonzero().flatten().tolist() + list(range(seq_len, seq_len + question_len)) for row in active.active
+            row.nonzero().flatten().tolist() + list(range(seq_len, seq_len + question_len)) for row in active
         ]
         return HaltingReport(
             start_layer=start,

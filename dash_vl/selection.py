@@ -23,11 +23,6 @@ class ActiveSet:
     index: torch.Tensor
     slot_valid: torch.Tensor
 
-    @property
-    def counts(self) -> torch.Tensor:
-        """``(batch,)`` long: active tokens per sample."""
-        return self.slot_valid.sum(dim=1)
-
 
 def require_eligible(counts: list[int], ratio: float) -> None:
     """Raise if ``ratio > 0`` and a sample has no eligible token (``counts``: eligible tokens per sample)."""
