@@ -126,8 +126,8 @@ def overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int], margin:
     return not (a[2] + margin < b[0] or b[2] + margin < a[0] or a[3] + margin < b[1] or b[3] + margin < a[1])
 
 
-def random_scene(rng: random.Random, size: int = IMAGE_SIZE) -> Scene:
-    """A scene of 1–:data:`MAX_OBJECTS` non-overlapping shapes (radius 22–44 px at 448 px) and,
+def random_scene(rng: random.Random, size: int = IMAGE_SIZE, max_objects: int = MAX_OBJECTS) -> Scene:
+    """A scene of 1–``max_objects`` non-overlapping shapes (radius 22–44 px at 448 px) and,
     with probability 1/2, a word label; placement is retried until nothing overlaps."""
     scale = size / IMAGE_SIZE
     boxes: list[tuple[int, int, int, int]] = []
@@ -138,7 +138,7 @@ def random_scene(rng: random.Random, size: int = IMAGE_SIZE) -> Scene:
         word_xy = (rng.randint(4, size - width - 4), rng.randint(4, size - height - 4))
         boxes.append(word_box(word, word_xy))
     objects: list[SceneObject] = []
-    wanted = rng.randint(1, MAX_OBJECTS)
+    wanted = rng.randint(1, max_objects)
     while len(objects) < wanted:
         radius = int(rng.randint(22, 44) * scale)
         x, y = rng.randint(radius + 4, size - radius - 4), rng.randint(radius + 4, size - radius - 4)
@@ -207,10 +207,13 @@ def scene_rng(split: str, seed: int, index: int) -> random.Random:
     return random.Random(f"dash-scenes/{SPLITS[split]}/{seed}/{index}")
 
 
-def scene_questions(split: str, seed: int, index: int, size: int = IMAGE_SIZE) -> tuple[Scene, list[SceneQuestion]]:
-    """Scene ``index`` of ``split`` and its questions, one of each kind it supports, in random order."""
+def scene_questions(
+    split: str, seed: int, index: int, size: int = IMAGE_SIZE, max_objects: int = MAX_OBJECTS
+) -> tuple[Scene, list[SceneQuestion]]:
+    """Scene ``index`` of ``split`` (at most ``max_objects`` shapes) and its questions, one of each
+    kind it supports, in random order."""
     rng = scene_rng(split, seed, index)
-    scene = random_scene(rng, size)
+    scene = random_scene(rng, size, max_objects)
     questions = list(candidate_questions(scene, rng).values())
     rng.shuffle(questions)
     return scene, questions

@@ -31,7 +31,9 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from dash_vl.api import Query, VisionLanguageModel
-from dash_vl.scenes import IMAGE_SIZE, QUESTION_KINDS, Scene, SceneQuestion, balanced_questions, scene_questions
+from dash_vl.scenes import (
+    IMAGE_SIZE, MAX_OBJECTS, QUESTION_KINDS, Scene, SceneQuestion, balanced_questions, scene_questions,
+)
 from dash_vl.scenes_vlm import POST_PROMPT, build_processor, untrained_model
 
 IGNORED = -100
@@ -112,11 +114,15 @@ class SceneChats(IterableDataset):
     """Endless training chats from scene ``first_scene`` on; worker ``w`` of ``W`` takes scenes
     ``first_scene + w``, ``+ W``, ... (so a resumed run sees new scenes). Workers draw and
     tokenize; the patches are cut on the GPU by :func:`qwen2_vl_patches`. Questions of the
-    ``focus`` kinds come first in every chat, so each scene that has one is asked it."""
+    ``focus`` kinds come first in every chat, so each scene that has one is asked it. Scenes hold
+    at most ``max_objects`` shapes (fewer make a curriculum for the relations)."""
 
-    def __init__(self, processor: Any, seed: int, first_scene: int, turns: int, focus: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, processor: Any, seed: int, first_scene: int, turns: int, focus: tuple[str, ...] = (),
+        max_objects: int = MAX_OBJECTS,
+    ) -> None:
         self.processor, self.seed, self.first_scene, self.turns = processor, seed, first_scene, turns
-        self.focus = focus
+        self.focus, self.max_objects = focus, max_objects
         tokenizer = processor.tokenizer
         self.start_id, self.end_id, self.image_id = tokenizer.convert_tokens_to_ids(
             ["<|im_start|>", "<|im_end|>", "<|image_pad|>"]
@@ -150,7 +156,7 @@ class SceneChats(IterableDataset):
         offset, stride = (worker.id, worker.num_workers) if worker else (0, 1)
         index = self.first_scene + offset
         while True:
-            scene, questions = scene_questions("train", self.seed, index)
+            scene, questions = scene_questions("train", self.seed, index, max_objects=self.max_objects)
             questions.sort(key=lambda question: question.kind not in self.focus)
             rng = random.Random(index)
             yield self.example(scene, questions[: rng.randint(1, self.turns)], rng)
@@ -228,6 +234,7 @@ def main() -> None:
     parser.add_argument("--heldout", type=int, default=800, help="held-out questions scored at the end (0: none)")
     parser.add_argument("--focus", nargs="*", default=[], choices=QUESTION_KINDS, help="question kinds asked first")
     parser.add_argument("--init", default=None, help="a saved model folder to start from when no checkpoint exists")
+    parser.add_argument("--max-objects", type=int, default=MAX_OBJECTS, help="at most this many shapes a training scene")
     args = parser.parse_args()
 
     processor = build_processor()
@@ -248,7 +255,8 @@ def main() -> None:
 
     pad_id = processor.tokenizer.pad_token_id
     loader = DataLoader(
-        SceneChats(processor, args.seed, scenes_seen, args.turns, tuple(args.focus)), batch_size=args.batch_size,
+        SceneChats(processor, args.seed, scenes_seen, args.turns, tuple(args.focus), args.max_objects),
+        batch_size=args.batch_size,
         num_workers=args.workers, collate_fn=partial(collate, pad_id=pad_id), prefetch_factor=4,
         persistent_workers=False,
     )

@@ -98,3 +98,8 @@ def test_committed_scene_tasks_are_what_the_generator_writes():
     for document in rounds:
         assert 2 <= len(document["questions"]) == len(document["answers"]) <= 4
         assert set(document["kinds"]) <= set(LEARNT_KINDS) and len(set(document["kinds"])) == len(document["kinds"])
+
+
+def test_scenes_hold_at_most_max_objects():
+    counts = [len(scene_questions("train", 0, index, max_objects=2)[0].objects) for index in range(40)]
+    assert set(counts) == {1, 2}

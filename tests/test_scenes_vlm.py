@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -156,3 +157,11 @@ def test_training_starts_from_a_saved_model(tmp_path):
     started, shipped_model = (dash_vl.load(path, dtype="float32").model for path in (output, SHIPPED_DIRECTORY))
     for name, value in shipped_model.state_dict().items():
         assert torch.equal(started.state_dict()[name], value), name
+
+
+def test_training_scenes_can_be_capped_at_two_objects():
+    dataset = training.SceneChats(build_processor(scenes=300), seed=0, first_scene=0, turns=1, max_objects=2)
+    for index, example in zip(range(6), iter(dataset)):
+        scene, _ = scene_questions("train", 0, index, max_objects=2)
+        assert len(scene.objects) <= 2
+        assert torch.equal(example.pixels, torch.from_numpy(np.array(scene.render())))
