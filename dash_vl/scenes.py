@@ -1,13 +1,16 @@
 """Synthetic scenes drawn with Pillow, with questions that have one exact one-word answer.
 
-A scene is a plain background with 1–6 coloured shapes (circles, squares, triangles) that do
-not overlap, and in half of the scenes a short word on a white label. Questions ask for a
+A scene is a background with 1–6 coloured shapes (circles, squares, triangles) that do not
+overlap, and in half of the scenes a short word on a white label. The background is a faint
+coordinate wash (red rises from left to right, green from top to bottom): the small shipped model
+has no absolute position embedding anywhere (Qwen2-VL's ViT uses 2-D rotary only, and M-RoPE gives
+the width the slowest rotary frequencies), so the wash is what lets its patches know where they are. Questions ask for a
 shape's colour, an object's shape, counts, left/right and above/below relations, whether an
 object exists, and the written word. Everything follows from a seed, so a split is a list of
 seeds: ``"train"`` and ``"heldout"`` draw from disjoint seed streams.
 
 At the default 448 × 448 pixels a Qwen2-VL processor (14-pixel patches, 2 × 2 merge) makes
-256 visual tokens per scene, most of them plain background.
+256 visual tokens per scene, most of them background.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ WORDS: tuple[str, ...] = (
     "ship", "lamp", "rose", "king", "frog", "bell",
 )
 NUMBERS: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five", "six")
-BACKGROUND: tuple[int, int, int] = (200, 200, 200)
+BACKGROUND_RANGE: tuple[int, int] = (160, 240)  # red across the width, green down the height, 8-bit levels
+BACKGROUND_BLUE = 200
 IMAGE_SIZE = 448
 MAX_OBJECTS = 6
 FONT_SIZE = 40
@@ -73,7 +77,7 @@ class Scene:
 
     def render(self) -> Image.Image:
         """The scene as an RGB image of ``size`` × ``size`` pixels."""
-        image = Image.new("RGB", (self.size, self.size), BACKGROUND)
+        image = background(self.size).copy()
         draw = ImageDraw.Draw(image)
         for item in self.objects:
             box = (item.x - item.radius, item.y - item.radius, item.x + item.radius, item.y + item.radius)
@@ -107,6 +111,16 @@ class SceneQuestion:
     question: str
     answer: str
     kind: str
+
+
+@cache
+def background(size: int) -> Image.Image:
+    """The ``size`` × ``size`` RGB background: red rises linearly across the width and green down the
+    height over :data:`BACKGROUND_RANGE`, blue stays :data:`BACKGROUND_BLUE`. Cached: copy before drawing."""
+    low, high = BACKGROUND_RANGE
+    ramp = Image.linear_gradient("L").resize((size, size)).point(lambda level: low + level * (high - low) // 255)
+    red = ramp.transpose(Image.Transpose.TRANSPOSE)
+    return Image.merge("RGB", (red, ramp, Image.new("L", (size, size), BACKGROUND_BLUE)))
 
 
 @cache

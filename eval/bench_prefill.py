@@ -12,7 +12,7 @@ For each prompt length T, the same run times:
     for its score and the ideal skips it, so ``DASH/(ideal+attn)`` is the share of the reachable
     speed the engine delivers.
 Each time is the median of ``--repeats`` CUDA-event timings after ``--warmup`` runs; ``ideal``
-and ``dash`` take turns within every repeat.
+and ``dash`` take turns within every repeat, in reverse order every other repeat.
 
     python eval/bench_prefill.py --lengths 4096 16384 32768 --ratios 0.667 0.9 0.96 0.99 --out eval/results/prefill.json
 """

@@ -18,13 +18,15 @@ from transformers.cache_utils import DynamicCache
 def cuda_medians_ms(runs: dict[str, Callable[[], object]], warmup: int, repeats: int) -> dict[str, float]:
     """Median wall time of each of ``runs`` on the current CUDA stream, in milliseconds (CUDA events,
     after warm-up). The runs take turns within every repeat, so drift in clocks or temperature
-    during the measurement reaches all of them alike."""
+    during the measurement reaches all of them alike, and every other repeat takes them in reverse
+    order, so that no run always follows the same one."""
     for _ in range(warmup):
         for run in runs.values():
             run()
     times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
+    for repeat in range(repeats):
+        order = list(runs.items())
+        for name, run in order if repeat % 2 == 0 else reversed(order):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             run()

@@ -10,11 +10,10 @@ network.
 
 The committed tasks were made with
 
-    python eval/make_scenes_task.py --count 200 --kinds colour shape count count_all exists
-    python eval/make_scenes_task.py --count 40 --rounds 4 --kinds colour shape count count_all exists
+    python eval/make_scenes_task.py --count 200
+    python eval/make_scenes_task.py --count 40 --rounds 4
 
-(the five kinds the shipped scenes model answers: it did not learn left/right, above/below or
-reading, so questions of those kinds are at chance with or without halting).
+(all eight kinds, which the shipped scenes model answers).
 """
 
 from __future__ import annotations

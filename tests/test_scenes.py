@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 
 from dash_vl.scenes import (
-    COLOURS, NUMBERS, QUESTION_KINDS, Scene, balanced_questions, first_word, scene_questions, scene_rng,
+    BACKGROUND_BLUE, BACKGROUND_RANGE, COLOURS, IMAGE_SIZE, NUMBERS, QUESTION_KINDS, Scene, balanced_questions,
+    first_word, scene_questions, scene_rng,
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "eval"))
 import make_scenes_task as task_files  # noqa: E402
 
 sys.path.pop(0)
-LEARNT_KINDS = ("colour", "shape", "count", "count_all", "exists")
 SCENES = [scene_questions("train", 0, index) for index in range(40)]
 
 
@@ -26,6 +26,19 @@ def test_scenes_are_seeded_and_splits_differ():
     assert scene_questions("train", 0, 7)[0] != scene_questions("train", 1, 7)[0]
     with pytest.raises(ValueError, match="split must be one of"):
         scene_rng("test", 0, 0)
+
+
+def test_background_washes_red_across_and_green_down():
+    low, high = BACKGROUND_RANGE
+    image = Scene(objects=()).render()
+    assert image.getpixel((0, 0)) == (low, low, BACKGROUND_BLUE)
+    assert image.getpixel((IMAGE_SIZE - 1, IMAGE_SIZE - 1)) == (high, high, BACKGROUND_BLUE)
+    row = [image.getpixel((x, 100)) for x in range(IMAGE_SIZE)]
+    column = [image.getpixel((100, y)) for y in range(IMAGE_SIZE)]
+    assert [red for red, _, _ in row] == sorted(red for red, _, _ in row) and len({green for _, green, _ in row}) == 1
+    assert [green for _, green, _ in column] == sorted(green for _, green, _ in column)
+    assert len({red for red, _, _ in column}) == 1
+    assert Scene(objects=()).render().tobytes() == image.tobytes()  # drawing never touches the cached background
 
 
 def test_every_object_is_drawn_in_its_colour_and_nothing_overlaps():
@@ -92,12 +105,13 @@ def test_first_word_reads_a_one_word_reply():
 
 def test_committed_scene_tasks_are_what_the_generator_writes():
     committed = [json.loads(line) for line in task_files.TASK_FILE.read_text().splitlines()]
-    assert committed == task_files.single_question_documents(200, LEARNT_KINDS, seed=0)
+    assert committed == task_files.single_question_documents(200, QUESTION_KINDS, seed=0)
+    assert {document["kind"] for document in committed} == set(QUESTION_KINDS)
     rounds = [json.loads(line) for line in task_files.ROUNDS_TASK_FILE.read_text().splitlines()]
-    assert rounds == task_files.multi_round_documents(40, 4, LEARNT_KINDS, seed=0)
+    assert rounds == task_files.multi_round_documents(40, 4, QUESTION_KINDS, seed=0)
     for document in rounds:
         assert 2 <= len(document["questions"]) == len(document["answers"]) <= 4
-        assert set(document["kinds"]) <= set(LEARNT_KINDS) and len(set(document["kinds"])) == len(document["kinds"])
+        assert len(set(document["kinds"])) == len(document["kinds"])
 
 
 def test_scenes_hold_at_most_max_objects():
