@@ -4,8 +4,8 @@ A scene is a background with 1–6 coloured shapes (circles, squares, triangles)
 overlap, and in half of the scenes a short word on a white label. The background is a faint
 coordinate wash (red rises from left to right, green from top to bottom): the small shipped model
 has no absolute position embedding anywhere (Qwen2-VL's ViT uses 2-D rotary only, and M-RoPE gives
-the width the slowest rotary frequencies), so the wash is what lets its patches know where they are. Questions ask for a
-shape's colour, an object's shape, counts, left/right and above/below relations, whether an
+the width the slowest rotary frequencies), and it reads an object's horizontal place from the wash
+(see ``eval/results/train_scenes_vlm.md``). Questions ask for a shape's colour, an object's shape, counts, left/right and above/below relations, whether an
 object exists, and the written word. Everything follows from a seed, so a split is a list of
 seeds: ``"train"`` and ``"heldout"`` draw from disjoint seed streams.
 

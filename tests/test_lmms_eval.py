@@ -100,7 +100,8 @@ def test_data_parallel_processes_answer_their_shards_as_one_process_does(saved_m
 
 
 def test_shipped_scenes_model_scores_through_the_cli(tmp_path):
-    """The trained model answers the first held-out ``dash_scenes`` questions (eight kinds, relations and the written word included) exactly."""
+    """The trained model answers the first held-out ``dash_scenes`` questions exactly (all eight
+    kinds, the relations and the written word included)."""
     from dash_vl.scenes_vlm import shipped_model_directory
 
     finished = run_lmms_eval(
