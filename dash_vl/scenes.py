@@ -5,9 +5,10 @@ overlap, and in half of the scenes a short word on a white label. The background
 coordinate wash (red rises from left to right, green from top to bottom): the small shipped model
 has no absolute position embedding anywhere (Qwen2-VL's ViT uses 2-D rotary only, and M-RoPE gives
 the width the slowest rotary frequencies), and it reads an object's horizontal place from the wash
-(see ``eval/results/train_scenes_vlm.md``). Questions ask for a shape's colour, an object's shape, counts, left/right and above/below relations, whether an
-object exists, and the written word. Everything follows from a seed, so a split is a list of
-seeds: ``"train"`` and ``"heldout"`` draw from disjoint seed streams.
+(see ``eval/results/train_scenes_vlm.md``). Questions ask for a shape's colour, an object's
+shape, counts, left/right and above/below relations, whether an object exists, and the written
+word. Everything follows from a seed, so a split is a list of seeds: ``"train"`` and ``"heldout"``
+draw from disjoint seed streams.
 
 At the default 448 × 448 pixels a Qwen2-VL processor (14-pixel patches, 2 × 2 merge) makes
 256 visual tokens per scene, most of them background.
