@@ -24,8 +24,8 @@ def cuda_medians_ms(runs: dict[str, Callable[[], object]], warmup: int, repeats:
         for run in runs.values():
             run()
     times: dict[str, list[float]] = {name: [] for name in runs}
+    order = list(runs.items())
     for repeat in range(repeats):
-        order = list(runs.items())
         for name, run in order if repeat % 2 == 0 else reversed(order):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
