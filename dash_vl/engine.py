@@ -22,9 +22,7 @@ No attention matrix is built, so any SDPA / FlashAttention kernel runs unchanged
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import torch
@@ -43,6 +41,40 @@ from dash_vl.vision_evidence import EvidenceRecorder, evidence_over_prompt
 Evidence = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 UNSUPPORTED_OUTPUTS: tuple[str, ...] = ("output_attentions", "output_hidden_states")
+
+
+@dataclass(frozen=True)
+class PendingReport:
+    """What one prefill's report is built from, on its way to the host.
+
+    Attributes:
+        masks: ``(3, batch, T)`` bool over the context: valid, eligible and active tokens. On a
+            GPU it is a pinned host tensor filled by a copy that does not block the host.
+        copied: the CUDA event recorded after that copy; ``None`` where the masks were on the CPU.
+        question_len: uncompressed question tokens that follow the context.
+    """
+
+    masks: torch.Tensor
+    copied: torch.cuda.Event | None
+    question_len: int
+
+    @classmethod
+    def queue(cls, token_valid: torch.Tensor, eligible: torch.Tensor, active: torch.Tensor, question_len: int) -> PendingReport:
+        """Start copying the ``(batch, T)`` bool masks to the host; the host does not wait for it."""
+        device = token_valid.device
+        masks = torch.stack([token_valid, eligible.to(device), active.to(device)])
+        if device.type != "cuda":
+            return cls(masks, None, question_len)
+        host_masks = masks.to("cpu", non_blocking=True)  # pinned destination: the copy is queued, not awaited
+        copied = torch.cuda.Event()
+        copied.record(torch.cuda.current_stream(device))
+        return cls(host_masks, copied, question_len)
+
+    def host_masks(self) -> torch.Tensor:
+        """:attr:`masks`, once the copy has arrived."""
+        if self.copied is not None:
+            self.copied.synchronize()
+        return self.masks
 
 
 @dataclass
@@ -100,7 +132,7 @@ class HaltingEngine:
         self.start_layer = config.decision_layer(self.num_layers)
         self.shapes = LayerShapes.from_config(adapter.text_config)
         self._reports: list[HaltingReport] = []
-        self._pending_report: Callable[[], HaltingReport] | None = None
+        self._pending_reports: list[PendingReport] = []
         self.prompt_input_ids: torch.Tensor | None = None
         self.question_tokens: int | None = None
         self.evidence_recorder: EvidenceRecorder | None = None
@@ -110,17 +142,13 @@ class HaltingEngine:
     def reports(self) -> list[HaltingReport]:
         """One report per prefill, oldest first.
 
-        The last prefill's report is built when first read (or when the next prefill starts):
-        building it reads counts and kept positions from the GPU, so a prefill never makes the
-        host wait for its own layers to finish.
+        A prefill only queues a copy of its masks to the host; the reports are built here, when
+        first read. So no prefill makes the host wait for the GPU or build lists while the GPU
+        idles, neither at its end nor at the start of the next one.
         """
-        self._build_pending_report()
+        self._reports.extend(self._report(pending) for pending in self._pending_reports)
+        self._pending_reports.clear()
         return self._reports
-
-    def _build_pending_report(self) -> None:
-        if self._pending_report is not None:
-            self._reports.append(self._pending_report())
-            self._pending_report = None
 
     # ----------------------------------------------------------------------------------------
     def forward(
@@ -169,7 +197,6 @@ class HaltingEngine:
         prompt_ids: torch.Tensor | None,
     ) -> torch.Tensor:
         """Halting prefill of ``hidden`` ``(batch, T, D)``; returns final states ``(batch, T, D)``."""
-        self._build_pending_report()  # the previous prefill's: at most one report waits to be built
         seq_len = hidden.shape[1]
         visual = self.adapter.visual_mask(prompt_ids)
         question = self._question_mask(visual, token_valid)
@@ -177,7 +204,7 @@ class HaltingEngine:
         evidence = self._vision_evidence(prompt_ids)
         if self.config.question != "after_context":
             hidden, active = self._halting_pass(hidden, token_valid, rope_ids, cache, eligible, evidence)
-            self._pending_report = partial(self._report, token_valid, eligible, active.active, question_len=0)
+            self._pending_reports.append(PendingReport.queue(token_valid, eligible, active.active, question_len=0))
             return hidden
         if cache is None:
             cache = DynamicCache(config=self.adapter.text_config)
@@ -191,9 +218,10 @@ class HaltingEngine:
             eligible[:, :context_len], evidence,
         )
         tail = self._extend(hidden[:, context_len:], token_valid, rope_ids[..., context_len:], cache, self._compact[cache])
-        self._pending_report = partial(
-            self._report, token_valid[:, :context_len], eligible[:, :context_len], active.active,
-            question_len=seq_len - context_len,
+        self._pending_reports.append(
+            PendingReport.queue(
+                token_valid[:, :context_len], eligible[:, :context_len], active.active, question_len=seq_len - context_len
+            )
         )
         return torch.cat([context, tail], dim=1)
 
@@ -354,12 +382,10 @@ class HaltingEngine:
         mlp_tokens = tokens if self.method.needs_block_update else keep
         return self.shapes.layer_flops(tokens, mlp_tokens=mlp_tokens)
 
-    def _report(self, token_valid: torch.Tensor, eligible: torch.Tensor, active: torch.Tensor, question_len: int) -> HaltingReport:
-        """The report of one prefill from its ``(batch, T)`` bool masks over the context (valid,
-        eligible, active tokens), read to the host in one copy; ``question_len`` uncompressed
-        tokens follow the context."""
-        device = token_valid.device
-        token_valid, eligible, active = torch.stack([token_valid, eligible.to(device), active.to(device)]).cpu()
+    def _report(self, pending: PendingReport) -> HaltingReport:
+        """The report of one prefill from its masks over the context (valid, eligible, active tokens)."""
+        token_valid, eligible, active = pending.host_masks()
+        question_len = pending.question_len
         context = token_valid.sum(dim=1).tolist()
         kept = active.sum(dim=1).tolist()
         start, shapes = self.start_layer, self.shapes

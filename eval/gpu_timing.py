@@ -1,4 +1,5 @@
-"""Shared pieces of the GPU benchmarks: CUDA-event medians, the ideal halted prefill, a fixed decision input."""
+"""Shared pieces of the GPU benchmarks: CUDA-event medians, the ideal halted prefill and DASH's floor, a fixed
+decision input."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from datetime import date
 import torch
 import transformers
 from transformers.cache_utils import DynamicCache
+
+from dash_vl.decision import KeyValueCapture
 
 
 def cuda_medians_ms(runs: dict[str, Callable[[], object]], warmup: int, repeats: int) -> dict[str, float]:
@@ -58,18 +61,53 @@ def measure(run, warmup: int, repeats: int) -> dict:
     )
 
 
-def ideal_prefill(language_model, embeds: torch.Tensor, rope_ids: torch.Tensor, start: int, keep_index: torch.Tensor):
-    """Layers ``< start`` on all tokens, layers ``>= start`` on ``keep_index`` (``(1, K)``), SDPA causal,
-    HF layers called directly: no scoring, no bookkeeping."""
+def _full_length_layers(language_model, embeds: torch.Tensor, rope_ids: torch.Tensor, start: int):
+    """Layers ``< start`` on all ``T`` tokens, SDPA causal; returns the states ``(1, T, D)``, the
+    rotary tables and the cache."""
     cache = DynamicCache(config=language_model.config)
     hidden = embeds
     rope = language_model.rotary_emb(hidden, rope_ids)
     for layer in language_model.layers[:start]:
         hidden = layer(hidden, attention_mask=None, position_embeddings=rope, past_key_values=cache)
+    return hidden, rope, cache
+
+
+def ideal_prefill(language_model, embeds: torch.Tensor, rope_ids: torch.Tensor, start: int, keep_index: torch.Tensor):
+    """Layers ``< start`` on all tokens, layers ``>= start`` on ``keep_index`` (``(1, K)``), SDPA causal,
+    HF layers called directly: no scoring, no bookkeeping."""
+    hidden, _, cache = _full_length_layers(language_model, embeds, rope_ids, start)
     hidden = hidden[:, keep_index[0]]
     rope = language_model.rotary_emb(hidden, rope_ids[..., keep_index[0]])
     for layer in language_model.layers[start:]:
         hidden = layer(hidden, attention_mask=None, position_embeddings=rope, past_key_values=cache)
+    return language_model.norm(hidden)
+
+
+def floor_prefill(language_model, embeds: torch.Tensor, rope_ids: torch.Tensor, start: int, keep_index: torch.Tensor):
+    """The ideal plus the two things DASH cannot skip, HF modules called directly, selection given:
+
+    * layer ``start``'s attention sub-layer over all ``T`` tokens (Δattn needs every token's
+      update), its kept tokens' keys and values cached, then its MLP on the kept tokens only;
+    * the final norm over all ``T`` tokens, the kept ones' states written into the others'
+      frozen ones (an HF language model returns every prompt token's state).
+
+    No scoring, no bookkeeping: the lowest time a DASH engine can reach at this selection.
+    Returns the final states ``(1, T, D)``.
+    """
+    hidden, rope, cache = _full_length_layers(language_model, embeds, rope_ids, start)
+    decision_layer, kept = language_model.layers[start], keep_index[0]
+    capture = KeyValueCapture()
+    update, _ = decision_layer.self_attn(
+        hidden_states=decision_layer.input_layernorm(hidden), position_embeddings=rope, attention_mask=None,
+        past_key_values=capture,
+    )
+    cache.update(capture.key[:, :, kept], capture.value[:, :, kept], start)
+    compact = hidden[:, kept] + update[:, kept]
+    compact = compact + decision_layer.mlp(decision_layer.post_attention_layernorm(compact))
+    rope = language_model.rotary_emb(compact, rope_ids[..., kept])
+    for layer in language_model.layers[start + 1 :]:
+        compact = layer(compact, attention_mask=None, position_embeddings=rope, past_key_values=cache)
+    hidden[:, kept] = compact
     return language_model.norm(hidden)
 
 

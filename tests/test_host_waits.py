@@ -15,7 +15,7 @@ from dash_vl import Halting
 from dash_vl.engine import HaltingEngine
 from dash_vl.methods import halted_count
 from dash_vl.methods.base import halted_counts
-from tests.conftest import vl_inputs
+from tests.conftest import model_of, vl_inputs
 
 HOST_READS: tuple[str, ...] = ("tolist", "item", "__bool__", "__int__", "__float__", "nonzero")
 
@@ -62,25 +62,24 @@ def test_no_host_reads_from_the_first_layer_to_the_end_of_the_call(sdpa_model, p
     ]
 
 
-def test_report_is_built_when_read_and_before_the_next_prefill(sdpa_model, processor):
-    inputs = vl_inputs(processor, 2)
+def test_reports_are_built_only_when_read_in_prefill_order(sdpa_model, processor):
     built = []
     original = HaltingEngine._report
 
-    def counted(engine, *args, **kwargs):
-        built.append(kwargs["question_len"])
-        return original(engine, *args, **kwargs)
+    def counted(engine, pending):
+        built.append(pending.masks.shape[1])
+        return original(engine, pending)
 
     with patch.object(HaltingEngine, "_report", counted), Halting(sdpa_model, ratio=0.5, start_layer=2) as halting:
         with torch.no_grad():
-            sdpa_model(**inputs)
+            sdpa_model(**vl_inputs(processor, 2))
             assert built == []
             first = halting.last_report
-            assert built == [0] and halting.last_report is first
-            sdpa_model(**inputs)
-            sdpa_model(**inputs)
-            assert len(built) == 2  # the second prefill's report was built when the third started
-        assert len(halting.reports) == 3 and built == [0, 0, 0]
+            assert built == [2] and halting.last_report is first
+            sdpa_model(**vl_inputs(processor, 1))
+            sdpa_model(**vl_inputs(processor, 2))
+            assert built == [2]  # later prefills do not build the reports left unread
+        assert [len(report.prompt_tokens) for report in halting.reports] == [2, 1, 2] and built == [2, 1, 2]
         assert halting.reports[2] == first
 
 
@@ -99,3 +98,17 @@ def test_device_halted_counts_equal_the_host_rule():
     for ratio in (0.0, 0.1, 0.29, 0.5, 0.667, 0.75, 0.9, 0.96, 0.98, 0.99, 1.0):
         expected = [halted_count(ratio, int(total)) for total in totals]
         assert halted_counts(ratio, eligible).tolist() == expected, ratio
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the masks take the pinned, non-blocking copy only from a GPU")
+def test_reports_from_a_gpu_equal_the_cpu_ones(processor):
+    inputs = [vl_inputs(processor, batch) for batch in (2, 1)]
+    reports = {}
+    for device in ("cpu", "cuda"):
+        model = model_of("qwen2_vl", "sdpa").to(device)
+        with Halting(model, ratio=0.5, start_layer=2) as halting, torch.no_grad():
+            for prompt in inputs:
+                model(**{name: value.to(device) for name, value in prompt.items()})
+            assert all(pending.masks.is_pinned() for pending in halting.engine._pending_reports) == (device == "cuda")
+        reports[device] = halting.reports
+    assert reports["cuda"] == reports["cpu"]
