@@ -4,6 +4,7 @@ the report is built when read; device-side counts equal the host's."""
 
 from __future__ import annotations
 
+import copy
 import sys
 from contextlib import ExitStack
 from unittest.mock import patch
@@ -105,7 +106,7 @@ def test_reports_from_a_gpu_equal_the_cpu_ones(processor):
     inputs = [vl_inputs(processor, batch) for batch in (2, 1)]
     reports = {}
     for device in ("cpu", "cuda"):
-        model = model_of("qwen2_vl", "sdpa").to(device)
+        model = copy.deepcopy(model_of("qwen2_vl", "sdpa")).to(device)  # the cached model stays on the CPU
         with Halting(model, ratio=0.5, start_layer=2) as halting, torch.no_grad():
             for prompt in inputs:
                 model(**{name: value.to(device) for name, value in prompt.items()})
