@@ -133,7 +133,7 @@ def decision_step_timeline(engine: HaltingEngine, run: Callable[[], object], rep
             register = layers[index].register_forward_hook if hook == "ends" else layers[index].register_forward_pre_hook
             handle = register(lambda *_, label=f"layer {index} {hook}": timeline.mark(label))
             stack.callback(handle.remove)
-        engine.reports  # build a report left pending by earlier runs, so every run below has the same marks
+        engine.reports  # build the reports left pending by earlier runs, so every run below has the same marks
         for _ in range(repeats):
             timeline.runs.append([])
             timeline.mark("run starts")
