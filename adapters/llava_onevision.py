@@ -16,8 +16,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
-
+from dash_vl import hf_compat
 from dash_vl.adapter import VisionLanguageAdapter
 from dash_vl.vision_evidence import VisualEvidence
 
@@ -40,9 +39,7 @@ class LlavaOnevisionAdapter(VisionLanguageAdapter):
         newline = torch.zeros(tiles.shape[-1], device=tiles.device, dtype=tiles.dtype)
         newline[-1] = -1
         if modality == "video":
-            # get_video_features names its frames `pixel_values` up to transformers 5.17, `pixel_values_videos` later
-            videos = arguments["pixel_values_videos"] if "pixel_values_videos" in arguments else arguments["pixel_values"]
-            samples = videos.shape[0]
+            samples = hf_compat.video_frames_argument(arguments).shape[0]
             frames = inner.apply_pooling(tiles).reshape(samples, -1, tiles.shape[-1])
             tokens = torch.cat([frames, newline.expand(samples, 1, -1)], dim=1).flatten(0, 1)
         else:
@@ -55,7 +52,7 @@ class LlavaOnevisionAdapter(VisionLanguageAdapter):
         image_sizes, per_image = arguments["image_sizes"], arguments.get("batch_num_images")
         needs_tiling = [True] * len(image_sizes) if per_image is None else [n == 1 for n in per_image for _ in range(n)]
         counts = [
-            image_size_to_num_patches(size, config.image_grid_pinpoints, config.vision_config.image_size) if tiled else 1
+            hf_compat.anyres_tile_count(size, config.image_grid_pinpoints, config.vision_config.image_size) if tiled else 1
             for size, tiled in zip(image_sizes, needs_tiling)
         ]
         packed, _ = self.model.model.pack_image_features(

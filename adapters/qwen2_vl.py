@@ -7,11 +7,11 @@ the outer model computes; the engine gathers them per kept token, so kept tokens
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import torch
 
+from dash_vl import hf_compat
 from dash_vl.adapter import VisionLanguageAdapter
 from dash_vl.media import FrameSampling
 from dash_vl.vision_evidence import SegmentAttention, VisualEvidence
@@ -43,8 +43,7 @@ class Qwen2VLAdapter(VisionLanguageAdapter):
         hidden = args[0] if args else kwargs["hidden_states"]
         query, key, _ = attention.qkv(hidden).reshape(hidden.shape[0], 3, attention.num_heads, -1).unbind(1)
         metric = key.mean(dim=1)
-        rotate = sys.modules[type(attention).__module__].apply_rotary_pos_emb_vision
-        query, key = rotate(query, key, *kwargs["position_embeddings"])
+        query, key = hf_compat.vision_rotary(attention)(query, key, *kwargs["position_embeddings"])
         query, key = (query * attention.scaling).transpose(0, 1), key.transpose(0, 1)
         bounds = kwargs["cu_seqlens"].tolist()
         return [
@@ -69,15 +68,8 @@ class Qwen2VLAdapter(VisionLanguageAdapter):
 
 
 def window_order(visual: torch.nn.Module, grid: torch.Tensor) -> torch.Tensor | None:
-    """Qwen2.5-VL's window permutation of the merged tokens (``window_index``: position ``i`` of the
-    blocks' order holds LLM token ``window_index[i]``); ``None`` for Qwen2-VL, which has no windows.
-    transformers has it as a method of the ViT up to 5.2x and as a module function after."""
+    """Qwen2.5-VL's window permutation of the merged tokens (position ``i`` of the blocks' order holds
+    LLM token ``index[i]``); ``None`` for Qwen2-VL, which has no windows."""
     if not hasattr(visual, "fullatt_block_indexes"):
         return None
-    if hasattr(visual, "get_window_index"):
-        return visual.get_window_index(grid)[0]
-    windows = sys.modules[type(visual).__module__].get_vision_window_index
-    return windows(
-        grid, spatial_merge_size=visual.spatial_merge_size, window_size=visual.window_size, patch_size=visual.patch_size,
-        kwargs={},
-    )[0]
+    return hf_compat.qwen2_5_vl_window_index(visual, grid)

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dash_vl import hf_compat
 from dash_vl.adapter import ModelAdapter
 
 
@@ -76,7 +77,7 @@ class DecisionProbe:
     def attention_update(self) -> torch.Tensor:
         if self._attention_update is None:
             self._attention_update = self.adapter.attention_update(
-                self.layer, self.hidden_states, past_key_values=self.capture, **self.attention_kwargs
+                self.layer, self.hidden_states, **hf_compat.cache_argument(self.capture), **self.attention_kwargs
             )
         return self._attention_update
 

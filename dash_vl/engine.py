@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers.cache_utils import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
+from dash_vl import hf_compat
 from dash_vl.adapter import ModelAdapter
 from dash_vl.config import HaltingConfig
 from dash_vl.decision import DecisionProbe
@@ -156,12 +156,17 @@ class HaltingEngine:
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
-        past_key_values: Any = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         **kwargs: Any,
     ) -> BaseModelOutputWithPast:
-        """Drop-in for the HF language model's ``forward`` (same arguments, same output)."""
+        """Drop-in for the HF language model's ``forward`` (same arguments, same output).
+
+        The KV cache comes in ``kwargs`` under either name transformers has used for it
+        (``cache`` or ``past_key_values``, see :mod:`dash_vl.hf_compat`) and goes back out under
+        the installed release's name.
+        """
+        cache = hf_compat.pop_cache(kwargs)
         for name in UNSUPPORTED_OUTPUTS:
             if kwargs.get(name):
                 raise ValueError(f"{name}=True is not supported while halting is applied")
@@ -170,9 +175,9 @@ class HaltingEngine:
         hidden = self.adapter.embed(input_ids) if inputs_embeds is None else inputs_embeds
         batch_size, new_len = hidden.shape[:2]
         use_cache = self.adapter.text_config.use_cache if use_cache is None else use_cache
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.adapter.text_config)
-        past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if use_cache and cache is None:
+            cache = hf_compat.new_cache(self.adapter.text_config)
+        past_len = cache.get_seq_length() if cache is not None else 0
         if attention_mask is None:
             attention_mask = torch.ones(batch_size, past_len + new_len, dtype=torch.bool, device=hidden.device)
         token_valid = attention_mask.bool()
@@ -180,12 +185,10 @@ class HaltingEngine:
 
         if past_len == 0:
             prompt_ids = input_ids if input_ids is not None else self.prompt_input_ids
-            hidden = self._prefill(hidden, token_valid, rope_ids, past_key_values, prompt_ids)
+            hidden = self._prefill(hidden, token_valid, rope_ids, cache, prompt_ids)
         else:
-            hidden = self._extend(hidden, token_valid, rope_ids, past_key_values, self._compact.get(past_key_values))
-        return BaseModelOutputWithPast(
-            last_hidden_state=self.adapter.final_norm(hidden), past_key_values=past_key_values if use_cache else None
-        )
+            hidden = self._extend(hidden, token_valid, rope_ids, cache, self._compact.get(cache))
+        return hf_compat.model_output(self.adapter.final_norm(hidden), cache if use_cache else None)
 
     # ----------------------------------------------------------------------------------------
     def _prefill(
@@ -207,7 +210,7 @@ class HaltingEngine:
             self._pending_reports.append(PendingReport.queue(token_valid, eligible, active.active, question_len=0))
             return hidden
         if cache is None:
-            cache = DynamicCache(config=self.adapter.text_config)
+            cache = hf_compat.new_cache(self.adapter.text_config)
         context_len = seq_len - int(question.sum(dim=1).max())
         if context_len < 1:
             raise ValueError(f"the question covers the whole prompt ({seq_len} tokens); nothing is left to halt")
@@ -259,11 +262,11 @@ class HaltingEngine:
             ),
             position_embeddings=self.adapter.position_embeddings(hidden, rope_ids),
         )
-        early_cache = cache if cache is not None else DynamicCache(config=self.adapter.text_config)
+        early_cache = cache if cache is not None else hf_compat.new_cache(self.adapter.text_config)
         previous_hidden = previous_keys = None
         for layer in layers[:start]:
             previous_hidden = hidden
-            hidden = layer(hidden, past_key_values=early_cache, **full)
+            hidden = layer(hidden, **hf_compat.cache_argument(early_cache), **full)
         if start > 0:
             previous_keys = early_cache.layers[start - 1].keys
         # Under a device_map layer l_s may sit on another GPU than the layers before it: decide there.
@@ -299,7 +302,9 @@ class HaltingEngine:
         compact_mask = causal_mask(implementation, active.slot_valid, compact.shape[1], compact.dtype, compact_valid)
         compact_rope = self.adapter.position_embeddings(compact, gather_tokens(rope_ids, active.index, dim=-1))
         for layer in layers[start + 1 if in_layer else start :]:
-            compact = layer(compact, attention_mask=compact_mask, position_embeddings=compact_rope, past_key_values=cache)
+            compact = layer(
+                compact, attention_mask=compact_mask, position_embeddings=compact_rope, **hf_compat.cache_argument(cache)
+            )
 
         # Under a device_map the last layer may sit on another GPU: the frozen states join it there.
         # Padding slots hold halted positions; they write back the frozen state they already have.
@@ -339,7 +344,7 @@ class HaltingEngine:
             compact_mask = causal_mask(implementation, compact.slot_valid, new_len, hidden.dtype)
         for index, layer in enumerate(self.adapter.layers):
             mask = full_mask if index < self.start_layer else compact_mask
-            hidden = layer(hidden, attention_mask=mask, position_embeddings=rope, past_key_values=cache)
+            hidden = layer(hidden, attention_mask=mask, position_embeddings=rope, **hf_compat.cache_argument(cache))
         return hidden
 
     # ----------------------------------------------------------------------------------------

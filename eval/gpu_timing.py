@@ -13,9 +13,8 @@ from datetime import date
 
 import torch
 import transformers
-from transformers.cache_utils import DynamicCache
-
 from dash_vl.decision import KeyValueCapture
+from dash_vl.hf_compat import cache_argument, new_cache, output_cache
 
 
 def cuda_medians_ms(runs: dict[str, Callable[[], object]], warmup: int, repeats: int) -> dict[str, float]:
@@ -57,18 +56,18 @@ def measure(run, warmup: int, repeats: int) -> dict:
     return dict(
         ms=milliseconds,
         peak_gib=torch.cuda.max_memory_allocated() / 2**30,
-        kv_mib=cache_bytes(output.past_key_values) / 2**20,
+        kv_mib=cache_bytes(output_cache(output)) / 2**20,
     )
 
 
 def _full_length_layers(language_model, embeds: torch.Tensor, rope_ids: torch.Tensor, start: int):
     """Layers ``< start`` on all ``T`` tokens, SDPA causal; returns the states ``(1, T, D)``, the
     rotary tables and the cache."""
-    cache = DynamicCache(config=language_model.config)
+    cache = new_cache(language_model.config)
     hidden = embeds
     rope = language_model.rotary_emb(hidden, rope_ids)
     for layer in language_model.layers[:start]:
-        hidden = layer(hidden, attention_mask=None, position_embeddings=rope, past_key_values=cache)
+        hidden = layer(hidden, attention_mask=None, position_embeddings=rope, **cache_argument(cache))
     return hidden, rope, cache
 
 
@@ -79,7 +78,7 @@ def ideal_prefill(language_model, embeds: torch.Tensor, rope_ids: torch.Tensor, 
     hidden = hidden[:, keep_index[0]]
     rope = language_model.rotary_emb(hidden, rope_ids[..., keep_index[0]])
     for layer in language_model.layers[start:]:
-        hidden = layer(hidden, attention_mask=None, position_embeddings=rope, past_key_values=cache)
+        hidden = layer(hidden, attention_mask=None, position_embeddings=rope, **cache_argument(cache))
     return language_model.norm(hidden)
 
 
@@ -99,14 +98,14 @@ def floor_prefill(language_model, embeds: torch.Tensor, rope_ids: torch.Tensor, 
     capture = KeyValueCapture()
     update, _ = decision_layer.self_attn(
         hidden_states=decision_layer.input_layernorm(hidden), position_embeddings=rope, attention_mask=None,
-        past_key_values=capture,
+        **cache_argument(capture),
     )
     cache.update(capture.key[:, :, kept], capture.value[:, :, kept], start)
     compact = hidden[:, kept] + update[:, kept]
     compact = compact + decision_layer.mlp(decision_layer.post_attention_layernorm(compact))
     rope = language_model.rotary_emb(compact, rope_ids[..., kept])
     for layer in language_model.layers[start + 1 :]:
-        compact = layer(compact, attention_mask=None, position_embeddings=rope, past_key_values=cache)
+        compact = layer(compact, attention_mask=None, position_embeddings=rope, **cache_argument(cache))
     hidden[:, kept] = compact
     return language_model.norm(hidden)
 

@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from dash_vl.api import Query, VisionLanguageModel
+from dash_vl.hf_compat import vision_rotary
 from dash_vl.scenes import (
     IMAGE_SIZE, MAX_OBJECTS, QUESTION_KINDS, Scene, SceneQuestion, balanced_questions, scene_questions,
 )
@@ -182,12 +183,10 @@ def batched_vision_attention(attention: nn.Module) -> None:
     """Make a Qwen2-VL ViT attention layer attend within equal-length images in one SDPA call
     (the same result as its per-image loop under SDPA, with one kernel launch instead of one per
     image). Training only: every image in a batch must have the same patch grid."""
-    from transformers.models.qwen2_vl.modeling_qwen2_vl import apply_rotary_pos_emb_vision
-
     def forward(hidden_states: torch.Tensor, cu_seqlens: torch.Tensor, position_embeddings=None, **kwargs):
         patches, images = hidden_states.shape[0], cu_seqlens.numel() - 1
         query, key, value = attention.qkv(hidden_states).reshape(patches, 3, attention.num_heads, -1).unbind(1)
-        query, key = apply_rotary_pos_emb_vision(query, key, *position_embeddings)
+        query, key = vision_rotary(attention)(query, key, *position_embeddings)
         per_image = [state.reshape(images, patches // images, attention.num_heads, -1).transpose(1, 2)
                      for state in (query, key, value)]
         output = nn.functional.scaled_dot_product_attention(*per_image, scale=attention.scaling)

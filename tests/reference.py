@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers.cache_utils import DynamicCache
 
+from dash_vl.hf_compat import cache_argument
+
 
 @dataclass
 class LanguageModelInputs:
@@ -132,7 +134,7 @@ class MaskingReference:
         layers = self.lm.layers
         with torch.no_grad():
             for layer in layers[: self.start_layer]:
-                hidden = layer(hidden, attention_mask=full, position_embeddings=rope, past_key_values=self.cache)
+                hidden = layer(hidden, attention_mask=full, position_embeddings=rope, **cache_argument(self.cache))
             frozen = hidden
             if self.given_active is not None:
                 active = valid & self.given_active
@@ -141,7 +143,7 @@ class MaskingReference:
                 decision = layers[self.start_layer]
                 update, _ = decision.self_attn(
                     decision.input_layernorm(hidden), attention_mask=full, position_embeddings=rope,
-                    past_key_values=self.cache,
+                    **cache_argument(self.cache),
                 )
                 hidden = hidden + update
                 hidden = hidden + decision.mlp(decision.post_attention_layernorm(hidden))
@@ -150,7 +152,7 @@ class MaskingReference:
                 later = layers[self.start_layer + 1 :]
             late = self.mask(seq_len, valid & active)
             for layer in later:
-                hidden = layer(hidden, attention_mask=late, position_embeddings=rope, past_key_values=self.cache)
+                hidden = layer(hidden, attention_mask=late, position_embeddings=rope, **cache_argument(self.cache))
                 hidden = torch.where(active[..., None], hidden, frozen)
         self.active = active
         self.key_valid, self.key_active = valid, valid & active
@@ -192,7 +194,7 @@ class MaskingReference:
         with torch.no_grad():
             for index, layer in enumerate(self.lm.layers):
                 mask = early if index < self.start_layer else late
-                hidden = layer(hidden, attention_mask=mask, position_embeddings=rope, past_key_values=self.cache)
+                hidden = layer(hidden, attention_mask=mask, position_embeddings=rope, **cache_argument(self.cache))
         return self.lm.norm(hidden)
 
     def greedy(self, last_logits: torch.Tensor, steps: int) -> tuple[torch.Tensor, list[torch.Tensor]]:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from dash_vl import Halting
+from dash_vl.hf_compat import output_cache
 from dash_vl.methods import halted_count
 from tests.conftest import vl_inputs
 from tests.reference import STEPS, MaskingReference, capture_language_model_inputs, eligible_tokens, generate
@@ -15,7 +16,7 @@ from tests.reference import STEPS, MaskingReference, capture_language_model_inpu
 
 def test_kv_cache_holds_all_tokens_before_the_decision_layer_and_kept_ones_after(sdpa_model, inputs):
     with Halting(sdpa_model, ratio=0.75, start_layer=2) as halting, torch.no_grad():
-        cache = sdpa_model(**inputs, use_cache=True).past_key_values
+        cache = output_cache(sdpa_model(**inputs, use_cache=True))
     kept = max(halting.last_report.kept_tokens_per_layer[-1])
     lengths = [layer.keys.shape[2] for layer in cache.layers]
     assert lengths == [inputs["input_ids"].shape[1]] * 2 + [kept] * 4

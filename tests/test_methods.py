@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from dash_vl import Halting
+from dash_vl.hf_compat import output_cache
 from tests.conftest import FAMILY_NAMES, four_image_prompt, model_of, processor_of, vl_inputs
 from tests.reference import (
     STEPS,
@@ -99,7 +100,7 @@ def dart_kept(model, inputs, ratio: float, layer: int, pivots: int = 4) -> torch
             inputs_embeds=lm_inputs.embeds, position_ids=lm_inputs.position_ids, attention_mask=inputs["attention_mask"],
             use_cache=True, output_hidden_states=True,
         )
-    keys = output.past_key_values.layers[layer - 1].keys.transpose(1, 2).flatten(2)
+    keys = output_cache(output).layers[layer - 1].keys.transpose(1, 2).flatten(2)
     states = language_model_of(model).norm(output.hidden_states[layer]).detach()
     valid = inputs["attention_mask"].bool()
     visual = eligible_tokens(model, inputs, "visual", "halted")

@@ -1,0 +1,98 @@
+"""Every contact with transformers internals that differs between the supported releases.
+
+dash_vl supports the transformers range declared in ``pyproject.toml`` (5.17 – 5.24 as tested).
+Whatever changed upstream inside that range is decided here, once, by looking at what the
+installed release has (never by parsing its version string):
+
+* the cache's keyword: ``past_key_values`` up to 5.23, ``cache`` from 5.24, where the old name
+  is deprecated (a ``FutureWarning`` on every call) in model, layer and attention calls and in
+  ``ModelOutput`` fields alike;
+* Qwen2.5-VL's window order: a method of the vision tower up to 5.2x, a module function later;
+* the keyword under which LLaVA-OneVision's ``get_video_features`` receives its frames;
+* the module-level helpers the adapters and the engine read (vision rotary, anyres tiling).
+
+The next upstream change should be a change in this module and nowhere else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.cache_utils import DynamicCache
+from transformers.modeling_outputs import BaseModelOutputWithPast
+from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
+
+_OUTPUT_FIELDS = {field.name for field in dataclasses.fields(BaseModelOutputWithPast)}
+
+CACHE_KEYWORD: str = "cache" if "cache" in _OUTPUT_FIELDS else "past_key_values"
+"""The keyword under which this transformers release passes the KV cache to models and layers."""
+
+CACHE_KEYWORDS: tuple[str, ...] = ("cache", "past_key_values")
+"""Every name a caller (``generate``, lmms-eval, user code) may use for the cache."""
+
+
+def cache_argument(cache: Any) -> dict[str, Any]:
+    """``{keyword: cache}`` for a decoder layer's or attention module's call on this release."""
+    return {CACHE_KEYWORD: cache}
+
+
+def pop_cache(kwargs: dict[str, Any]) -> Any:
+    """Remove the cache from a model call's ``kwargs`` under whichever name it came; ``None`` if absent.
+
+    Raises:
+        ValueError: if it came under two names at once.
+    """
+    given = [name for name in CACHE_KEYWORDS if kwargs.get(name) is not None]
+    if len(given) > 1:
+        raise ValueError(f"the cache was passed twice, as {given[0]!r} and {given[1]!r}; pass it once")
+    values = [kwargs.pop(name, None) for name in CACHE_KEYWORDS]
+    return next((value for value in values if value is not None), None)
+
+
+def new_cache(config: Any) -> DynamicCache:
+    """An empty dynamic KV cache for a language model's ``config``."""
+    return DynamicCache(config=config)
+
+
+def model_output(last_hidden_state: torch.Tensor, cache: Any) -> BaseModelOutputWithPast:
+    """The language model's output, with ``cache`` under this release's field name."""
+    return BaseModelOutputWithPast(last_hidden_state=last_hidden_state, **{CACHE_KEYWORD: cache})
+
+
+def output_cache(output: Any) -> Any:
+    """The KV cache of a model output (``output.cache`` or ``output.past_key_values``)."""
+    return output[CACHE_KEYWORD] if CACHE_KEYWORD in output else None
+
+
+def vision_rotary(attention: nn.Module) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    """``apply_rotary_pos_emb_vision(q, k, cos, sin)`` of the modeling module that defines ``attention``
+    (Qwen2-VL / Qwen2.5-VL ViT blocks)."""
+    return sys.modules[type(attention).__module__].apply_rotary_pos_emb_vision
+
+
+def qwen2_5_vl_window_index(visual: nn.Module, grid_thw: torch.Tensor) -> torch.Tensor:
+    """Qwen2.5-VL's window permutation of the merged visual tokens: position ``i`` of the ViT
+    blocks' order holds LLM token ``index[i]``; ``(tokens,)`` long."""
+    if hasattr(visual, "get_window_index"):
+        return visual.get_window_index(grid_thw)[0]
+    windows = sys.modules[type(visual).__module__].get_vision_window_index
+    return windows(
+        grid_thw, spatial_merge_size=visual.spatial_merge_size, window_size=visual.window_size,
+        patch_size=visual.patch_size, kwargs={},
+    )[0]
+
+
+def video_frames_argument(arguments: dict[str, Any]) -> torch.Tensor:
+    """The frames of a LLaVA-OneVision ``get_video_features`` call from its bound ``arguments``:
+    ``pixel_values`` up to 5.17, ``pixel_values_videos`` later."""
+    return arguments["pixel_values_videos"] if "pixel_values_videos" in arguments else arguments["pixel_values"]
+
+
+def anyres_tile_count(image_size: Any, grid_pinpoints: list, tile_size: int) -> int:
+    """Tiles (base view included) that LLaVA-OneVision's anyres cuts an image of ``image_size`` into."""
+    return image_size_to_num_patches(image_size, grid_pinpoints, tile_size)
