@@ -32,6 +32,7 @@ from dash_vl import hf_compat
 from dash_vl.adapter import ModelAdapter
 from dash_vl.config import HaltingConfig
 from dash_vl.decision import DecisionProbe
+from dash_vl.decode_kernels import DECODE_SDPA_BACKENDS, decode_attention_kernels
 from dash_vl.masks import causal_mask, check_implementation
 from dash_vl.methods import METHODS, Decision
 from dash_vl.report import HaltingReport, LayerShapes
@@ -81,12 +82,25 @@ class PendingReport:
 class CompactCache:
     """Halting state that lives as long as one KV cache.
 
+    Tokens that later calls append (decoding) are taken as valid, as ``generate``'s attention mask
+    has them, so a decode step knows on the host which layers need a mask and never waits for the GPU.
+
     Attributes:
         slot_valid: ``(batch, S)`` bool over the key slots of layers ``>= l_s``; False on the
             left padding of the compact layout.
+        prompt_padded: whether the prompt's layout (the key slots of layers ``< l_s``) has padding.
+        compact_padded: whether :attr:`slot_valid` has padding; ``None`` where the policy did not
+            report its kept counts, until the first later call reads it once.
     """
 
     slot_valid: torch.Tensor
+    prompt_padded: bool
+    compact_padded: bool | None
+
+    def has_compact_padding(self) -> bool:
+        if self.compact_padded is None:
+            self.compact_padded = not bool(self.slot_valid.all())
+        return self.compact_padded
 
 
 def gather_tokens(tensor: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Tensor:
@@ -136,6 +150,8 @@ class HaltingEngine:
         self.prompt_input_ids: torch.Tensor | None = None
         self.question_tokens: int | None = None
         self.evidence_recorder: EvidenceRecorder | None = None
+        self.decode_backends = DECODE_SDPA_BACKENDS
+        """SDPA backends of decode steps on a GPU (:mod:`dash_vl.decode_kernels`); ``None``: PyTorch's choice."""
         self._compact: weakref.WeakKeyDictionary[Any, CompactCache] = weakref.WeakKeyDictionary()
 
     @property
@@ -295,10 +311,12 @@ class HaltingEngine:
         else:
             entering = hidden if decision.states is None else decision.states
             compact = gather_tokens(entering, active.index, dim=1)
-        if cache is not None:
-            self._compact[cache] = CompactCache(slot_valid=active.slot_valid)
-
         compact_valid = None if active_counts is None else min(active_counts) == compact.shape[1]
+        if cache is not None:
+            self._compact[cache] = CompactCache(
+                active.slot_valid, prompt_padded=min(valid_counts) < seq_len,
+                compact_padded=None if compact_valid is None else not compact_valid,
+            )
         compact_mask = causal_mask(implementation, active.slot_valid, compact.shape[1], compact.dtype, compact_valid)
         compact_rope = self.adapter.position_embeddings(compact, gather_tokens(rope_ids, active.index, dim=-1))
         for layer in layers[start + 1 if in_layer else start :]:
@@ -337,14 +355,18 @@ class HaltingEngine:
         new_len = hidden.shape[1]
         implementation = self.adapter.attn_implementation
         rope = self.adapter.position_embeddings(hidden, rope_ids)
-        full_mask = causal_mask(implementation, token_valid, new_len, hidden.dtype)
+        prompt_valid = None if compact is None else not compact.prompt_padded
+        full_mask = causal_mask(implementation, token_valid, new_len, hidden.dtype, all_valid=prompt_valid)
         compact_mask = full_mask
         if compact is not None:
             compact.slot_valid = torch.cat([compact.slot_valid, token_valid[:, -new_len:]], dim=1)
-            compact_mask = causal_mask(implementation, compact.slot_valid, new_len, hidden.dtype)
-        for index, layer in enumerate(self.adapter.layers):
-            mask = full_mask if index < self.start_layer else compact_mask
-            hidden = layer(hidden, attention_mask=mask, position_embeddings=rope, **hf_compat.cache_argument(cache))
+            compact_mask = causal_mask(
+                implementation, compact.slot_valid, new_len, hidden.dtype, all_valid=not compact.has_compact_padding()
+            )
+        with decode_attention_kernels(self.decode_backends, implementation, hidden.device, new_len):
+            for index, layer in enumerate(self.adapter.layers):
+                mask = full_mask if index < self.start_layer else compact_mask
+                hidden = layer(hidden, attention_mask=mask, position_embeddings=rope, **hf_compat.cache_argument(cache))
         return hidden
 
     # ----------------------------------------------------------------------------------------

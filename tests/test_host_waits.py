@@ -63,6 +63,44 @@ def test_no_host_reads_from_the_first_layer_to_the_end_of_the_call(sdpa_model, p
     ]
 
 
+@pytest.mark.parametrize("batch", [1, 2], ids=["batch1", "batch2-left-padded"])
+@pytest.mark.parametrize("method", ["dash", "fastv"])
+def test_decode_steps_read_nothing_to_the_host_and_skip_masks_without_padding(sdpa_model, processor, batch, method):
+    """After a halted prefill, every decode step of ``generate`` runs without a host read in dash_vl
+    code (FastV, which reports no kept counts, reads its padding once, at the first step) and,
+    where neither layout has padding, passes SDPA no mask at all (its maskless GQA kernel, as HF)."""
+    inputs = vl_inputs(processor, batch)
+    counter = HostReadCounter()
+    masks: list[torch.Tensor | None] = []
+    original_extend = HaltingEngine._extend
+
+    def counted_extend(engine, *args, **kwargs):
+        counter.counting = True
+        try:
+            return original_extend(engine, *args, **kwargs)
+        finally:
+            counter.counting = False
+
+    def record_mask(_, args, kwargs) -> None:
+        if counter.counting:
+            masks.append(kwargs.get("attention_mask"))
+
+    layers = sdpa_model.model.language_model.layers
+    with ExitStack() as stack, Halting(sdpa_model, method=method, ratio=0.75, start_layer=2), torch.no_grad():
+        for name in HOST_READS:
+            stack.enter_context(patch.object(torch.Tensor, name, counter.wrap(name)))
+        stack.enter_context(patch.object(HaltingEngine, "_extend", counted_extend))
+        for layer in layers:
+            stack.callback(layer.register_forward_pre_hook(record_mask, with_kwargs=True).remove)
+        sdpa_model.generate(**inputs, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    assert len(masks) == 5 * len(layers)
+    assert counter.places == ([] if method == "dash" else ["__bool__ in has_compact_padding"])
+    if batch == 1:
+        assert all(mask is None for mask in masks)
+    else:
+        assert all(mask is not None for mask in masks)
+
+
 def test_reports_are_built_only_when_read_in_prefill_order(sdpa_model, processor):
     built = []
     original = HaltingEngine._report

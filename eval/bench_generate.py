@@ -1,0 +1,234 @@
+"""Whole answers, side by side with the unmodified model: time to first token, per-token decode and end to end.
+
+Qwen2-VL-7B shapes, random bf16 weights (speed does not depend on weight values), SDPA, on a GPU.
+The prompt is ``--batch`` random text prompts of ``T`` tokens each (the language tower's work;
+the ViT does not run), or with ``--image`` one prompt of one image of about ``T`` visual tokens
+(the whole model, its ViT included). For every ``T``, the unmodified model and every method at
+every ratio run ``model.generate`` greedily with ``min_new_tokens = max_new_tokens = N``:
+
+* a logits processor records a CUDA event as each new token's logits are ready, so one call gives
+  the time to the first token (TTFT: prefill and the first token), every decode step, and the
+  end-to-end time to any answer length ``n <= N``;
+* each setting's calls take turns with the others within every repeat (order reversed every
+  other repeat); TTFT is the median over repeats, the per-token time the median of all decode
+  steps of all repeats, end to end the median over repeats of the time to token ``n``;
+* the crossover is the answer length past which a method's end-to-end time exceeds the
+  unmodified model's (``never`` when its decode steps are not slower);
+* ``dash`` at ρ = 0 is the engine halting nothing: the unmodified model's work, with the engine's
+  decode kernels (``dash_vl.decode_kernels``), so the table shows what kernel choice alone buys.
+
+    python eval/bench_generate.py --lengths 4096 16384 32768 --batch 1 --out eval/results/generate_qwen2vl7b_b1.json
+    python eval/bench_generate.py --profile 32768 --methods dash --ratios 0.9   # where a decode step's time goes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+
+import torch
+import transformers
+from torch.profiler import ProfilerActivity, profile
+
+from dash_vl import Halting
+from dash_vl.random_models import full_size_config, long_prompt, random_model
+from gpu_timing import add_timing_arguments, print_table, report_run
+
+ANSWER_LENGTHS = (1, 16, 128, 512)
+
+
+class TokenClock(transformers.LogitsProcessor):
+    """Records a CUDA event each time ``generate`` hands it a new token's scores."""
+
+    def __init__(self) -> None:
+        self.events: list[torch.cuda.Event] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        self.events.append(event)
+        return scores
+
+
+def timed_generate(model, inputs: dict, new_tokens: int) -> list[float]:
+    """Milliseconds from the call to each new token's logits, ``(new_tokens,)``."""
+    clock = TokenClock()
+    start = torch.cuda.Event(enable_timing=True)
+    start.record()
+    model.generate(
+        **inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+        logits_processor=transformers.LogitsProcessorList([clock]),
+    )
+    torch.cuda.synchronize()
+    return [start.elapsed_time(event) for event in clock.events]
+
+
+def settings_of(methods: list[str], ratios: list[float]) -> list[tuple[str, float]]:
+    """The unmodified model, the engine halting nothing (its decode kernels alone), then every method at every ratio."""
+    return [("none", 0.0), ("dash", 0.0)] + [(method, ratio) for method in methods for ratio in ratios]
+
+
+def halting_for(model, method: str, ratio: float) -> Halting | None:
+    """The setting's halting (scope ``all``: the text prompt has no visual tokens), or ``None`` unmodified."""
+    if method == "none":
+        return None
+    return Halting(model, method=method, ratio=ratio, scope="all")
+
+
+def run_setting(model, method: str, ratio: float, run: Callable[[], list[float]]) -> list[float]:
+    halting = halting_for(model, method, ratio)
+    if halting is None:
+        return run()
+    with halting:
+        return run()
+
+
+def measure(model, inputs: dict, settings: list[tuple[str, float]], new_tokens: int, warmup: int, repeats: int) -> dict:
+    """Per setting: every repeat's token times (ms), the settings taking turns."""
+    for method, ratio in settings:
+        for _ in range(warmup):
+            run_setting(model, method, ratio, lambda: timed_generate(model, inputs, min(new_tokens, 8)))
+    times: dict[tuple[str, float], list[list[float]]] = {setting: [] for setting in settings}
+    for repeat in range(repeats):
+        for setting in settings if repeat % 2 == 0 else reversed(settings):
+            times[setting].append(run_setting(model, *setting, lambda: timed_generate(model, inputs, new_tokens)))
+    return times
+
+
+def summary_row(token_times: list[list[float]], answer_lengths: tuple[int, ...]) -> dict:
+    ttft = statistics.median(run[0] for run in token_times)
+    steps = [later - earlier for run in token_times for earlier, later in zip(run, run[1:])]
+    row = dict(ttft_ms=ttft, decode_ms=statistics.median(steps) if steps else float("nan"))
+    for length in answer_lengths:
+        row[f"e2e_{length}_ms"] = statistics.median(run[length - 1] for run in token_times)
+    return row
+
+
+def crossover(row: dict, full: dict) -> float | None:
+    """The answer length past which ``row``'s end to end exceeds ``full``'s; ``None`` if it never does."""
+    slower_per_token = row["decode_ms"] - full["decode_ms"]
+    if slower_per_token <= 0:
+        return None
+    return 1 + (full["ttft_ms"] - row["ttft_ms"]) / slower_per_token
+
+
+class DecodeProfiler(transformers.LogitsProcessor):
+    """Profiles the decode steps of one ``generate`` call: from the first new token's logits to the last
+    one's, so the prefill stays out; records the host clock at every token too."""
+
+    def __init__(self) -> None:
+        self.profiler = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+        self.host_s: list[float] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if not self.host_s:
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode("warn")
+            self.profiler.start()
+        self.host_s.append(time.perf_counter())
+        return scores
+
+    def stop(self) -> None:
+        torch.cuda.synchronize()
+        self.profiler.stop()
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def profile_decode(model, inputs: dict, settings: list[tuple[str, float]], steps: int) -> None:
+    """Per setting, over ``steps`` decode steps: host ms per step, host waits per step, and the
+    operators with the most self CUDA time per step (calls, CUDA and CPU µs)."""
+    for method, ratio in settings:
+        run_setting(model, method, ratio, lambda: timed_generate(model, inputs, 4))
+        recorder = DecodeProfiler()
+
+        def run() -> None:
+            model.generate(
+                **inputs, max_new_tokens=steps + 1, min_new_tokens=steps + 1, do_sample=False,
+                logits_processor=transformers.LogitsProcessorList([recorder]),
+            )
+            recorder.stop()
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run_setting(model, method, ratio, run)
+        host_ms = 1000 * (recorder.host_s[-1] - recorder.host_s[0]) / steps
+        waits = sum("synchronizing" in str(warning.message) for warning in caught)
+        events = recorder.profiler.key_averages()
+        cuda_us = sum(event.self_device_time_total for event in events) / steps
+        print(f"\n## {method} ρ={ratio}: {host_ms:.2f} ms a decode step under the profiler (host clock), "
+              f"{cuda_us / 1000:.2f} ms of kernels, {waits / steps:.1f} host waits a step")
+        print("| op | calls/step | self CUDA µs/step | self CPU µs/step |\n|---|---|---|---|")
+        for event in sorted(events, key=lambda event: -event.self_device_time_total)[:14]:
+            print(f"| {event.key[:70]} | {event.count / steps:.1f} | {event.self_device_time_total / steps:.0f} | "
+                  f"{event.self_cpu_time_total / steps:.0f} |")
+
+
+def prompt_of(model, length: int, batch: int, image: bool, device: torch.device) -> dict:
+    if image:
+        return long_prompt("qwen2_vl", model.config, length, device, torch.bfloat16)
+    generator = torch.Generator(device=device).manual_seed(length)
+    ids = torch.randint(1000, 100000, (batch, length), device=device, generator=generator)
+    return dict(input_ids=ids, attention_mask=torch.ones_like(ids))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lengths", type=int, nargs="+", default=[4096, 16384, 32768])
+    parser.add_argument("--methods", nargs="+", default=["dash", "fastv", "dart"])
+    parser.add_argument("--ratios", type=float, nargs="+", default=[0.667, 0.9, 0.99])
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--image", action="store_true", help="one image prompt through the whole model (batch 1)")
+    parser.add_argument("--new-tokens", type=int, default=max(ANSWER_LENGTHS))
+    parser.add_argument("--profile", type=int, default=None, metavar="T", help="profile decode steps at this T instead")
+    add_timing_arguments(parser, warmup=1, repeats=2)
+    args = parser.parse_args()
+    if args.image and args.batch != 1:
+        parser.error("--image runs batch 1")
+
+    device = torch.device("cuda")
+    model = random_model(full_size_config("qwen2_vl"), dtype=torch.bfloat16, device=device)
+    model.generation_config.eos_token_id = None
+    settings = settings_of(args.methods, args.ratios)
+    if args.profile is not None:
+        with torch.no_grad():
+            profile_decode(model, prompt_of(model, args.profile, args.batch, args.image, device), settings, steps=16)
+        return
+    answer_lengths = tuple(length for length in ANSWER_LENGTHS if length <= args.new_tokens)
+    rows = []
+    with torch.no_grad():
+        for length in args.lengths:
+            inputs = prompt_of(model, length, args.batch, args.image, device)
+            times = measure(model, inputs, settings, args.new_tokens, args.warmup, args.repeats)
+            full = summary_row(times[("none", 0.0)], answer_lengths)
+            for (method, ratio), token_times in times.items():
+                row = dict(T=length, batch=args.batch, method=method, ratio=ratio, **summary_row(token_times, answer_lengths))
+                row["ttft_speedup"] = full["ttft_ms"] / row["ttft_ms"]
+                row["decode_ratio"] = row["decode_ms"] / full["decode_ms"]
+                for answer in answer_lengths:
+                    row[f"e2e_{answer}_speedup"] = full[f"e2e_{answer}_ms"] / row[f"e2e_{answer}_ms"]
+                point = crossover(row, full)
+                row["crossover_tokens"] = None if point is None else round(point)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+            del inputs
+            torch.cuda.empty_cache()
+
+    columns = {"T": "{T}", "B": "{batch}", "method": "{method}", "ρ": "{ratio}", "TTFT ms": "{ttft_ms:.0f}",
+               "TTFT ×": "{ttft_speedup:.2f}", "ms/token": "{decode_ms:.2f}", "decode vs full": "{decode_ratio:.3f}"}
+    for answer in answer_lengths:
+        columns[f"{answer} tok ms"] = f"{{e2e_{answer}_ms:.0f}}"
+        columns[f"{answer} tok ×"] = f"{{e2e_{answer}_speedup:.2f}}"
+    columns["crossover"] = "{crossover_tokens}"
+    print_table([dict(row, crossover_tokens=row["crossover_tokens"] or "never") for row in rows], columns)
+    report_run(
+        rows, args.out, model="Qwen2-VL-7B shapes, random bf16", attention="sdpa", batch=args.batch, image=args.image,
+        new_tokens=args.new_tokens, warmup=args.warmup, repeats=args.repeats,
+    )
+
+
+if __name__ == "__main__":
+    main()
