@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from dash_vl import hf_compat
 from dash_vl.adapter import VisionLanguageAdapter
-from dash_vl.vision_evidence import VisualEvidence
+from dash_vl.encoder_evidence import VisualEvidence
 
 
 class LlavaOnevisionAdapter(VisionLanguageAdapter):

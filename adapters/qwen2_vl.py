@@ -14,7 +14,7 @@ import torch
 from dash_vl import hf_compat
 from dash_vl.adapter import VisionLanguageAdapter
 from dash_vl.media import FrameSampling
-from dash_vl.vision_evidence import SegmentAttention, VisualEvidence
+from dash_vl.encoder_evidence import SegmentAttention, VisualEvidence
 
 
 class Qwen2VLAdapter(VisionLanguageAdapter):

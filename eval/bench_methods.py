@@ -25,7 +25,7 @@ import torch
 
 from dash_vl import Halting
 from dash_vl.random_models import FAMILIES, full_size_config, random_model
-from dash_vl.vision_evidence import VisualEvidence
+from dash_vl.encoder_evidence import VisualEvidence
 from gpu_timing import add_timing_arguments, measure, print_table, report_run
 
 TEXT_AROUND = 64
