@@ -16,6 +16,8 @@ from typing import Literal
 
 from transformers import PreTrainedTokenizerBase
 
+from dash_vl.split_prompt import split_prompt_ids
+
 TaskName = Literal["passkey", "multifact"]
 TASKS: tuple[str, ...] = ("passkey", "multifact")
 
@@ -63,14 +65,15 @@ class RetrievalSample:
     def prompt_ids(self, tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], int]:
         """Token ids of context then question (tokenized apart, so the split is exact), and the
         question's length in tokens."""
-        context = tokenizer(self.context, add_special_tokens=False).input_ids
-        question = tokenizer(self.question, add_special_tokens=False).input_ids
-        return context + question, len(question)
+        return split_prompt_ids(tokenizer, self.context, self.question)
 
     def is_correct(self, generated: str) -> bool:
         """Exact match: the first number in the generated text is the answer."""
         found = re.search(r"\d+", generated)
         return found is not None and found.group() == self.answer
+
+    def score(self, generated: str) -> float:
+        return float(self.is_correct(generated))
 
 
 def haystack(rng: random.Random, tokenizer: PreTrainedTokenizerBase, tokens: int) -> list[str]:

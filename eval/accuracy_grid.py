@@ -1,0 +1,53 @@
+"""The sweep grid and table shared by the accuracy scripts: cells of (method, ratio, l_s, question), the
+halting config of a cell, and a markdown table of a score against relative prefill FLOPs."""
+
+from __future__ import annotations
+
+import argparse
+
+from dash_vl.config import HaltingConfig
+from dash_vl.sweep import Cell, pooled
+
+UNMODIFIED = "none"
+
+
+def config_for(cell: Cell) -> HaltingConfig | None:
+    if cell["method"] == UNMODIFIED:
+        return None
+    start = None if cell["start_layer"] == "default" else int(cell["start_layer"])
+    return HaltingConfig(
+        method=cell["method"], ratio=cell["ratio"], start_layer=start, scope="all", question=cell["question"]
+    )
+
+
+def grid(args: argparse.Namespace) -> list[Cell]:
+    cells: list[Cell] = [dict(method=UNMODIFIED, ratio=0.0, start_layer="-", question="-")]
+    for method in args.methods:
+        for start in args.start_layers:
+            for question in args.questions:
+                for ratio in args.ratios:
+                    cells.append(dict(method=method, ratio=ratio, start_layer=start, question=question))
+    return cells
+
+
+def table(rows: list[dict], score: str = "accuracy") -> str:
+    """Markdown: ``score`` and relative FLOPs per cell, pooled over tasks and lengths, then per length."""
+    lengths = sorted({row["length"] for row in rows})
+    cells = pooled(rows, ("question", "method", "start_layer", "ratio"), score, "relative_flops")
+    per_length = pooled(rows, ("question", "method", "start_layer", "ratio", "length"), score, "relative_flops")
+    layers = {}
+    for row in rows:
+        layers[(row["method"], row["start_layer"])] = row["decision_layer"]
+    header = f"| question | method | l_s | ρ | rel. FLOPs | {score} | " + " | ".join(f"@{n}" for n in lengths) + " |"
+    lines = [header, "|" + "---|" * (6 + len(lengths))]
+    def order(item: tuple) -> tuple:
+        question, method, start, ratio = item[0]
+        return question != "-", question, method, str(layers[(method, start)]).zfill(3), ratio
+
+    for key, (flops, acc) in sorted(cells.items(), key=order):
+        question, method, start, ratio = key
+        by_length = " | ".join(f"{per_length[key + (n,)][1]:.3f}" for n in lengths)
+        lines.append(
+            f"| {question} | {method} | {layers[(method, start)]} | {ratio} | {flops:.3f} | {acc:.3f} | {by_length} |"
+        )
+    return "\n".join(lines)
