@@ -28,17 +28,12 @@ from dash_vl.sweep import Cell, ResultStore, run_sweep
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from accuracy_grid import config_for, grid, table  # noqa: E402
+from accuracy_grid import add_grid_arguments, config_for, grid, table  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--methods", nargs="+", default=["dash", "dash_highest", "random", "fastv", "dart"])
-    parser.add_argument("--ratios", nargs="+", type=float, default=[0.3, 0.5, 0.7, 0.9])
-    parser.add_argument("--questions", nargs="+", default=["after_context", "halted"])
-    parser.add_argument("--start-layers", nargs="+", default=["default"], help="'default' (the method's) or layer indices")
+    add_grid_arguments(parser, ratios=[0.3, 0.5, 0.7, 0.9])
     parser.add_argument("--tasks", nargs="+", default=list(CODE_TASKS))
     parser.add_argument("--lengths", nargs="+", type=int, default=[2048, 4096, 8192, 16384])
     parser.add_argument("--per-cell", type=int, default=25, help="prompts per (task, length)")

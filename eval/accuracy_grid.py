@@ -11,6 +11,16 @@ from dash_vl.sweep import Cell, pooled
 UNMODIFIED = "none"
 
 
+def add_grid_arguments(parser: argparse.ArgumentParser, ratios: list[float]) -> None:
+    """``--device``, ``--dtype`` and the grid's axes: ``--methods``, ``--ratios``, ``--questions``, ``--start-layers``."""
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--methods", nargs="+", default=["dash", "dash_highest", "random", "fastv", "dart"])
+    parser.add_argument("--ratios", nargs="+", type=float, default=ratios)
+    parser.add_argument("--questions", nargs="+", default=["after_context", "halted"])
+    parser.add_argument("--start-layers", nargs="+", default=["default"], help="'default' (the method's) or layer indices")
+
+
 def config_for(cell: Cell) -> HaltingConfig | None:
     if cell["method"] == UNMODIFIED:
         return None
