@@ -144,8 +144,9 @@ def lcc_sample(
     """The head of a file with more than ``length`` tokens, cut before a statement within the last tenth
     of the budget (the head fills at least :data:`MIN_FILL` of it); one sample a file (``used``)."""
     budget = length - len(tokenizer(INSTRUCTION, add_special_tokens=False).input_ids)
+    # a token holds at least a byte, so a file of fewer bytes than the budget cannot fill it
     candidates = [path for path in files if path.stat().st_size > budget and str(path) not in used]
-    for path in rng.sample(candidates, k=len(candidates)):  # a token holds at least a byte
+    for path in rng.sample(candidates, k=len(candidates)):
         lines, tokens, targets = _line_tokens(tokenizer, path)
         if sum(tokens) <= budget:
             continue
