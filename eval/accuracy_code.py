@@ -28,7 +28,7 @@ from dash_vl.sweep import Cell, ResultStore, run_sweep
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from accuracy_grid import add_grid_arguments, config_for, grid, table  # noqa: E402
+from accuracy_grid import add_grid_arguments, config_for, grid, write_report  # noqa: E402
 
 
 def main() -> None:
@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results", required=True, help="JSON-lines file; finished cells in it are skipped")
+    parser.add_argument("--no-report", action="store_true", help="measure only (no CSV, table, plots: no matplotlib)")
     args = parser.parse_args()
 
     model, tokenizer = load_qwen_coder(args.device, getattr(torch, args.dtype))
@@ -67,11 +68,8 @@ def main() -> None:
 
     store = ResultStore(args.results)
     run_sweep(grid(args), measure, store, "qwen2.5-coder code completion")
-    rows = store.rows()
-    stem = str(Path(args.results).with_suffix(""))
-    store.write_csv(stem + ".csv")
-    Path(stem + ".md").write_text(table(rows, "edit_similarity") + "\n")
-    print(table(rows, "edit_similarity"))
+    if not args.no_report:
+        write_report(store, args.results, "edit_similarity", "Qwen2.5-Coder-0.5B-Instruct, LCC + RepoBench-P next line")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
-"""The sweep grid and table shared by the accuracy scripts: cells of (method, ratio, l_s, question), the
-halting config of a cell, and a markdown table of a score against relative prefill FLOPs."""
+"""The sweep grid and report shared by the accuracy scripts: cells of (method, ratio, l_s, question), the
+halting config of a cell, a markdown table of a score against relative prefill FLOPs, and the files
+(CSV, table, PNGs) written from a finished results file."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from dash_vl.config import HaltingConfig
-from dash_vl.sweep import Cell, pooled
+from dash_vl.sweep import Cell, ResultStore, pooled
 
 UNMODIFIED = "none"
 
@@ -61,3 +63,20 @@ def table(rows: list[dict], score: str = "accuracy") -> str:
             f"| {question} | {method} | {layers[(method, start)]} | {ratio} | {flops:.3f} | {acc:.3f} | {by_length} |"
         )
     return "\n".join(lines)
+
+
+def write_report(store: ResultStore, results: str, score: str, title: str) -> None:
+    """Write the CSV, the markdown table and two PNGs (``score`` against relative FLOPs and against the
+    ratio, one line per method and decision layer, one panel per question protocol) beside ``results``."""
+    from plots import plot_lines
+
+    rows = store.rows()
+    stem = str(Path(results).with_suffix(""))
+    store.write_csv(stem + ".csv")
+    Path(stem + ".md").write_text(table(rows, score) + "\n")
+    print(table(rows, score))
+    unmodified = pooled([r for r in rows if r["method"] == UNMODIFIED], ("method",), score, "relative_flops")
+    reference = unmodified[(UNMODIFIED,)][1] if unmodified else None
+    halted = [{**row, "label": f"{row['method']} l_s={row['decision_layer']}"} for row in rows if row["method"] != UNMODIFIED]
+    for x, suffix in (("relative_flops", "_flops.png"), ("ratio", "_ratio.png")):
+        plot_lines(halted, x, score, "label", "question", stem + suffix, title, reference=reference)

@@ -22,11 +22,11 @@ import torch
 from dash_vl.longcontext import TASKS, retrieval_suite
 from dash_vl.prompt_scoring import answer_batch, batches, mean_score
 from dash_vl.smollm2 import load_smollm2
-from dash_vl.sweep import Cell, ResultStore, pooled, run_sweep
+from dash_vl.sweep import Cell, ResultStore, run_sweep
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from accuracy_grid import UNMODIFIED, add_grid_arguments, config_for, grid, table  # noqa: E402
+from accuracy_grid import add_grid_arguments, config_for, grid, write_report  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -56,7 +56,6 @@ def main() -> None:
         return [
             dict(
                 task=task, length=length, n=len(found), accuracy=mean_score(found), decision_layer=layer,
-                label=f"{cell['method']} l_s={layer}",
                 relative_flops=sum(a.relative_flops for a in found) / len(found),
                 kept_fraction=sum(a.kept_tokens / a.prompt_tokens for a in found) / len(found),
             )
@@ -66,24 +65,7 @@ def main() -> None:
     store = ResultStore(args.results)
     run_sweep(grid(args), measure, store, "smollm2 retrieval")
     if not args.no_report:
-        report(store, args.results)
-
-
-def report(store: ResultStore, results: str) -> None:
-    """Write the CSV, the markdown table and the two PNGs beside ``results``."""
-    from plots import plot_lines
-
-    rows = store.rows()
-    stem = str(Path(results).with_suffix(""))
-    store.write_csv(stem + ".csv")
-    Path(stem + ".md").write_text(table(rows) + "\n")
-    print(table(rows))
-    unmodified = pooled([r for r in rows if r["method"] == UNMODIFIED], ("method",), "accuracy", "relative_flops")
-    reference = unmodified[(UNMODIFIED,)][1] if unmodified else None
-    halted = [row for row in rows if row["method"] != UNMODIFIED]
-    title = "SmolLM2-135M-Instruct, pass-key + multi-fact retrieval"
-    plot_lines(halted, "relative_flops", "accuracy", "label", "question", stem + "_flops.png", title, reference=reference)
-    plot_lines(halted, "ratio", "accuracy", "label", "question", stem + "_ratio.png", title, reference=reference)
+        write_report(store, args.results, "accuracy", "SmolLM2-135M-Instruct, pass-key + multi-fact retrieval")
 
 
 if __name__ == "__main__":
