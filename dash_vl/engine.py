@@ -183,6 +183,12 @@ class HaltingEngine:
         the installed release's name.
         """
         cache = hf_compat.pop_cache(kwargs)
+        if getattr(cache, "is_compileable", False):
+            raise ValueError(
+                f"halting needs a dynamic KV cache, got {type(cache).__name__}: from l_s on the layers cache only "
+                "the active tokens, a length that a static cache (cache_implementation='static', torch.compile) "
+                "fixes in advance for every layer; generate without cache_implementation"
+            )
         for name in UNSUPPORTED_OUTPUTS:
             if kwargs.get(name):
                 raise ValueError(f"{name}=True is not supported while halting is applied")

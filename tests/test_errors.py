@@ -85,3 +85,9 @@ def test_question_covering_the_whole_prompt_is_rejected(sdpa_model, processor):
 def test_config_and_keyword_knobs_together_are_rejected(sdpa_model):
     with pytest.raises(TypeError, match="not both"):
         Halting(sdpa_model, HaltingConfig(ratio=0.5), ratio=0.9)
+
+
+def test_static_cache_is_refused_while_halting(sdpa_model, processor):
+    inputs = processor(text=["How many?"], return_tensors="pt")
+    with Halting(sdpa_model, ratio=0.5, scope="all"), pytest.raises(ValueError, match="dynamic KV cache"):
+        sdpa_model.generate(**inputs, max_new_tokens=2, cache_implementation="static")
