@@ -1,0 +1,66 @@
+"""Write a :class:`dash_vl.diagnosis.Diagnosis`: ``<stem>.json`` (every number), ``<stem>.csv`` (the
+same numbers, one per row) and, optionally, ``<stem>_convergence.png`` and ``<stem>_redundancy.png``."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+from dash_vl.diagnosis import Diagnosis
+
+CSV_COLUMNS: tuple[str, ...] = ("section", "start_layer", "layer", "group", "statistic", "value")
+
+
+def table_rows(diagnosis: Diagnosis) -> Iterator[dict[str, Any]]:
+    """The diagnosis's numbers in long form, one dict of :data:`CSV_COLUMNS` per number."""
+
+    def row(section: str, statistic: str, value: Any, start_layer: Any = "", layer: Any = "", group: Any = "") -> dict:
+        return dict(section=section, start_layer=start_layer, layer=layer, group=group, statistic=statistic, value=value)
+
+    for entry in diagnosis.convergence:
+        for name, value in asdict(entry).items():
+            if name != "layer":
+                yield row("convergence", name, value, layer=entry.layer)
+    for result in diagnosis.redundancy:
+        for name in ("halted_share", "random_halted_share", "share_ratio", "lowest_group_relative", "holds"):
+            yield row("redundancy", name, getattr(result, name), start_layer=result.start_layer)
+        for layer in result.layers:
+            for group, value in enumerate(layer.decile_relative, start=1):
+                yield row("redundancy", "group_relative", value, result.start_layer, layer.layer, group)
+            for name in ("random_low", "random_high", "halted_share", "random_halted_share"):
+                yield row("redundancy", name, getattr(layer, name), result.start_layer, layer.layer)
+    for entry in diagnosis.modality or ():
+        yield row("modality", "median_relative_update", entry.visual_median_relative_update, layer=entry.layer, group="visual")
+        yield row("modality", "median_relative_update", entry.text_median_relative_update, layer=entry.layer, group="text")
+    for sink in diagnosis.sinks:
+        token = f"prompt {sink.prompt} position {sink.position}"
+        for field in fields(sink):
+            if field.name not in ("prompt", "position", "decisions"):
+                yield row("sinks", field.name, getattr(sink, field.name), group=token)
+        for decision in sink.decisions:
+            yield row("sinks", "rank", "" if decision.rank is None else decision.rank, decision.start_layer, group=token)
+            yield row("sinks", "halted_by_dash", decision.halted, decision.start_layer, group=token)
+
+
+def write_diagnosis(diagnosis: Diagnosis, directory: str | Path, stem: str = "diagnose", plots: bool = True) -> list[Path]:
+    """Write the files into ``directory`` (created if missing); returns their paths."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    json_path, csv_path = directory / f"{stem}.json", directory / f"{stem}.csv"
+    json_path.write_text(json.dumps(diagnosis.to_dict(), indent=1) + "\n")
+    with csv_path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows(table_rows(diagnosis))
+    written = [json_path, csv_path]
+    if plots:
+        from dash_vl.diagnosis_plots import plot_convergence, plot_redundancy
+
+        written += [directory / f"{stem}_convergence.png", directory / f"{stem}_redundancy.png"]
+        plot_convergence(diagnosis, written[2])
+        plot_redundancy(diagnosis, written[3])
+    return written
