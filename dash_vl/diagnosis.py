@@ -146,7 +146,10 @@ class Diagnosis:
 
 def verdict(model: str, results: Sequence[Redundancy], config: DiagnosisConfig, prompts: int) -> str:
     """One line: at which candidate ``l_s`` DASH's halted set gets less than ``1 - margin`` of random's attention."""
-    ratios = ", ".join(f"{result.start_layer}: {result.share_ratio:.2f}" for result in results)
+    ratios = ", ".join(
+        f"{result.start_layer}: {result.share_ratio['all_queries']:.2f} (last query {result.share_ratio['last_query']:.2f})"
+        for result in results
+    )
     held = [result.start_layer for result in results if result.holds]
     where = f"holds at l_s {held}" if held else "holds at no l_s"
     return (

@@ -26,13 +26,20 @@ def table_rows(diagnosis: Diagnosis) -> Iterator[dict[str, Any]]:
             if name != "layer":
                 yield row("convergence", name, value, layer=entry.layer)
     for result in diagnosis.redundancy:
-        for name in ("halted_share", "random_halted_share", "share_ratio", "lowest_group_relative", "holds"):
+        for name in ("lowest_group_relative", "holds"):
             yield row("redundancy", name, getattr(result, name), start_layer=result.start_layer)
+        for view, share in result.halted.items():
+            yield row("redundancy", "halted_share_dash", share.dash, result.start_layer, group=view)
+            yield row("redundancy", "halted_share_random", share.random, result.start_layer, group=view)
+            yield row("redundancy", "share_ratio", result.share_ratio[view], result.start_layer, group=view)
         for layer in result.layers:
             for group, value in enumerate(layer.decile_relative, start=1):
                 yield row("redundancy", "group_relative", value, result.start_layer, layer.layer, group)
-            for name in ("random_low", "random_high", "halted_share", "random_halted_share"):
+            for name in ("random_low", "random_high"):
                 yield row("redundancy", name, getattr(layer, name), result.start_layer, layer.layer)
+            for view, share in layer.halted.items():
+                yield row("redundancy", "halted_share_dash", share.dash, result.start_layer, layer.layer, view)
+                yield row("redundancy", "halted_share_random", share.random, result.start_layer, layer.layer, view)
     for entry in diagnosis.modality or ():
         yield row("modality", "median_relative_update", entry.visual_median_relative_update, layer=entry.layer, group="visual")
         yield row("modality", "median_relative_update", entry.text_median_relative_update, layer=entry.layer, group="text")

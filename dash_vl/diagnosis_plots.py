@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from dash_vl.diagnosis import Diagnosis
+from dash_vl.diagnosis_stats import ATTENTION_VIEWS
 
 
 def pyplot() -> Any:
@@ -60,17 +61,20 @@ def plot_convergence(diagnosis: Diagnosis, path: Path) -> None:
 
 def plot_redundancy(diagnosis: Diagnosis, path: Path) -> None:
     """First panel: per candidate ``l_s``, the attention later layers give DASH's halted tokens over a
-    random set's. Then one panel per ``l_s``: relative attention received per ``Δattn`` group (mean
+    random set's (each attention view). Then one panel per ``l_s``: relative attention received per ``Δattn`` group (mean
     over later layers) with the random groups' 5–95 % band."""
     plt = pyplot()
     results = diagnosis.redundancy
     figure, axes = plt.subplots(1, len(results) + 1, figsize=(3.6 * (len(results) + 1), 3.8), squeeze=False)
     summary = axes[0][0]
-    summary.plot([r.start_layer for r in results], [r.share_ratio for r in results], marker="o", label="DASH / random")
+    for view in ATTENTION_VIEWS:
+        summary.plot(
+            [r.start_layer for r in results], [r.share_ratio[view] for r in results], marker="o", label=view.replace("_", " ")
+        )
     summary.axhline(1.0, color="black", linewidth=1)
     summary.axhline(1 - diagnosis.config.margin, color="grey", linestyle="--", linewidth=1, label="verdict threshold")
     summary.set_xlabel("decision layer l_s")
-    summary.set_title(f"halted share at ρ={diagnosis.config.ratio}", fontsize=9)
+    summary.set_title(f"DASH / random halted share at ρ={diagnosis.config.ratio}", fontsize=9)
     summary.legend(fontsize=7)
     for axis, result in zip(axes[0][1:], results):
         groups = list(range(1, diagnosis.config.groups + 1))

@@ -4,7 +4,8 @@ Four questions, one function each:
 
 * :func:`convergence`: do tokens converge? Per layer, the distribution of ``Δattn = ‖U_t‖₂``.
 * :func:`redundancy`: does stability imply redundancy? For a decision layer ``l_s``, the attention
-  that later layers give to tokens grouped by their ``Δattn`` rank at ``l_s``, against random groups.
+  that later layers give to tokens grouped by their ``Δattn`` rank at ``l_s``, against random groups,
+  and the share of it DASH's halted tokens would take, against random sets.
 * :func:`modality`: do visual tokens saturate earlier than text tokens?
 * :func:`sinks`: which tokens are attention sinks, and would DASH halt them?
 
@@ -93,26 +94,48 @@ def ranks_from_bottom(scores: torch.Tensor, eligible: torch.Tensor) -> torch.Ten
     return torch.where(eligible, ranks, -1)
 
 
+ATTENTION_VIEWS: tuple[str, ...] = ("all_queries", "last_query", "per_visible_query")
+"""How the attention a token receives is counted: summed over all queries (what halting removes
+from later layers), from the prompt's last token only (the one that starts the answer), or summed
+over queries and divided by how many queries can see the token (``T - t``: position factored out)."""
+
+
+def attention_view(trace: LayerTrace, layer: int, view: str) -> torch.Tensor:
+    """``(T,)``: the attention each token receives in ``layer``, counted as :data:`ATTENTION_VIEWS` says."""
+    if view == "last_query":
+        return trace.last_query[layer]
+    received = trace.received[layer]
+    if view == "per_visible_query":
+        return received / torch.arange(trace.num_tokens, 0, -1)
+    return received
+
+
+@dataclass(frozen=True)
+class HaltedShare:
+    """Share of a layer's attention (one of :data:`ATTENTION_VIEWS`) landing on DASH's halted tokens,
+    and on random sets of as many eligible tokens (mean over draws)."""
+
+    dash: float
+    random: float
+
+
 @dataclass(frozen=True)
 class LaterLayerAttention:
     """Attention that layer ``layer > l_s`` gives to the eligible tokens, averaged over prompts.
 
     Attributes:
         decile_relative: per ``Δattn`` group at ``l_s`` (lowest first), the group's mean received
-            attention over the mean of all eligible tokens (1 = average).
+            attention (all queries) over the mean of all eligible tokens (1 = average).
         random_low, random_high: the 5th and 95th percentile of the same for random groups of the
             same sizes (the spread chance alone gives).
-        halted_share: share of the layer's attention (all queries, all keys) that lands on the
-            tokens DASH halts at ``ratio``.
-        random_halted_share: the same for random sets of as many eligible tokens (mean over draws).
+        halted: per attention view, the share landing on the tokens DASH halts at ``ratio``, and on random sets.
     """
 
     layer: int
     decile_relative: list[float]
     random_low: float
     random_high: float
-    halted_share: float
-    random_halted_share: float
+    halted: dict[str, HaltedShare]
 
 
 @dataclass(frozen=True)
@@ -121,18 +144,17 @@ class Redundancy:
 
     Attributes:
         start_layer: the candidate decision layer ``l_s``.
-        halted_share, random_halted_share: :class:`LaterLayerAttention`'s, averaged over layers ``> l_s``.
-        share_ratio: ``halted_share / random_halted_share``: below 1, DASH's halted tokens receive
-            less attention than random ones.
+        halted: per attention view, :class:`LaterLayerAttention`'s shares averaged over layers ``> l_s``.
+        share_ratio: per attention view, ``dash / random`` of :attr:`halted`: below 1, DASH's halted
+            tokens receive less attention than random ones.
         lowest_group_relative: the lowest-``Δattn`` group's relative attention, averaged over layers ``> l_s``.
-        holds: ``share_ratio < 1 - margin``.
+        holds: ``share_ratio["all_queries"] < 1 - margin``.
         layers: one :class:`LaterLayerAttention` per layer ``> l_s``.
     """
 
     start_layer: int
-    halted_share: float
-    random_halted_share: float
-    share_ratio: float
+    halted: dict[str, HaltedShare]
+    share_ratio: dict[str, float]
     lowest_group_relative: float
     holds: bool
     layers: list[LaterLayerAttention]
@@ -142,6 +164,10 @@ def group_means(received: torch.Tensor, groups: torch.Tensor, count: int) -> tor
     """``(count,)``: mean of ``received`` ``(n,)`` per group label in ``groups`` ``(n,)``."""
     totals = torch.zeros(count).index_add_(0, groups, received)
     return totals / torch.bincount(groups, minlength=count).clamp(min=1)
+
+
+def ratio_of(share: HaltedShare) -> float:
+    return share.dash / share.random if share.random > 0 else float("nan")
 
 
 def redundancy(
@@ -156,7 +182,7 @@ def redundancy(
     generator = torch.Generator().manual_seed(seed)
     num_layers = traces[0].delta_attn.shape[0]
     later = range(start_layer + 1, num_layers)
-    per_layer: dict[int, list[tuple[torch.Tensor, float, float, float, float]]] = {layer: [] for layer in later}
+    per_layer: dict[int, list[tuple[torch.Tensor, float, float, dict[str, HaltedShare]]]] = {layer: [] for layer in later}
     for trace in traces:
         eligible = eligible_tokens(trace, scope)
         count = int(eligible.sum())
@@ -168,35 +194,42 @@ def redundancy(
         dash_halted = lowest(trace.delta_attn[start_layer][None], eligible[None], torch.tensor([halted]))[0]
         shuffles = [torch.randperm(count, generator=generator) for _ in range(random_groupings)]
         for layer in later:
-            received = trace.received[layer]
-            eligible_received = received[eligible]
-            average = eligible_received.mean()
-            random_relative = torch.cat([group_means(eligible_received, label[s], groups) for s in shuffles]) / average
+            shares = {}
+            for view in ATTENTION_VIEWS:
+                attention = attention_view(trace, layer, view)
+                total, eligible_attention = attention.sum(), attention[eligible]
+                shares[view] = HaltedShare(
+                    float(attention[dash_halted].sum() / total),
+                    mean_over([float(eligible_attention[s[:halted]].sum() / total) for s in shuffles]),
+                )
+            received = trace.received[layer][eligible]
+            average = received.mean()
+            random_relative = torch.cat([group_means(received, label[s], groups) for s in shuffles]) / average
             low, high = torch.quantile(random_relative, torch.tensor([0.05, 0.95])).tolist()
-            total = received.sum()
-            random_share = mean_over([float(eligible_received[s[:halted]].sum() / total) for s in shuffles])
-            per_layer[layer].append((
-                group_means(eligible_received, label, groups) / average, low, high,
-                float(received[dash_halted].sum() / total), random_share,
-            ))
+            per_layer[layer].append((group_means(received, label, groups) / average, low, high, shares))
+
+    def pooled(shares: Sequence[dict[str, HaltedShare]]) -> dict[str, HaltedShare]:
+        return {
+            view: HaltedShare(mean_over([s[view].dash for s in shares]), mean_over([s[view].random for s in shares]))
+            for view in ATTENTION_VIEWS
+        }
+
     layers = [
         LaterLayerAttention(
             layer=layer,
             decile_relative=torch.stack([row[0] for row in rows]).mean(dim=0).tolist(),
             random_low=mean_over([row[1] for row in rows]),
             random_high=mean_over([row[2] for row in rows]),
-            halted_share=mean_over([row[3] for row in rows]),
-            random_halted_share=mean_over([row[4] for row in rows]),
+            halted=pooled([row[3] for row in rows]),
         )
         for layer, rows in per_layer.items()
     ]
-    halted_share = mean_over([layer.halted_share for layer in layers])
-    random_share = mean_over([layer.random_halted_share for layer in layers])
-    share_ratio = halted_share / random_share if random_share > 0 else float("nan")
+    halted_shares = pooled([layer.halted for layer in layers])
+    share_ratio = {view: ratio_of(share) for view, share in halted_shares.items()}
     return Redundancy(
-        start_layer=start_layer, halted_share=halted_share, random_halted_share=random_share, share_ratio=share_ratio,
+        start_layer=start_layer, halted=halted_shares, share_ratio=share_ratio,
         lowest_group_relative=mean_over([layer.decile_relative[0] for layer in layers]),
-        holds=share_ratio < 1 - margin, layers=layers,
+        holds=share_ratio["all_queries"] < 1 - margin, layers=layers,
     )
 
 

@@ -4,9 +4,10 @@
 (as :class:`dash_vl.Halting` installs the engine), calls the whole model once, and restores
 the model's own ``forward``. Each layer runs through the adapter exactly as HF runs it
 (attention sub-layer, residual add, feed-forward); nothing is halted. Per layer it records
-the attention update's norm, the residual stream's norm and the attention each key receives,
-the last from the layer's own queries (:meth:`ModelAdapter.attention_queries`) and the keys the
-layer computed (``k_proj``, ``k_norm`` where present, rotary), caught from its cache call.
+the attention update's norm, the residual stream's norm, and the attention each key receives
+from all queries and from the last one, computed from the layer's own queries
+(:meth:`ModelAdapter.attention_queries`) and the keys the layer computed (``k_proj``, ``k_norm``
+where present, rotary), caught from its cache call.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ class LayerTrace:
         delta_attn: ``(L, T)``: ``‖U_t‖₂`` of layer ``l``'s attention output before the residual add.
         hidden_norm: ``(L, T)``: ``‖h_t‖₂`` of the residual stream entering layer ``l``.
         received: ``(L, T)``: attention received by key ``t`` in layer ``l`` (sum over queries, mean over heads).
+        last_query: ``(L, T)``: the attention the prompt's last token (whose next-token prediction
+            starts the answer) gives key ``t`` in layer ``l``, mean over heads; each row sums to 1.
         input_ids: ``(T,)`` token ids; ``None`` where the model was given embeddings only.
         visual: ``(T,)`` bool, True on visual tokens; ``None`` for a text-only family.
     """
@@ -41,6 +44,7 @@ class LayerTrace:
     delta_attn: torch.Tensor
     hidden_norm: torch.Tensor
     received: torch.Tensor
+    last_query: torch.Tensor
     input_ids: torch.Tensor | None
     visual: torch.Tensor | None
 
@@ -56,7 +60,7 @@ class LayerTracer:
     def __init__(self, adapter: ModelAdapter, chunk: int) -> None:
         self.adapter = adapter
         self.chunk = chunk
-        self.records: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.records: list[tuple[torch.Tensor, ...]] = []
 
     def forward(
         self,
@@ -82,17 +86,18 @@ class LayerTracer:
             ),
             position_embeddings=self.adapter.position_embeddings(hidden, rope_ids),
         )
-        delta_attn, hidden_norm, received = [], [], []
+        delta_attn, hidden_norm, received, last_query = [], [], [], []
         for layer in self.adapter.layers:
             check_window(layer, self.adapter.text_config, seq_len)
             capture = KeyValueCapture()
             update = self.adapter.attention_update(layer, hidden, **hf_compat.cache_argument(capture), **attention_kwargs)
             queries = self.adapter.attention_queries(layer, hidden, attention_kwargs["position_embeddings"])
             received.append(attention_received(queries[0], capture.key[0], self.chunk).cpu())
+            last_query.append(attention_received(queries[0, :, -1:], capture.key[0], first_query=seq_len - 1).cpu())
             delta_attn.append(update[0].float().norm(dim=-1).cpu())
             hidden_norm.append(hidden[0].float().norm(dim=-1).cpu())
             hidden = self.adapter.feed_forward(layer, hidden + update)
-        self.records.append((torch.stack(delta_attn), torch.stack(hidden_norm), torch.stack(received)))
+        self.records.append(tuple(torch.stack(rows) for rows in (delta_attn, hidden_norm, received, last_query)))
         return hf_compat.model_output(self.adapter.final_norm(hidden), None)
 
 
@@ -124,11 +129,10 @@ def trace_prompt(adapter: ModelAdapter, inputs: Mapping[str, torch.Tensor], chun
     """
     with tracing(adapter, chunk) as tracer, torch.no_grad():
         adapter.model(**inputs, use_cache=False)
-    delta_attn, hidden_norm, received = tracer.records[-1]
     input_ids = inputs.get("input_ids")
     visual = adapter.visual_mask(input_ids)
     return LayerTrace(
-        delta_attn, hidden_norm, received,
+        *tracer.records[-1],
         input_ids=None if input_ids is None else input_ids[0].cpu(),
         visual=None if visual is None else visual[0].cpu(),
     )

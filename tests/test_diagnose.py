@@ -15,7 +15,7 @@ from dash_vl.attention_received import attention_received
 from dash_vl.cli import main
 from dash_vl.diagnosis import Diagnosis, DiagnosisConfig
 from dash_vl.diagnosis_files import CSV_COLUMNS, write_diagnosis
-from dash_vl.diagnosis_stats import redundancy, sinks
+from dash_vl.diagnosis_stats import ATTENTION_VIEWS, attention_view, redundancy, sinks
 from dash_vl.layer_trace import LayerTrace, trace_prompt, tracing
 from tests.conftest import model_of, processor_of, random_image, vl_inputs
 
@@ -51,6 +51,15 @@ def test_attention_received_equals_hf_eager_attention_maps(family):
     expected = torch.stack([layer_map[0].sum(dim=1).mean(dim=0) for layer_map in maps])
     traced = trace_prompt(adapter_for(model), prompt, chunk=7).received
     torch.testing.assert_close(traced, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2_vl"])
+def test_last_query_attention_equals_the_last_row_of_hf_eager_attention_maps(family):
+    model, prompt = eager_model_and_prompt(family)
+    with torch.no_grad():
+        maps = model(**prompt, output_attentions=True).attentions
+    expected = torch.stack([layer_map[0, :, -1].mean(dim=0) for layer_map in maps])
+    torch.testing.assert_close(trace_prompt(adapter_for(model), prompt).last_query, expected, atol=1e-5, rtol=1e-4)
 
 
 def test_attention_received_does_not_depend_on_the_chunk():
@@ -118,19 +127,20 @@ def synthetic_trace(delta_attn: torch.Tensor, received: torch.Tensor, hidden_nor
     """A trace of 3 layers over ``T`` tokens with ``delta_attn`` and ``received`` ``(T,)`` in every layer."""
     layers = 3
     norms = torch.ones(layers, delta_attn.numel()) if hidden_norm is None else hidden_norm.expand(layers, -1)
-    return LayerTrace(delta_attn.expand(layers, -1), norms, received.expand(layers, -1), None, None)
+    last_query = (received / received.sum()).expand(layers, -1)
+    return LayerTrace(delta_attn.expand(layers, -1), norms, received.expand(layers, -1), last_query, None, None)
 
 
 def test_redundancy_holds_where_low_delta_attn_tokens_receive_little_attention():
     rank = torch.arange(40, dtype=torch.float32)
     result = redundancy([synthetic_trace(rank, rank + 1)], 1, "all", 0.5, 10, 5, 0.1, 0)
-    assert result.holds and result.share_ratio < 0.6
+    assert result.holds and result.share_ratio["all_queries"] < 0.6
 
 
 def test_redundancy_fails_where_low_delta_attn_tokens_receive_the_most_attention():
     rank = torch.arange(40, dtype=torch.float32)
     result = redundancy([synthetic_trace(rank, 40 - rank)], 1, "all", 0.5, 10, 5, 0.1, 0)
-    assert not result.holds and result.share_ratio > 1.3
+    assert not result.holds and result.share_ratio["all_queries"] > 1.3
 
 
 def test_a_massive_norm_token_is_a_sink_that_dash_halts_when_its_update_is_small():
@@ -156,9 +166,10 @@ def test_json_and_csv_hold_every_documented_field(tmp_path):
     written = json.loads(paths[0].read_text())
     assert set(written) == {field for field in Diagnosis.__dataclass_fields__}
     assert [entry["start_layer"] for entry in written["redundancy"]] == [2, 3]
-    assert set(written["redundancy"][0]["layers"][0]) == {
-        "layer", "decile_relative", "random_low", "random_high", "halted_share", "random_halted_share"
-    }
+    assert set(written["redundancy"][0]) == {"start_layer", "halted", "share_ratio", "lowest_group_relative", "holds", "layers"}
+    assert set(written["redundancy"][0]["share_ratio"]) == set(ATTENTION_VIEWS)
+    assert set(written["redundancy"][0]["layers"][0]) == {"layer", "decile_relative", "random_low", "random_high", "halted"}
+    assert set(written["redundancy"][0]["layers"][0]["halted"]["last_query"]) == {"dash", "random"}
     assert set(written["environment"]) == {"dash_vl", "torch", "transformers", "date"}
     header = paths[1].read_text().splitlines()[0]
     assert tuple(header.split(",")) == CSV_COLUMNS
@@ -233,3 +244,8 @@ def test_cli_diagnoses_text_files(saved_vlm, tmp_path):
 def test_cli_refuses_an_image_without_a_question(saved_vlm, tmp_path, capsys):
     assert main(["diagnose", str(saved_vlm), "--image", "x.png", "--output", str(tmp_path)]) == 2
     assert "--image needs --question" in capsys.readouterr().err
+
+
+def test_the_per_visible_query_view_divides_by_the_queries_that_see_each_token():
+    trace = synthetic_trace(torch.zeros(4), torch.tensor([4.0, 3.0, 2.0, 1.0]))
+    assert attention_view(trace, 0, "per_visible_query").tolist() == [1.0, 1.0, 1.0, 1.0]
