@@ -4,6 +4,8 @@ computes, the statistics answer their questions on hand-made traces, the files h
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -157,6 +159,16 @@ def test_verdict_names_the_decision_layers_where_the_premise_holds():
     assert f"holds at l_s {held}" in result.verdict if held else "holds at no l_s" in result.verdict
 
 
+def documented_json_fields() -> set[str]:
+    """The top-level fields ``docs/diagnose.md`` lists under "JSON fields"."""
+    section = (Path(__file__).parents[1] / "docs" / "diagnose.md").read_text().split("### JSON fields")[1].split("\n#")[0]
+    return set(re.findall(r"^- `(\w+)`", section, flags=re.MULTILINE))
+
+
+def test_the_docs_list_every_diagnosis_field():
+    assert documented_json_fields() == set(Diagnosis.__dataclass_fields__)
+
+
 def test_json_and_csv_hold_every_documented_field(tmp_path):
     result = dash_vl.diagnose(
         model_of("qwen2_vl", "sdpa"), [vl_inputs(processor_of("qwen2_vl"), 1)], DiagnosisConfig(start_layers=(2, 3)),
@@ -164,7 +176,7 @@ def test_json_and_csv_hold_every_documented_field(tmp_path):
     )
     paths = write_diagnosis(result, tmp_path, "tiny", plots=False)
     written = json.loads(paths[0].read_text())
-    assert set(written) == {field for field in Diagnosis.__dataclass_fields__}
+    assert set(written) == documented_json_fields()
     assert [entry["start_layer"] for entry in written["redundancy"]] == [2, 3]
     assert set(written["redundancy"][0]) == {"start_layer", "halted", "share_ratio", "lowest_group_relative", "holds", "layers"}
     assert set(written["redundancy"][0]["share_ratio"]) == set(ATTENTION_VIEWS)
