@@ -26,7 +26,7 @@ from dash_vl import __version__
 from dash_vl.adapters import adapter_for
 from dash_vl.config import SCOPES, HaltingConfig, Scope
 from dash_vl.diagnosis_stats import (
-    LayerConvergence, LayerModality, Redundancy, Sink, convergence, modality, redundancy, sinks,
+    ATTENTION_VIEWS, LayerConvergence, LayerModality, Redundancy, Sink, convergence, modality, redundancy, sinks,
 )
 from dash_vl.layer_trace import trace_prompt
 from dash_vl.masks import check_implementation
@@ -125,7 +125,8 @@ class Diagnosis:
         redundancy: one entry per candidate ``l_s``.
         modality: one row per layer; ``None`` without both visual and text tokens.
         sinks: the attention sinks found, with what DASH would do at every ``l_s``.
-        verdict: one line: the ``l_s`` where premise (b) holds, by the margin.
+        verdict: one line: the ``l_s`` where premise (b) holds by the margin, counting all queries
+            and counting the last token's attention, and every ratio.
         environment: versions and the date of the run.
     """
 
@@ -145,17 +146,20 @@ class Diagnosis:
 
 
 def verdict(model: str, results: Sequence[Redundancy], config: DiagnosisConfig, prompts: int) -> str:
-    """One line: at which candidate ``l_s`` DASH's halted set gets less than ``1 - margin`` of random's attention."""
+    """One line: at which candidate ``l_s`` DASH's halted set gets less than ``1 - margin`` of a random
+    set's attention in later layers, counting all queries and counting the last token's attention."""
+
+    def held(view: str) -> list[int]:
+        return [result.start_layer for result in results if result.holds[view]]
+
     ratios = ", ".join(
-        f"{result.start_layer}: {result.share_ratio['all_queries']:.2f} (last query {result.share_ratio['last_query']:.2f})"
-        for result in results
+        f"{r.start_layer}: " + "/".join(f"{r.share_ratio[view]:.2f}" for view in ATTENTION_VIEWS) for r in results
     )
-    held = [result.start_layer for result in results if result.holds]
-    where = f"holds at l_s {held}" if held else "holds at no l_s"
     return (
-        f"{model} ({prompts} prompts): stability implies redundancy {where} of {[r.start_layer for r in results]} "
-        f"(attention later layers give DASH's rho={config.ratio} halted tokens over a random set's, "
-        f"holds below {1 - config.margin:.2f}; per l_s {ratios})"
+        f"{model} ({prompts} prompts): stability implies redundancy at l_s {held('all_queries')} of "
+        f"{[r.start_layer for r in results]} counting all queries, at l_s {held('last_query')} counting the last "
+        f"token's attention (holds where the attention later layers give DASH's rho={config.ratio} halted tokens is "
+        f"below {1 - config.margin:.2f} x a random set's; all/last/per-visible-query ratio per l_s: {ratios})"
     )
 
 

@@ -26,9 +26,9 @@ def table_rows(diagnosis: Diagnosis) -> Iterator[dict[str, Any]]:
             if name != "layer":
                 yield row("convergence", name, value, layer=entry.layer)
     for result in diagnosis.redundancy:
-        for name in ("lowest_group_relative", "holds"):
-            yield row("redundancy", name, getattr(result, name), start_layer=result.start_layer)
+        yield row("redundancy", "lowest_group_relative", result.lowest_group_relative, start_layer=result.start_layer)
         for view, share in result.halted.items():
+            yield row("redundancy", "holds", result.holds[view], result.start_layer, group=view)
             yield row("redundancy", "halted_share_dash", share.dash, result.start_layer, group=view)
             yield row("redundancy", "halted_share_random", share.random, result.start_layer, group=view)
             yield row("redundancy", "share_ratio", result.share_ratio[view], result.start_layer, group=view)

@@ -148,7 +148,7 @@ class Redundancy:
         share_ratio: per attention view, ``dash / random`` of :attr:`halted`: below 1, DASH's halted
             tokens receive less attention than random ones.
         lowest_group_relative: the lowest-``Δattn`` group's relative attention, averaged over layers ``> l_s``.
-        holds: ``share_ratio["all_queries"] < 1 - margin``.
+        holds: per attention view, ``share_ratio < 1 - margin``.
         layers: one :class:`LaterLayerAttention` per layer ``> l_s``.
     """
 
@@ -156,7 +156,7 @@ class Redundancy:
     halted: dict[str, HaltedShare]
     share_ratio: dict[str, float]
     lowest_group_relative: float
-    holds: bool
+    holds: dict[str, bool]
     layers: list[LaterLayerAttention]
 
 
@@ -229,7 +229,7 @@ def redundancy(
     return Redundancy(
         start_layer=start_layer, halted=halted_shares, share_ratio=share_ratio,
         lowest_group_relative=mean_over([layer.decile_relative[0] for layer in layers]),
-        holds=share_ratio["all_queries"] < 1 - margin, layers=layers,
+        holds={view: value < 1 - margin for view, value in share_ratio.items()}, layers=layers,
     )
 
 

@@ -136,13 +136,13 @@ def synthetic_trace(delta_attn: torch.Tensor, received: torch.Tensor, hidden_nor
 def test_redundancy_holds_where_low_delta_attn_tokens_receive_little_attention():
     rank = torch.arange(40, dtype=torch.float32)
     result = redundancy([synthetic_trace(rank, rank + 1)], 1, "all", 0.5, 10, 5, 0.1, 0)
-    assert result.holds and result.share_ratio["all_queries"] < 0.6
+    assert result.holds["all_queries"] and result.share_ratio["all_queries"] < 0.6
 
 
 def test_redundancy_fails_where_low_delta_attn_tokens_receive_the_most_attention():
     rank = torch.arange(40, dtype=torch.float32)
     result = redundancy([synthetic_trace(rank, 40 - rank)], 1, "all", 0.5, 10, 5, 0.1, 0)
-    assert not result.holds and result.share_ratio["all_queries"] > 1.3
+    assert not result.holds["all_queries"] and result.share_ratio["all_queries"] > 1.3
 
 
 def test_a_massive_norm_token_is_a_sink_that_dash_halts_when_its_update_is_small():
@@ -155,8 +155,9 @@ def test_a_massive_norm_token_is_a_sink_that_dash_halts_when_its_update_is_small
 
 def test_verdict_names_the_decision_layers_where_the_premise_holds():
     result = dash_vl.diagnose(text_model("llama"), [text_prompt()], DiagnosisConfig(start_layers=(1, 2)), progress=False)
-    held = [entry.start_layer for entry in result.redundancy if entry.holds]
-    assert f"holds at l_s {held}" in result.verdict if held else "holds at no l_s" in result.verdict
+    held = {view: [entry.start_layer for entry in result.redundancy if entry.holds[view]] for view in ATTENTION_VIEWS}
+    assert f"at l_s {held['all_queries']} of [1, 2] counting all queries" in result.verdict
+    assert f"at l_s {held['last_query']} counting the last token's attention" in result.verdict
 
 
 def documented_json_fields() -> set[str]:
@@ -239,7 +240,7 @@ def test_cli_diagnoses_an_image_prompt_and_writes_its_files(saved_vlm, tmp_path,
         "--output", str(tmp_path / "out"), "--stem", "tiny",
     ])
     assert code == 0
-    assert "stability implies redundancy" in capsys.readouterr().out
+    assert "stability implies redundancy at l_s" in capsys.readouterr().out
     assert sorted(path.name for path in (tmp_path / "out").iterdir()) == [
         "tiny.csv", "tiny.json", "tiny_convergence.png", "tiny_redundancy.png"
     ]
