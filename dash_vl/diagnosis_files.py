@@ -1,5 +1,6 @@
 """Write a :class:`dash_vl.diagnosis.Diagnosis`: ``<stem>.json`` (every number), ``<stem>.csv`` (the
-same numbers, one per row) and, optionally, ``<stem>_convergence.png`` and ``<stem>_redundancy.png``."""
+same numbers, one per row) and, optionally, ``<stem>_convergence.png`` and ``<stem>_redundancy.png``;
+read one back from its JSON (to plot it again without running the model)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-from dash_vl.diagnosis import Diagnosis
+from dash_vl.diagnosis import Diagnosis, DiagnosisConfig
+from dash_vl.diagnosis_stats import (
+    HaltedShare, LaterLayerAttention, LayerConvergence, LayerModality, Redundancy, Sink, SinkDecision,
+)
 
 CSV_COLUMNS: tuple[str, ...] = ("section", "start_layer", "layer", "group", "statistic", "value")
 
@@ -71,3 +75,26 @@ def write_diagnosis(diagnosis: Diagnosis, directory: str | Path, stem: str = "di
         plot_convergence(diagnosis, written[2])
         plot_redundancy(diagnosis, written[3])
     return written
+
+
+def read_diagnosis(path: str | Path) -> Diagnosis:
+    """The :class:`Diagnosis` a ``<stem>.json`` of :func:`write_diagnosis` holds."""
+    data = json.loads(Path(path).read_text())
+
+    def shares(halted: dict) -> dict[str, HaltedShare]:
+        return {view: HaltedShare(**share) for view, share in halted.items()}
+
+    def later(layer: dict) -> LaterLayerAttention:
+        return LaterLayerAttention(**dict(layer, halted=shares(layer["halted"])))
+
+    return Diagnosis(**dict(
+        data,
+        config=DiagnosisConfig(**data["config"]),
+        convergence=[LayerConvergence(**row) for row in data["convergence"]],
+        redundancy=[
+            Redundancy(**dict(entry, halted=shares(entry["halted"]), layers=[later(layer) for layer in entry["layers"]]))
+            for entry in data["redundancy"]
+        ],
+        modality=None if data["modality"] is None else [LayerModality(**row) for row in data["modality"]],
+        sinks=[Sink(**dict(sink, decisions=[SinkDecision(**d) for d in sink["decisions"]])) for sink in data["sinks"]],
+    ))

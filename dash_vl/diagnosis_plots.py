@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 from dash_vl.diagnosis import Diagnosis
 from dash_vl.diagnosis_stats import ATTENTION_VIEWS
+
+PANELS_PER_ROW = 5
 
 
 def pyplot() -> Any:
@@ -65,8 +68,11 @@ def plot_redundancy(diagnosis: Diagnosis, path: Path) -> None:
     over later layers) with the random groups' 5–95 % band."""
     plt = pyplot()
     results = diagnosis.redundancy
-    figure, axes = plt.subplots(1, len(results) + 1, figsize=(3.6 * (len(results) + 1), 3.8), squeeze=False)
-    summary = axes[0][0]
+    columns = min(PANELS_PER_ROW, len(results) + 1)
+    rows = math.ceil((len(results) + 1) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.8 * columns, 3.6 * rows), squeeze=False)
+    panels = list(axes.flat)
+    summary = panels[0]
     for view in ATTENTION_VIEWS:
         summary.plot(
             [r.start_layer for r in results], [r.share_ratio[view] for r in results], marker="o", label=view.replace("_", " ")
@@ -76,8 +82,9 @@ def plot_redundancy(diagnosis: Diagnosis, path: Path) -> None:
     summary.set_xlabel("decision layer l_s")
     summary.set_title(f"DASH / random halted share at ρ={diagnosis.config.ratio}", fontsize=9)
     summary.legend(fontsize=7)
-    for axis, result in zip(axes[0][1:], results):
-        groups = list(range(1, diagnosis.config.groups + 1))
+    summary.grid(alpha=0.3)
+    groups = list(range(1, diagnosis.config.groups + 1))
+    for axis, result in zip(panels[1:], results):
         relative = [sum(layer.decile_relative[g - 1] for layer in result.layers) / len(result.layers) for g in groups]
         low = sum(layer.random_low for layer in result.layers) / len(result.layers)
         high = sum(layer.random_high for layer in result.layers) / len(result.layers)
@@ -86,10 +93,11 @@ def plot_redundancy(diagnosis: Diagnosis, path: Path) -> None:
         axis.axhline(1.0, color="black", linewidth=1)
         axis.set_title(f"l_s = {result.start_layer}: layers {result.start_layer + 1}–{diagnosis.num_layers - 1}", fontsize=9)
         axis.set_xlabel("Δattn group at l_s (1 = lowest)")
+        axis.set_ylabel("received / eligible mean", fontsize=8)
         axis.legend(fontsize=7)
-    axes[0][1 if results else 0].set_ylabel("attention received / eligible mean")
-    for axis in axes[0]:
         axis.grid(alpha=0.3)
+    for axis in panels[len(results) + 1 :]:
+        axis.set_axis_off()
     figure.suptitle(f"{diagnosis.model}: does stability imply redundancy? ({len(diagnosis.prompt_tokens)} prompts)")
     figure.tight_layout()
     figure.savefig(path, dpi=110)

@@ -16,7 +16,7 @@ from dash_vl.adapters import adapter_for
 from dash_vl.attention_received import attention_received
 from dash_vl.cli import main
 from dash_vl.diagnosis import Diagnosis, DiagnosisConfig
-from dash_vl.diagnosis_files import CSV_COLUMNS, write_diagnosis
+from dash_vl.diagnosis_files import CSV_COLUMNS, read_diagnosis, write_diagnosis
 from dash_vl.diagnosis_stats import ATTENTION_VIEWS, attention_view, redundancy, sinks
 from dash_vl.layer_trace import LayerTrace, trace_prompt, tracing
 from tests.conftest import model_of, processor_of, random_image, vl_inputs
@@ -186,6 +186,16 @@ def test_json_and_csv_hold_every_documented_field(tmp_path):
     assert set(written["environment"]) == {"dash_vl", "torch", "transformers", "date"}
     header = paths[1].read_text().splitlines()[0]
     assert tuple(header.split(",")) == CSV_COLUMNS
+
+
+def test_a_written_diagnosis_reads_back_equal(tmp_path):
+    prompt = text_prompt(length=64)
+    prompt["input_ids"][0, 0] = 2
+    result = dash_vl.diagnose(
+        text_model("llama"), [prompt], DiagnosisConfig(start_layers=(1, 2), sink_attention_share=0.05), progress=False
+    )
+    assert result.sinks
+    assert read_diagnosis(write_diagnosis(result, tmp_path, "again", plots=False)[0]) == result
 
 
 @pytest.mark.parametrize(
