@@ -20,7 +20,7 @@ from transformers import PreTrainedTokenizerBase
 
 from dash_vl.api import Query, VisionLanguageModel
 from dash_vl.code_completion import code_suite
-from dash_vl.longcontext import retrieval_suite
+from dash_vl.longcontext import RetrievalSample, retrieval_suite
 from dash_vl.scenes import balanced_questions
 from dash_vl.scenes_vlm import POST_PROMPT
 
@@ -48,12 +48,17 @@ def text_prompts(tokenizer: PreTrainedTokenizerBase, paths: Sequence[str | Path]
     return prompts
 
 
-def passkey_prompts(tokenizer: PreTrainedTokenizerBase, count: int, length: int, device: torch.device, seed: int = 0) -> list[Prompt]:
-    """``count`` pass-key prompts of about ``length`` tokens, the key at depths cycling 0, 0.25, ..., 1."""
+def passkey_samples(tokenizer: PreTrainedTokenizerBase, count: int, length: int, seed: int = 0) -> list[RetrievalSample]:
+    """``count`` pass-key samples of about ``length`` tokens, the key at depths cycling 0, 0.25, ..., 1."""
     per_depth = math.ceil(count / len(PASSKEY_DEPTHS))
     suite = retrieval_suite(tokenizer, ("passkey",), (length,), PASSKEY_DEPTHS, per_depth, seed)
     cycled = sorted(range(len(suite)), key=lambda index: (index % per_depth, index // per_depth))
-    return [token_prompt(suite[index].prompt_ids(tokenizer)[0], device) for index in cycled[:count]]
+    return [suite[index] for index in cycled[:count]]
+
+
+def passkey_prompts(tokenizer: PreTrainedTokenizerBase, count: int, length: int, device: torch.device, seed: int = 0) -> list[Prompt]:
+    """The prompts of :func:`passkey_samples`."""
+    return [token_prompt(sample.prompt_ids(tokenizer)[0], device) for sample in passkey_samples(tokenizer, count, length, seed)]
 
 
 def code_prompts(tokenizer: PreTrainedTokenizerBase, count: int, length: int, device: torch.device, seed: int = 0) -> list[Prompt]:

@@ -17,6 +17,7 @@ from dash_vl.attention_received import attention_received
 from dash_vl.cli import main
 from dash_vl.diagnosis import Diagnosis, DiagnosisConfig
 from dash_vl.diagnosis_files import CSV_COLUMNS, read_diagnosis, write_diagnosis
+from dash_vl.diagnosis_prompts import passkey_samples
 from dash_vl.diagnosis_stats import ATTENTION_VIEWS, attention_view, redundancy, sinks
 from dash_vl.layer_trace import LayerTrace, trace_prompt, tracing
 from tests.conftest import model_of, processor_of, random_image, vl_inputs
@@ -272,3 +273,8 @@ def test_cli_refuses_an_image_without_a_question(saved_vlm, tmp_path, capsys):
 def test_the_per_visible_query_view_divides_by_the_queries_that_see_each_token():
     trace = synthetic_trace(torch.zeros(4), torch.tensor([4.0, 3.0, 2.0, 1.0]))
     assert attention_view(trace, 0, "per_visible_query").tolist() == [1.0, 1.0, 1.0, 1.0]
+
+
+def test_builtin_passkey_prompts_cycle_the_key_depths():
+    samples = passkey_samples(processor_of("qwen2_vl").tokenizer, 7, 128)
+    assert [sample.depth for sample in samples] == [0.0, 0.25, 0.5, 0.75, 1.0, 0.0, 0.25]
