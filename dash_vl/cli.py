@@ -112,6 +112,63 @@ def make_scene(args: argparse.Namespace) -> None:
         print(f"  {question.question} -> {question.answer}")
 
 
+def load_for_diagnosis(name: str, device: str | None, dtype: str) -> tuple[Any, Any, Any]:
+    """``"smollm2"``, ``"scenes"`` (the shipped scenes VLM) or a Hub id / directory: the model, its
+    tokenizer, and the :class:`dash_vl.VisionLanguageModel` that prepares image prompts."""
+    if name == "smollm2":
+        model, tokenizer = load_language_model(name, device, dtype)
+        return model, tokenizer, None
+    from dash_vl.api import load
+
+    if name == "scenes":
+        from dash_vl.scenes_vlm import shipped_model_directory
+
+        name = str(shipped_model_directory())
+    vlm = load(name, device=device, dtype=dtype)
+    return vlm.model, getattr(vlm.processor, "tokenizer", vlm.processor), vlm
+
+
+def diagnosis_prompts(args: argparse.Namespace, tokenizer: Any, vlm: Any, device: Any) -> list[dict]:
+    """The prompts ``dash-vl diagnose`` was asked for: ``--text`` files, ``--image`` with ``--question``, or a suite."""
+    from dash_vl import diagnosis_prompts as suites
+
+    visual = vlm is not None and vlm.adapter.has_visual_tokens
+    if args.text:
+        return suites.text_prompts(tokenizer, args.text, device)
+    suite = "image" if args.image else args.suite or ("scenes" if visual else "passkey")
+    if suite in ("image", "scenes") and not visual:
+        raise ValueError(f"{'--image' if args.image else 'the scenes suite'} needs a vision-language model; {args.model} is text-only")
+    if suite == "image":
+        if not args.question:
+            raise ValueError("--image needs --question")
+        return suites.image_prompts(vlm, args.image, args.question)
+    print(f"no --text or --image given: {args.prompts} prompts of the built-in {suite!r} suite", file=sys.stderr)
+    if suite == "scenes":
+        return suites.scene_prompts(vlm, args.prompts, args.seed)
+    build = suites.code_prompts if suite == "code" else suites.passkey_prompts
+    return build(tokenizer, args.prompts, args.length, device, args.seed)
+
+
+def diagnose(args: argparse.Namespace) -> None:
+    from dash_vl.diagnosis import DiagnosisConfig
+    from dash_vl.diagnosis import diagnose as run_diagnosis
+    from dash_vl.diagnosis_files import write_diagnosis
+
+    config = DiagnosisConfig(
+        start_layers=tuple(args.start_layers), ratio=args.ratio, scope=args.scope, margin=args.margin,
+        chunk=args.chunk, seed=args.seed,
+    )
+    if args.prompts < 1:
+        raise ValueError(f"--prompts must be at least 1, got {args.prompts}")
+    model, tokenizer, vlm = load_for_diagnosis(args.model, args.device, args.dtype)
+    prompts = diagnosis_prompts(args, tokenizer, vlm, next(model.parameters()).device)
+    name = Path(args.model).name or args.model
+    result = run_diagnosis(model, prompts, config, tokenizer=tokenizer, name=name)
+    for path in write_diagnosis(result, args.output, args.stem or f"diagnose_{name}", plots=not args.no_plots):
+        print(f"wrote {path}", file=sys.stderr)
+    print(result.verdict)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from dash_vl.methods import METHODS
     from dash_vl.random_models import FAMILIES
@@ -154,6 +211,37 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate_parser.add_argument("--device", default=None, help="device (smollm2) or device_map, e.g. cuda")
     calibrate_parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, ...")
     calibrate_parser.set_defaults(run=calibrate)
+
+    diagnose_parser = commands.add_parser(
+        "diagnose", help="check DASH's premises (convergence, stability implies redundancy, sinks) on a model's prompts"
+    )
+    diagnose_parser.add_argument(
+        "model", help="'smollm2' (shipped on PyPI), 'scenes' (the shipped scenes VLM), or a Hub id or local directory"
+    )
+    diagnose_parser.add_argument("--text", action="append", help="text file, one prompt each (repeat)")
+    diagnose_parser.add_argument("--image", action="append", help="image path (repeat for several), with --question")
+    diagnose_parser.add_argument("--question", "-q", help="the question about --image")
+    diagnose_parser.add_argument(
+        "--suite", choices=("passkey", "code", "scenes"), default=None,
+        help="built-in prompts when no --text or --image is given (default: scenes for a VLM, passkey for an LLM)",
+    )
+    diagnose_parser.add_argument("--prompts", type=int, default=5, help="number of built-in prompts")
+    diagnose_parser.add_argument("--length", type=int, default=1024, help="tokens per built-in passkey or code prompt")
+    diagnose_parser.add_argument(
+        "--start-layers", nargs="+", type=start_layer, default=[0.2, 0.3, 0.4, 0.5, 0.6],
+        help="candidate decision layers: indices, or fractions of the depth",
+    )
+    diagnose_parser.add_argument("--ratio", type=float, default=0.5, help="rho whose halted set is compared with random")
+    diagnose_parser.add_argument("--scope", default="all", choices=SCOPES)
+    diagnose_parser.add_argument("--margin", type=float, default=0.1, help="verdict margin: holds below (1 - margin) x random")
+    diagnose_parser.add_argument("--chunk", type=int, default=128, help="query rows per step of the attention computation")
+    diagnose_parser.add_argument("--seed", type=int, default=0, help="seed of the built-in prompts and random groups")
+    diagnose_parser.add_argument("--output", default=".", help="directory of the JSON, CSV and PNG files")
+    diagnose_parser.add_argument("--stem", default=None, help="file name stem (default: diagnose_<model>)")
+    diagnose_parser.add_argument("--no-plots", action="store_true", help="JSON and CSV only (no matplotlib needed)")
+    diagnose_parser.add_argument("--device", default=None, help="device (smollm2) or device_map, e.g. cuda")
+    diagnose_parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, ...")
+    diagnose_parser.set_defaults(run=diagnose)
 
     scene_parser = commands.add_parser(
         "make-scene", help="draw a held-out synthetic scene (for the shipped model) and print its questions and answers"
