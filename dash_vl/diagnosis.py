@@ -22,7 +22,6 @@ import transformers
 from torch import nn
 from tqdm import tqdm
 
-from dash_vl import __version__
 from dash_vl.adapters import adapter_for
 from dash_vl.config import SCOPES, HaltingConfig, Scope
 from dash_vl.diagnosis_stats import (
@@ -30,6 +29,7 @@ from dash_vl.diagnosis_stats import (
 )
 from dash_vl.layer_trace import trace_prompt
 from dash_vl.masks import check_implementation
+from dash_vl.version import __version__
 
 DEFAULT_START_LAYERS: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6)
 
