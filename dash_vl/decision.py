@@ -42,7 +42,9 @@ class DecisionProbe:
         previous_keys: ``(batch, kv_heads, T, head_dim)`` cached keys of layer ``l_s - 1``; ``None`` at ``l_s = 0``.
         valid, eligible: ``(batch, T)`` bool.
         eligible_counts: eligible tokens per sample, on the host.
-        attention_kwargs: the full-sequence ``attention_mask`` and ``position_embeddings``.
+        attention_kwargs: the full-sequence ``attention_mask`` and ``position_embeddings`` of layer ``l_s``.
+        previous_position_embeddings: ``(cos, sin)`` of layer ``l_s - 1`` over the full sequence
+            (its rotary may differ from layer ``l_s``'s); ``None`` at ``l_s = 0``.
         vision_evidence: the encoder's evidence over the prompt (score, metric, unit), where recorded.
     """
 
@@ -57,6 +59,7 @@ class DecisionProbe:
         eligible: torch.Tensor,
         eligible_counts: list[int],
         attention_kwargs: dict[str, Any],
+        previous_position_embeddings: tuple[torch.Tensor, torch.Tensor] | None,
         vision_evidence: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
         self.adapter = adapter
@@ -69,6 +72,7 @@ class DecisionProbe:
         self.eligible = eligible
         self.eligible_counts = eligible_counts
         self.attention_kwargs = attention_kwargs
+        self._previous_position_embeddings = previous_position_embeddings
         self._vision_evidence = vision_evidence
         self.capture = KeyValueCapture()
         self._attention_update: torch.Tensor | None = None
@@ -95,7 +99,7 @@ class DecisionProbe:
     def last_query_attention(self) -> torch.Tensor:
         previous_layer = self.adapter.layers[self.layer_index - 1]
         device = next(previous_layer.parameters()).device
-        cos, sin = (part[..., -1:, :].to(device) for part in self.attention_kwargs["position_embeddings"])
+        cos, sin = (part[..., -1:, :].to(device) for part in self._previous_position_embeddings)
         last_states = self.previous_hidden_states[:, -1:].to(device)
         query = self.adapter.attention_queries(previous_layer, last_states, (cos, sin)).to(self.hidden_states.device)
         previous_keys = self.previous_keys()

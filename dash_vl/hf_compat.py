@@ -59,6 +59,13 @@ def new_cache(config: Any) -> DynamicCache:
     return DynamicCache(config=config)
 
 
+def cached_length(cache: Any, layer_index: int) -> int:
+    """How many key slots layer ``layer_index`` of ``cache`` holds: all it was given, or only the latest
+    ``sliding_window - 1`` in a sliding-window layer (``DynamicSlidingWindowLayer``)."""
+    layer = cache.layers[layer_index]
+    return layer.keys.shape[-2] if layer.is_initialized else 0
+
+
 def model_output(last_hidden_state: torch.Tensor, cache: Any) -> BaseModelOutputWithPast:
     """The language model's output, with ``cache`` under this release's field name."""
     return BaseModelOutputWithPast(last_hidden_state=last_hidden_state, **{CACHE_KEYWORD: cache})
