@@ -31,7 +31,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 from dash_vl import hf_compat
 from dash_vl.adapter import ModelAdapter
 from dash_vl.config import HaltingConfig
-from dash_vl.decision import DecisionProbe
+from dash_vl.decision import DecisionProbe, KeyRecorder, PreviousLayer
 from dash_vl.decode_kernels import DECODE_SDPA_BACKENDS, decode_attention_kernels
 from dash_vl.layer_inputs import KeyLayout, LayerInputs
 from dash_vl.masks import check_implementation
@@ -280,13 +280,14 @@ class HaltingEngine:
             self.adapter, hidden, rope_ids, KeyLayout.sequence(token_valid, all_valid=min(valid_counts) == seq_len)
         )
         early_cache = cache if cache is not None else hf_compat.new_cache(self.adapter.text_config)
-        previous_hidden = previous_keys = previous_rotary = None
+        previous = None
         for index in range(start):
-            previous_hidden = hidden
-            hidden = layers[index](hidden, **hf_compat.cache_argument(early_cache), **full.for_layer(index))
+            entering, recorder = hidden, KeyRecorder(early_cache)
+            hidden = layers[index](hidden, **hf_compat.cache_argument(recorder), **full.for_layer(index))
         if start > 0:
-            previous_keys = early_cache.layers[start - 1].keys
-            previous_rotary = full.position_embeddings(self.adapter.layer_types[start - 1])
+            kind = self.adapter.layer_types[start - 1]
+            window = self.adapter.sliding_window if kind == "sliding_attention" else None
+            previous = PreviousLayer(entering, recorder.keys, full.position_embeddings(kind), window)
         # Under a device_map layer l_s may sit on another GPU than the layers before it: decide there.
         device = next(layers[start].parameters()).device
         hidden, token_valid, eligible, rope_ids = (part.to(device) for part in (hidden, token_valid, eligible, rope_ids))
@@ -294,8 +295,7 @@ class HaltingEngine:
         evidence = to_device(evidence, device)
 
         probe = DecisionProbe(
-            self.adapter, start, hidden, previous_hidden, previous_keys, token_valid, eligible, eligible_counts,
-            decision_inputs, previous_rotary, evidence,
+            self.adapter, start, hidden, previous, token_valid, eligible, eligible_counts, decision_inputs, evidence,
         )
         if self.config.ratio > 0:
             decision = self.method.decide(probe, self.config.ratio)
