@@ -35,6 +35,14 @@ from dash_vl.adapter import ModelAdapter
 class Gemma3TextAdapter(ModelAdapter):
     model_types = ("gemma3_text",)
 
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        if getattr(self.text_config, "use_bidirectional_attention", False):
+            raise ValueError(
+                "this Gemma-3 attends bidirectionally (use_bidirectional_attention=True, e.g. EmbeddingGemma); "
+                "dash_vl halts tokens of causal decoders only"
+            )
+
     def position_embeddings(
         self, hidden_states: torch.Tensor, rope_ids: torch.Tensor, layer_type: str
     ) -> tuple[torch.Tensor, torch.Tensor]:

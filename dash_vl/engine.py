@@ -17,6 +17,12 @@ Prefill (empty cache):
 Later calls on the same cache (decoding, or appended text) run every new token through every
 layer: layers ``< l_s`` attend over the full cache, layers ``>= l_s`` over the compact one.
 No attention matrix is built, so any SDPA / FlashAttention kernel runs unchanged.
+
+Each layer gets the mask and rotary embeddings of its kind (``config.layer_types``,
+:mod:`dash_vl.layer_inputs`): a sliding-window layer's window is measured in the sequence
+positions its key slots hold, in the full-length and in the compact layout alike, and over the
+latest slots only where HF's sliding-window cache keeps no more. FlashAttention cannot apply such
+a window to a compact layout, so it is refused where the window is shorter than the sequence.
 """
 
 from __future__ import annotations

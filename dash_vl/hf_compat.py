@@ -9,7 +9,8 @@ installed release has (never by parsing its version string):
   ``ModelOutput`` fields alike;
 * Qwen2.5-VL's window order: a method of the vision tower up to 5.2x, a module function later;
 * the keyword under which LLaVA-OneVision's ``get_video_features`` receives its frames;
-* the module-level helpers the adapters and the engine read (vision rotary, anyres tiling).
+* the module-level helpers the adapters and the engine read (vision rotary, anyres tiling) and
+  how many key slots a cache layer holds (a sliding-window layer keeps only its window).
 
 The next upstream change should be a change in this module and nowhere else.
 """

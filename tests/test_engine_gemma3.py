@@ -56,6 +56,12 @@ def test_gemma3_text_models_get_the_gemma3_adapter(model):
     assert isinstance(adapter_for(model), Gemma3TextAdapter)
 
 
+def test_bidirectional_gemma3_is_refused():
+    config = Gemma3TextConfig(**CONFIG, use_bidirectional_attention=True)
+    with pytest.raises(ValueError, match="attends bidirectionally"):
+        Halting(AutoModelForCausalLM.from_config(config), ratio=0.5)
+
+
 @pytest.mark.parametrize("index", [AFTER_GLOBAL, AFTER_LOCAL])
 def test_update_and_normed_mlp_rebuild_the_decoder_layer(model, index):
     """``feed_forward(h + U)`` is the HF layer's output: ``U`` is exactly what the layer adds before its MLP."""
