@@ -5,12 +5,13 @@ from __future__ import annotations
 from torch import nn
 
 from dash_vl.adapter import ModelAdapter
+from dash_vl.adapters.gemma3 import Gemma3TextAdapter
 from dash_vl.adapters.internvl import InternVLAdapter
 from dash_vl.adapters.llava_onevision import LlavaOnevisionAdapter
 from dash_vl.adapters.qwen2_vl import Qwen2VLAdapter
 from dash_vl.adapters.text_llm import CausalLMAdapter
 
-ADAPTERS: tuple[type[ModelAdapter], ...] = (Qwen2VLAdapter, LlavaOnevisionAdapter, InternVLAdapter, CausalLMAdapter)
+ADAPTERS: tuple[type[ModelAdapter], ...] = (Qwen2VLAdapter, LlavaOnevisionAdapter, InternVLAdapter, Gemma3TextAdapter, CausalLMAdapter)
 
 
 def adapter_class_for(model_type: str) -> type[ModelAdapter]:

@@ -10,6 +10,7 @@ only what differs.
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any, ClassVar
 
 import torch
@@ -17,6 +18,8 @@ from torch import nn
 
 from dash_vl.media import FrameSampling
 from dash_vl.encoder_evidence import SegmentAttention, VisualEvidence
+
+ATTENTION_KINDS: tuple[str, ...] = ("full_attention", "sliding_attention")
 
 
 class ModelAdapter:
@@ -61,6 +64,31 @@ class ModelAdapter:
     def attn_implementation(self) -> str:
         return self.text_config._attn_implementation
 
+    @cached_property
+    def layer_types(self) -> tuple[str, ...]:
+        """The attention kind of every decoder layer: ``"full_attention"`` or ``"sliding_attention"``.
+
+        ``config.layer_types`` where the config has it (Gemma-3, Qwen2, ...); else every layer is
+        sliding where ``config.sliding_window`` is set (Mistral), as HF's own cache reads it.
+
+        Raises:
+            ValueError: for a kind the engine cannot mask (chunked attention, ...).
+        """
+        config = self.text_config
+        types = getattr(config, "layer_types", None)
+        if types is None:
+            kind = "full_attention" if getattr(config, "sliding_window", None) is None else "sliding_attention"
+            types = [kind] * len(self.layers)
+        unsupported = sorted(set(types) - set(ATTENTION_KINDS))
+        if unsupported:
+            raise ValueError(f"dash_vl cannot mask layers of kind {unsupported}; it supports {ATTENTION_KINDS}")
+        return tuple(types)
+
+    @property
+    def sliding_window(self) -> int | None:
+        """Keys this many positions or more before a query are masked in ``"sliding_attention"`` layers."""
+        return getattr(self.text_config, "sliding_window", None)
+
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """``(batch, T)`` token ids to ``(batch, T, hidden)`` embeddings."""
         return self.text_model.embed_tokens(input_ids)
@@ -76,8 +104,13 @@ class ModelAdapter:
             position_ids = torch.arange(past_len, past_len + seq_len, device=device).expand(batch_size, -1)
         return position_ids
 
-    def position_embeddings(self, hidden_states: torch.Tensor, rope_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(cos, sin)`` for ``rope_ids`` as the decoder layers expect them."""
+    def position_embeddings(
+        self, hidden_states: torch.Tensor, rope_ids: torch.Tensor, layer_type: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(cos, sin)`` for ``rope_ids`` as decoder layers of kind ``layer_type`` expect them.
+
+        Default: one rotary embedding for every kind of layer.
+        """
         return self.text_model.rotary_emb(hidden_states, rope_ids)
 
     def visual_mask(self, input_ids: torch.Tensor | None) -> torch.Tensor | None:

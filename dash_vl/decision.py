@@ -7,6 +7,7 @@ cache); the rest (attention update, block update, one attention row) is computed
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,6 +32,43 @@ class KeyValueCapture:
         return key, value
 
 
+class KeyRecorder:
+    """Stands in for the cache in one layer's call: passes everything on to ``cache`` and keeps the keys
+    its ``update`` returns, i.e. every key the layer attended over, also where the cache layer
+    itself keeps only the latest slots of a sliding window."""
+
+    keys: torch.Tensor
+
+    def __init__(self, cache: Any) -> None:
+        self.cache = cache
+
+    def update(self, key: torch.Tensor, value: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        key, value = self.cache.update(key, value, *args, **kwargs)
+        self.keys = key
+        return key, value
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.cache, name)
+
+
+@dataclass(frozen=True)
+class PreviousLayer:
+    """What the engine keeps of layer ``l_s - 1``'s run over the whole prompt.
+
+    Attributes:
+        hidden_states: ``(batch, T, hidden)`` entering it.
+        keys: ``(batch, kv_heads, T, head_dim)``, rotary applied: every key it attended over.
+        position_embeddings: ``(cos, sin)`` of its kind of layer over the prompt (a family may give
+            each kind its own rotary).
+        window: its sliding window where it is a ``"sliding_attention"`` layer; ``None`` for full attention.
+    """
+
+    hidden_states: torch.Tensor
+    keys: torch.Tensor
+    position_embeddings: tuple[torch.Tensor, torch.Tensor]
+    window: int | None
+
+
 class DecisionProbe:
     """Lazy decision-layer inputs of one prefill (see :class:`dash_vl.methods.DecisionInputs`).
 
@@ -38,11 +76,10 @@ class DecisionProbe:
         adapter: the model's adapter.
         layer_index: the decision layer ``l_s``.
         hidden_states: ``(batch, T, hidden)`` entering layer ``l_s``.
-        previous_hidden_states: ``(batch, T, hidden)`` entering layer ``l_s - 1``; ``None`` at ``l_s = 0``.
-        previous_keys: ``(batch, kv_heads, T, head_dim)`` cached keys of layer ``l_s - 1``; ``None`` at ``l_s = 0``.
+        previous: layer ``l_s - 1``'s states, keys and rotary; ``None`` at ``l_s = 0``.
         valid, eligible: ``(batch, T)`` bool.
         eligible_counts: eligible tokens per sample, on the host.
-        attention_kwargs: the full-sequence ``attention_mask`` and ``position_embeddings``.
+        attention_kwargs: the full-sequence ``attention_mask`` and ``position_embeddings`` of layer ``l_s``.
         vision_evidence: the encoder's evidence over the prompt (score, metric, unit), where recorded.
     """
 
@@ -51,8 +88,7 @@ class DecisionProbe:
         adapter: ModelAdapter,
         layer_index: int,
         hidden_states: torch.Tensor,
-        previous_hidden_states: torch.Tensor | None,
-        previous_keys: torch.Tensor | None,
+        previous: PreviousLayer | None,
         valid: torch.Tensor,
         eligible: torch.Tensor,
         eligible_counts: list[int],
@@ -63,8 +99,7 @@ class DecisionProbe:
         self.layer_index = layer_index
         self.layer: nn.Module = adapter.layers[layer_index]
         self.hidden_states = hidden_states
-        self.previous_hidden_states = previous_hidden_states
-        self._previous_keys = previous_keys
+        self.previous = previous
         self.valid = valid
         self.eligible = eligible
         self.eligible_counts = eligible_counts
@@ -87,21 +122,25 @@ class DecisionProbe:
         return self.block_output - self.hidden_states
 
     def previous_keys(self) -> torch.Tensor:
-        if self._previous_keys is None:
+        if self.previous is None:
             raise ValueError("this method reads layer l_s - 1, so it needs start_layer >= 1")
         # under a device_map layer l_s - 1 may sit on another GPU than layer l_s
-        return self._previous_keys.to(self.hidden_states.device)
+        return self.previous.keys.to(self.hidden_states.device)
 
     def last_query_attention(self) -> torch.Tensor:
         previous_layer = self.adapter.layers[self.layer_index - 1]
         device = next(previous_layer.parameters()).device
-        cos, sin = (part[..., -1:, :].to(device) for part in self.attention_kwargs["position_embeddings"])
-        last_states = self.previous_hidden_states[:, -1:].to(device)
-        query = self.adapter.attention_queries(previous_layer, last_states, (cos, sin)).to(self.hidden_states.device)
         previous_keys = self.previous_keys()
+        cos, sin = (part[..., -1:, :].to(device) for part in self.previous.position_embeddings)
+        last_states = self.previous.hidden_states[:, -1:].to(device)
+        query = self.adapter.attention_queries(previous_layer, last_states, (cos, sin)).to(self.hidden_states.device)
         keys = previous_keys.repeat_interleave(query.shape[1] // previous_keys.shape[1], dim=1)
         logits = (query.float() @ keys.float().transpose(-1, -2)).squeeze(2)
-        logits = logits.masked_fill(~self.valid[:, None, :], -torch.inf)
+        visible = self.valid
+        if self.previous.window is not None:  # keys window or more positions before the last token are masked
+            seq_len = visible.shape[1]
+            visible = visible & (torch.arange(seq_len, device=visible.device) > seq_len - 1 - self.previous.window)
+        logits = logits.masked_fill(~visible[:, None, :], -torch.inf)
         return logits.softmax(dim=-1)
 
     def normed_hidden_states(self) -> torch.Tensor:

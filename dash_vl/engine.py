@@ -17,6 +17,12 @@ Prefill (empty cache):
 Later calls on the same cache (decoding, or appended text) run every new token through every
 layer: layers ``< l_s`` attend over the full cache, layers ``>= l_s`` over the compact one.
 No attention matrix is built, so any SDPA / FlashAttention kernel runs unchanged.
+
+Each layer gets the mask and rotary embeddings of its kind (``config.layer_types``,
+:mod:`dash_vl.layer_inputs`): a sliding-window layer's window is measured in the sequence
+positions its key slots hold, in the full-length and in the compact layout alike, and over the
+latest slots only where HF's sliding-window cache keeps no more. FlashAttention cannot apply such
+a window to a compact layout, so it is refused where the window is shorter than the sequence.
 """
 
 from __future__ import annotations
@@ -31,9 +37,10 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 from dash_vl import hf_compat
 from dash_vl.adapter import ModelAdapter
 from dash_vl.config import HaltingConfig
-from dash_vl.decision import DecisionProbe
+from dash_vl.decision import DecisionProbe, KeyRecorder, PreviousLayer
 from dash_vl.decode_kernels import DECODE_SDPA_BACKENDS, decode_attention_kernels
-from dash_vl.masks import causal_mask, check_implementation
+from dash_vl.layer_inputs import KeyLayout, LayerInputs
+from dash_vl.masks import check_implementation
 from dash_vl.methods import METHODS, Decision
 from dash_vl.report import HaltingReport, LayerShapes
 from dash_vl.selection import ActiveSet, compact_layout, require_eligible
@@ -88,12 +95,15 @@ class CompactCache:
     Attributes:
         slot_valid: ``(batch, S)`` bool over the key slots of layers ``>= l_s``; False on the
             left padding of the compact layout.
+        slot_positions: ``(batch, S)`` long, the sequence index each of those slots holds (what a
+            sliding window is measured in).
         prompt_padded: whether the prompt's layout (the key slots of layers ``< l_s``) has padding.
         compact_padded: whether :attr:`slot_valid` has padding; ``None`` where the policy did not
             report its kept counts, until the first later call reads it once.
     """
 
     slot_valid: torch.Tensor
+    slot_positions: torch.Tensor
     prompt_padded: bool
     compact_padded: bool | None
 
@@ -135,6 +145,7 @@ class HaltingEngine:
 
     def __init__(self, adapter: ModelAdapter, config: HaltingConfig) -> None:
         check_implementation(adapter.attn_implementation)
+        adapter.layer_types  # refuses layer kinds the engine cannot mask, before any call
         if config.scope == "visual" and not adapter.has_visual_tokens:
             raise ValueError(
                 f"scope='visual' needs a model with visual tokens; {type(adapter.model).__name__} is text-only"
@@ -276,30 +287,27 @@ class HaltingEngine:
         valid_counts, eligible_counts = torch.stack((token_valid.sum(dim=1), eligible.sum(dim=1))).tolist()
         require_eligible(eligible_counts, self.config.ratio)
         layers, start = self.adapter.layers, self.start_layer
-        implementation = self.adapter.attn_implementation
         seq_len = hidden.shape[1]
-        full = dict(
-            attention_mask=causal_mask(
-                implementation, token_valid, seq_len, hidden.dtype, all_valid=min(valid_counts) == seq_len
-            ),
-            position_embeddings=self.adapter.position_embeddings(hidden, rope_ids),
+        full = LayerInputs(
+            self.adapter, hidden, rope_ids, KeyLayout.sequence(token_valid, all_valid=min(valid_counts) == seq_len)
         )
         early_cache = cache if cache is not None else hf_compat.new_cache(self.adapter.text_config)
-        previous_hidden = previous_keys = None
-        for layer in layers[:start]:
-            previous_hidden = hidden
-            hidden = layer(hidden, **hf_compat.cache_argument(early_cache), **full)
+        previous = None
+        for index in range(start):
+            entering, recorder = hidden, KeyRecorder(early_cache)
+            hidden = layers[index](hidden, **hf_compat.cache_argument(recorder), **full.for_layer(index))
         if start > 0:
-            previous_keys = early_cache.layers[start - 1].keys
+            kind = self.adapter.layer_types[start - 1]
+            window = self.adapter.sliding_window if kind == "sliding_attention" else None
+            previous = PreviousLayer(entering, recorder.keys, full.position_embeddings(kind), window)
         # Under a device_map layer l_s may sit on another GPU than the layers before it: decide there.
         device = next(layers[start].parameters()).device
         hidden, token_valid, eligible, rope_ids = (part.to(device) for part in (hidden, token_valid, eligible, rope_ids))
-        full = {name: to_device(value, device) for name, value in full.items()}
+        decision_inputs = {name: to_device(value, device) for name, value in full.for_layer(start).items()}
         evidence = to_device(evidence, device)
 
         probe = DecisionProbe(
-            self.adapter, start, hidden, previous_hidden, previous_keys, token_valid, eligible, eligible_counts, full,
-            evidence,
+            self.adapter, start, hidden, previous, token_valid, eligible, eligible_counts, decision_inputs, evidence,
         )
         if self.config.ratio > 0:
             decision = self.method.decide(probe, self.config.ratio)
@@ -320,15 +328,15 @@ class HaltingEngine:
         compact_valid = None if active_counts is None else min(active_counts) == compact.shape[1]
         if cache is not None:
             self._compact[cache] = CompactCache(
-                active.slot_valid, prompt_padded=min(valid_counts) < seq_len,
+                active.slot_valid, active.index, prompt_padded=min(valid_counts) < seq_len,
                 compact_padded=None if compact_valid is None else not compact_valid,
             )
-        compact_mask = causal_mask(implementation, active.slot_valid, compact.shape[1], compact.dtype, compact_valid)
-        compact_rope = self.adapter.position_embeddings(compact, gather_tokens(rope_ids, active.index, dim=-1))
-        for layer in layers[start + 1 if in_layer else start :]:
-            compact = layer(
-                compact, attention_mask=compact_mask, position_embeddings=compact_rope, **hf_compat.cache_argument(cache)
-            )
+        compact_inputs = LayerInputs(
+            self.adapter, compact, gather_tokens(rope_ids, active.index, dim=-1),
+            KeyLayout(active.slot_valid, active.index, compact_valid, span=seq_len),
+        )
+        for index in range(start + 1 if in_layer else start, self.num_layers):
+            compact = layers[index](compact, **compact_inputs.for_layer(index), **hf_compat.cache_argument(cache))
 
         # Under a device_map the last layer may sit on another GPU: the frozen states join it there.
         # Padding slots hold halted positions; they write back the frozen state they already have.
@@ -357,22 +365,29 @@ class HaltingEngine:
     def _extend(
         self, hidden: torch.Tensor, token_valid: torch.Tensor, rope_ids: torch.Tensor, cache: Any, compact: CompactCache | None
     ) -> torch.Tensor:
-        """New tokens ``(batch, Q, D)`` through every layer after a prefill; ``token_valid`` is ``(batch, P + Q)``."""
+        """New tokens ``(batch, Q, D)`` through every layer after a prefill; ``token_valid`` is ``(batch, P + Q)``.
+
+        A layer whose cache keeps only its latest slots (sliding window) attends over those and the new ones.
+        """
         new_len = hidden.shape[1]
-        implementation = self.adapter.attn_implementation
-        rope = self.adapter.position_embeddings(hidden, rope_ids)
         prompt_valid = None if compact is None else not compact.prompt_padded
-        full_mask = causal_mask(implementation, token_valid, new_len, hidden.dtype, all_valid=prompt_valid)
-        compact_mask = full_mask
+        full_layout = KeyLayout.sequence(token_valid, all_valid=prompt_valid)
+        full = LayerInputs(self.adapter, hidden, rope_ids, full_layout)
+        late = full
         if compact is not None:
             compact.slot_valid = torch.cat([compact.slot_valid, token_valid[:, -new_len:]], dim=1)
-            compact_mask = causal_mask(
-                implementation, compact.slot_valid, new_len, hidden.dtype, all_valid=not compact.has_compact_padding()
+            compact.slot_positions = torch.cat([compact.slot_positions, full_layout.positions[:, -new_len:]], dim=1)
+            late = full.over(
+                KeyLayout(
+                    compact.slot_valid, compact.slot_positions, not compact.has_compact_padding(), span=full_layout.span
+                )
             )
+        implementation = self.adapter.attn_implementation
         with decode_attention_kernels(self.decode_backends, implementation, hidden.device, new_len):
             for index, layer in enumerate(self.adapter.layers):
-                mask = full_mask if index < self.start_layer else compact_mask
-                hidden = layer(hidden, attention_mask=mask, position_embeddings=rope, **hf_compat.cache_argument(cache))
+                inputs = full if index < self.start_layer else late
+                key_length = hf_compat.cached_length(cache, index) + new_len
+                hidden = layer(hidden, **inputs.for_layer(index, key_length), **hf_compat.cache_argument(cache))
         return hidden
 
     # ----------------------------------------------------------------------------------------

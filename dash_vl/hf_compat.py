@@ -9,7 +9,8 @@ installed release has (never by parsing its version string):
   ``ModelOutput`` fields alike;
 * Qwen2.5-VL's window order: a method of the vision tower up to 5.2x, a module function later;
 * the keyword under which LLaVA-OneVision's ``get_video_features`` receives its frames;
-* the module-level helpers the adapters and the engine read (vision rotary, anyres tiling).
+* the module-level helpers the adapters and the engine read (vision rotary, anyres tiling) and
+  how many key slots a cache layer holds (a sliding-window layer keeps only its window).
 
 The next upstream change should be a change in this module and nowhere else.
 """
@@ -57,6 +58,13 @@ def pop_cache(kwargs: dict[str, Any]) -> Any:
 def new_cache(config: Any) -> DynamicCache:
     """An empty dynamic KV cache for a language model's ``config``."""
     return DynamicCache(config=config)
+
+
+def cached_length(cache: Any, layer_index: int) -> int:
+    """How many key slots layer ``layer_index`` of ``cache`` holds: all it was given, or only the latest
+    ``sliding_window - 1`` in a sliding-window layer (``DynamicSlidingWindowLayer``)."""
+    layer = cache.layers[layer_index]
+    return layer.keys.shape[-2] if layer.is_initialized else 0
 
 
 def model_output(last_hidden_state: torch.Tensor, cache: Any) -> BaseModelOutputWithPast:

@@ -4,6 +4,7 @@ The engine builds its own masks because layers past the decision layer attend ov
 key layout whose length differs from the cache of layer 0, which HF's mask helpers assume.
 The conventions follow HF's: SDPA takes a boolean mask (True = attend) or ``None`` for plain
 causal attention, eager takes an additive float mask, FlashAttention a 2-D padding mask.
+Sliding-window layers get their window from the positions the key slots hold.
 """
 
 from __future__ import annotations
@@ -48,10 +49,52 @@ def causal_mask(
         return None if all_valid else key_valid.long()
     if implementation == "sdpa" and all_valid and query_length in (1, key_length):
         return None
+    return _as_implementation(implementation, _causal_allowed(key_valid, query_length), dtype)
+
+
+def sliding_window_mask(
+    implementation: str, key_valid: torch.Tensor, key_positions: torch.Tensor, query_length: int, window: int,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """The causal mask of :func:`causal_mask`, further limited to a sliding window measured in positions.
+
+    Query ``i`` (the token in slot ``S - Q + i``) may attend key slot ``j`` only when
+    ``key_positions[b, j] > key_positions[b, S - Q + i] - window``, as HF's sliding-window layers
+    do over sequence indices. In a compact halted layout slots skip halted tokens, so the window
+    is measured in the positions the slots hold, never in slot indices.
+
+    Args:
+        key_positions: ``(batch, S)`` long, the sequence index (padding included) each slot holds.
+        window: ``config.sliding_window``: keys at distance ``>= window`` are masked.
+
+    Returns:
+        ``(batch, 1, Q, S)`` bool for SDPA, ``(batch, 1, Q, S)`` ``dtype`` for eager.
+
+    Raises:
+        ValueError: for FlashAttention, whose window counts key slots.
+    """
+    check_implementation(implementation)
+    if implementation.startswith("flash_attention"):
+        raise ValueError(
+            f"{implementation} applies a sliding window over key slots, which halting rearranges; use "
+            "attn_implementation='sdpa' or 'eager' for a model whose sliding window is shorter than the sequence"
+        )
+    query_positions = key_positions[:, -query_length:]
+    in_window = key_positions[:, None, None, :] > query_positions[:, None, :, None] - window
+    return _as_implementation(implementation, _causal_allowed(key_valid, query_length) & in_window, dtype)
+
+
+def _causal_allowed(key_valid: torch.Tensor, query_length: int) -> torch.Tensor:
+    """``(batch, 1, Q, S)`` bool: valid key slots at or before each query's slot."""
+    key_length = key_valid.shape[1]
     query_slots = torch.arange(key_length - query_length, key_length, device=key_valid.device)
     key_slots = torch.arange(key_length, device=key_valid.device)
-    allowed = (key_slots[None, :] <= query_slots[:, None])[None, None] & key_valid[:, None, None, :]
+    return (key_slots[None, :] <= query_slots[:, None])[None, None] & key_valid[:, None, None, :]
+
+
+def _as_implementation(implementation: str, allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``allowed`` as SDPA takes it (bool) or as eager takes it (additive ``dtype``)."""
     if implementation == "sdpa":
         return allowed
-    blocked = torch.tensor(torch.finfo(dtype).min, dtype=dtype, device=key_valid.device)
-    return torch.where(allowed, torch.zeros((), dtype=dtype, device=key_valid.device), blocked)
+    blocked = torch.tensor(torch.finfo(dtype).min, dtype=dtype, device=allowed.device)
+    return torch.where(allowed, torch.zeros((), dtype=dtype, device=allowed.device), blocked)

@@ -1,9 +1,19 @@
-"""Model files that reach these machines inside PyPI packages, found without importing the package."""
+"""Model files that reach these machines inside PyPI packages, found without importing the package.
+
+Large GGUF files ship as ordered slices in several packages; :func:`join_parts` joins them once
+into :func:`cache_directory` and checks the published size and sha256, and :func:`load_gguf`
+dequantizes a GGUF into a transformers model and tokenizer.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import os
 from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 
 def package_directory(package: str, install: str) -> Path:
@@ -19,3 +29,59 @@ def package_directory(package: str, install: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(f"{package} is not installed: {install}")
     return Path(next(iter(spec.submodule_search_locations)))
+
+
+def cache_directory() -> Path:
+    """Where joined model files live: ``$DASH_VL_CACHE``, default ``~/.cache/dash_vl``."""
+    return Path(os.environ.get("DASH_VL_CACHE", Path.home() / ".cache" / "dash_vl"))
+
+
+def sha256_of(path: Path, chunk_bytes: int = 1 << 24) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def is_published(path: Path, size: int, sha256: str) -> bool:
+    """Whether ``path`` is a file of ``size`` bytes with hex digest ``sha256``."""
+    return path.is_file() and path.stat().st_size == size and sha256_of(path) == sha256
+
+
+def join_parts(parts: list[Path], target: Path, size: int, sha256: str, install: str) -> Path:
+    """Write ``parts`` one after the other into ``target`` and check the result; returns ``target``.
+
+    The bytes go to ``target.partial`` first, which replaces ``target`` only once it checks out.
+
+    Raises:
+        ValueError: naming ``install`` (the pip command), if the joined bytes do not have
+            ``size`` bytes and sha256 ``sha256``; nothing is left behind then.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".partial")
+    with open(partial, "wb") as joined:
+        for part in parts:
+            with open(part, "rb") as handle:
+                while chunk := handle.read(1 << 24):
+                    joined.write(chunk)
+    joined_size, digest = partial.stat().st_size, sha256_of(partial)
+    if joined_size != size or digest != sha256:
+        partial.unlink()
+        raise ValueError(
+            f"the joined parts have {joined_size} bytes and sha256 {digest}; expected {size} and {sha256} "
+            f"(reinstall them: {install})"
+        )
+    partial.replace(target)
+    return target
+
+
+def load_gguf(
+    gguf: Path, device: str | torch.device, dtype: torch.dtype, attn_implementation: str
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The model dequantized from ``gguf`` (eval mode, on ``device``) and its tokenizer (needs ``gguf``)."""
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=dtype, attn_implementation=attn_implementation
+    )
+    return model.to(device).eval(), tokenizer

@@ -14,14 +14,12 @@ transformers on load (needs ``gguf``; about 42 s and 2.5 GB in fp32 on a CPU). N
 
 from __future__ import annotations
 
-import hashlib
-import os
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from dash_vl.packaged_weights import package_directory
+from dash_vl.packaged_weights import cache_directory, is_published, join_parts, load_gguf, package_directory
 
 PART_COUNT = 6
 PART_VERSION = "0.9.0"
@@ -48,46 +46,18 @@ def part_paths() -> list[Path]:
     return paths
 
 
-def sha256_of(path: Path, chunk_bytes: int = 1 << 24) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def cache_directory() -> Path:
-    return Path(os.environ.get("DASH_VL_CACHE", Path.home() / ".cache" / "dash_vl"))
-
-
 def assemble(directory: Path | None = None) -> Path:
-    """The joined GGUF file in ``directory`` (default :func:`cache_directory`), joined from the parts
-    unless a file of the right size and sha256 is already there.
+    """The joined GGUF file in ``directory`` (default :func:`~dash_vl.packaged_weights.cache_directory`),
+    joined from the parts unless a file of the right size and sha256 is already there.
 
     Raises:
         FileNotFoundError: if a part is missing (see :func:`part_paths`).
         ValueError: if the joined bytes do not have the published size and sha256.
     """
     target = (directory or cache_directory()) / GGUF_NAME
-    if target.is_file() and target.stat().st_size == GGUF_BYTES and sha256_of(target) == GGUF_SHA256:
+    if is_published(target, GGUF_BYTES, GGUF_SHA256):
         return target
-    parts = part_paths()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(".partial")
-    with open(partial, "wb") as joined:
-        for part in parts:
-            with open(part, "rb") as handle:
-                while chunk := handle.read(1 << 24):
-                    joined.write(chunk)
-    size, digest = partial.stat().st_size, sha256_of(partial)
-    if size != GGUF_BYTES or digest != GGUF_SHA256:
-        partial.unlink()
-        raise ValueError(
-            f"the joined parts have {size} bytes and sha256 {digest}; expected {GGUF_BYTES} and {GGUF_SHA256} "
-            f"(reinstall them: {INSTALL})"
-        )
-    partial.replace(target)
-    return target
+    return join_parts(part_paths(), target, GGUF_BYTES, GGUF_SHA256, INSTALL)
 
 
 def load_qwen_coder(
@@ -95,9 +65,4 @@ def load_qwen_coder(
     directory: Path | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The dequantized ``Qwen2ForCausalLM`` (eval mode, on ``device``) and its tokenizer (with its chat template)."""
-    gguf = assemble(directory)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, dtype=dtype, attn_implementation=attn_implementation
-    )
-    return model.to(device).eval(), tokenizer
+    return load_gguf(assemble(directory), device, dtype, attn_implementation)

