@@ -18,13 +18,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 
 from dash_vl import hf_compat
 from dash_vl.adapter import ModelAdapter
 from dash_vl.attention_received import attention_received
 from dash_vl.decision import KeyValueCapture
-from dash_vl.masks import causal_mask
+from dash_vl.layer_inputs import KeyLayout, LayerInputs
 
 
 @dataclass(frozen=True)
@@ -78,17 +77,13 @@ class LayerTracer:
             raise ValueError(f"the diagnosis traces one prompt at a time; got a batch of {batch_size}")
         if attention_mask is not None and not bool(attention_mask.bool().all()):
             raise ValueError("the diagnosis traces unpadded prompts; the attention mask has padding")
+        check_window(self.adapter, seq_len)
         rope_ids = self.adapter.rope_position_ids(position_ids, 1, seq_len, 0, hidden.device)
-        attention_kwargs = dict(
-            attention_mask=causal_mask(
-                self.adapter.attn_implementation, torch.ones(1, seq_len, dtype=torch.bool, device=hidden.device),
-                seq_len, hidden.dtype, all_valid=True,
-            ),
-            position_embeddings=self.adapter.position_embeddings(hidden, rope_ids),
-        )
+        valid = torch.ones(1, seq_len, dtype=torch.bool, device=hidden.device)
+        layer_inputs = LayerInputs(self.adapter, hidden, rope_ids, KeyLayout.sequence(valid, all_valid=True))
         delta_attn, hidden_norm, received, last_query = [], [], [], []
-        for layer in self.adapter.layers:
-            check_window(layer, self.adapter.text_config, seq_len)
+        for index, layer in enumerate(self.adapter.layers):
+            attention_kwargs = layer_inputs.for_layer(index)
             capture = KeyValueCapture()
             update = self.adapter.attention_update(layer, hidden, **hf_compat.cache_argument(capture), **attention_kwargs)
             queries = self.adapter.attention_queries(layer, hidden, attention_kwargs["position_embeddings"])
@@ -101,11 +96,10 @@ class LayerTracer:
         return hf_compat.model_output(self.adapter.final_norm(hidden), None)
 
 
-def check_window(layer: nn.Module, text_config: Any, seq_len: int) -> None:
+def check_window(adapter: ModelAdapter, seq_len: int) -> None:
     """Refuse a prompt longer than a sliding-window layer's window (the received attention assumes full causal attention)."""
-    attention = layer.self_attn
-    window = getattr(attention, "sliding_window", getattr(text_config, "sliding_window", None))
-    if window is not None and seq_len > window:
+    window = adapter.sliding_window
+    if window is not None and seq_len > window and "sliding_attention" in adapter.layer_types:
         raise ValueError(f"the prompt ({seq_len} tokens) is longer than the sliding window ({window}) of a layer")
 
 

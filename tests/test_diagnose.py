@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, Qwen3Config
+from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen3Config
 
 import dash_vl
 from dash_vl.adapters import adapter_for
@@ -224,6 +224,15 @@ def test_a_padded_prompt_is_refused():
     prompt["attention_mask"][0, 0] = 0
     with pytest.raises(ValueError, match="padding"):
         dash_vl.diagnose(text_model("llama"), [prompt], DiagnosisConfig(start_layers=(1,)), progress=False)
+
+
+def test_a_prompt_longer_than_a_sliding_window_is_refused():
+    config = MistralConfig(**SIZES, sliding_window=16)
+    config._attn_implementation = "sdpa"
+    model = AutoModelForCausalLM.from_config(config).eval()
+    with pytest.raises(ValueError, match="sliding window"):
+        dash_vl.diagnose(model, [text_prompt(length=48)], DiagnosisConfig(start_layers=(1,)), progress=False)
+    dash_vl.diagnose(model, [text_prompt(length=16)], DiagnosisConfig(start_layers=(1,)), progress=False)
 
 
 def test_no_prompts_are_refused():
