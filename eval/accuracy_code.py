@@ -22,20 +22,19 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 import torch
 
 from dash_vl.code_completion import CODE_TASKS, code_suite
 from dash_vl.gemma3 import load_gemma3
-from dash_vl.prompt_scoring import answer_batch, batches, mean_score
+from dash_vl.prompt_scoring import answer_batch, batches
 from dash_vl.qwen_coder import load_qwen_coder
 from dash_vl.sweep import Cell, ResultStore, run_sweep
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from accuracy_grid import add_grid_arguments, config_for, grid, write_report  # noqa: E402
+from accuracy_grid import add_grid_arguments, grid, measure_cell, write_report  # noqa: E402
 
 MODELS = {"qwen_coder": ("Qwen2.5-Coder-0.5B-Instruct", load_qwen_coder), "gemma3": ("Gemma-3-270M", load_gemma3)}
 """``--model`` name: (the model's name in the progress bar and the plots' title, the loader)."""
@@ -62,21 +61,10 @@ def main() -> None:
 
     def measure(cell: Cell) -> list[dict]:
         """One row per (task, length): mean edit similarity, mean relative FLOPs and kept fraction."""
-        config = config_for(cell)
-        answers = defaultdict(list)
-        for group in groups:
-            for sample, answer in zip(group, answer_batch(model, tokenizer, group, config, args.max_new_tokens)):
-                answers[(sample.task, sample.length)].append(answer)
-        layer = "-" if config is None else config.decision_layer(model.config.num_hidden_layers)
-        return [
-            dict(
-                task=task, length=length, n=len(found), edit_similarity=mean_score(found), decision_layer=layer,
-                relative_flops=sum(a.relative_flops for a in found) / len(found),
-                kept_fraction=sum(a.kept_tokens / a.prompt_tokens for a in found) / len(found),
-                python=platform.python_version(),
-            )
-            for (task, length), found in sorted(answers.items())
-        ]
+        return measure_cell(
+            cell, groups, lambda group, config: answer_batch(model, tokenizer, group, config, args.max_new_tokens),
+            model.config.num_hidden_layers, "edit_similarity", python=platform.python_version(),
+        )
 
     store = ResultStore(args.results)
     run_sweep(grid(args), measure, store, f"{label} code completion")

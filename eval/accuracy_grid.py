@@ -5,9 +5,13 @@ halting config of a cell, a markdown table of a score against relative prefill F
 from __future__ import annotations
 
 import argparse
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from dash_vl.config import HaltingConfig
+from dash_vl.prompt_scoring import ScoredAnswer, mean_score
 from dash_vl.sweep import Cell, ResultStore, pooled
 
 UNMODIFIED = "none"
@@ -30,6 +34,30 @@ def config_for(cell: Cell) -> HaltingConfig | None:
     return HaltingConfig(
         method=cell["method"], ratio=cell["ratio"], start_layer=start, scope="all", question=cell["question"]
     )
+
+
+def measure_cell(
+    cell: Cell, groups: Sequence[Sequence[Any]], answer: Callable[[Sequence[Any], HaltingConfig | None], list[ScoredAnswer]],
+    num_layers: int, score: str, **extra: Any,
+) -> list[dict]:
+    """One row per (task, length) of the prompt ``groups`` answered under ``cell``: the prompt count,
+    the mean score (under the name ``score``), the decision layer, the mean relative prefill FLOPs
+    and kept fraction, then ``extra``."""
+    config = config_for(cell)
+    answers = defaultdict(list)
+    for group in groups:
+        for sample, found in zip(group, answer(group, config)):
+            answers[(sample.task, sample.length)].append(found)
+    layer = "-" if config is None else config.decision_layer(num_layers)
+    return [
+        dict(
+            task=task, length=length, n=len(found), **{score: mean_score(found)}, decision_layer=layer,
+            relative_flops=sum(a.relative_flops for a in found) / len(found),
+            kept_fraction=sum(a.kept_tokens / a.prompt_tokens for a in found) / len(found),
+            **extra,
+        )
+        for (task, length), found in sorted(answers.items())
+    ]
 
 
 def grid(args: argparse.Namespace) -> list[Cell]:

@@ -14,19 +14,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 import torch
 
 from dash_vl.longcontext import TASKS, retrieval_suite
-from dash_vl.prompt_scoring import answer_batch, batches, mean_score
+from dash_vl.prompt_scoring import answer_batch, batches
 from dash_vl.smollm2 import load_smollm2
 from dash_vl.sweep import Cell, ResultStore, run_sweep
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from accuracy_grid import add_grid_arguments, config_for, grid, write_report  # noqa: E402
+from accuracy_grid import add_grid_arguments, grid, measure_cell, write_report  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -47,20 +46,10 @@ def main() -> None:
 
     def measure(cell: Cell) -> list[dict]:
         """One row per (task, length): accuracy over its prompts, mean relative FLOPs and kept fraction."""
-        config = config_for(cell)
-        answers = defaultdict(list)
-        for group in groups:
-            for sample, answer in zip(group, answer_batch(model, tokenizer, group, config)):
-                answers[(sample.task, sample.length)].append(answer)
-        layer = "-" if config is None else config.decision_layer(model.config.num_hidden_layers)
-        return [
-            dict(
-                task=task, length=length, n=len(found), accuracy=mean_score(found), decision_layer=layer,
-                relative_flops=sum(a.relative_flops for a in found) / len(found),
-                kept_fraction=sum(a.kept_tokens / a.prompt_tokens for a in found) / len(found),
-            )
-            for (task, length), found in sorted(answers.items())
-        ]
+        return measure_cell(
+            cell, groups, lambda group, config: answer_batch(model, tokenizer, group, config),
+            model.config.num_hidden_layers, "accuracy",
+        )
 
     store = ResultStore(args.results)
     run_sweep(grid(args), measure, store, "smollm2 retrieval")
