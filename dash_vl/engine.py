@@ -42,7 +42,8 @@ from dash_vl.decode_kernels import DECODE_SDPA_BACKENDS, decode_attention_kernel
 from dash_vl.layer_inputs import KeyLayout, LayerInputs
 from dash_vl.masks import check_implementation
 from dash_vl.methods import METHODS, Decision
-from dash_vl.report import HaltingReport, LayerShapes
+from dash_vl.prefill_flops import DecisionLayerWork, LayerShapes, prefill_flops
+from dash_vl.report import HaltingReport
 from dash_vl.selection import ActiveSet, compact_layout, require_eligible
 from dash_vl.vision_evidence import EvidenceRecorder, evidence_over_prompt
 
@@ -156,6 +157,13 @@ class HaltingEngine:
         self.num_layers = len(adapter.layers)
         self.start_layer = config.decision_layer(self.num_layers)
         self.shapes = LayerShapes.from_config(adapter.text_config)
+        self.layer_windows = tuple(
+            adapter.sliding_window if kind == "sliding_attention" else None for kind in adapter.layer_types
+        )
+        """Per layer, its sliding window in positions (``None``: full attention), for the FLOP count."""
+        self.decision_work = DecisionLayerWork(
+            attends_all=self.method.placement != "layer_input", mlp_on_all=self.method.needs_block_update
+        )
         self._reports: list[HaltingReport] = []
         self._pending_reports: list[PendingReport] = []
         self.prompt_input_ids: torch.Tensor | None = None
@@ -422,32 +430,20 @@ class HaltingEngine:
             eligible &= visual
         return eligible
 
-    def _decision_layer_flops(self, tokens: int, keep: int) -> float:
-        """Layer ``l_s`` of one sample: attention over all ``tokens`` then MLP on ``keep`` (DASH), MLP on
-        all (whole-block score), or only the ``keep`` active tokens (decision before the layer)."""
-        if self.method.placement == "layer_input":
-            return self.shapes.layer_flops(keep)
-        mlp_tokens = tokens if self.method.needs_block_update else keep
-        return self.shapes.layer_flops(tokens, mlp_tokens=mlp_tokens)
-
     def _report(self, pending: PendingReport) -> HaltingReport:
         """The report of one prefill from its masks over the context (valid, eligible, active tokens)."""
         token_valid, eligible, active = pending.host_masks()
         question_len = pending.question_len
         context = token_valid.sum(dim=1).tolist()
         kept = active.sum(dim=1).tolist()
-        start, shapes = self.start_layer, self.shapes
+        start = self.start_layer
         halted_flops = full_flops = 0.0
-        for tokens, keep in zip(context, kept):
-            question_full = shapes.layer_flops(question_len, earlier_keys=tokens)
-            question_halted = shapes.layer_flops(question_len, earlier_keys=keep)
-            full_flops += self.num_layers * (shapes.layer_flops(tokens) + question_full)
-            halted_flops += (
-                start * (shapes.layer_flops(tokens) + question_full)
-                + self._decision_layer_flops(tokens, keep)
-                + (self.num_layers - start - 1) * shapes.layer_flops(keep)
-                + (self.num_layers - start) * question_halted
+        for valid_row, active_row in zip(token_valid, active):
+            halted, full = prefill_flops(
+                self.shapes, self.layer_windows, start, self.decision_work,
+                valid_row.nonzero().flatten(), active_row.nonzero().flatten(), question_len,
             )
+            halted_flops, full_flops = halted_flops + halted, full_flops + full
         prompt = [tokens + question_len for tokens in context]
         kept = [keep + question_len for keep in kept]
         per_layer = [prompt] * start + [kept] * (self.num_layers - start)
