@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from dash_vl.methods import METHODS
+
 Scope = Literal["all", "visual"]
 QuestionMode = Literal["halted", "protected", "after_context"]
 
@@ -54,8 +56,6 @@ class HaltingConfig:
             raise TypeError(f"ratio must be a float in [0, 1), got {self.ratio!r}")
         if not 0.0 <= float(self.ratio) < 1.0:
             raise ValueError(f"ratio must be in [0, 1), got {self.ratio}")
-        from dash_vl.methods import METHODS
-
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {sorted(METHODS)}, got {self.method!r}")
         if self.start_layer is None:

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dash_vl.config import HaltingConfig
-from dash_vl.methods.base import DecisionInputs, HaltingMethod, ScoredHalting
+from dash_vl.methods.base import DecisionInputs, HaltingMethod, MethodKnobs, ScoredHalting
 
 
 @dataclass(frozen=True)
@@ -42,7 +41,7 @@ class RandomHalting(ScoredHalting):
     seed: int = 0
 
     @classmethod
-    def from_config(cls, config: HaltingConfig) -> HaltingMethod:
+    def from_config(cls, config: MethodKnobs) -> HaltingMethod:
         return cls(seed=config.seed)
 
     def scores(self, inputs: DecisionInputs) -> torch.Tensor:

@@ -15,14 +15,26 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Literal, Protocol
+from typing import ClassVar, Literal, Protocol
 
 import torch
 
-if TYPE_CHECKING:
-    from dash_vl.config import HaltingConfig
-
 Placement = Literal["attention_update", "layer_input"]
+
+
+class MethodKnobs(Protocol):
+    """The knobs a policy may read when it is built (:class:`dash_vl.config.HaltingConfig` has them,
+    with the method's defaults already filled in).
+
+    Attributes:
+        start_layer: the decision layer, a layer index or a fraction of the depth.
+        scope: ``"all"`` or ``"visual"``.
+        seed: the random generator's seed.
+    """
+
+    start_layer: int | float
+    scope: str
+    seed: int
 
 
 class DecisionInputs(Protocol):
@@ -100,7 +112,7 @@ class HaltingMethod(ABC):
     lowest_start_layer: ClassVar[int] = 1
 
     @classmethod
-    def from_config(cls, config: HaltingConfig) -> HaltingMethod:
+    def from_config(cls, config: MethodKnobs) -> HaltingMethod:
         """The policy for ``config`` (knobs other than ``ratio`` that the policy reads)."""
         return cls()
 

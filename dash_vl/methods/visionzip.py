@@ -30,8 +30,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from dash_vl.config import HaltingConfig
-from dash_vl.methods.base import Decision, DecisionInputs, HaltingMethod
+from dash_vl.methods.base import Decision, DecisionInputs, HaltingMethod, MethodKnobs
 
 CONTEXTUAL_PER_64 = 10
 
@@ -63,7 +62,7 @@ class VisionZip(HaltingMethod):
     lowest_start_layer = 0
 
     @classmethod
-    def from_config(cls, config: HaltingConfig) -> HaltingMethod:
+    def from_config(cls, config: MethodKnobs) -> HaltingMethod:
         if config.start_layer != 0:
             raise ValueError(f"visionzip reduces tokens before the LLM: start_layer must be 0, got {config.start_layer}")
         if config.scope != "visual":
