@@ -92,7 +92,9 @@ def packed_attention(
     Args:
         module: the attention module calling (unused, part of HF's interface).
         query: ``(1, heads, N, head_dim)``, rotary applied.
-        key, value: ``(1, kv_heads, N, head_dim)``; ``heads`` a multiple of ``kv_heads``.
+        key, value: ``(1, kv_heads, N, head_dim)``; ``heads`` a multiple of ``kv_heads``. As in HF's
+            own FlexAttention path, key and value heads are repeated to ``heads`` where ``heads`` is not
+            a power of two (Qwen2-7B's 28); otherwise the kernel shares them (grouped-query attention).
         attention_mask: the :func:`document_causal_mask` of the sequence.
         scaling: the softmax scale (``head_dim ** -0.5`` where ``None``).
         dropout: must be 0 (prefill is inference).
@@ -102,10 +104,11 @@ def packed_attention(
     """
     if dropout:
         raise ValueError("packed prefill runs inference only: attention dropout must be 0 (call model.eval())")
+    heads = query.shape[1]
+    if heads & (heads - 1):
+        key, value = (part.repeat_interleave(heads // part.shape[1], dim=1) for part in (key, value))
     kernel = compiled_flex_attention() if query.is_cuda else flex_attention
-    output = kernel(
-        query, key, value, block_mask=attention_mask, scale=scaling, enable_gqa=query.shape[1] != key.shape[1]
-    )
+    output = kernel(query, key, value, block_mask=attention_mask, scale=scaling, enable_gqa=heads != key.shape[1])
     return output.transpose(1, 2).contiguous(), None
 
 

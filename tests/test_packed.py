@@ -91,6 +91,12 @@ def test_packed_text_prefill_matches_padded_engine(name, method, ratio, packed_c
     assert_packed_matches_padded(model, prompts, packed_calls, method=method, ratio=ratio, start_layer=2)
 
 
+def test_packed_prefill_with_a_head_count_that_is_not_a_power_of_two(packed_calls):
+    """6 query heads over 2 key/value heads: the key/value heads are repeated before the kernel."""
+    model, prompts = text_model("qwen2", hidden_size=96, num_attention_heads=6), ragged_prompts(TEXT_LENGTHS)
+    assert_packed_matches_padded(model, prompts, packed_calls, ratio=0.5, start_layer=2)
+
+
 @pytest.mark.parametrize("method,ratio", VL_METHODS)
 @pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_packed_vl_prefill_matches_padded_engine(family, method, ratio, packed_calls):
