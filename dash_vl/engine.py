@@ -18,6 +18,12 @@ Later calls on the same cache (decoding, or appended text) run every new token t
 layer: layers ``< l_s`` attend over the full cache, layers ``>= l_s`` over the compact one.
 No attention matrix is built, so any SDPA / FlashAttention kernel runs unchanged.
 
+Packed prefill (``config.packing``, :mod:`dash_vl.packing`): the layers before and after ``l_s``
+(and the attention of ``l_s`` over all ``T``) see only the batch's valid tokens, laid end to end
+in one sequence with causal attention within each prompt (FlexAttention, :mod:`dash_vl.flex`),
+rotary ids kept per token. The halting decision, the KV cache (written in the left-padded
+layouts above) and the returned states stay padded, so decoding is the same in either mode.
+
 Each layer gets the mask and rotary embeddings of its kind (``config.layer_types``,
 :mod:`dash_vl.layer_inputs`): a sliding-window layer's window is measured in the sequence
 positions its key slots hold, in the full-length and in the compact layout alike, and over the
@@ -307,8 +313,8 @@ class HaltingEngine:
         full = full_layout.inputs(self.adapter, states, full_layout.pack_ids(rope_ids))
         early_cache = full_layout.cache(cache if cache is not None else hf_compat.new_cache(self.adapter.text_config))
         previous = None
-        implementation = self.adapter.text_config, PACKED_ATTENTION
-        with hf_compat.attention_implementation(*implementation) if packed else nullcontext():
+        packed_attention = hf_compat.attention_implementation(self.adapter.text_config, PACKED_ATTENTION)
+        with packed_attention if packed else nullcontext():
             for index in range(start):
                 entering, recorder = states, KeyRecorder(early_cache)
                 states = layers[index](states, **hf_compat.cache_argument(recorder), **full.for_layer(index))

@@ -161,3 +161,10 @@ def test_packing_lays_valid_slots_end_to_end_and_back():
     assert packing.pack(states).flatten().tolist() == [1.0, 2.0, 4.0, 5.0, 6.0, 7.0, 8.0, 10.0]
     assert torch.equal(packing.unpack(packing.pack(states)), states * valid[..., None])
     assert packing.pack_ids(torch.arange(4).expand(3, 3, 4)).shape == (3, 1, 8)
+
+
+def test_lmms_eval_model_args_pass_packing_on():
+    lmms_eval_models = pytest.importorskip("dash_vl.lmms_eval_models")
+    assert lmms_eval_models.halting_config("dash", "0", None, None, "halted", "0", "ragged").packing == "ragged"
+    with pytest.raises(ValueError, match="no packed prefill"):
+        lmms_eval_models.halting_config("none", "0", None, None, "halted", "0", "ragged")
