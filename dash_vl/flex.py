@@ -15,8 +15,9 @@ score matrix.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn

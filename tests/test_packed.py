@@ -9,8 +9,7 @@ import torch
 from torch.nn.attention.flex_attention import create_block_mask
 from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config
 
-from dash_vl import Halting, HaltingConfig
-from dash_vl import hf_compat
+from dash_vl import Halting, HaltingConfig, hf_compat
 from dash_vl.flex import PACKED_ATTENTION, document_causal_mask, packed_attention
 from dash_vl.packing import Packing
 from tests.conftest import FAMILY_NAMES, model_of, processor_of, vl_inputs
@@ -19,7 +18,8 @@ from tests.test_engine_text_llm import SIZES
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*flex_attention called without torch.compile")
 
-TEXT_CONFIGS = {"llama": LlamaConfig, "qwen2": Qwen2Config}
+TEXT_CONFIGS = {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig}
+TEXT_FAMILIES = ("llama", "qwen2")
 TEXT_LENGTHS = (40, 29, 15)
 VL_METHODS = [("dash", 0.0), ("dash", 0.5), ("fastv", 0.5), ("dart", 0.5), ("random", 0.5), ("visionzip", 0.5)]
 
@@ -40,7 +40,7 @@ def packed_calls():
 
 def text_model(name: str, **overrides) -> torch.nn.Module:
     torch.manual_seed(0)
-    config = TEXT_CONFIGS.get(name, MistralConfig)(**dict(SIZES, **overrides))
+    config = TEXT_CONFIGS[name](**dict(SIZES, **overrides))
     config._attn_implementation = "sdpa"
     return AutoModelForCausalLM.from_config(config).eval()
 
@@ -84,7 +84,7 @@ def assert_packed_matches_padded(model, inputs: dict, calls: list[int], packing:
 
 
 @pytest.mark.parametrize("method,ratio", [("dash", 0.0), ("dash", 0.5), ("random", 0.5)])
-@pytest.mark.parametrize("name", sorted(TEXT_CONFIGS))
+@pytest.mark.parametrize("name", TEXT_FAMILIES)
 def test_packed_text_prefill_matches_padded_engine(name, method, ratio, packed_calls):
     model, prompts = text_model(name), ragged_prompts(TEXT_LENGTHS)
     prompts["position_ids"] = capture_language_model_inputs(model, prompts).position_ids
@@ -104,6 +104,25 @@ def test_packed_vl_prefill_matches_padded_engine(family, method, ratio, packed_c
     inputs = vl_inputs(processor_of(family), 2, "image")
     knobs = {} if method == "visionzip" else dict(start_layer=2)
     assert_packed_matches_padded(model_of(family, "sdpa"), inputs, packed_calls, method=method, ratio=ratio, **knobs)
+
+
+def test_packed_context_then_appended_question_matches_padded_engine(packed_calls):
+    """``question="after_context"``: the context prefilled packed, the last 5 tokens appended padded."""
+    model, prompts = text_model("qwen2"), ragged_prompts(TEXT_LENGTHS)
+    results = {}
+    for packing in ("off", "ragged"):
+        packed_calls.clear()
+        with Halting(model, ratio=0.5, start_layer=2, question="after_context", packing=packing) as halting:
+            with halting.question_length(5), torch.no_grad():
+                logits = model(**prompts).logits
+                produced = generate(model, prompts)
+        results[packing] = logits, halting.reports[0].kept_positions, produced.sequences, list(packed_calls)
+    (logits, kept, sequences, calls), (packed_logits, packed_kept, packed_sequences, packed_calls) = results.values()
+    valid = prompts["attention_mask"].bool()
+    assert calls == [] and packed_calls
+    assert packed_kept == kept
+    torch.testing.assert_close(packed_logits[valid], logits[valid], rtol=1e-5, atol=1e-5)
+    assert torch.equal(packed_sequences, sequences)
 
 
 def test_packed_qwen2_vl_video_matches_padded_engine(packed_calls):
