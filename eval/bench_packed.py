@@ -123,38 +123,43 @@ def settings_of(args) -> list[tuple[str, str, float]]:
     ]
 
 
-def mixed_batch_rows(model, prompts: Prompts, args, device: torch.device) -> list[dict]:
+def guarded_row(label: str, measure: Callable[[], dict], device: torch.device) -> dict:
+    """The row of setting ``label``; a setting that fails (out of memory, a compile error) leaves its
+    error in the row and the benchmark goes on with the next one."""
+    try:
+        row = dict(setting=label, **measure())
+    except RuntimeError as error:  # torch.OutOfMemoryError and torch.compile's errors are RuntimeErrors
+        row = dict(setting=label, error=f"{type(error).__name__}: {error}"[:300])
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def mixed_batch_row(model, prompts: Prompts, method: str, ratio: float, args, device: torch.device) -> dict:
     one_by_one = [prompts.alone(sample) for sample in range(len(prompts.lengths))]
-    rows = []
-    for label, method, ratio in settings_of(args):
-        runs = dict(padded=prefill(model, method, ratio, "off", [prompts.batch()]))
-        if method != "none":
-            runs["packed"] = prefill(model, method, ratio, "ragged", [prompts.batch()])
-        runs["one"] = prefill(model, method, ratio, "off", one_by_one)
-        row = dict(setting=label, **measure_modes(runs, args, device))
-        row["one_over_padded"] = row["one_ms"] / row["padded_ms"]
-        if "packed" in runs:
-            row["one_over_packed"] = row["one_ms"] / row["packed_ms"]
-            row["padded_over_packed"] = row["padded_ms"] / row["packed_ms"]
-            row["rel_err"] = relative_error(runs["packed"](), runs["padded"]())
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    return rows
+    runs = dict(padded=prefill(model, method, ratio, "off", [prompts.batch()]))
+    if method != "none":
+        runs["packed"] = prefill(model, method, ratio, "ragged", [prompts.batch()])
+    runs["one"] = prefill(model, method, ratio, "off", one_by_one)
+    row = measure_modes(runs, args, device)
+    row["one_over_padded"] = row["one_ms"] / row["padded_ms"]
+    if "packed" in runs:
+        row["one_over_packed"] = row["one_ms"] / row["packed_ms"]
+        row["padded_over_packed"] = row["padded_ms"] / row["packed_ms"]
+        row["rel_err"] = relative_error(runs["packed"](), runs["padded"]())
+    return row
 
 
-def single_prompt_rows(model, prompts: Prompts, args, device: torch.device) -> list[dict]:
-    rows = []
-    for label, method, ratio in settings_of(args)[1:3]:
-        runs = {
-            "sdpa": prefill(model, method, ratio, "off", [prompts.alone(0)]),
-            "flex": prefill(model, method, ratio, "always", [prompts.alone(0)]),
-        }
-        row = dict(setting=label, T=prompts.lengths[0], **measure_modes(runs, args, device))
-        row["sdpa_over_flex"] = row["sdpa_ms"] / row["flex_ms"]
-        row["rel_err"] = relative_error(runs["flex"](), runs["sdpa"]())
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    return rows
+def single_prompt_row(model, prompts: Prompts, method: str, ratio: float, args, device: torch.device) -> dict:
+    runs = {
+        "sdpa": prefill(model, method, ratio, "off", [prompts.alone(0)]),
+        "flex": prefill(model, method, ratio, "always", [prompts.alone(0)]),
+    }
+    row = dict(T=prompts.lengths[0], **measure_modes(runs, args, device))
+    row["sdpa_over_flex"] = row["sdpa_ms"] / row["flex_ms"]
+    row["rel_err"] = relative_error(runs["flex"](), runs["sdpa"]())
+    return row
 
 
 def main() -> None:
@@ -178,7 +183,11 @@ def main() -> None:
     model = random_model(config, dtype=dtype, device=device)
     hidden_size = model.model.language_model.config.hidden_size
 
-    rows = mixed_batch_rows(model, Prompts(args.lengths, hidden_size, device, dtype), args, device)
+    mixed = Prompts(args.lengths, hidden_size, device, dtype)
+    rows = [
+        guarded_row(label, lambda: mixed_batch_row(model, mixed, method, ratio, args, device), device)
+        for label, method, ratio in settings_of(args)
+    ]
     print_table(
         rows,
         {
@@ -186,16 +195,20 @@ def main() -> None:
             "one by one ms": "{one_ms:.1f}", "one/padded": "{one_over_padded:.2f}", "one/packed": "{one_over_packed:.2f}",
             "padded/packed": "{padded_over_packed:.2f}", "peak GiB padded / packed / one": (
                 "{padded_gib:.1f} / {packed_gib:.1f} / {one_gib:.1f}"
-            ), "rel err": "{rel_err:.1e}",
+            ), "rel err": "{rel_err:.1e}", "error": "{error}",
         },
     )
-    single_rows = single_prompt_rows(model, Prompts([args.single], hidden_size, device, dtype), args, device)
+    single = Prompts([args.single], hidden_size, device, dtype)
+    single_rows = [
+        guarded_row(label, lambda: single_prompt_row(model, single, method, ratio, args, device), device)
+        for label, method, ratio in settings_of(args)[1:3]
+    ]
     print_table(
         single_rows,
         {
             "setting": "{setting}", "T": "{T}", "SDPA ms": "{sdpa_ms:.1f}", "Flex ms": "{flex_ms:.1f}",
             "SDPA/Flex": "{sdpa_over_flex:.2f}", "peak GiB SDPA / Flex": "{sdpa_gib:.1f} / {flex_gib:.1f}",
-            "rel err": "{rel_err:.1e}",
+            "rel err": "{rel_err:.1e}", "error": "{error}",
         },
     )
     report_run(
