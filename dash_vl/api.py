@@ -175,7 +175,7 @@ def load(
     Args:
         model: Hub id (``"Qwen/Qwen2-VL-7B-Instruct"``) or path to a saved model and processor.
         config: the halting knobs; or give them as keywords (``method``, ``ratio``, ``start_layer``,
-            ``scope``, ``question``), see :class:`dash_vl.HaltingConfig`.
+            ``scope``, ``question``, ``packing``), see :class:`dash_vl.HaltingConfig`.
         device: ``device_map`` for ``from_pretrained`` (``"cuda"``, ``"auto"``, ...); default CPU.
         dtype: weights' dtype (``"auto"`` keeps the checkpoint's).
         attn_implementation: ``"sdpa"`` (default), ``"eager"`` or ``"flash_attention_2"``.

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from dash_vl.calibrate import DEFAULT_RATIOS, DEFAULT_START_LAYERS, QualityBudget
-from dash_vl.config import QUESTION_MODES, SCOPES, HaltingConfig
+from dash_vl.config import PACKING_MODES, QUESTION_MODES, SCOPES, HaltingConfig
 
 
 def start_layer(value: str) -> int | float:
@@ -29,12 +29,16 @@ def add_knobs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scope", default=None, choices=SCOPES, help="default: the method's (all for DASH, visual for FastV/DART)")
     parser.add_argument("--question-mode", default="halted", choices=QUESTION_MODES)
     parser.add_argument("--seed", type=int, default=0, help="seed of the random method")
+    parser.add_argument(
+        "--packing", default="off", choices=PACKING_MODES,
+        help="prefill layout of a batch: off (left-padded), ragged (pack batches of unequal lengths), always",
+    )
 
 
 def knobs(args: argparse.Namespace) -> HaltingConfig:
     return HaltingConfig(
         method=args.method, ratio=args.ratio, start_layer=args.start_layer, scope=args.scope, question=args.question_mode,
-        seed=args.seed,
+        seed=args.seed, packing=args.packing,
     )
 
 

@@ -9,9 +9,11 @@ from dash_vl.methods import METHODS
 
 Scope = Literal["all", "visual"]
 QuestionMode = Literal["halted", "protected", "after_context"]
+PackingMode = Literal["off", "ragged", "always"]
 
 SCOPES: tuple[str, ...] = ("all", "visual")
 QUESTION_MODES: tuple[str, ...] = ("halted", "protected", "after_context")
+PACKING_MODES: tuple[str, ...] = ("off", "ragged", "always")
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,14 @@ class HaltingConfig:
             The question is the text after the last visual token, unless the caller gives its
             length with :meth:`dash_vl.Halting.question_length`.
         seed: seed of the ``"random"`` method's generator (the same on every prompt).
+        packing: how a prefill lays out its batch for the decoder layers (``docs/packed.md``).
+            ``"off"`` (default): left-padded ``(batch, T_max)``, today's path. ``"ragged"``: a batch
+            whose prompts differ in length runs packed, its valid tokens laid end to end with one
+            causal attention per prompt through FlexAttention (compiled on a GPU), so padding costs
+            no FLOPs before or after ``l_s``; a batch of equal lengths keeps the padded path.
+            ``"always"``: every prefill runs packed. Outputs (logits ``(batch, T_max, V)``, left-padded,
+            zeros on padding), KV cache layout and decoding are the same in every mode; the
+            model's own ``attn_implementation`` still serves decoding.
     """
 
     method: str = "dash"
@@ -50,6 +60,7 @@ class HaltingConfig:
     scope: Scope | None = None
     question: QuestionMode = "halted"
     seed: int = 0
+    packing: PackingMode = "off"
 
     def __post_init__(self) -> None:
         if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)):
@@ -75,6 +86,8 @@ class HaltingConfig:
             raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}")
         if self.question not in QUESTION_MODES:
             raise ValueError(f"question must be one of {QUESTION_MODES}, got {self.question!r}")
+        if self.packing not in PACKING_MODES:
+            raise ValueError(f"packing must be one of {PACKING_MODES}, got {self.packing!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise TypeError(f"seed must be an int, got {self.seed!r}")
 

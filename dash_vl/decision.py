@@ -3,6 +3,9 @@
 :class:`DecisionProbe` implements :class:`dash_vl.methods.DecisionInputs` for one prefill. The
 engine fills in what it has anyway (the states entering layers ``l_s - 1`` and ``l_s``, the
 cache); the rest (attention update, block update, one attention row) is computed on demand.
+Policies read every tensor in the ``(batch, T)`` padded layout; the attention and the block of
+layer ``l_s`` run in the layout the engine runs its layers in (padded or packed,
+:mod:`dash_vl.packing`) and their results are laid back out.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from torch import nn
 
 from dash_vl import hf_compat
 from dash_vl.adapter import ModelAdapter
+from dash_vl.packing import TokenLayout
 
 
 class KeyValueCapture:
@@ -79,7 +83,9 @@ class DecisionProbe:
         previous: layer ``l_s - 1``'s states, keys and rotary; ``None`` at ``l_s = 0``.
         valid, eligible: ``(batch, T)`` bool.
         eligible_counts: eligible tokens per sample, on the host.
-        attention_kwargs: the full-sequence ``attention_mask`` and ``position_embeddings`` of layer ``l_s``.
+        attention_kwargs: the full-sequence ``attention_mask`` and ``position_embeddings`` of layer ``l_s``
+            in ``layout``.
+        layout: the layout layer ``l_s`` runs in; ``layout_states`` are ``hidden_states`` in it.
         vision_evidence: the encoder's evidence over the prompt (score, metric, unit), where recorded.
     """
 
@@ -93,6 +99,8 @@ class DecisionProbe:
         eligible: torch.Tensor,
         eligible_counts: list[int],
         attention_kwargs: dict[str, Any],
+        layout: TokenLayout,
+        layout_states: torch.Tensor,
         vision_evidence: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
         self.adapter = adapter
@@ -104,21 +112,31 @@ class DecisionProbe:
         self.eligible = eligible
         self.eligible_counts = eligible_counts
         self.attention_kwargs = attention_kwargs
+        self.layout = layout
+        self.layout_states = layout_states
         self._vision_evidence = vision_evidence
         self.capture = KeyValueCapture()
+        self._layout_update: torch.Tensor | None = None
         self._attention_update: torch.Tensor | None = None
         self.block_output: torch.Tensor | None = None
+        """``(batch, T, hidden)`` leaving layer ``l_s``, where :meth:`block_update` ran it."""
 
     def attention_update(self) -> torch.Tensor:
+        """Also leaves layer ``l_s``'s keys and values, ``(batch, kv_heads, T, head_dim)``, in :attr:`capture`."""
         if self._attention_update is None:
-            self._attention_update = self.adapter.attention_update(
-                self.layer, self.hidden_states, **hf_compat.cache_argument(self.capture), **self.attention_kwargs
+            self._layout_update = self.adapter.attention_update(
+                self.layer, self.layout_states, **hf_compat.cache_argument(self.capture), **self.attention_kwargs
             )
+            self.capture.key = self.layout.unpack_heads(self.capture.key)
+            self.capture.value = self.layout.unpack_heads(self.capture.value)
+            self._attention_update = self.layout.unpack(self._layout_update)
         return self._attention_update
 
     def block_update(self) -> torch.Tensor:
         if self.block_output is None:
-            self.block_output = self.adapter.feed_forward(self.layer, self.hidden_states + self.attention_update())
+            self.attention_update()
+            output = self.adapter.feed_forward(self.layer, self.layout_states + self._layout_update)
+            self.block_output = self.layout.unpack(output)
         return self.block_output - self.hidden_states
 
     def previous_keys(self) -> torch.Tensor:

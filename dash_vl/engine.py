@@ -18,6 +18,12 @@ Later calls on the same cache (decoding, or appended text) run every new token t
 layer: layers ``< l_s`` attend over the full cache, layers ``>= l_s`` over the compact one.
 No attention matrix is built, so any SDPA / FlashAttention kernel runs unchanged.
 
+Packed prefill (``config.packing``, :mod:`dash_vl.packing`): the layers before and after ``l_s``
+(and the attention of ``l_s`` over all ``T``) see only the batch's valid tokens, laid end to end
+in one sequence with causal attention within each prompt (FlexAttention, :mod:`dash_vl.flex`),
+rotary ids kept per token. The halting decision, the KV cache (written in the left-padded
+layouts above) and the returned states stay padded, so decoding is the same in either mode.
+
 Each layer gets the mask and rotary embeddings of its kind (``config.layer_types``,
 :mod:`dash_vl.layer_inputs`): a sliding-window layer's window is measured in the sequence
 positions its key slots hold, in the full-length and in the compact layout alike, and over the
@@ -28,6 +34,7 @@ a window to a compact layout, so it is refused where the window is shorter than 
 from __future__ import annotations
 
 import weakref
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,9 +46,11 @@ from dash_vl.adapter import ModelAdapter
 from dash_vl.config import HaltingConfig
 from dash_vl.decision import DecisionProbe, KeyRecorder, PreviousLayer
 from dash_vl.decode_kernels import DECODE_SDPA_BACKENDS, decode_attention_kernels
+from dash_vl.flex import PACKED_ATTENTION
 from dash_vl.layer_inputs import KeyLayout, LayerInputs
 from dash_vl.masks import check_implementation
 from dash_vl.methods import METHODS, Decision
+from dash_vl.packing import Packing, PaddedLayout, TokenLayout
 from dash_vl.prefill_flops import DecisionLayerWork, LayerShapes, prefill_flops
 from dash_vl.report import HaltingReport
 from dash_vl.selection import ActiveSet, compact_layout, require_eligible
@@ -127,6 +136,14 @@ def gather_tokens(tensor: torch.Tensor, index: torch.Tensor, dim: int) -> torch.
     view = [index.shape[0]] + [1] * (tensor.ndim - 1)
     view[dim] = index.shape[1]
     return tensor.gather(dim, index.view(view).expand(shape))
+
+
+def layout_of(packed: bool, keys: KeyLayout, counts: list[int] | None) -> TokenLayout:
+    """The layout layers run ``keys``' slots in: packed (``counts``: valid slots per sample, ``None``
+    where the host must count them) or padded."""
+    if not packed:
+        return PaddedLayout(keys)
+    return Packing(keys.valid, sum(counts) if counts is not None else int(keys.valid.sum()))
 
 
 def to_device(value: Any, device: torch.device) -> Any:
@@ -290,61 +307,70 @@ class HaltingEngine:
 
         The host reads the per-sample token counts once, before the first layer; after that it
         never waits for the GPU where the policy reports its kept counts (DASH does), so the
-        compact layers are queued while the full-length ones still run.
+        compact layers are queued while the full-length ones still run. Packed
+        (:meth:`_runs_packed`), the layers before and after ``l_s`` see only the valid tokens laid
+        end to end; the decision, the KV cache and the result stay in the padded layout.
         """
         valid_counts, eligible_counts = torch.stack((token_valid.sum(dim=1), eligible.sum(dim=1))).tolist()
         require_eligible(eligible_counts, self.config.ratio)
         layers, start = self.adapter.layers, self.start_layer
         seq_len = hidden.shape[1]
-        full = LayerInputs(
-            self.adapter, hidden, rope_ids, KeyLayout.sequence(token_valid, all_valid=min(valid_counts) == seq_len)
-        )
-        early_cache = cache if cache is not None else hf_compat.new_cache(self.adapter.text_config)
+        packed = self._runs_packed(valid_counts, seq_len)
+        full_layout = layout_of(packed, KeyLayout.sequence(token_valid, all_valid=min(valid_counts) == seq_len), valid_counts)
+        states = full_layout.pack(hidden)
+        full = full_layout.inputs(self.adapter, states, full_layout.pack_ids(rope_ids))
+        early_cache = full_layout.cache(cache if cache is not None else hf_compat.new_cache(self.adapter.text_config))
         previous = None
-        for index in range(start):
-            entering, recorder = hidden, KeyRecorder(early_cache)
-            hidden = layers[index](hidden, **hf_compat.cache_argument(recorder), **full.for_layer(index))
-        if start > 0:
-            kind = self.adapter.layer_types[start - 1]
-            window = self.adapter.sliding_window if kind == "sliding_attention" else None
-            previous = PreviousLayer(entering, recorder.keys, full.position_embeddings(kind), window)
-        # Under a device_map layer l_s may sit on another GPU than the layers before it: decide there.
-        device = next(layers[start].parameters()).device
-        hidden, token_valid, eligible, rope_ids = (part.to(device) for part in (hidden, token_valid, eligible, rope_ids))
-        decision_inputs = {name: to_device(value, device) for name, value in full.for_layer(start).items()}
-        evidence = to_device(evidence, device)
+        packed_attention = hf_compat.attention_implementation(self.adapter.text_config, PACKED_ATTENTION)
+        with packed_attention if packed else nullcontext():
+            for index in range(start):
+                entering, recorder = states, KeyRecorder(early_cache)
+                states = layers[index](states, **hf_compat.cache_argument(recorder), **full.for_layer(index))
+            if start > 0:
+                kind = self.adapter.layer_types[start - 1]
+                window = self.adapter.sliding_window if kind == "sliding_attention" else None
+                rotary = tuple(full_layout.unpack(part) for part in full.position_embeddings(kind))
+                previous = PreviousLayer(full_layout.unpack(entering), full_layout.unpack_heads(recorder.keys), rotary, window)
+            # Under a device_map layer l_s may sit on another GPU than the layers before it: decide there.
+            device = next(layers[start].parameters()).device
+            states, token_valid, eligible, rope_ids = (part.to(device) for part in (states, token_valid, eligible, rope_ids))
+            hidden = full_layout.unpack(states)
+            decision_inputs = {name: to_device(value, device) for name, value in full.for_layer(start).items()}
+            evidence = to_device(evidence, device)
 
-        probe = DecisionProbe(
-            self.adapter, start, hidden, previous, token_valid, eligible, eligible_counts, decision_inputs, evidence,
-        )
-        if self.config.ratio > 0:
-            decision = self.method.decide(probe, self.config.ratio)
-        else:
-            decision = Decision(eligible, kept_counts=eligible_counts)
-        active_counts = None
-        if decision.kept_counts is not None:
-            active_counts = [v - e + k for v, e, k in zip(valid_counts, eligible_counts, decision.kept_counts)]
-        active = compact_layout(
-            token_valid & (decision.kept | ~eligible), width=None if active_counts is None else max(active_counts)
-        )
-        in_layer = self.method.placement == "attention_update"
-        if in_layer:
-            compact = self._finish_decision_layer(probe, active, cache)
-        else:
-            entering = hidden if decision.states is None else decision.states
-            compact = gather_tokens(entering, active.index, dim=1)
-        compact_valid = None if active_counts is None else min(active_counts) == compact.shape[1]
-        if cache is not None:
-            self._compact[cache] = CompactCache(
-                active.slot_valid, active.index, prompt_padded=min(valid_counts) < seq_len,
-                compact_padded=None if compact_valid is None else not compact_valid,
+            probe = DecisionProbe(
+                self.adapter, start, hidden, previous, token_valid, eligible, eligible_counts, decision_inputs, full_layout,
+                states, evidence,
             )
-        compact_inputs = LayerInputs(
-            self.adapter, compact, gather_tokens(rope_ids, active.index, dim=-1),
-            KeyLayout(active.slot_valid, active.index, compact_valid, span=seq_len),
-        )
-        for index in range(start + 1 if in_layer else start, self.num_layers):
-            compact = layers[index](compact, **compact_inputs.for_layer(index), **hf_compat.cache_argument(cache))
+            if self.config.ratio > 0:
+                decision = self.method.decide(probe, self.config.ratio)
+            else:
+                decision = Decision(eligible, kept_counts=eligible_counts)
+            active_counts = None
+            if decision.kept_counts is not None:
+                active_counts = [v - e + k for v, e, k in zip(valid_counts, eligible_counts, decision.kept_counts)]
+            active = compact_layout(
+                token_valid & (decision.kept | ~eligible), width=None if active_counts is None else max(active_counts)
+            )
+            compact_valid = None if active_counts is None else min(active_counts) == active.index.shape[1]
+            late_layout = layout_of(packed, KeyLayout(active.slot_valid, active.index, compact_valid, span=seq_len), active_counts)
+            in_layer = self.method.placement == "attention_update"
+            if in_layer:
+                compact = self._finish_decision_layer(probe, active, cache, late_layout)
+            else:
+                entering = hidden if decision.states is None else decision.states
+                compact = late_layout.pack(gather_tokens(entering, active.index, dim=1))
+            if cache is not None:
+                self._compact[cache] = CompactCache(
+                    active.slot_valid, active.index, prompt_padded=min(valid_counts) < seq_len,
+                    compact_padded=None if compact_valid is None else not compact_valid,
+                )
+            compact_rope = late_layout.pack_ids(gather_tokens(rope_ids, active.index, dim=-1))
+            compact_inputs = late_layout.inputs(self.adapter, compact, compact_rope)
+            late_cache = late_layout.cache(cache)
+            for index in range(start + 1 if in_layer else start, self.num_layers):
+                compact = layers[index](compact, **compact_inputs.for_layer(index), **hf_compat.cache_argument(late_cache))
+        compact = late_layout.unpack(compact)
 
         # Under a device_map the last layer may sit on another GPU: the frozen states join it there.
         # Padding slots hold halted positions; they write back the frozen state they already have.
@@ -355,9 +381,33 @@ class HaltingEngine:
         hidden.scatter_(1, index[..., None].expand_as(written), written)
         return hidden, active
 
-    def _finish_decision_layer(self, probe: DecisionProbe, active: ActiveSet, cache: Any) -> torch.Tensor:
+    def _runs_packed(self, valid_counts: list[int], seq_len: int) -> bool:
+        """Whether this prefill runs packed under ``config.packing``: ``"always"``, or ``"ragged"`` and
+        some prompt is shorter than ``seq_len`` (``valid_counts``: valid tokens per sample).
+
+        Raises:
+            ValueError: packed, where a sliding window is shorter than the prompt or the layers
+                sit on several devices.
+        """
+        mode = self.config.packing
+        if mode == "off" or (mode == "ragged" and min(valid_counts) == seq_len):
+            return False
+        window = self.adapter.sliding_window
+        if window is not None and window < seq_len and "sliding_attention" in self.adapter.layer_types:
+            raise ValueError(
+                f"packed prefill cannot apply a sliding window ({window}) shorter than the prompt ({seq_len} tokens); "
+                "use packing='off'"
+            )
+        devices = {next(layer.parameters()).device for layer in self.adapter.layers}
+        if len(devices) > 1:
+            raise ValueError(f"packed prefill needs every decoder layer on one device, got {sorted(map(str, devices))}")
+        return True
+
+    def _finish_decision_layer(
+        self, probe: DecisionProbe, active: ActiveSet, cache: Any, layout: TokenLayout
+    ) -> torch.Tensor:
         """Rest of layer ``l_s`` for the active tokens after its attention ran on all ``T``; caches their
-        K/V at ``l_s``; returns the compact states ``(batch, K, D)`` leaving ``l_s``."""
+        K/V at ``l_s``; returns the compact states leaving ``l_s`` in ``layout`` (``(batch, K, D)`` padded)."""
         update = probe.attention_update()
         if cache is not None:
             cache.update(
@@ -366,9 +416,9 @@ class HaltingEngine:
                 self.start_layer,
             )
         if probe.block_output is not None:
-            return gather_tokens(probe.block_output, active.index, dim=1)
+            return layout.pack(gather_tokens(probe.block_output, active.index, dim=1))
         compact = gather_tokens(probe.hidden_states, active.index, dim=1) + gather_tokens(update, active.index, dim=1)
-        return self.adapter.feed_forward(probe.layer, compact)
+        return self.adapter.feed_forward(probe.layer, layout.pack(compact))
 
     def _extend(
         self, hidden: torch.Tensor, token_valid: torch.Tensor, rope_ids: torch.Tensor, cache: Any, compact: CompactCache | None

@@ -10,7 +10,10 @@ installed release has (never by parsing its version string):
 * Qwen2.5-VL's window order: a method of the vision tower up to 5.2x, a module function later;
 * the keyword under which LLaVA-OneVision's ``get_video_features`` receives its frames;
 * the module-level helpers the adapters and the engine read (vision rotary, anyres tiling) and
-  how many key slots a cache layer holds (a sliding-window layer keeps only its window).
+  how many key slots a cache layer holds (a sliding-window layer keeps only its window);
+* how an attention function is registered and how the attention modules find theirs: by the
+  name in their config's ``_attn_implementation``, looked up in ``AttentionInterface`` at every
+  call (packed prefill swaps that name for the duration of the prefill).
 
 The next upstream change should be a change in this module and nowhere else.
 """
@@ -19,11 +22,13 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
+from transformers import AttentionInterface
 from transformers.cache_utils import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
@@ -75,6 +80,22 @@ def model_output(last_hidden_state: torch.Tensor, cache: Any) -> BaseModelOutput
 def output_cache(output: Any) -> Any:
     """The KV cache of a model output (``output.cache`` or ``output.past_key_values``)."""
     return output[CACHE_KEYWORD] if CACHE_KEYWORD in output else None
+
+
+def register_attention(name: str, function: Callable[..., Any]) -> None:
+    """Make ``function`` (HF's attention-function signature) available as attention implementation ``name``."""
+    AttentionInterface.register(name, function)
+
+
+@contextmanager
+def attention_implementation(config: Any, name: str) -> Iterator[None]:
+    """Within the block, the attention modules that read ``config`` call the attention function ``name``."""
+    previous = config._attn_implementation
+    config._attn_implementation = name
+    try:
+        yield
+    finally:
+        config._attn_implementation = previous
 
 
 def vision_rotary(attention: nn.Module) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:

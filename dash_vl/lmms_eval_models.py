@@ -8,8 +8,9 @@ Registered through the ``lmms_eval.models`` entry-point group (see ``pyproject.t
 
 ``model_args`` take the halting knobs of :class:`dash_vl.HaltingConfig` (``method`` — also
 ``none`` for the unmodified model —, ``ratio``, ``start_layer``, ``scope``, ``question``,
-``seed``) and the loading ones (``pretrained``, ``device_map``, ``dtype``,
-``attn_implementation``, ``system_prompt``, ``max_new_tokens``); an unknown key is an error.
+``seed``, ``packing``: ``ragged`` packs batches of unequal prompt lengths, ``docs/packed.md``)
+and the loading ones (``pretrained``, ``device_map``, ``dtype``, ``attn_implementation``,
+``system_prompt``, ``max_new_tokens``); an unknown key is an error.
 Under ``accelerate launch`` (or ``torchrun``) each process loads the model on its own device
 (its GPU; the CPU with a gloo process group) and evaluates its shard of the requests (data
 parallel), as lmms-eval's own models do.
@@ -37,19 +38,27 @@ LOADING_KEYS: tuple[str, ...] = (
     "pretrained", "device", "device_map", "dtype", "attn_implementation", "batch_size", "max_batch_size",
     "system_prompt", "max_new_tokens",
 )
-HALTING_KEYS: tuple[str, ...] = ("method", "ratio", "start_layer", "scope", "question", "seed")
+HALTING_KEYS: tuple[str, ...] = ("method", "ratio", "start_layer", "scope", "question", "seed", "packing")
 
 
-def halting_config(method: str, ratio: Any, start_layer: Any, scope: Any, question: str, seed: Any) -> HaltingConfig | None:
+def halting_config(
+    method: str, ratio: Any, start_layer: Any, scope: Any, question: str, seed: Any, packing: str = "off"
+) -> HaltingConfig | None:
     """The knobs as lmms-eval parses them (numbers may arrive as strings); ``None`` for ``method=none``."""
     if method == "none":
         if float(ratio) != 0.0:
             raise ValueError(f"method=none runs the unmodified model; it takes no ratio (got {ratio})")
+        if packing != "off":
+            raise ValueError(
+                f"method=none runs the unmodified model, which has no packed prefill (packing={packing}); "
+                "for packing without halting use method=dash,ratio=0"
+            )
         return None
     if isinstance(start_layer, str):
         start_layer = parse_start_layer(start_layer)
     return HaltingConfig(
-        method=method, ratio=float(ratio), start_layer=start_layer, scope=scope, question=question, seed=int(seed)
+        method=method, ratio=float(ratio), start_layer=start_layer, scope=scope, question=question, seed=int(seed),
+        packing=packing,
     )
 
 
@@ -94,6 +103,7 @@ class HaltingModel(lmms):
         scope: str | None = None,
         question: str = "halted",
         seed: int = 0,
+        packing: str = "off",
         device: str | None = "cuda",
         device_map: str | None = None,
         dtype: str = "auto",
@@ -115,7 +125,7 @@ class HaltingModel(lmms):
         if self.accelerator.num_processes > 1:  # data parallel: this process's own GPU (or the CPU under gloo)
             device_map = str(self.accelerator.device)
             self._rank, self._world_size = self.accelerator.process_index, self.accelerator.num_processes
-        config = halting_config(method, ratio, start_layer, scope, question, seed)
+        config = halting_config(method, ratio, start_layer, scope, question, seed, packing)
         loaded = load(pretrained, HaltingConfig(), device=device_map or device, dtype=dtype, attn_implementation=attn_implementation)
         self.vlm = VisionLanguageModel(loaded.model, loaded.processor, config)
         model_type = self.vlm.model.config.model_type

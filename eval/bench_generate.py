@@ -72,11 +72,12 @@ def settings_of(methods: list[str], ratios: list[float]) -> list[tuple[str, floa
     return [("none", 0.0), ("dash", 0.0)] + [(method, ratio) for method in methods for ratio in ratios]
 
 
-def halting_for(model, method: str, ratio: float) -> Halting | None:
-    """The setting's halting (scope ``all``: the text prompt has no visual tokens), or ``None`` unmodified."""
+def halting_for(model, method: str, ratio: float, **knobs) -> Halting | None:
+    """The setting's halting (scope ``all``: the text prompt has no visual tokens; further ``knobs`` of
+    :class:`dash_vl.HaltingConfig`), or ``None`` unmodified."""
     if method == "none":
         return None
-    return Halting(model, method=method, ratio=ratio, scope="all")
+    return Halting(model, method=method, ratio=ratio, scope="all", **knobs)
 
 
 def run_setting(model, method: str, ratio: float, run: Callable[[], list[float]]) -> list[float]:

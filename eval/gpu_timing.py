@@ -7,6 +7,7 @@ import argparse
 import json
 import platform
 import statistics
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
@@ -17,11 +18,31 @@ from dash_vl.decision import KeyValueCapture
 from dash_vl.hf_compat import cache_argument, new_cache, output_cache
 
 
-def cuda_medians_ms(runs: dict[str, Callable[[], object]], warmup: int, repeats: int) -> dict[str, float]:
+def cuda_elapsed_ms(run: Callable[[], object]) -> float:
+    """Milliseconds ``run`` takes on the current CUDA stream, between two CUDA events."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    run()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end)
+
+
+def host_elapsed_ms(run: Callable[[], object]) -> float:
+    """Milliseconds ``run`` takes on the host clock (for a CPU smoke run of a benchmark, not for its numbers)."""
+    start = time.perf_counter()
+    run()
+    return 1000 * (time.perf_counter() - start)
+
+
+def cuda_medians_ms(
+    runs: dict[str, Callable[[], object]], warmup: int, repeats: int,
+    elapsed_ms: Callable[[Callable[[], object]], float] = cuda_elapsed_ms,
+) -> dict[str, float]:
     """Median wall time of each of ``runs`` on the current CUDA stream, in milliseconds (CUDA events,
-    after warm-up). The runs take turns within every repeat, so drift in clocks or temperature
-    during the measurement reaches all of them alike, and every other repeat takes them in reverse
-    order, so that no run always follows the same one."""
+    after warm-up; ``elapsed_ms`` is the clock). The runs take turns within every repeat, so drift in
+    clocks or temperature during the measurement reaches all of them alike, and every other repeat
+    takes them in reverse order, so that no run always follows the same one."""
     for _ in range(warmup):
         for run in runs.values():
             run()
@@ -29,12 +50,7 @@ def cuda_medians_ms(runs: dict[str, Callable[[], object]], warmup: int, repeats:
     order = list(runs.items())
     for repeat in range(repeats):
         for name, run in order if repeat % 2 == 0 else reversed(order):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            run()
-            end.record()
-            torch.cuda.synchronize()
-            times[name].append(start.elapsed_time(end))
+            times[name].append(elapsed_ms(run))
     return {name: statistics.median(measured) for name, measured in times.items()}
 
 
@@ -127,7 +143,7 @@ def report_run(rows: list[dict], out: str | None, **settings: object) -> None:
     """Print the run's metadata (GPU, versions, date and ``settings``) as JSON, and write it with
     ``rows`` to ``out`` when given."""
     meta = dict(
-        gpu=torch.cuda.get_device_name(), torch=torch.__version__, transformers=transformers.__version__,
+        gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", torch=torch.__version__, transformers=transformers.__version__,
         python=platform.python_version(), date=str(date.today()), **settings,
     )
     print(json.dumps(meta))
@@ -143,11 +159,18 @@ def add_timing_arguments(parser: argparse.ArgumentParser, warmup: int = 2, repea
     parser.add_argument("--out", default=None, help="write the rows as JSON here")
 
 
+class _Missing:
+    """A missing field: prints as ``-`` under any format spec."""
+
+    def __format__(self, spec: str) -> str:
+        return "-"
+
+
 class _Dash(dict):
     """A row for ``str.format_map`` where a missing field prints as ``-``."""
 
-    def __missing__(self, key: str) -> str:
-        return "-"
+    def __missing__(self, key: str) -> _Missing:
+        return _Missing()
 
 
 def print_table(rows: list[dict], columns: dict[str, str]) -> None:

@@ -1,0 +1,153 @@
+"""Token layouts the engine runs a group of layers in: padded, or packed end to end.
+
+The engine keeps its bookkeeping (halting decision, KV cache, output) in the ``(batch, S)``
+left-padded layout HF uses. A layout says how the decoder layers see those tokens:
+
+* :class:`PaddedLayout`: as they are, ``(batch, S)``, with the masks of :mod:`dash_vl.masks`;
+* :class:`Packing`: only the valid slots, sample after sample, as one sequence ``(1, N)``
+  attended document-causally through FlexAttention (:mod:`dash_vl.flex`), so no FLOP is spent
+  on padding. The layers' KV cache is written back in the padded layout (:class:`PackedCache`),
+  which is what decoding after the prefill reads.
+
+Both have the same methods, so the engine's prefill is written once for either.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any, Protocol
+
+import torch
+from torch.nn.attention.flex_attention import BlockMask
+
+from dash_vl.adapter import ModelAdapter
+from dash_vl.flex import document_causal_mask
+from dash_vl.layer_inputs import KeyLayout, LayerInputs
+
+
+class TokenLayout(Protocol):
+    """How layers see the tokens of a ``(batch, S)`` layout; ``pack`` and ``unpack`` are inverses on valid slots."""
+
+    def pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``(batch, S, ...)`` in the layers' layout."""
+
+    def pack_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """Rotary ids ``(..., batch, S)`` in the layers' layout."""
+
+    def unpack(self, tensor: torch.Tensor) -> torch.Tensor:
+        """States of the layers' layout back to ``(batch, S, ...)``."""
+
+    def unpack_heads(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Per-head keys or values of the layers' layout back to ``(batch, heads, S, head_dim)``."""
+
+    def inputs(self, adapter: ModelAdapter, states: torch.Tensor, rope_ids: torch.Tensor) -> LayerInputs:
+        """The per-layer mask and rotary embeddings of ``states`` (already in the layers' layout)."""
+
+    def cache(self, cache: Any) -> Any:
+        """What the layers get as their KV cache so that ``cache`` fills in the ``(batch, S)`` layout."""
+
+
+class PaddedLayout:
+    """The layers see the ``(batch, S)`` layout itself; every conversion is the identity.
+
+    Args:
+        keys: the key slots' validity and positions, for the masks.
+    """
+
+    def __init__(self, keys: KeyLayout) -> None:
+        self.keys = keys
+
+    def pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    def pack_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        return ids
+
+    def unpack(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    def unpack_heads(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    def inputs(self, adapter: ModelAdapter, states: torch.Tensor, rope_ids: torch.Tensor) -> LayerInputs:
+        return LayerInputs(adapter, states, rope_ids, self.keys)
+
+    def cache(self, cache: Any) -> Any:
+        return cache
+
+
+class Packing:
+    """The valid slots of a ``(batch, S)`` layout laid end to end as one sequence of ``N`` tokens.
+
+    Slots are taken sample by sample, in slot order, so each sample's tokens stay contiguous and
+    in prompt order; any padding pattern (left, right, holes) packs the same way.
+
+    Args:
+        valid: ``(batch, S)`` bool, the slots that hold tokens.
+        total: ``N``, how many slots are valid (known on the host: no wait for the GPU).
+    """
+
+    def __init__(self, valid: torch.Tensor, total: int) -> None:
+        self.batch_size, self.width = valid.shape
+        self.total = total
+        self.index = torch.nonzero_static(valid.flatten(), size=total).squeeze(1)
+        """``(N,)`` long: the flat ``batch * S`` slot of every packed token."""
+
+    def pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.flatten(0, 1).index_select(0, self.index)[None]
+
+    def pack_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        return ids.flatten(-2).index_select(-1, self.index).unsqueeze(-2)
+
+    def unpack(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``(1, N, ...)`` to ``(batch, S, ...)``, zeros on the slots that hold no token."""
+        padded = tensor.new_zeros(self.batch_size * self.width, *tensor.shape[2:])
+        return padded.index_copy_(0, self.index, tensor[0]).view(self.batch_size, self.width, *tensor.shape[2:])
+
+    def unpack_heads(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``(1, heads, N, head_dim)`` to ``(batch, heads, S, head_dim)``, zeros on the slots that hold no token."""
+        return self.unpack(tensor.transpose(1, 2)).transpose(1, 2)
+
+    @cached_property
+    def block_mask(self) -> BlockMask:
+        """Causal attention within each sample (:func:`dash_vl.flex.document_causal_mask`)."""
+        document = torch.div(self.index, self.width, rounding_mode="floor").to(torch.int32)
+        return document_causal_mask(document, self.batch_size)
+
+    def inputs(self, adapter: ModelAdapter, states: torch.Tensor, rope_ids: torch.Tensor) -> LayerInputs:
+        return PackedLayerInputs(adapter, states, rope_ids, self)
+
+    def cache(self, cache: Any) -> PackedCache:
+        return PackedCache(cache, self)
+
+
+class PackedLayerInputs(LayerInputs):
+    """The block mask of a :class:`Packing` for every layer, and rotary embeddings of the packed ids.
+
+    Sliding-window layers are not masked by their window: the engine packs only where no window
+    is shorter than the prompt.
+    """
+
+    def __init__(self, adapter: ModelAdapter, states: torch.Tensor, rope_ids: torch.Tensor, packing: Packing) -> None:
+        everything = torch.ones(1, packing.total, dtype=torch.bool, device=states.device)
+        super().__init__(adapter, states, rope_ids, KeyLayout.sequence(everything, all_valid=True))
+        self.packing = packing
+
+    def _mask(self, layer_type: str, key_length: int) -> BlockMask:
+        return self.packing.block_mask
+
+
+class PackedCache:
+    """Stands in for the KV cache of layers that run packed: stores their keys and values in the
+    ``(batch, S)`` layout of ``cache`` (nothing where ``cache`` is ``None``) and returns the packed
+    ones for the layer to attend over."""
+
+    def __init__(self, cache: Any, packing: Packing) -> None:
+        self.cache = cache
+        self.packing = packing
+
+    def update(self, key: torch.Tensor, value: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """``key``, ``value``: ``(1, kv_heads, N, head_dim)``; the remaining arguments go to ``cache.update``."""
+        if self.cache is not None:
+            self.cache.update(self.packing.unpack_heads(key), self.packing.unpack_heads(value), *args, **kwargs)
+        return key, value

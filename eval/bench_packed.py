@@ -1,0 +1,222 @@
+"""Ragged batches (issue 26): one left-padded batch vs one packed batch vs the prompts one by one.
+
+Qwen2-VL-7B language tower shapes, random bf16 weights (speed does not depend on weight values),
+SDPA for the padded runs, FlexAttention for the packed ones (``HaltingConfig.packing``; compiled
+on the GPU by ``torch.compile(flex_attention)``, the compile falls in the warm-up). The language
+tower is called directly on random input states of text prompts of ``--lengths`` tokens (the ViT
+does not run; no logits), so every method runs with ``scope="all"``.
+
+Part 1, the mixed batch, per setting (the unmodified model, the engine halting nothing, DASH, FastV
+and DART at ``--ratio``, each at its default decision layer):
+
+* ``padded``: the four prompts as one batch, left-padded to the longest (``packing="off"``);
+* ``packed``: the same batch with ``packing="ragged"`` (not for the unmodified model, which has no
+  packed path);
+* ``one by one``: each prompt alone, batch 1, one after the other (``packing="off"``).
+
+``one/padded`` and ``one/packed`` are the one-by-one time over the batch's: at least 1.0 means the
+batch is no slower than running its prompts alone. ``rel err`` compares the packed run's last-token
+states with the padded run's (``‖packed − padded‖ / ‖padded‖``, bf16; DASH may keep a few other
+tokens where bf16 rounding reorders near-equal scores).
+
+Part 2, one prompt of ``--single`` tokens (batch 1): SDPA (``packing="off"``) vs FlexAttention
+(``packing="always"``) for the engine halting nothing and DASH.
+
+Times are medians of ``--repeats`` CUDA-event timings after ``--warmup`` runs, the modes of one
+setting taking turns (reverse order every other repeat); peak memory is one more run of each.
+About 3-4 minutes on one H200 with the defaults (most of it the unmodified padded batch and the
+first FlexAttention compiles).
+
+    python eval/bench_packed.py --out eval/results/packed_qwen2vl7b.json
+    python eval/bench_packed.py --smoke          # tiny shapes on the CPU: proves the script runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+
+import torch
+
+from bench_generate import halting_for
+from dash_vl.random_models import full_size_config, random_model, tiny_config, tiny_processor
+from gpu_timing import add_timing_arguments, cuda_elapsed_ms, cuda_medians_ms, host_elapsed_ms, print_table, report_run
+
+SMOKE_LENGTHS = (48, 36, 24, 12)
+
+
+class Prompts:
+    """Random input states of prompts of ``lengths`` tokens, as one left-padded batch and one by one.
+
+    Attributes:
+        embeds: ``(batch, T_max, D)``, zeros on the left padding.
+        attention_mask: ``(batch, T_max)`` long.
+        position_ids: ``(3, batch, T_max)`` M-RoPE ids of text, counted from each prompt's first token.
+    """
+
+    def __init__(self, lengths: list[int], hidden_size: int, device: torch.device, dtype: torch.dtype) -> None:
+        width = max(lengths)
+        generator = torch.Generator(device=device).manual_seed(0)
+        self.attention_mask = (torch.arange(width, device=device) >= width - torch.tensor(lengths, device=device)[:, None]).long()
+        embeds = torch.randn(len(lengths), width, hidden_size, device=device, dtype=dtype, generator=generator)
+        self.embeds = embeds * self.attention_mask[..., None]
+        self.position_ids = (self.attention_mask.cumsum(dim=1) - 1).clamp(min=0)[None].expand(3, -1, -1)
+        self.lengths = lengths
+
+    def batch(self) -> dict[str, torch.Tensor]:
+        return dict(inputs_embeds=self.embeds, attention_mask=self.attention_mask, position_ids=self.position_ids)
+
+    def alone(self, sample: int) -> dict[str, torch.Tensor]:
+        """Prompt ``sample`` as a batch of one, without padding."""
+        length = self.lengths[sample]
+        return dict(
+            inputs_embeds=self.embeds[sample : sample + 1, -length:],
+            position_ids=self.position_ids[:, sample : sample + 1, -length:],
+        )
+
+
+def prefill(model, method: str, ratio: float, packing: str, inputs: list[dict]) -> Callable[[], list]:
+    """A run: ``inputs`` through the language tower, one call after the other, under the setting's
+    halting; returns each call's last-token states ``(batch, D)``."""
+    language_model = model.model.language_model
+
+    def run() -> list:
+        with halting_for(model, method, ratio, packing=packing) or nullcontext(), torch.no_grad():
+            return [language_model(**call, use_cache=True).last_hidden_state[:, -1] for call in inputs]
+
+    return run
+
+
+def relative_error(candidate: list, reference: list) -> float:
+    got, expected = torch.cat(candidate).float(), torch.cat(reference).float()
+    return float((got - expected).norm() / expected.norm())
+
+
+def peak_gib(run: Callable[[], object], device: torch.device) -> float:
+    """Peak memory of one run, GiB (``nan`` off the GPU)."""
+    if device.type != "cuda":
+        run()
+        return float("nan")
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    run()
+    return torch.cuda.max_memory_allocated() / 2**30
+
+
+def measure_modes(runs: dict[str, Callable[[], list]], args, device: torch.device) -> dict[str, float]:
+    """Median ms and peak GiB of every mode, the modes taking turns."""
+    clock = cuda_elapsed_ms if device.type == "cuda" else host_elapsed_ms
+    times = cuda_medians_ms(runs, args.warmup, args.repeats, elapsed_ms=clock)
+    row = {f"{mode}_ms": milliseconds for mode, milliseconds in times.items()}
+    row.update({f"{mode}_gib": peak_gib(run, device) for mode, run in runs.items()})
+    return row
+
+
+def settings_of(args) -> list[tuple[str, str, float]]:
+    """(label, method, ratio): the unmodified model, the engine halting nothing, each method at ``--ratio``."""
+    return [("HF", "none", 0.0), ("engine ρ=0", "dash", 0.0)] + [
+        (f"{method} ρ={args.ratio}", method, args.ratio) for method in args.methods
+    ]
+
+
+def guarded_row(label: str, measure: Callable[[], dict], device: torch.device) -> dict:
+    """The row of setting ``label``; a setting that fails (out of memory, a compile error) leaves its
+    error in the row and the benchmark goes on with the next one."""
+    try:
+        row = dict(setting=label, **measure())
+    except RuntimeError as error:  # torch.OutOfMemoryError and torch.compile's errors are RuntimeErrors
+        row = dict(setting=label, error=f"{type(error).__name__}: {error}"[:300])
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def mixed_batch_row(model, prompts: Prompts, method: str, ratio: float, args, device: torch.device) -> dict:
+    one_by_one = [prompts.alone(sample) for sample in range(len(prompts.lengths))]
+    runs = dict(padded=prefill(model, method, ratio, "off", [prompts.batch()]))
+    if method != "none":
+        runs["packed"] = prefill(model, method, ratio, "ragged", [prompts.batch()])
+    runs["one"] = prefill(model, method, ratio, "off", one_by_one)
+    row = measure_modes(runs, args, device)
+    row["one_over_padded"] = row["one_ms"] / row["padded_ms"]
+    if "packed" in runs:
+        row["one_over_packed"] = row["one_ms"] / row["packed_ms"]
+        row["padded_over_packed"] = row["padded_ms"] / row["packed_ms"]
+        row["rel_err"] = relative_error(runs["packed"](), runs["padded"]())
+    return row
+
+
+def single_prompt_row(model, prompts: Prompts, method: str, ratio: float, args, device: torch.device) -> dict:
+    runs = {
+        "sdpa": prefill(model, method, ratio, "off", [prompts.alone(0)]),
+        "flex": prefill(model, method, ratio, "always", [prompts.alone(0)]),
+    }
+    row = dict(T=prompts.lengths[0], **measure_modes(runs, args, device))
+    row["sdpa_over_flex"] = row["sdpa_ms"] / row["flex_ms"]
+    row["rel_err"] = relative_error(runs["flex"](), runs["sdpa"]())
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lengths", type=int, nargs="+", default=[16384, 12288, 8192, 4096], help="the mixed batch")
+    parser.add_argument("--single", type=int, default=16384, help="tokens of the batch-1 SDPA vs FlexAttention prompt")
+    parser.add_argument("--ratio", type=float, default=0.9)
+    parser.add_argument("--methods", nargs="+", default=["dash", "fastv", "dart"])
+    parser.add_argument("--smoke", action="store_true", help="tiny model and prompts on the CPU, host clock")
+    add_timing_arguments(parser, warmup=1, repeats=3)
+    args = parser.parse_args()
+
+    began = time.perf_counter()
+    if args.smoke:
+        device, dtype = torch.device("cpu"), torch.float32
+        config = tiny_config("qwen2_vl", tiny_processor("qwen2_vl").tokenizer)
+        args.lengths, args.single = list(SMOKE_LENGTHS), SMOKE_LENGTHS[0]
+    else:
+        device, dtype = torch.device("cuda"), torch.bfloat16
+        config = full_size_config("qwen2_vl")
+    model = random_model(config, dtype=dtype, device=device)
+    hidden_size = model.model.language_model.config.hidden_size
+
+    mixed = Prompts(args.lengths, hidden_size, device, dtype)
+    rows = [
+        guarded_row(label, lambda: mixed_batch_row(model, mixed, method, ratio, args, device), device)
+        for label, method, ratio in settings_of(args)
+    ]
+    print_table(
+        rows,
+        {
+            "setting": "{setting}", "padded ms": "{padded_ms:.1f}", "packed ms": "{packed_ms:.1f}",
+            "one by one ms": "{one_ms:.1f}", "one/padded": "{one_over_padded:.2f}", "one/packed": "{one_over_packed:.2f}",
+            "padded/packed": "{padded_over_packed:.2f}", "peak GiB padded / packed / one": (
+                "{padded_gib:.1f} / {packed_gib:.1f} / {one_gib:.1f}"
+            ), "rel err": "{rel_err:.1e}", "error": "{error}",
+        },
+    )
+    single = Prompts([args.single], hidden_size, device, dtype)
+    single_rows = [
+        guarded_row(label, lambda: single_prompt_row(model, single, method, ratio, args, device), device)
+        for label, method, ratio in settings_of(args)[1:3]
+    ]
+    print_table(
+        single_rows,
+        {
+            "setting": "{setting}", "T": "{T}", "SDPA ms": "{sdpa_ms:.1f}", "Flex ms": "{flex_ms:.1f}",
+            "SDPA/Flex": "{sdpa_over_flex:.2f}", "peak GiB SDPA / Flex": "{sdpa_gib:.1f} / {flex_gib:.1f}",
+            "rel err": "{rel_err:.1e}", "error": "{error}",
+        },
+    )
+    report_run(
+        rows + single_rows, args.out, model="Qwen2-VL-7B language tower shapes, random bf16" if not args.smoke else "tiny",
+        command=" ".join(sys.argv), lengths=args.lengths, single=args.single, ratio=args.ratio, methods=args.methods,
+        warmup=args.warmup, repeats=args.repeats, seconds=round(time.perf_counter() - began, 1),
+    )
+
+
+if __name__ == "__main__":
+    main()
