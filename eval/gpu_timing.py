@@ -1,5 +1,5 @@
-"""Shared pieces of the GPU benchmarks: CUDA-event medians, the ideal halted prefill and DASH's floor, a fixed
-decision input."""
+"""Shared pieces of the GPU benchmarks: CUDA-event medians (host-clock ones for CPU smoke runs), the ideal
+halted prefill and DASH's floor, the ideal halted vision encoder, a fixed decision input."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import argparse
 import json
 import platform
 import statistics
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
@@ -14,6 +15,8 @@ from datetime import date
 import torch
 import transformers
 from dash_vl.decision import KeyValueCapture
+from dash_vl.encoder_adapter import EncoderAdapter
+from dash_vl.encoder_halting import recut_segments
 from dash_vl.hf_compat import cache_argument, new_cache, output_cache
 
 
@@ -22,6 +25,32 @@ def cuda_medians_ms(runs: dict[str, Callable[[], object]], warmup: int, repeats:
     after warm-up). The runs take turns within every repeat, so drift in clocks or temperature
     during the measurement reaches all of them alike, and every other repeat takes them in reverse
     order, so that no run always follows the same one."""
+    return _interleaved_medians_ms(runs, warmup, repeats, _cuda_event_ms)
+
+
+def host_medians_ms(runs: dict[str, Callable[[], object]], warmup: int, repeats: int) -> dict[str, float]:
+    """:func:`cuda_medians_ms` on the host clock, for runs on the CPU (the benchmarks' ``--smoke`` modes)."""
+    return _interleaved_medians_ms(runs, warmup, repeats, _host_ms)
+
+
+def _cuda_event_ms(run: Callable[[], object]) -> float:
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    run()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end)
+
+
+def _host_ms(run: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    run()
+    return (time.perf_counter() - start) * 1e3
+
+
+def _interleaved_medians_ms(
+    runs: dict[str, Callable[[], object]], warmup: int, repeats: int, time_ms: Callable[[Callable[[], object]], float]
+) -> dict[str, float]:
     for _ in range(warmup):
         for run in runs.values():
             run()
@@ -29,12 +58,7 @@ def cuda_medians_ms(runs: dict[str, Callable[[], object]], warmup: int, repeats:
     order = list(runs.items())
     for repeat in range(repeats):
         for name, run in order if repeat % 2 == 0 else reversed(order):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            run()
-            end.record()
-            torch.cuda.synchronize()
-            times[name].append(start.elapsed_time(end))
+            times[name].append(time_ms(run))
     return {name: statistics.median(measured) for name, measured in times.items()}
 
 
@@ -110,6 +134,23 @@ def floor_prefill(language_model, embeds: torch.Tensor, rope_ids: torch.Tensor, 
     return language_model.norm(hidden)
 
 
+def ideal_encoder(
+    adapter: EncoderAdapter, pixel_values: torch.Tensor, grid_thw: torch.Tensor, start: int, active: torch.Tensor
+) -> object:
+    """A vision tower with blocks ``< start`` on all ``P`` patches and blocks ``>= start`` on the patches
+    ``active`` (``(K,)`` sorted positions in the blocks' order), given: no scoring, no bookkeeping; the
+    frozen patches' states written back and merged as the tower does. Returns the tower's output."""
+    layout = adapter.layout(pixel_values, grid_thw, {})
+    hidden, rotary, blocks = layout.hidden_states, layout.position_embeddings, adapter.blocks
+    for index in range(start):
+        hidden = blocks[index](hidden, **adapter.block_arguments(layout.segments[index], rotary))
+    compact, compact_rotary = hidden[active], tuple(part[active] for part in rotary)
+    recut = {id(segments): recut_segments(segments, active) for segments in layout.segments}
+    for index in range(start, len(blocks)):
+        compact = blocks[index](compact, **adapter.block_arguments(recut[id(layout.segments[index])], compact_rotary))
+    return adapter.output(hidden.index_copy(0, active, compact), layout)
+
+
 @dataclass
 class FixedDecisionInputs:
     """Decision inputs with a given attention update ``(batch, T, hidden)``, to time scoring + selection alone."""
@@ -127,7 +168,7 @@ def report_run(rows: list[dict], out: str | None, **settings: object) -> None:
     """Print the run's metadata (GPU, versions, date and ``settings``) as JSON, and write it with
     ``rows`` to ``out`` when given."""
     meta = dict(
-        gpu=torch.cuda.get_device_name(), torch=torch.__version__, transformers=transformers.__version__,
+        gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else "none (CPU)", torch=torch.__version__, transformers=transformers.__version__,
         python=platform.python_version(), date=str(date.today()), **settings,
     )
     print(json.dumps(meta))
