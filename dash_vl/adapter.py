@@ -216,8 +216,8 @@ class VisionLanguageAdapter(ModelAdapter):
     def encoder_adapter(self) -> EncoderAdapter:
         """The adapter of the vision tower whose ``forward`` the encoder halting engine takes over."""
         raise NotImplementedError(
-            f"{type(self).__name__} has no encoder adapter: encoder-side halting (vision_ratio) supports Qwen2-VL "
-            "and Qwen2.5-VL"
+            f"{type(self).__name__} has no encoder adapter: encoder-side halting (vision_ratio) supports Qwen2-VL, "
+            "Qwen2.5-VL, LLaVA-OneVision and InternVL"
         )
 
     def tokens_from_patches(self, modality: str, patches: torch.Tensor, arguments: dict[str, Any]) -> VisualEvidence:

@@ -29,12 +29,21 @@ def add_knobs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scope", default=None, choices=SCOPES, help="default: the method's (all for DASH, visual for FastV/DART)")
     parser.add_argument("--question-mode", default="halted", choices=QUESTION_MODES)
     parser.add_argument("--seed", type=int, default=0, help="seed of the random method")
+    parser.add_argument(
+        "--vision-ratio", type=float, default=None,
+        help="encoder-side halting (ViT-DASH): fraction of each image's patches halted in the vision encoder, in [0, 1) "
+        "(default: off)",
+    )
+    parser.add_argument(
+        "--vision-start-layer", type=start_layer, default=0.4,
+        help="encoder block index, or fraction of the encoder's depth, where ViT-DASH decides (default 0.4)",
+    )
 
 
 def knobs(args: argparse.Namespace) -> HaltingConfig:
     return HaltingConfig(
         method=args.method, ratio=args.ratio, start_layer=args.start_layer, scope=args.scope, question=args.question_mode,
-        seed=args.seed,
+        seed=args.seed, vision_ratio=args.vision_ratio, vision_start_layer=args.vision_start_layer,
     )
 
 

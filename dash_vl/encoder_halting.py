@@ -1,17 +1,19 @@
 """Encoder-side halting (ViT-DASH): DASH's rule inside a vision tower.
 
-One call of the tower (all images, or all videos, of a prompt batch, packed into ``P`` patches):
+One call of the tower (all images, or all videos, of a prompt batch, packed into ``P`` patches by
+the adapter, :mod:`dash_vl.encoder_adapter`):
 
 * blocks ``[0, l_v)`` run on all ``P`` patches;
 * block ``l_v``'s attention sub-layer runs over all patches; each patch is scored by
   ``Δattn = ‖U_p‖₂``, the norm of that sub-layer's output before the residual add. Within each
-  unit (an image, or a frame of a video), the ``floor(ρ_v · n)`` lowest-scored of its ``n`` patches
-  halt before that residual add and keep the state they entered ``l_v`` with;
+  unit (an image, a frame of a video, or a tile), the ``floor(ρ_v · n)`` lowest-scored of its ``n``
+  candidates (``[CLS]`` is none) halt before that residual add and keep the state they entered
+  ``l_v`` with;
 * the active patches are gathered (their order and rotary tables kept) and run the rest of
-  ``l_v`` and every later block, each block's attention segments (frames, or Qwen2.5-VL's windows)
-  recut to the active patches, so halted patches are neither queries nor keys there;
-* the halted patches' frozen states are written back and the tower's merger receives every
-  patch: the language model sees the same visual tokens at the same positions.
+  ``l_v`` and every later block, each block's attention segments (frames, Qwen2.5-VL's windows,
+  tiles) recut to the active patches, so halted patches are neither queries nor keys there;
+* the halted patches' frozen states are written back and the tower's merger / projector receives
+  every patch: the language model sees the same visual tokens at the same positions.
 
 With ``ρ_v = 0`` every patch stays active and the tower's output equals its own forward's.
 """
@@ -48,13 +50,23 @@ class EncoderReport:
         return sum(self.kept) / sum(self.patches)
 
 
-def keep_per_unit(scores: torch.Tensor, units: torch.Tensor, ratio: float) -> torch.Tensor:
-    """``(P,)`` bool: per unit, every patch but the ``floor(ratio * n)`` lowest of ``scores`` ``(P,)``.
+def keep_per_unit(
+    scores: torch.Tensor, units: torch.Tensor, ratio: float, protected: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``(P,)`` bool: per unit of ``n`` halting candidates, every patch but the ``floor(ratio * n)``
+    candidates lowest in ``scores`` ``(P,)``.
 
-    ``units`` ``(P,)`` long numbers the unit of each patch (``0 .. U-1``); ties halt the earlier patch.
+    ``units`` ``(P,)`` long numbers the unit of each patch (``0 .. U-1``); ``protected`` ``(P,)`` bool
+    marks patches that are no candidates (never halted). Ties halt the earlier patch.
     """
+    candidates = units if protected is None else units[~protected]
     counts = torch.bincount(units)
-    halted = torch.tensor([halted_count(ratio, count) for count in counts.tolist()], device=units.device)
+    halted = torch.tensor(
+        [halted_count(ratio, count) for count in torch.bincount(candidates, minlength=counts.numel()).tolist()],
+        device=units.device,
+    )
+    if protected is not None:
+        scores = scores.masked_fill(protected, torch.inf)
     order = scores.argsort(stable=True)
     order = order[units[order].argsort(stable=True)]
     sorted_units = units[order]
@@ -89,29 +101,39 @@ class EncoderHaltingEngine:
         self.reports: list[EncoderReport] = []
         """One report per call of the tower, oldest first."""
 
-    def forward(self, hidden_states: torch.Tensor, grid_thw: torch.Tensor, **kwargs: Any) -> Any:
-        """Drop-in for the tower's ``forward(pixel_values, grid_thw)``; same output."""
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Drop-in for the tower's ``forward`` (same arguments, same output)."""
         adapter, blocks, start = self.adapter, self.adapter.blocks, self.start_layer
-        layout = adapter.layout(hidden_states, grid_thw, kwargs)
+        layout = adapter.layout(args, kwargs)
         hidden, rotary = layout.hidden_states, layout.position_embeddings
+        layer_states = [hidden]
         for index in range(start):
-            hidden = blocks[index](hidden, **adapter.block_arguments(layout.segments[index], rotary))
+            hidden = adapter.run_block(blocks[index], hidden, layout.segments[index], rotary)
+            layer_states.append(hidden)
 
         decision = blocks[start]
-        update = adapter.attention_update(decision, hidden, adapter.block_arguments(layout.segments[start], rotary))
+        update = adapter.attention_update(decision, hidden, layout.segments[start], rotary)
         scores = torch.linalg.vector_norm(update, dim=-1, dtype=torch.float32)
-        kept = keep_per_unit(scores, layout.units, self.ratio)
-        active = kept.nonzero().squeeze(1)
+        active = keep_per_unit(scores, layout.units, self.ratio, layout.protected).nonzero().squeeze(1)
         patches = torch.bincount(layout.units)
         kept_counts = torch.bincount(layout.units[active], minlength=patches.numel())
         self.reports.append(EncoderReport(start, patches.tolist(), kept_counts.tolist()))
 
+        def with_frozen(compact: torch.Tensor) -> torch.Tensor:
+            """Every patch's state ``(P, width)``: the active ones from ``compact``, the halted ones frozen."""
+            return hidden.index_copy(0, active, compact)
+
         compact = adapter.feed_forward(decision, hidden[active] + update[active])
         compact_rotary = tuple(part[active] for part in rotary)
-        recut: dict[int, torch.Tensor] = {}  # blocks share their segment tensors (frames or windows)
+        recut: dict[int, torch.Tensor] = {}  # blocks share their segment tensors (frames, windows or tiles)
         for index in range(start + 1, len(blocks)):
+            if adapter.wants_layer_states:
+                layer_states.append(with_frozen(compact))
             segments = layout.segments[index]
             if id(segments) not in recut:
                 recut[id(segments)] = recut_segments(segments, active)
-            compact = blocks[index](compact, **adapter.block_arguments(recut[id(segments)], compact_rotary))
-        return adapter.output(hidden.index_copy(0, active, compact), layout)
+            compact = adapter.run_block(blocks[index], compact, recut[id(segments)], compact_rotary)
+        final = with_frozen(compact)
+        if not adapter.wants_layer_states:
+            return adapter.output(final, layout, None)
+        return adapter.output(final, layout, (*layer_states, final))

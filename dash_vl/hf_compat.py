@@ -124,9 +124,14 @@ def vision_max_seqlen(bounds: torch.Tensor, config: Any) -> int | None:
     return get_max_seqlen(bounds, config)
 
 
-def vision_output(last_hidden_state: torch.Tensor, pooler_output: torch.Tensor) -> BaseModelOutputWithPooling:
-    """A Qwen ViT's output: the patch states and the merged tokens the language model receives."""
-    return BaseModelOutputWithPooling(last_hidden_state=last_hidden_state, pooler_output=pooler_output)
+def vision_output(
+    last_hidden_state: torch.Tensor, pooler_output: torch.Tensor | None, hidden_states: tuple[torch.Tensor, ...] | None = None
+) -> BaseModelOutputWithPooling:
+    """A vision tower's output: its final states, its pooled output (Qwen ViTs: the merged tokens the
+    language model receives) and, where the model reads its features there, every block's states."""
+    return BaseModelOutputWithPooling(
+        last_hidden_state=last_hidden_state, pooler_output=pooler_output, hidden_states=hidden_states
+    )
 
 
 def video_frames_argument(arguments: dict[str, Any]) -> torch.Tensor:

@@ -114,7 +114,7 @@ def main() -> None:
             ))
 
         tower = model.model.visual
-        units = encoder.layout(pixels, grid, {}).units
+        units = encoder.layout((pixels, grid), {}).units
         generator = torch.Generator().manual_seed(0)
         encoder_runs = {"none": lambda: tower(pixels, grid_thw=grid)}
         kept = {"none": 1.0}

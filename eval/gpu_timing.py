@@ -140,15 +140,15 @@ def ideal_encoder(
     """A vision tower with blocks ``< start`` on all ``P`` patches and blocks ``>= start`` on the patches
     ``active`` (``(K,)`` sorted positions in the blocks' order), given: no scoring, no bookkeeping; the
     frozen patches' states written back and merged as the tower does. Returns the tower's output."""
-    layout = adapter.layout(pixel_values, grid_thw, {})
+    layout = adapter.layout((pixel_values, grid_thw), {})
     hidden, rotary, blocks = layout.hidden_states, layout.position_embeddings, adapter.blocks
     for index in range(start):
-        hidden = blocks[index](hidden, **adapter.block_arguments(layout.segments[index], rotary))
+        hidden = adapter.run_block(blocks[index], hidden, layout.segments[index], rotary)
     compact, compact_rotary = hidden[active], tuple(part[active] for part in rotary)
     recut = {id(segments): recut_segments(segments, active) for segments in layout.segments}
     for index in range(start, len(blocks)):
-        compact = blocks[index](compact, **adapter.block_arguments(recut[id(layout.segments[index])], compact_rotary))
-    return adapter.output(hidden.index_copy(0, active, compact), layout)
+        compact = adapter.run_block(blocks[index], compact, recut[id(layout.segments[index])], compact_rotary)
+    return adapter.output(hidden.index_copy(0, active, compact), layout, None)
 
 
 @dataclass

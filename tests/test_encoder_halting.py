@@ -1,4 +1,4 @@
-"""Encoder-side halting (ViT-DASH) on tiny Qwen2-VL / Qwen2.5-VL models with 4-block vision towers
+"""Encoder-side halting (ViT-DASH) on tiny models of every family with 4-block vision towers
 (Qwen2.5-VL: windows in blocks 0, 1, 3; full frames in block 2): with ``vision_ratio = 0`` equal to
 the unmodified tower and model; otherwise equal to a slow masking reference of the encoder
 (:mod:`tests.encoder_reference`), alone and under each language-model method."""
@@ -9,13 +9,21 @@ from functools import cache
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM, Qwen2Config
 
 from dash_vl import Halting, HaltingConfig
 from dash_vl.encoder_halting import keep_per_unit, recut_segments
 from dash_vl.hf_compat import qwen2_5_vl_window_index
 from dash_vl.random_models import random_model, tiny_config
-from tests.conftest import model_of, processor_of, vl_inputs
-from tests.encoder_reference import frame_units, record_blocks, reference_encoder
+from tests.conftest import FAMILY_NAMES, processor_of, vl_inputs
+from tests.encoder_reference import (
+    frame_units,
+    internvit_layer_by_hand,
+    record_blocks,
+    reference_encoder,
+    reference_tiled_encoder,
+    siglip_layer_by_hand,
+)
 
 QWEN_FAMILIES = ("qwen2_vl", "qwen2_5_vl")
 PROMPTS = (("image", 2), ("video", 1))
@@ -25,31 +33,43 @@ PROMPTS = (("image", 2), ("video", 1))
 def deep_tower_model(family: str):
     """A tiny model of ``family`` whose vision tower has 4 blocks (Qwen2.5-VL: block 2 full attention)."""
     config = tiny_config(family, processor_of(family).tokenizer, num_layers=4)
-    config.vision_config.depth = 4
+    if family in QWEN_FAMILIES:
+        config.vision_config.depth = 4
+    else:
+        config.vision_config.num_hidden_layers = 4
     if family == "qwen2_5_vl":
         config.vision_config.fullatt_block_indexes = [2]
     return random_model(config)
 
 
-@pytest.fixture(params=QWEN_FAMILIES)
+@pytest.fixture(params=FAMILY_NAMES)
 def family(request):
     return request.param
 
 
+@pytest.fixture(params=QWEN_FAMILIES)
+def qwen_family(request):
+    return request.param
+
+
 @pytest.fixture(params=PROMPTS, ids=[f"{kind}-batch{batch}" for kind, batch in PROMPTS])
-def prompt(request, family):
-    kind, batch = request.param
-    return vl_inputs(processor_of(family), batch, kind)
-
-
-def tower_inputs(prompt: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    if "pixel_values" in prompt:
-        return prompt["pixel_values"], prompt["image_grid_thw"]
-    return prompt["pixel_values_videos"], prompt["video_grid_thw"]
+def prompt_kind(request):
+    return request.param
 
 
 def tower_of(model):
-    return model.model.visual
+    inner = model.model
+    return inner.visual if hasattr(inner, "visual") else inner.vision_tower
+
+
+def tower_calls(model, prompt: dict) -> list[tuple[tuple, dict]]:
+    """The arguments of every call of the vision tower while the unmodified model runs ``prompt``."""
+    calls = []
+    hook = tower_of(model).register_forward_pre_hook(lambda module, args, kwargs: calls.append((args, kwargs)), with_kwargs=True)
+    with torch.no_grad():
+        model(**prompt)
+    hook.remove()
+    return calls
 
 
 def merged_in_output_order(tower, hidden: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
@@ -60,18 +80,26 @@ def merged_in_output_order(tower, hidden: torch.Tensor, grid_thw: torch.Tensor) 
     return merged
 
 
-def test_vision_ratio_zero_matches_unmodified_encoder_and_model(family, prompt):
+def grid_of(call: tuple[tuple, dict]) -> torch.Tensor:
+    args, kwargs = call
+    return args[1] if len(args) > 1 else kwargs["grid_thw"]
+
+
+def test_vision_ratio_zero_matches_unmodified_encoder_and_model(family, prompt_kind):
     model = deep_tower_model(family)
-    pixels, grid = tower_inputs(prompt)
+    prompt = vl_inputs(processor_of(family), *reversed(prompt_kind))
+    (args, kwargs), *_ = tower_calls(model, prompt)
+    tower = tower_of(model)
     with torch.no_grad():
-        expected_tower = tower_of(model)(pixels, grid_thw=grid)
+        expected_tower = tower(*args, **kwargs)
         expected_logits = model(**prompt).logits
     with Halting(model, vision_ratio=0.0, vision_start_layer=1) as halting:
         with torch.no_grad():
-            produced_tower = tower_of(model)(pixels, grid_thw=grid)
+            produced_tower = tower(*args, **kwargs)
             logits = model(**prompt).logits
     assert torch.equal(produced_tower.last_hidden_state, expected_tower.last_hidden_state)
-    assert torch.equal(produced_tower.pooler_output, expected_tower.pooler_output)
+    if expected_tower.pooler_output is not None:
+        assert torch.equal(produced_tower.pooler_output, expected_tower.pooler_output)
     valid = prompt["attention_mask"].bool()
     assert torch.equal(logits[valid], expected_logits[valid])
     assert halting.encoder_reports[-1].kept == halting.encoder_reports[-1].patches
@@ -79,10 +107,11 @@ def test_vision_ratio_zero_matches_unmodified_encoder_and_model(family, prompt):
 
 @pytest.mark.parametrize("ratio", [0.5, 0.9])
 @pytest.mark.parametrize("start", [1, 2, 3])
-def test_encoder_halting_matches_masking_reference(family, prompt, ratio, start):
-    model = deep_tower_model(family)
+def test_qwen_encoder_halting_matches_masking_reference(qwen_family, prompt_kind, ratio, start):
+    model = deep_tower_model(qwen_family)
     tower = tower_of(model)
-    pixels, grid = tower_inputs(prompt)
+    call = tower_calls(model, vl_inputs(processor_of(qwen_family), *reversed(prompt_kind)))[0]
+    pixels, grid = call[0][0], grid_of(call)
     expected, active = reference_encoder(tower, pixels, grid, ratio, start)
     with Halting(model, vision_ratio=ratio, vision_start_layer=start) as halting:
         with torch.no_grad():
@@ -94,8 +123,37 @@ def test_encoder_halting_matches_masking_reference(family, prompt, ratio, start)
         torch.testing.assert_close(produced.pooler_output, merged_in_output_order(tower, expected, grid), rtol=1e-5, atol=1e-5)
 
 
-def test_language_model_sees_every_visual_token(family, prompt):
+TILED = {
+    "llava_onevision": (lambda tower: tower.encoder.layers, siglip_layer_by_hand, lambda tower: tower.post_layernorm, False),
+    "internvl": (lambda tower: tower.encoder.layer, internvit_layer_by_hand, lambda tower: tower.layernorm, True),
+}
+
+
+@pytest.mark.parametrize("tiled_family", sorted(TILED))
+@pytest.mark.parametrize("ratio", [0.5, 0.9])
+@pytest.mark.parametrize("start", [1, 3])
+def test_tiled_encoder_halting_matches_masking_reference(tiled_family, prompt_kind, ratio, start):
+    """SigLIP and InternViT: every block's states (``hidden_states``) and the final normed ones; units are
+    tiles (video frames), InternViT's ``[CLS]`` never halted."""
+    blocks_of, layer_by_hand, final_norm_of, has_cls = TILED[tiled_family]
+    model = deep_tower_model(tiled_family)
+    tower = tower_of(model)
+    call = tower_calls(model, vl_inputs(processor_of(tiled_family), *reversed(prompt_kind)))[0]
+    expected, active = reference_tiled_encoder(blocks_of(tower), layer_by_hand, call, tower, ratio, start, has_cls)
+    with Halting(model, vision_ratio=ratio, vision_start_layer=start) as halting:
+        with torch.no_grad():
+            produced = tower(*call[0], **call[1])
+    assert halting.encoder_reports[-1].kept == active.sum(dim=1).tolist()
+    assert not has_cls or bool(active[:, 0].all())
+    assert len(produced.hidden_states) == len(blocks_of(tower)) + 1
+    torch.testing.assert_close(produced.hidden_states[-1], expected, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(produced.last_hidden_state, final_norm_of(tower)(expected), rtol=1e-5, atol=1e-5)
+
+
+def test_language_model_sees_every_visual_token(family, prompt_kind):
     model = deep_tower_model(family)
+    prompt = vl_inputs(processor_of(family), *reversed(prompt_kind))
     embeds = []
     hook = model.model.language_model.register_forward_pre_hook(
         lambda module, args, kwargs: embeds.append(kwargs["inputs_embeds"]), with_kwargs=True
@@ -118,12 +176,13 @@ def test_language_model_sees_every_visual_token(family, prompt):
 @pytest.mark.parametrize(
     "knobs", [dict(method="dash", ratio=0.5, start_layer=2), dict(method="fastv", ratio=0.5), dict(method="dart", ratio=0.5)]
 )
-def test_composes_with_language_model_methods(family, knobs):
+def test_composes_with_language_model_methods(qwen_family, knobs):
     """ViT-DASH + an LM method equals that LM method on a model whose tower returns the encoder reference."""
-    model = deep_tower_model(family)
-    prompt = vl_inputs(processor_of(family), 2, "image")
+    model = deep_tower_model(qwen_family)
+    prompt = vl_inputs(processor_of(qwen_family), 2, "image")
     tower = tower_of(model)
-    pixels, grid = tower_inputs(prompt)
+    call = tower_calls(model, prompt)[0]
+    pixels, grid = call[0][0], grid_of(call)
     with Halting(model, vision_ratio=0.75, vision_start_layer=2, **knobs) as halting:
         with torch.no_grad():
             logits = model(**prompt).logits
@@ -149,6 +208,13 @@ def test_keep_per_unit_halts_the_lowest_floor_ratio_of_each_unit():
     scores = torch.tensor([5.0, 1.0, 3.0, 2.0, 9.0, 0.0, 4.0])
     units = torch.tensor([0, 0, 0, 0, 1, 1, 1])
     assert keep_per_unit(scores, units, 0.5).tolist() == [True, False, True, False, True, False, True]
+
+
+def test_keep_per_unit_never_halts_protected_patches_nor_counts_them():
+    scores = torch.tensor([0.0, 1.0, 3.0, 2.0, 0.0, 5.0, 4.0])
+    units = torch.tensor([0, 0, 0, 0, 1, 1, 1])
+    protected = torch.tensor([True, False, False, False, True, False, False])
+    assert keep_per_unit(scores, units, 0.5, protected).tolist() == [True, False, True, True, True, True, False]
 
 
 def test_recut_segments_drops_halted_patches_and_empty_segments():
@@ -185,9 +251,11 @@ def test_vision_ratio_with_visionzip_is_rejected():
         HaltingConfig(method="visionzip", ratio=0.5, vision_ratio=0.5)
 
 
-def test_vision_ratio_on_a_family_without_encoder_adapter_is_a_clear_error():
-    with pytest.raises(NotImplementedError, match="encoder-side halting"):
-        Halting(model_of("llava_onevision", "sdpa"), vision_ratio=0.5)
+def test_vision_ratio_on_a_text_only_model_is_a_clear_error():
+    config = Qwen2Config(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+    config._attn_implementation = "sdpa"
+    with pytest.raises(ValueError, match="vision_ratio needs a model with a vision encoder"):
+        Halting(AutoModelForCausalLM.from_config(config), vision_ratio=0.5)
 
 
 def test_encoder_reports_need_vision_ratio():
