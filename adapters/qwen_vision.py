@@ -67,7 +67,9 @@ class Qwen2VisionAdapter(EncoderAdapter):
     def feed_forward(self, block: torch.nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
         return hidden_states + block.mlp(block.norm2(hidden_states))
 
-    def output(self, hidden_states: torch.Tensor, layout: EncoderLayout, layer_states: None) -> Any:
+    def output(
+        self, hidden_states: torch.Tensor, layout: EncoderLayout, layer_states: tuple[torch.Tensor, ...] | None
+    ) -> Any:
         merged = self.tower.merger(hidden_states)
         if layout.order is not None:
             merged = merged[torch.argsort(layout.order)]

@@ -41,8 +41,9 @@ class HaltingConfig:
             length with :meth:`dash_vl.Halting.question_length`.
         seed: seed of the ``"random"`` method's generator (the same on every prompt).
         vision_ratio: ``ρ_v`` in [0, 1), encoder-side halting (ViT-DASH, :mod:`dash_vl.encoder_halting`):
-            the fraction of each image's (each video frame's) patches halted inside the vision
-            encoder at block ``l_v``; they keep their state and still reach the merger, so the
+            the fraction of each unit's patches (an image or video frame; for tiled encoders a
+            tile) halted inside the vision encoder at block ``l_v``; they keep their state and still
+            reach the merger / projector, so the
             language model sees the same visual tokens. Unset (``None``, the default), the encoder
             runs unmodified; ``0`` runs it through the encoder engine with nothing halted. It
             combines with every language-model method but VisionZip (which reads the encoder's

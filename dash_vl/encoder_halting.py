@@ -36,7 +36,7 @@ class EncoderReport:
 
     Attributes:
         start_layer: the decision block ``l_v``.
-        patches: patches of each unit (image or frame), in the call's order.
+        patches: patches of each unit (image, video frame or tile), in the call's order.
         kept: of those, how many stayed active from ``l_v`` on.
     """
 
