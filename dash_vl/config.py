@@ -43,11 +43,10 @@ class HaltingConfig:
         vision_ratio: ``ρ_v`` in [0, 1), encoder-side halting (ViT-DASH, :mod:`dash_vl.encoder_halting`):
             the fraction of each unit's patches (an image or video frame; for tiled encoders a
             tile) halted inside the vision encoder at block ``l_v``; they keep their state and still
-            reach the merger / projector, so the
-            language model sees the same visual tokens. Unset (``None``, the default), the encoder
-            runs unmodified; ``0`` runs it through the encoder engine with nothing halted. It
-            combines with every language-model method but VisionZip (which reads the encoder's
-            last block over all patches).
+            reach the merger / projector, so the language model sees the same visual tokens.
+            Unset (``None``, the default), the encoder runs unmodified; ``0`` runs it through the
+            encoder engine with nothing halted. It combines with every language-model method but
+            VisionZip (which reads the encoder's last block over all patches).
         vision_start_layer: the encoder's decision block ``l_v``: an ``int`` block index in
             ``[0, depth)`` or a ``float`` in (0, 1), a fraction of the encoder's depth
             (``floor(vision_start_layer * depth)``, at least 1); default ``0.4``.
