@@ -18,6 +18,8 @@ import torch
 from torch import nn
 
 from dash_vl.adapter import VisionLanguageAdapter
+from dash_vl.adapters.tiled_vision import InternVisionAdapter
+from dash_vl.encoder_adapter import EncoderAdapter
 from dash_vl.encoder_evidence import VisualEvidence
 
 
@@ -31,6 +33,10 @@ class InternVLAdapter(VisionLanguageAdapter):
         if self.model.config.vision_feature_select_strategy != "default":
             raise ValueError("VisionZip on InternVL needs vision_feature_select_strategy='default' (the [CLS] token dropped)")
         return self.feature_layer(self.model.model.vision_tower.encoder.layer).attention
+
+    def encoder_adapter(self) -> EncoderAdapter:
+        """The InternViT tower (``model.model.vision_tower``); units are its tiles, ``[CLS]`` never halted."""
+        return InternVisionAdapter(self.model.model.vision_tower)
 
     def tokens_from_patches(self, modality: str, patches: torch.Tensor, arguments: dict[str, Any]) -> VisualEvidence:
         tiles = arguments["pixel_values"].shape[0]

@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from dash_vl import hf_compat
 from dash_vl.adapter import VisionLanguageAdapter
+from dash_vl.adapters.tiled_vision import SiglipVisionAdapter
+from dash_vl.encoder_adapter import EncoderAdapter
 from dash_vl.encoder_evidence import VisualEvidence
 
 
@@ -29,6 +31,10 @@ class LlavaOnevisionAdapter(VisionLanguageAdapter):
         tower = self.model.model.vision_tower
         encoder = tower.vision_model.encoder if hasattr(tower, "vision_model") else tower.encoder
         return self.feature_layer(encoder.layers).self_attn
+
+    def encoder_adapter(self) -> EncoderAdapter:
+        """The SigLIP tower (``model.model.vision_tower``); units are its tiles (video frames)."""
+        return SiglipVisionAdapter(self.model.model.vision_tower)
 
     def tokens_from_patches(self, modality: str, patches: torch.Tensor, arguments: dict[str, Any]) -> VisualEvidence:
         inner, config = self.model.model, self.model.config

@@ -13,8 +13,10 @@ import torch
 
 from dash_vl import hf_compat
 from dash_vl.adapter import VisionLanguageAdapter
-from dash_vl.media import FrameSampling
+from dash_vl.adapters.qwen_vision import Qwen2_5VisionAdapter, Qwen2VisionAdapter
+from dash_vl.encoder_adapter import EncoderAdapter
 from dash_vl.encoder_evidence import SegmentAttention, VisualEvidence
+from dash_vl.media import FrameSampling
 
 
 class Qwen2VLAdapter(VisionLanguageAdapter):
@@ -36,6 +38,11 @@ class Qwen2VLAdapter(VisionLanguageAdapter):
     def vision_feature_attention(self) -> torch.nn.Module:
         """The last ViT block's attention (its output goes through the merger to the LLM)."""
         return self.model.model.visual.blocks[-1].attn
+
+    def encoder_adapter(self) -> EncoderAdapter:
+        """The ViT (``model.model.visual``): windowed for Qwen2.5-VL, full attention per frame for Qwen2-VL."""
+        visual = self.model.model.visual
+        return Qwen2_5VisionAdapter(visual) if window_order_of(visual) else Qwen2VisionAdapter(visual)
 
     def vision_segments(self, attention: torch.nn.Module, args: tuple, kwargs: dict) -> list[SegmentAttention]:
         """Segments of the packed patch sequence ``(P, width)`` as the block's ``cu_seqlens`` cut it
@@ -70,6 +77,11 @@ class Qwen2VLAdapter(VisionLanguageAdapter):
 def window_order(visual: torch.nn.Module, grid: torch.Tensor) -> torch.Tensor | None:
     """Qwen2.5-VL's window permutation of the merged tokens (position ``i`` of the blocks' order holds
     LLM token ``index[i]``); ``None`` for Qwen2-VL, which has no windows."""
-    if not hasattr(visual, "fullatt_block_indexes"):
+    if not window_order_of(visual):
         return None
     return hf_compat.qwen2_5_vl_window_index(visual, grid)
+
+
+def window_order_of(visual: torch.nn.Module) -> bool:
+    """Whether the ViT runs its patches window by window (Qwen2.5-VL)."""
+    return hasattr(visual, "fullatt_block_indexes")

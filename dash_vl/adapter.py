@@ -16,8 +16,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from dash_vl.media import FrameSampling
+from dash_vl.encoder_adapter import EncoderAdapter
 from dash_vl.encoder_evidence import SegmentAttention, VisualEvidence
+from dash_vl.media import FrameSampling
 
 ATTENTION_KINDS: tuple[str, ...] = ("full_attention", "sliding_attention")
 
@@ -158,6 +159,9 @@ class VisionLanguageAdapter(ModelAdapter):
     ``[CLS]`` token, how to get queries and keys from that module's inputs
     (:meth:`vision_segments`; the default fits encoders with ``q_proj`` / ``k_proj`` over a
     batch of tiles) and how its patches become LLM visual tokens (:meth:`tokens_from_patches`).
+
+    For encoder-side halting (:mod:`dash_vl.encoder_halting`) a family names the adapter of its
+    vision tower (:meth:`encoder_adapter`).
     """
 
     auto_class = "AutoModelForImageTextToText"
@@ -208,6 +212,13 @@ class VisionLanguageAdapter(ModelAdapter):
         queries = queries * attention.scale
         metric = keys.mean(dim=1)
         return [SegmentAttention(queries[tile], keys[tile], metric[tile]) for tile in range(hidden.shape[0])]
+
+    def encoder_adapter(self) -> EncoderAdapter:
+        """The adapter of the vision tower whose ``forward`` the encoder halting engine takes over."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no encoder adapter: encoder-side halting (vision_ratio) supports Qwen2-VL, "
+            "Qwen2.5-VL, LLaVA-OneVision and InternVL"
+        )
 
     def tokens_from_patches(self, modality: str, patches: torch.Tensor, arguments: dict[str, Any]) -> VisualEvidence:
         """Map the evidence of one feature-function call from encoder patches to LLM visual tokens.

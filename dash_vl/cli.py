@@ -33,12 +33,21 @@ def add_knobs(parser: argparse.ArgumentParser) -> None:
         "--packing", default="off", choices=PACKING_MODES,
         help="prefill layout of a batch: off (left-padded), ragged (pack batches of unequal lengths), always",
     )
+    parser.add_argument(
+        "--vision-ratio", type=float, default=None,
+        help="encoder-side halting (ViT-DASH): fraction of each image's patches halted in the vision encoder, in [0, 1) "
+        "(default: off)",
+    )
+    parser.add_argument(
+        "--vision-start-layer", type=start_layer, default=0.4,
+        help="encoder block index, or fraction of the encoder's depth, where ViT-DASH decides (default 0.4)",
+    )
 
 
 def knobs(args: argparse.Namespace) -> HaltingConfig:
     return HaltingConfig(
         method=args.method, ratio=args.ratio, start_layer=args.start_layer, scope=args.scope, question=args.question_mode,
-        seed=args.seed, packing=args.packing,
+        seed=args.seed, packing=args.packing, vision_ratio=args.vision_ratio, vision_start_layer=args.vision_start_layer,
     )
 
 

@@ -52,6 +52,16 @@ class HaltingConfig:
             ``"always"``: every prefill runs packed. Outputs (logits ``(batch, T_max, V)``, left-padded,
             zeros on padding), KV cache layout and decoding are the same in every mode; the
             model's own ``attn_implementation`` still serves decoding.
+        vision_ratio: ``ρ_v`` in [0, 1), encoder-side halting (ViT-DASH, :mod:`dash_vl.encoder_halting`):
+            the fraction of each unit's patches (an image or video frame; for tiled encoders a
+            tile) halted inside the vision encoder at block ``l_v``; they keep their state and still
+            reach the merger / projector, so the language model sees the same visual tokens.
+            Unset (``None``, the default), the encoder runs unmodified; ``0`` runs it through the
+            encoder engine with nothing halted. It combines with every language-model method but
+            VisionZip (which reads the encoder's last block over all patches).
+        vision_start_layer: the encoder's decision block ``l_v``: an ``int`` block index in
+            ``[0, depth)`` or a ``float`` in (0, 1), a fraction of the encoder's depth
+            (``floor(vision_start_layer * depth)``, at least 1); default ``0.4``.
     """
 
     method: str = "dash"
@@ -61,6 +71,8 @@ class HaltingConfig:
     question: QuestionMode = "halted"
     seed: int = 0
     packing: PackingMode = "off"
+    vision_ratio: float | None = None
+    vision_start_layer: int | float = 0.4
 
     def __post_init__(self) -> None:
         if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)):
@@ -90,6 +102,26 @@ class HaltingConfig:
             raise ValueError(f"packing must be one of {PACKING_MODES}, got {self.packing!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise TypeError(f"seed must be an int, got {self.seed!r}")
+        self._check_vision_knobs()
+
+    def _check_vision_knobs(self) -> None:
+        if self.vision_ratio is not None:
+            if isinstance(self.vision_ratio, bool) or not isinstance(self.vision_ratio, (int, float)):
+                raise TypeError(f"vision_ratio must be None or a float in [0, 1), got {self.vision_ratio!r}")
+            if not 0.0 <= float(self.vision_ratio) < 1.0:
+                raise ValueError(f"vision_ratio must be in [0, 1), got {self.vision_ratio}")
+            if METHODS[self.method].needs_vision_evidence:
+                raise ValueError(
+                    f"vision_ratio cannot be combined with method {self.method!r}, which reads the vision encoder's "
+                    "last block over all patches"
+                )
+        layer = self.vision_start_layer
+        if isinstance(layer, bool) or not isinstance(layer, (int, float)):
+            raise TypeError(f"vision_start_layer must be an int block index or a float fraction of the depth, got {layer!r}")
+        if isinstance(layer, float) and not 0.0 < layer < 1.0:
+            raise ValueError(f"vision_start_layer as a fraction of the encoder's depth must be in (0, 1), got {layer}")
+        if isinstance(layer, int) and layer < 0:
+            raise ValueError(f"vision_start_layer must be >= 0, got {layer}")
 
     @classmethod
     def resolve(cls, config: HaltingConfig | None, knobs: dict) -> HaltingConfig:
@@ -110,6 +142,19 @@ class HaltingConfig:
             layer = self.start_layer
         if not 0 <= layer < num_layers:
             raise ValueError(f"start_layer must be in [0, {num_layers}) for a {num_layers}-layer model, got {layer}")
+        return layer
+
+    def vision_decision_layer(self, depth: int) -> int:
+        """The encoder's decision block ``l_v`` for a vision encoder of ``depth`` blocks.
+
+        Raises:
+            ValueError: if ``l_v`` falls outside ``[0, depth)``.
+        """
+        layer = self.vision_start_layer
+        if isinstance(layer, float):
+            layer = max(1, int(layer * depth))
+        if not 0 <= layer < depth:
+            raise ValueError(f"vision_start_layer must be in [0, {depth}) for a vision encoder of {depth} blocks, got {layer}")
         return layer
 
     def ideal_speedup(self, num_layers: int) -> float:

@@ -4,8 +4,9 @@
         output_ids = model.generate(**inputs)
     print(halting.last_report.summary())
 
-Inside the block the language model's ``forward`` is the engine's; ``model.generate`` and
-``model(...)`` are called as usual. Each prompt (each new KV cache) is halted on its own.
+Inside the block the language model's ``forward`` is the engine's (and, with ``vision_ratio`` set,
+the vision tower's is the encoder engine's); ``model.generate`` and ``model(...)`` are called as
+usual. Each prompt (each new KV cache) is halted on its own.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torch import nn
 
 from dash_vl.adapters import adapter_for
 from dash_vl.config import HaltingConfig
+from dash_vl.encoder_halting import EncoderHaltingEngine, EncoderReport
 from dash_vl.engine import HaltingEngine
 from dash_vl.report import HaltingReport
 from dash_vl.vision_evidence import EvidenceRecorder
@@ -35,7 +37,23 @@ class Halting:
         self.config = HaltingConfig.resolve(config, knobs)
         self.adapter = adapter_for(model)
         self.engine = HaltingEngine(self.adapter, self.config)
+        self.encoder_engine = self._encoder_engine()
         self._hook: Any = None
+
+    def _encoder_engine(self) -> EncoderHaltingEngine | None:
+        """The encoder engine where ``vision_ratio`` is set; else ``None``."""
+        if self.config.vision_ratio is None:
+            return None
+        if not self.adapter.has_visual_tokens:
+            raise ValueError(f"vision_ratio needs a model with a vision encoder; {type(self.adapter.model).__name__} is text-only")
+        return EncoderHaltingEngine(self.adapter.encoder_adapter(), self.config)
+
+    @property
+    def encoder_reports(self) -> list[EncoderReport]:
+        """One report per call of the vision tower since the halting was built (``vision_ratio`` set)."""
+        if self.encoder_engine is None:
+            raise RuntimeError("encoder-side halting is off (vision_ratio is None); it has no reports")
+        return self.encoder_engine.reports
 
     @property
     def reports(self) -> list[HaltingReport]:
@@ -61,6 +79,8 @@ class Halting:
         if self.engine.method.needs_vision_evidence:
             self.engine.evidence_recorder = EvidenceRecorder(self.adapter)
             self.engine.evidence_recorder.install()
+        if self.encoder_engine is not None:
+            self.encoder_engine.adapter.tower.forward = self.encoder_engine.forward
         return self
 
     def disable(self) -> None:
@@ -73,6 +93,8 @@ class Halting:
         if self.engine.evidence_recorder is not None:
             self.engine.evidence_recorder.remove()
             self.engine.evidence_recorder = None
+        if self.encoder_engine is not None:
+            del self.encoder_engine.adapter.tower.forward
         self.engine.prompt_input_ids = None
 
     def __enter__(self) -> Halting:

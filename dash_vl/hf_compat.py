@@ -9,8 +9,9 @@ installed release has (never by parsing its version string):
   ``ModelOutput`` fields alike;
 * Qwen2.5-VL's window order: a method of the vision tower up to 5.2x, a module function later;
 * the keyword under which LLaVA-OneVision's ``get_video_features`` receives its frames;
-* the module-level helpers the adapters and the engine read (vision rotary, anyres tiling) and
-  how many key slots a cache layer holds (a sliding-window layer keeps only its window);
+* the module-level helpers the adapters and the engines read (vision rotary, anyres tiling, the
+  Qwen ViTs' patch positions, attention segments and windows) and how many key slots a cache layer
+  holds (a sliding-window layer keeps only its window);
 * how an attention function is registered and how the attention modules find theirs: by the
   name in their config's ``_attn_implementation``, looked up in ``AttentionInterface`` at every
   call (packed prefill swaps that name for the duration of the prefill).
@@ -30,8 +31,10 @@ import torch
 from torch import nn
 from transformers import AttentionInterface
 from transformers.cache_utils import DynamicCache
-from transformers.modeling_outputs import BaseModelOutputWithPast
+from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling
 from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
+from transformers.utils.generic import get_max_seqlen
+from transformers.vision_utils import get_vision_attention_seqlens, get_vision_position_ids
 
 _OUTPUT_FIELDS = {field.name for field in dataclasses.fields(BaseModelOutputWithPast)}
 
@@ -104,16 +107,52 @@ def vision_rotary(attention: nn.Module) -> Callable[..., tuple[torch.Tensor, tor
     return sys.modules[type(attention).__module__].apply_rotary_pos_emb_vision
 
 
-def qwen2_5_vl_window_index(visual: nn.Module, grid_thw: torch.Tensor) -> torch.Tensor:
-    """Qwen2.5-VL's window permutation of the merged visual tokens: position ``i`` of the ViT
-    blocks' order holds LLM token ``index[i]``; ``(tokens,)`` long."""
+def qwen2_5_vl_windows(
+    visual: nn.Module, grid_thw: torch.Tensor, kwargs: dict[str, Any] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Qwen2.5-VL's windows: the permutation of the merged visual tokens (position ``i`` of the ViT
+    blocks' order holds LLM token ``index[i]``; ``(tokens,)`` long) and the windows' cumulative
+    bounds over the patches in that order (``(W + 1,)`` int32). Precomputed ``window_index`` /
+    ``cu_window_seqlens`` in a tower call's ``kwargs`` are taken from there, as the tower does."""
     if hasattr(visual, "get_window_index"):
-        return visual.get_window_index(grid_thw)[0]
+        index, bounds = visual.get_window_index(grid_thw)
+        return index, torch.unique_consecutive(torch.as_tensor(bounds, dtype=torch.int32, device=grid_thw.device))
     windows = sys.modules[type(visual).__module__].get_vision_window_index
     return windows(
         grid_thw, spatial_merge_size=visual.spatial_merge_size, window_size=visual.window_size,
-        patch_size=visual.patch_size, kwargs={},
-    )[0]
+        patch_size=visual.patch_size, kwargs={} if kwargs is None else kwargs,
+    )
+
+
+def qwen2_5_vl_window_index(visual: nn.Module, grid_thw: torch.Tensor) -> torch.Tensor:
+    """The window permutation of :func:`qwen2_5_vl_windows` alone."""
+    return qwen2_5_vl_windows(visual, grid_thw)[0]
+
+
+def qwen_vision_positions(visual: nn.Module, grid_thw: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+    """``(P, 2)`` long (row, column) of every patch of a Qwen2-VL / Qwen2.5-VL tower call, in the
+    merger's 2 x 2 block order (taken from the call's ``kwargs`` where precomputed)."""
+    return get_vision_position_ids(grid_thw, visual.spatial_merge_size, kwargs=kwargs)
+
+
+def qwen_vision_frames(visual: nn.Module, grid_thw: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+    """``(F + 1,)`` int32 cumulative bounds of the frames (an image is one) of a Qwen ViT call."""
+    return get_vision_attention_seqlens(grid_thw, visual.config, kwargs=kwargs)[0]
+
+
+def vision_max_seqlen(bounds: torch.Tensor, config: Any) -> int | None:
+    """The longest segment of ``bounds`` where the attention implementation needs it (FlashAttention), else ``None``."""
+    return get_max_seqlen(bounds, config)
+
+
+def vision_output(
+    last_hidden_state: torch.Tensor, pooler_output: torch.Tensor | None, hidden_states: tuple[torch.Tensor, ...] | None = None
+) -> BaseModelOutputWithPooling:
+    """A vision tower's output: its final states, its pooled output (Qwen ViTs: the merged tokens the
+    language model receives) and, where the model reads its features there, every block's states."""
+    return BaseModelOutputWithPooling(
+        last_hidden_state=last_hidden_state, pooler_output=pooler_output, hidden_states=hidden_states
+    )
 
 
 def video_frames_argument(arguments: dict[str, Any]) -> torch.Tensor:

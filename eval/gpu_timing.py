@@ -1,5 +1,5 @@
-"""Shared pieces of the GPU benchmarks: CUDA-event medians, the ideal halted prefill and DASH's floor, a fixed
-decision input."""
+"""Shared pieces of the GPU benchmarks: CUDA-event medians (host-clock ones for CPU smoke runs), the ideal
+halted prefill and DASH's floor, the ideal halted vision encoder, a fixed decision input."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from datetime import date
 import torch
 import transformers
 from dash_vl.decision import KeyValueCapture
+from dash_vl.encoder_adapter import EncoderAdapter
+from dash_vl.encoder_halting import recut_segments
 from dash_vl.hf_compat import cache_argument, new_cache, output_cache
 
 
@@ -126,6 +128,23 @@ def floor_prefill(language_model, embeds: torch.Tensor, rope_ids: torch.Tensor, 
     return language_model.norm(hidden)
 
 
+def ideal_encoder(
+    adapter: EncoderAdapter, pixel_values: torch.Tensor, grid_thw: torch.Tensor, start: int, active: torch.Tensor
+) -> object:
+    """A vision tower with blocks ``< start`` on all ``P`` patches and blocks ``>= start`` on the patches
+    ``active`` (``(K,)`` sorted positions in the blocks' order), given: no scoring, no bookkeeping; the
+    frozen patches' states written back and merged as the tower does. Returns the tower's output."""
+    layout = adapter.layout((pixel_values, grid_thw), {})
+    hidden, rotary, blocks = layout.hidden_states, layout.position_embeddings, adapter.blocks
+    for index in range(start):
+        hidden = adapter.run_block(blocks[index], hidden, layout.segments[index], rotary)
+    compact, compact_rotary = hidden[active], tuple(part[active] for part in rotary)
+    recut = {id(segments): recut_segments(segments, active) for segments in layout.segments}
+    for index in range(start, len(blocks)):
+        compact = adapter.run_block(blocks[index], compact, recut[id(layout.segments[index])], compact_rotary)
+    return adapter.output(hidden.index_copy(0, active, compact), layout, None)
+
+
 @dataclass
 class FixedDecisionInputs:
     """Decision inputs with a given attention update ``(batch, T, hidden)``, to time scoring + selection alone."""
@@ -143,7 +162,7 @@ def report_run(rows: list[dict], out: str | None, **settings: object) -> None:
     """Print the run's metadata (GPU, versions, date and ``settings``) as JSON, and write it with
     ``rows`` to ``out`` when given."""
     meta = dict(
-        gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", torch=torch.__version__, transformers=transformers.__version__,
+        gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else "none (CPU)", torch=torch.__version__, transformers=transformers.__version__,
         python=platform.python_version(), date=str(date.today()), **settings,
     )
     print(json.dumps(meta))

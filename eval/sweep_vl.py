@@ -121,10 +121,11 @@ def timed_first_token(vlm: VisionLanguageModel, queries: list[Query]) -> float:
     return time.perf_counter() - start
 
 
-def measure_cell(vlm: VisionLanguageModel, task: LocalTask, cell: Cell, batch_size: int) -> dict:
-    """One row: the cell's score, kept tokens, relative FLOPs, prefill latency and peak memory."""
+def measure_cell(vlm: VisionLanguageModel, task: LocalTask, config: HaltingConfig | None, batch_size: int) -> dict:
+    """One row: the score of ``task`` under ``config`` (``None``: the unmodified model), kept tokens,
+    relative FLOPs, prefill latency and peak memory."""
     try:
-        vlm.halting = None if (config := config_for(cell)) is None else Halting(vlm.model, config)
+        vlm.halting = None if config is None else Halting(vlm.model, config)
     except ValueError as error:
         return dict(n=0, error=str(error))
     on_gpu = vlm.model.device.type == "cuda"
@@ -218,7 +219,8 @@ def main() -> None:
     vlm = load(args.model, None, device=args.device, dtype=args.dtype)
     tasks = {name: LocalTask.load(name, args.limit) for name in args.tasks}
     store = ResultStore(args.results)
-    run_sweep(grid(args), lambda cell: [measure_cell(vlm, tasks[cell["task"]], cell, args.batch_size)], store, "vl sweep")
+    measure = lambda cell: [measure_cell(vlm, tasks[cell["task"]], config_for(cell), args.batch_size)]  # noqa: E731
+    run_sweep(grid(args), measure, store, "vl sweep")
     report(store, args.results, args.title or str(args.model))
 
 

@@ -1,15 +1,20 @@
 """The bench's reference prefills (``eval/gpu_timing.py``) compute what they claim: the ideal with
-nothing halted is the unmodified model, and DASH's floor at DASH's own selection is DASH."""
+nothing halted is the unmodified model, and DASH's floor at DASH's own selection is DASH; the ideal
+encoder keeping every patch is the unmodified tower; ``eval/bench_vit_halting.py --smoke`` runs."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
 from dash_vl import Halting
-from tests.conftest import model_of
+from dash_vl.adapters import adapter_for
+from tests.conftest import model_of, processor_of, vl_inputs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "eval"))
 from gpu_timing import floor_prefill, ideal_prefill  # noqa: E402
@@ -47,3 +52,24 @@ def test_floor_at_dash_selection_is_dash():
         ideal = ideal_prefill(language_model, embeds, rope_ids, START, kept)
     torch.testing.assert_close(floor, dash, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(ideal, dash[:, kept[0]], atol=1e-3)  # the ideal skips the attention over all T
+
+
+def test_ideal_encoder_keeping_every_patch_is_the_unmodified_tower():
+    from gpu_timing import ideal_encoder
+
+    model = model_of("qwen2_5_vl", "sdpa")
+    inputs = vl_inputs(processor_of("qwen2_5_vl"), 2, "image")
+    pixels, grid = inputs["pixel_values"], inputs["image_grid_thw"]
+    with torch.no_grad():
+        expected = model.model.visual(pixels, grid_thw=grid).pooler_output
+        ideal = ideal_encoder(adapter_for(model).encoder_adapter(), pixels, grid, 1, torch.arange(pixels.shape[0]))
+    torch.testing.assert_close(ideal.pooler_output, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_vit_halting_bench_runs_in_smoke_mode(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "eval" / "bench_vit_halting.py"
+    out = tmp_path / "smoke.json"
+    command = [sys.executable, str(script), "--smoke", "--warmup", "0", "--repeats", "1", "--out", str(out)]
+    subprocess.run(command, check=True, capture_output=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    rows = json.loads(out.read_text())["rows"]
+    assert {row["setting"] for row in rows if row["part"] == "encoder"} >= {"none", "vit 0.9", "ideal 0.9"}

@@ -1,0 +1,139 @@
+"""Encoder-side halting (ViT-DASH): DASH's rule inside a vision tower.
+
+One call of the tower (all images, or all videos, of a prompt batch, packed into ``P`` patches by
+the adapter, :mod:`dash_vl.encoder_adapter`):
+
+* blocks ``[0, l_v)`` run on all ``P`` patches;
+* block ``l_v``'s attention sub-layer runs over all patches; each patch is scored by
+  ``Δattn = ‖U_p‖₂``, the norm of that sub-layer's output before the residual add. Within each
+  unit (an image, a frame of a video, or a tile), the ``floor(ρ_v · n)`` lowest-scored of its ``n``
+  candidates (``[CLS]`` is none) halt before that residual add and keep the state they entered
+  ``l_v`` with;
+* the active patches are gathered (their order and rotary tables kept) and run the rest of
+  ``l_v`` and every later block, each block's attention segments (frames, Qwen2.5-VL's windows,
+  tiles) recut to the active patches, so halted patches are neither queries nor keys there;
+* the halted patches' frozen states are written back and the tower's merger / projector receives
+  every patch: the language model sees the same visual tokens at the same positions.
+
+With ``ρ_v = 0`` every patch stays active and the tower's output equals its own forward's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from dash_vl.config import HaltingConfig
+from dash_vl.encoder_adapter import EncoderAdapter
+from dash_vl.methods.base import halted_count
+
+
+@dataclass(frozen=True)
+class EncoderReport:
+    """What one call of the tower halted.
+
+    Attributes:
+        start_layer: the decision block ``l_v``.
+        patches: patches of each unit (image, video frame or tile), in the call's order.
+        kept: of those, how many stayed active from ``l_v`` on.
+    """
+
+    start_layer: int
+    patches: list[int]
+    kept: list[int]
+
+    @property
+    def kept_fraction(self) -> float:
+        """Active patches from ``l_v`` on over all patches of the call."""
+        return sum(self.kept) / sum(self.patches)
+
+
+def keep_per_unit(
+    scores: torch.Tensor, units: torch.Tensor, ratio: float, protected: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``(P,)`` bool: per unit of ``n`` halting candidates, every patch but the ``floor(ratio * n)``
+    candidates lowest in ``scores`` ``(P,)``.
+
+    ``units`` ``(P,)`` long numbers the unit of each patch (``0 .. U-1``); ``protected`` ``(P,)`` bool
+    marks patches that are no candidates (never halted). Ties halt the earlier patch.
+    """
+    candidates = units if protected is None else units[~protected]
+    counts = torch.bincount(units)
+    halted = torch.tensor(
+        [halted_count(ratio, count) for count in torch.bincount(candidates, minlength=counts.numel()).tolist()],
+        device=units.device,
+    )
+    if protected is not None:
+        scores = scores.masked_fill(protected, torch.inf)
+    order = scores.argsort(stable=True)
+    order = order[units[order].argsort(stable=True)]
+    sorted_units = units[order]
+    rank = torch.arange(units.numel(), device=units.device) - (counts.cumsum(0) - counts)[sorted_units]
+    kept = torch.ones_like(units, dtype=torch.bool)
+    kept[order[rank < halted[sorted_units]]] = False
+    return kept
+
+
+def recut_segments(segments: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Attention segments ``(S + 1,)`` int32 bounds over ``P`` patches, restricted to the sorted patch
+    positions ``index`` ``(K,)``: bounds over the ``K`` gathered patches, empty segments dropped."""
+    bounds = torch.searchsorted(index, segments.to(index.dtype))
+    return torch.unique_consecutive(bounds).to(segments.dtype)
+
+
+class EncoderHaltingEngine:
+    """Runs a vision tower's blocks with encoder-side halting; :meth:`forward` replaces the tower's.
+
+    Args:
+        adapter: the tower's :class:`dash_vl.encoder_adapter.EncoderAdapter`.
+        config: the knobs; ``vision_ratio`` (``ρ_v``) and ``vision_start_layer`` (``l_v``) are read.
+
+    Raises:
+        ValueError: if ``l_v`` falls outside the encoder's blocks.
+    """
+
+    def __init__(self, adapter: EncoderAdapter, config: HaltingConfig) -> None:
+        self.adapter = adapter
+        self.ratio = float(config.vision_ratio or 0.0)
+        self.start_layer = config.vision_decision_layer(len(adapter.blocks))
+        self.reports: list[EncoderReport] = []
+        """One report per call of the tower, oldest first."""
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Drop-in for the tower's ``forward`` (same arguments, same output)."""
+        adapter, blocks, start = self.adapter, self.adapter.blocks, self.start_layer
+        layout = adapter.layout(args, kwargs)
+        hidden, rotary = layout.hidden_states, layout.position_embeddings
+        layer_states = [hidden]
+        for index in range(start):
+            hidden = adapter.run_block(blocks[index], hidden, layout.segments[index], rotary)
+            layer_states.append(hidden)
+
+        decision = blocks[start]
+        update = adapter.attention_update(decision, hidden, layout.segments[start], rotary)
+        scores = torch.linalg.vector_norm(update, dim=-1, dtype=torch.float32)
+        active = keep_per_unit(scores, layout.units, self.ratio, layout.protected).nonzero().squeeze(1)
+        patches = torch.bincount(layout.units)
+        kept_counts = torch.bincount(layout.units[active], minlength=patches.numel())
+        self.reports.append(EncoderReport(start, patches.tolist(), kept_counts.tolist()))
+
+        def with_frozen(compact: torch.Tensor) -> torch.Tensor:
+            """Every patch's state ``(P, width)``: the active ones from ``compact``, the halted ones frozen."""
+            return hidden.index_copy(0, active, compact)
+
+        compact = adapter.feed_forward(decision, hidden[active] + update[active])
+        compact_rotary = tuple(part[active] for part in rotary)
+        recut: dict[int, torch.Tensor] = {}  # blocks share their segment tensors (frames, windows or tiles)
+        for index in range(start + 1, len(blocks)):
+            if adapter.wants_layer_states:
+                layer_states.append(with_frozen(compact))
+            segments = layout.segments[index]
+            if id(segments) not in recut:
+                recut[id(segments)] = recut_segments(segments, active)
+            compact = adapter.run_block(blocks[index], compact, recut[id(segments)], compact_rotary)
+        final = with_frozen(compact)
+        if not adapter.wants_layer_states:
+            return adapter.output(final, layout, None)
+        return adapter.output(final, layout, (*layer_states, final))

@@ -1,0 +1,148 @@
+"""Time to first token of Qwen2-VL-7B with encoder-side halting (ViT-DASH), alone and under DASH / FastV (GPU).
+
+Random bf16 weights with Qwen2-VL-7B-Instruct's shapes (``--family qwen2_5_vl``: Qwen2.5-VL-7B's),
+SDPA, batch 1, one large image: the prompt of ``eval/bench_ttft.py`` (64 text tokens, the image's
+visual tokens, 64 text tokens; ``dash_vl.random_models.long_prompt``) at ``--length`` tokens, by
+default 16 514: a 256 x 256 patch grid, 65 536 ViT patches, 16 384 visual tokens. One timed call
+is the model's forward with ``logits_to_keep=1`` (what ``generate`` runs for its first token).
+
+Rows: the unmodified model; ViT-DASH at each ``--vision-ratios`` (``ρ_v``, decision block
+``--vision-start-layer``, default 0.4 of the depth: block 12 of 32) alone, with DASH and with FastV
+(``--lm-ratio``), and those LM methods alone. Then the encoder alone: unmodified, ViT-DASH, and its
+ideal (blocks ``< l_v`` on all patches, blocks ``>= l_v`` on a precomputed random subset of each
+frame's patches of ViT-DASH's size, no scoring), beside the linear bound ``depth / (l_v + (depth - l_v)(1 - ρ_v))``.
+Each group's runs take turns in every repeat (``gpu_timing.cuda_medians_ms``: CUDA events, warm-up,
+medians), so the ratios against the unmodified run come from one measurement.
+
+    python eval/bench_vit_halting.py --out eval/results/bench_vit_halting_h200.json
+    python eval/bench_vit_halting.py --smoke   # tiny shapes on the CPU: proves the script runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+import torch
+
+from dash_vl import Halting, HaltingConfig
+from dash_vl.adapters import adapter_for
+from dash_vl.encoder_halting import keep_per_unit
+from dash_vl.random_models import full_size_config, long_prompt, random_model, tiny_config, tiny_processor
+from gpu_timing import (
+    add_timing_arguments, cuda_elapsed_ms, cuda_medians_ms, host_elapsed_ms, ideal_encoder, print_table, report_run,
+)
+
+SMOKE_LENGTH = 258  # 121 visual tokens: a 22 x 22 patch grid
+
+
+def settings(vision_ratios: list[float], vision_layer: int | float, lm_ratio: float) -> dict[str, dict]:
+    """Halting knobs of every whole-model row by name (``{}``: the unmodified model)."""
+    rows: dict[str, dict] = {"none": {}}
+    for method in ("dash", "fastv"):
+        rows[method] = dict(method=method, ratio=lm_ratio)
+    for vision_ratio in vision_ratios:
+        vision = dict(vision_ratio=vision_ratio, vision_start_layer=vision_layer)
+        rows[f"vit {vision_ratio}"] = vision
+        for method in ("dash", "fastv"):
+            rows[f"vit {vision_ratio} + {method}"] = dict(vision, method=method, ratio=lm_ratio)
+    return rows
+
+
+def model_run(model, inputs: dict, knobs: dict) -> tuple[Callable[[], object], Halting | None]:
+    """One TTFT call of ``model`` under ``knobs`` (halting enabled around the call only) and its halting."""
+    halting = Halting(model, **knobs) if knobs else None
+
+    def run() -> object:
+        if halting is None:
+            return model(**inputs, use_cache=True, logits_to_keep=1)
+        with halting:
+            return model(**inputs, use_cache=True, logits_to_keep=1)
+
+    return run, halting
+
+
+def subset_of_each_frame(units: torch.Tensor, ratio: float, generator: torch.Generator) -> torch.Tensor:
+    """Sorted positions ``(K,)``: as many random patches of each unit as ViT-DASH keeps (``n - floor(ρ_v n)``)."""
+    scores = torch.rand(units.shape, generator=generator, device="cpu").to(units.device)
+    return keep_per_unit(scores, units, ratio).nonzero().squeeze(1)
+
+
+def displayed(row: dict) -> dict:
+    """``row`` with its numbers as the table prints them (fields a row lacks print as ``-``)."""
+    formats = dict(ms="{:.1f}", speedup="{:.2f}×", patches_kept="{:.3f}", linear_bound="{:.2f}×")
+    return {key: formats[key].format(value) if key in formats else value for key, value in row.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", default="qwen2_vl", choices=("qwen2_vl", "qwen2_5_vl"))
+    parser.add_argument("--length", type=int, default=16514, help="prompt tokens (visual tokens: length - 130)")
+    parser.add_argument("--vision-ratios", type=float, nargs="+", default=[0.5, 0.75, 0.9])
+    parser.add_argument("--vision-start-layer", type=float, default=0.4, help="l_v: a fraction of the depth, or a block index >= 1")
+    parser.add_argument("--lm-ratio", type=float, default=0.9, help="ρ of DASH and FastV in the combined rows")
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU, host clock")
+    add_timing_arguments(parser, warmup=1, repeats=5)
+    args = parser.parse_args()
+    vision_layer = args.vision_start_layer if args.vision_start_layer < 1 else int(args.vision_start_layer)
+
+    if args.smoke:
+        device, dtype, clock, length = torch.device("cpu"), torch.float32, host_elapsed_ms, SMOKE_LENGTH
+        config = tiny_config(args.family, tiny_processor(args.family).tokenizer)
+        config.vision_config.depth = 5
+    else:
+        device, dtype, clock, length = torch.device("cuda"), torch.bfloat16, cuda_elapsed_ms, args.length
+        config = full_size_config(args.family)
+    model = random_model(config, dtype=dtype, device=device)
+    inputs = long_prompt(args.family, model.config, length, device, dtype)
+    encoder = adapter_for(model).encoder_adapter()
+    depth = len(encoder.blocks)
+    start = HaltingConfig(vision_start_layer=vision_layer).vision_decision_layer(depth)
+    pixels, grid = inputs["pixel_values"], inputs["image_grid_thw"]
+
+    rows = []
+    with torch.no_grad():
+        runs, haltings = {}, {}
+        for name, knobs in settings(args.vision_ratios, vision_layer, args.lm_ratio).items():
+            runs[name], haltings[name] = model_run(model, inputs, knobs)
+        measured = cuda_medians_ms(runs, args.warmup, args.repeats, elapsed_ms=clock)
+        for name, halting in haltings.items():
+            encoder_halted = halting is not None and halting.encoder_engine is not None
+            rows.append(dict(
+                part="model", setting=name, ms=measured[name], speedup=measured["none"] / measured[name],
+                patches_kept=halting.encoder_reports[-1].kept_fraction if encoder_halted else 1.0,
+                lm_kept=halting.last_report.kept_tokens_per_layer[-1][0] if halting else inputs["input_ids"].shape[1],
+            ))
+
+        tower = model.model.visual
+        units = encoder.layout((pixels, grid), {}).units
+        generator = torch.Generator().manual_seed(0)
+        encoder_runs = {"none": lambda: tower(pixels, grid_thw=grid)}
+        kept = {"none": 1.0}
+        for vision_ratio in args.vision_ratios:
+            halting = Halting(model, vision_ratio=vision_ratio, vision_start_layer=vision_layer)
+            encoder_runs[f"vit {vision_ratio}"] = lambda halting=halting: halting.encoder_engine.forward(pixels, grid)
+            subset = subset_of_each_frame(units, vision_ratio, generator)
+            encoder_runs[f"ideal {vision_ratio}"] = lambda subset=subset: ideal_encoder(encoder, pixels, grid, start, subset)
+            kept[f"vit {vision_ratio}"] = kept[f"ideal {vision_ratio}"] = subset.numel() / units.numel()
+        measured = cuda_medians_ms(encoder_runs, args.warmup, args.repeats, elapsed_ms=clock)
+        for name, milliseconds in measured.items():
+            rows.append(dict(
+                part="encoder", setting=name, ms=milliseconds, speedup=measured["none"] / milliseconds,
+                patches_kept=kept[name], linear_bound=depth / (start + (depth - start) * kept[name]),
+            ))
+
+    print_table([displayed(row) for row in rows], {
+        "part": "{part}", "setting": "{setting}", "ms": "{ms}", "vs unmodified": "{speedup}",
+        "patches active from l_v": "{patches_kept}", "LM tokens kept": "{lm_kept}", "encoder linear bound": "{linear_bound}",
+    })
+    report_run(
+        rows, args.out, command=" ".join([sys.executable, *sys.argv]), family=args.family, smoke=args.smoke,
+        prompt_tokens=inputs["input_ids"].shape[1], patches=int(pixels.shape[0]), vision_depth=depth,
+        vision_start_layer=start, lm_ratio=args.lm_ratio, warmup=args.warmup, repeats=args.repeats, batch=1,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""Accuracy of encoder-side halting (ViT-DASH) on an offline VL task: ``ρ_v`` × ``l_v``, alone and
+with DASH in the language model, resumable.
+
+Each cell answers the task's documents through the Python API (``eval/sweep_vl.py``'s
+``measure_cell``: score, kept LM tokens, relative LM FLOPs, latency) with
+``HaltingConfig(vision_ratio=ρ_v, vision_start_layer=l_v)``, and with ``method="dash",
+ratio=--dash-ratio`` (DASH's default decision layer) in the ``+ dash`` cells. The unmodified model
+and DASH alone are the references. Writes the JSON-lines rows and a markdown table beside them.
+
+    python eval/sweep_vit_halting.py --limit 100 --results eval/results/vit_halting_scenes_vlm.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import transformers
+
+from dash_vl.api import load
+from dash_vl.config import HaltingConfig
+from dash_vl.scenes_vlm import SHIPPED_DIRECTORY
+from dash_vl.sweep import Cell, ResultStore, run_sweep
+
+sys.path.insert(0, str(Path(__file__).parent))
+from sweep_vl import LocalTask, measure_cell  # noqa: E402
+
+NO_LM = "none"
+
+
+def grid(args: argparse.Namespace) -> list[Cell]:
+    """The unmodified model, DASH alone, then per ``l_v`` and ``ρ_v`` ViT-DASH alone and with DASH."""
+    cells: list[Cell] = [
+        dict(task=args.task, lm=NO_LM, vision_ratio=None, vision_start_layer=None),
+        dict(task=args.task, lm="dash", vision_ratio=None, vision_start_layer=None),
+    ]
+    for layer in args.vision_start_layers:
+        for vision_ratio in args.vision_ratios:
+            for lm in (NO_LM, "dash"):
+                cells.append(dict(task=args.task, lm=lm, vision_ratio=vision_ratio, vision_start_layer=layer))
+    return cells
+
+
+def config_for(cell: Cell, dash_ratio: float) -> HaltingConfig | None:
+    if cell["lm"] == NO_LM and cell["vision_ratio"] is None:
+        return None
+    vision = {} if cell["vision_ratio"] is None else dict(
+        vision_ratio=cell["vision_ratio"], vision_start_layer=cell["vision_start_layer"]
+    )
+    return HaltingConfig(method="dash", ratio=dash_ratio if cell["lm"] == "dash" else 0.0, **vision)
+
+
+def table(rows: list[dict], dash_ratio: float) -> str:
+    """Markdown: per ``l_v`` and LM setting, the score at each ``ρ_v``; the references first."""
+    found = {(row["lm"], row["vision_start_layer"], row["vision_ratio"]): row for row in rows}
+    ratios = sorted({row["vision_ratio"] for row in rows if row["vision_ratio"] is not None})
+    layers = sorted({row["vision_start_layer"] for row in rows if row["vision_start_layer"] is not None})
+    lines = [
+        f"Unmodified: {found[(NO_LM, None, None)]['score']:.3f}; DASH alone (ρ = {dash_ratio}): "
+        f"{found[('dash', None, None)]['score']:.3f} (relative LM FLOPs {found[('dash', None, None)]['relative_flops']:.2f}).",
+        "",
+        "| l_v | language model | " + " | ".join(f"ρ_v={ratio}" for ratio in ratios) + " |",
+        "|" + "---|" * (2 + len(ratios)),
+    ]
+    for layer in layers:
+        for lm in (NO_LM, "dash"):
+            cells = [found.get((lm, layer, ratio)) for ratio in ratios]
+            text = [f"{row['score']:.3f}" if row and not row.get("error") else "-" for row in cells]
+            name = "unmodified" if lm == NO_LM else f"DASH ρ={dash_ratio}"
+            lines.append(f"| {layer} | {name} | " + " | ".join(text) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", nargs="?", default=str(SHIPPED_DIRECTORY), help="default: the shipped scenes model")
+    parser.add_argument("--task", default="dash_scenes")
+    parser.add_argument("--vision-ratios", nargs="+", type=float, default=[0.25, 0.5, 0.75, 0.9])
+    parser.add_argument("--vision-start-layers", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument("--dash-ratio", type=float, default=0.9, help="ρ of DASH in the '+ dash' cells")
+    parser.add_argument("--limit", type=int, default=None, help="first N documents of the task")
+    parser.add_argument("--batch-size", type=int, default=20)
+    parser.add_argument("--results", required=True, help="JSON-lines file; finished cells in it are skipped")
+    args = parser.parse_args()
+
+    vlm = load(args.model, None)
+    task = LocalTask.load(args.task, args.limit)
+    store = ResultStore(args.results)
+    started = datetime.now(timezone.utc)
+    measure = lambda cell: [measure_cell(vlm, task, config_for(cell, args.dash_ratio), args.batch_size)]  # noqa: E731
+    run_sweep(grid(args), measure, store, "vit halting sweep")
+    body = table(store.rows(), args.dash_ratio)
+    header = (
+        f"# ViT-DASH on `{args.task}`: {len(task.documents)} prompts per cell\n\n"
+        f"Command (finished {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, this launch took "
+        f"{(datetime.now(timezone.utc) - started).total_seconds() / 60:.1f} min; torch {torch.__version__}, "
+        f"transformers {transformers.__version__}, Python {platform.python_version()}, CPU):\n\n"
+        f"```\n{' '.join(['python', *sys.argv])}\n```\n\nScore (the task's metric, mean over the prompts) per cell.\n\n"
+    )
+    Path(args.results).with_suffix(".md").write_text(header + body + "\n")
+    print(body)
+
+
+if __name__ == "__main__":
+    main()
