@@ -1,6 +1,6 @@
 """lmms-eval models with halting: ``dash_qwen2_vl``, ``dash_llava_onevision``, ``dash_internvl``.
 
-Registered through the ``lmms_eval.models`` entry-point group (see ``pyproject.toml``), so after
+Registered through the ``lmms_eval.models`` entry-point group (:mod:`dash_vl.lmms_eval_entry`), so after
 ``pip install "dash-vl[eval]"``::
 
     lmms-eval --model dash_qwen2_vl \\
@@ -25,7 +25,6 @@ from typing import Any, ClassVar
 
 from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
-from lmms_eval.models.registry_v2 import ModelManifest
 from PIL import Image
 from tqdm import tqdm
 
@@ -224,14 +223,4 @@ class DashInternVL(HaltingModel):
     model_types = ("internvl",)
 
 
-def manifests() -> list[ModelManifest]:
-    """The ``lmms_eval.models`` entry point: one manifest per family."""
-    return [
-        ModelManifest(model_id=name, simple_class_path=f"{__name__}.{cls.__name__}")
-        for name, cls in (
-            ("dash_qwen2_vl", DashQwen2VL), ("dash_llava_onevision", DashLlavaOnevision), ("dash_internvl", DashInternVL)
-        )
-    ]
-
-
-__all__ = ["DashInternVL", "DashLlavaOnevision", "DashQwen2VL", "HaltingModel", "manifests"]
+__all__ = ["DashInternVL", "DashLlavaOnevision", "DashQwen2VL", "HaltingModel"]

@@ -49,11 +49,18 @@ def run_lmms_eval(
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
-def test_models_are_registered_through_the_entry_point():
-    from lmms_eval.models import get_model, list_available_models
-
-    assert {"dash_qwen2_vl", "dash_llava_onevision", "dash_internvl"} <= set(list_available_models())
-    assert get_model("dash_qwen2_vl").__name__ == "DashQwen2VL"
+@pytest.mark.parametrize("first_import", ["lmms_eval.models", "dash_vl.lmms_eval_models"])
+def test_models_are_registered_through_the_entry_point(first_import):
+    """In a fresh process, whichever module is imported first (dash_vl's models import lmms-eval's
+    registry, which loads the entry points)."""
+    code = (
+        f"import {first_import}; from lmms_eval.models import get_model, list_available_models; "
+        "print(sorted(name for name in list_available_models() if name.startswith('dash_'))); "
+        "print(get_model('dash_qwen2_vl').__name__)"
+    )
+    output = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert output.returncode == 0, output.stderr
+    assert output.stdout.split("\n")[:2] == ["['dash_internvl', 'dash_llava_onevision', 'dash_qwen2_vl']", "DashQwen2VL"]
 
 
 @pytest.mark.parametrize(
