@@ -8,7 +8,8 @@ Registered through the ``lmms_eval.models`` entry-point group (:mod:`dash_vl.lmm
 
 ``model_args`` take the halting knobs of :class:`dash_vl.HaltingConfig` (``method`` — also
 ``none`` for the unmodified model —, ``ratio``, ``start_layer``, ``scope``, ``question``,
-``seed``, ``packing``: ``ragged`` packs batches of unequal prompt lengths, ``docs/packed.md``)
+``seed``, ``packing``: ``ragged`` packs batches of unequal prompt lengths, ``docs/packed.md``;
+``vision_ratio`` and ``vision_start_layer``: encoder-side halting, ``docs/vit_halting.md``)
 and the loading ones (``pretrained``, ``device_map``, ``dtype``, ``attn_implementation``,
 ``system_prompt``, ``max_new_tokens``); an unknown key is an error.
 Under ``accelerate launch`` (or ``torchrun``) each process loads the model on its own device
@@ -37,11 +38,14 @@ LOADING_KEYS: tuple[str, ...] = (
     "pretrained", "device", "device_map", "dtype", "attn_implementation", "batch_size", "max_batch_size",
     "system_prompt", "max_new_tokens",
 )
-HALTING_KEYS: tuple[str, ...] = ("method", "ratio", "start_layer", "scope", "question", "seed", "packing")
+HALTING_KEYS: tuple[str, ...] = (
+    "method", "ratio", "start_layer", "scope", "question", "seed", "packing", "vision_ratio", "vision_start_layer",
+)
 
 
 def halting_config(
-    method: str, ratio: Any, start_layer: Any, scope: Any, question: str, seed: Any, packing: str = "off"
+    method: str, ratio: Any, start_layer: Any, scope: Any, question: str, seed: Any, packing: str = "off",
+    vision_ratio: Any = None, vision_start_layer: Any = 0.4,
 ) -> HaltingConfig | None:
     """The knobs as lmms-eval parses them (numbers may arrive as strings); ``None`` for ``method=none``."""
     if method == "none":
@@ -52,12 +56,20 @@ def halting_config(
                 f"method=none runs the unmodified model, which has no packed prefill (packing={packing}); "
                 "for packing without halting use method=dash,ratio=0"
             )
+        if vision_ratio is not None:
+            raise ValueError(
+                f"method=none runs the unmodified model, vision encoder included (vision_ratio={vision_ratio}); "
+                "for encoder-side halting alone use method=dash,ratio=0"
+            )
         return None
     if isinstance(start_layer, str):
         start_layer = parse_start_layer(start_layer)
+    if isinstance(vision_start_layer, str):
+        vision_start_layer = parse_start_layer(vision_start_layer)
     return HaltingConfig(
         method=method, ratio=float(ratio), start_layer=start_layer, scope=scope, question=question, seed=int(seed),
-        packing=packing,
+        packing=packing, vision_ratio=None if vision_ratio is None else float(vision_ratio),
+        vision_start_layer=vision_start_layer,
     )
 
 
@@ -103,6 +115,8 @@ class HaltingModel(lmms):
         question: str = "halted",
         seed: int = 0,
         packing: str = "off",
+        vision_ratio: float | str | None = None,
+        vision_start_layer: int | float | str = 0.4,
         device: str | None = "cuda",
         device_map: str | None = None,
         dtype: str = "auto",
@@ -124,7 +138,9 @@ class HaltingModel(lmms):
         if self.accelerator.num_processes > 1:  # data parallel: this process's own GPU (or the CPU under gloo)
             device_map = str(self.accelerator.device)
             self._rank, self._world_size = self.accelerator.process_index, self.accelerator.num_processes
-        config = halting_config(method, ratio, start_layer, scope, question, seed, packing)
+        config = halting_config(
+            method, ratio, start_layer, scope, question, seed, packing, vision_ratio, vision_start_layer
+        )
         loaded = load(pretrained, HaltingConfig(), device=device_map or device, dtype=dtype, attn_implementation=attn_implementation)
         self.vlm = VisionLanguageModel(loaded.model, loaded.processor, config)
         model_type = self.vlm.model.config.model_type

@@ -182,8 +182,13 @@ def test_packing_lays_valid_slots_end_to_end_and_back():
     assert packing.pack_ids(torch.arange(4).expand(3, 3, 4)).shape == (3, 1, 8)
 
 
-def test_lmms_eval_model_args_pass_packing_on():
+def test_lmms_eval_model_args_pass_packing_and_the_vision_knobs_on():
     lmms_eval_models = pytest.importorskip("dash_vl.lmms_eval_models")
     assert lmms_eval_models.halting_config("dash", "0", None, None, "halted", "0", "ragged").packing == "ragged"
     with pytest.raises(ValueError, match="no packed prefill"):
         lmms_eval_models.halting_config("none", "0", None, None, "halted", "0", "ragged")
+    config = lmms_eval_models.halting_config("dash", "0", None, None, "halted", "0", "off", "0.5", "12")
+    assert (config.vision_ratio, config.vision_start_layer) == (0.5, 12)
+    assert lmms_eval_models.halting_config("dash", "0", None, None, "halted", "0").vision_ratio is None
+    with pytest.raises(ValueError, match="encoder-side halting alone"):
+        lmms_eval_models.halting_config("none", "0", None, None, "halted", "0", "off", "0.5")
