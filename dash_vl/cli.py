@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from dash_vl.calibrate import DEFAULT_RATIOS, DEFAULT_START_LAYERS, QualityBudget
-from dash_vl.config import PACKING_MODES, QUESTION_MODES, SCOPES, HaltingConfig
+from dash_vl.config import PACKING_MODES, QUESTION_MODES, SCOPES, VISION_RULES, HaltingConfig
 
 
 def start_layer(value: str) -> int | float:
@@ -42,12 +42,17 @@ def add_knobs(parser: argparse.ArgumentParser) -> None:
         "--vision-start-layer", type=start_layer, default=0.4,
         help="encoder block index, or fraction of the encoder's depth, where ViT-DASH decides (default 0.4)",
     )
+    parser.add_argument(
+        "--vision-rule", default="dash", choices=VISION_RULES,
+        help="which patches the encoder halts: dash (lowest attention update) or random (the ablation, --seed)",
+    )
 
 
 def knobs(args: argparse.Namespace) -> HaltingConfig:
     return HaltingConfig(
         method=args.method, ratio=args.ratio, start_layer=args.start_layer, scope=args.scope, question=args.question_mode,
         seed=args.seed, packing=args.packing, vision_ratio=args.vision_ratio, vision_start_layer=args.vision_start_layer,
+        vision_rule=args.vision_rule,
     )
 
 

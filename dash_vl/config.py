@@ -14,6 +14,7 @@ PackingMode = Literal["off", "ragged", "always"]
 SCOPES: tuple[str, ...] = ("all", "visual")
 QUESTION_MODES: tuple[str, ...] = ("halted", "protected", "after_context")
 PACKING_MODES: tuple[str, ...] = ("off", "ragged", "always")
+VISION_RULES: tuple[str, ...] = ("dash", "random")
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,9 @@ class HaltingConfig:
         vision_start_layer: the encoder's decision block ``l_v``: an ``int`` block index in
             ``[0, depth)`` or a ``float`` in (0, 1), a fraction of the encoder's depth
             (``floor(vision_start_layer * depth)``, at least 1); default ``0.4``.
+        vision_rule: which patches the encoder halts: ``"dash"`` (default), the lowest ``Δattn``;
+            ``"random"``, a uniformly random set of the same size (seeded by ``seed``), the
+            ablation that tells whether the score matters.
     """
 
     method: str = "dash"
@@ -73,6 +77,7 @@ class HaltingConfig:
     packing: PackingMode = "off"
     vision_ratio: float | None = None
     vision_start_layer: int | float = 0.4
+    vision_rule: str = "dash"
 
     def __post_init__(self) -> None:
         if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)):
@@ -115,6 +120,8 @@ class HaltingConfig:
                     f"vision_ratio cannot be combined with method {self.method!r}, which reads the vision encoder's "
                     "last block over all patches"
                 )
+        if self.vision_rule not in VISION_RULES:
+            raise ValueError(f"vision_rule must be one of {VISION_RULES}, got {self.vision_rule!r}")
         layer = self.vision_start_layer
         if isinstance(layer, bool) or not isinstance(layer, (int, float)):
             raise TypeError(f"vision_start_layer must be an int block index or a float fraction of the depth, got {layer!r}")

@@ -16,6 +16,7 @@ the adapter, :mod:`dash_vl.encoder_adapter`):
   every patch: the language model sees the same visual tokens at the same positions.
 
 With ``ρ_v = 0`` every patch stays active and the tower's output equals its own forward's.
+``vision_rule="random"`` halts a random set of the same sizes instead (the score's ablation).
 """
 
 from __future__ import annotations
@@ -97,9 +98,18 @@ class EncoderHaltingEngine:
     def __init__(self, adapter: EncoderAdapter, config: HaltingConfig) -> None:
         self.adapter = adapter
         self.ratio = float(config.vision_ratio or 0.0)
+        self.rule, self.seed = config.vision_rule, config.seed
         self.start_layer = config.vision_decision_layer(len(adapter.blocks))
         self.reports: list[EncoderReport] = []
         """One report per call of the tower, oldest first."""
+
+    def _scores(self, update: torch.Tensor) -> torch.Tensor:
+        """``(P,)`` keep-scores from block ``l_v``'s attention update ``(P, width)``: ``Δattn`` under
+        ``"dash"``; under ``"random"``, ``torch.rand(P)`` from a generator seeded with ``seed``."""
+        if self.rule == "random":
+            generator = torch.Generator().manual_seed(self.seed)
+            return torch.rand(update.shape[0], generator=generator).to(update.device)
+        return torch.linalg.vector_norm(update, dim=-1, dtype=torch.float32)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Drop-in for the tower's ``forward`` (same arguments, same output)."""
@@ -113,7 +123,7 @@ class EncoderHaltingEngine:
 
         decision = blocks[start]
         update = adapter.attention_update(decision, hidden, layout.segments[start], rotary)
-        scores = torch.linalg.vector_norm(update, dim=-1, dtype=torch.float32)
+        scores = self._scores(update)
         active = keep_per_unit(scores, layout.units, self.ratio, layout.protected).nonzero().squeeze(1)
         patches = torch.bincount(layout.units)
         kept_counts = torch.bincount(layout.units[active], minlength=patches.numel())

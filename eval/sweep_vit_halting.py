@@ -8,6 +8,8 @@ ratio=--dash-ratio`` (DASH's default decision layer) in the ``+ dash`` cells. Th
 and DASH alone are the references. Writes the JSON-lines rows and a markdown table beside them.
 
     python eval/sweep_vit_halting.py --limit 100 --results eval/results/vit_halting_scenes_vlm.jsonl
+    python eval/sweep_vit_halting.py --limit 100 --vision-rule random --vision-start-layers 3 \
+        --results eval/results/vit_halting_scenes_vlm_random.jsonl       # the score's ablation
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 import transformers
 
 from dash_vl.api import load
-from dash_vl.config import HaltingConfig
+from dash_vl.config import VISION_RULES, HaltingConfig
 from dash_vl.scenes_vlm import SHIPPED_DIRECTORY
 from dash_vl.sweep import Cell, ResultStore, run_sweep
 
@@ -45,11 +47,11 @@ def grid(args: argparse.Namespace) -> list[Cell]:
     return cells
 
 
-def config_for(cell: Cell, dash_ratio: float) -> HaltingConfig | None:
+def config_for(cell: Cell, dash_ratio: float, vision_rule: str) -> HaltingConfig | None:
     if cell["lm"] == NO_LM and cell["vision_ratio"] is None:
         return None
     vision = {} if cell["vision_ratio"] is None else dict(
-        vision_ratio=cell["vision_ratio"], vision_start_layer=cell["vision_start_layer"]
+        vision_ratio=cell["vision_ratio"], vision_start_layer=cell["vision_start_layer"], vision_rule=vision_rule
     )
     return HaltingConfig(method="dash", ratio=dash_ratio if cell["lm"] == "dash" else 0.0, **vision)
 
@@ -82,6 +84,7 @@ def main() -> None:
     parser.add_argument("--vision-ratios", nargs="+", type=float, default=[0.25, 0.5, 0.75, 0.9])
     parser.add_argument("--vision-start-layers", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--dash-ratio", type=float, default=0.9, help="ρ of DASH in the '+ dash' cells")
+    parser.add_argument("--vision-rule", default="dash", choices=VISION_RULES, help="random: the score's ablation")
     parser.add_argument("--limit", type=int, default=None, help="first N documents of the task")
     parser.add_argument("--batch-size", type=int, default=20)
     parser.add_argument("--results", required=True, help="JSON-lines file; finished cells in it are skipped")
@@ -91,11 +94,11 @@ def main() -> None:
     task = LocalTask.load(args.task, args.limit)
     store = ResultStore(args.results)
     started = datetime.now(timezone.utc)
-    measure = lambda cell: [measure_cell(vlm, task, config_for(cell, args.dash_ratio), args.batch_size)]  # noqa: E731
+    measure = lambda cell: [measure_cell(vlm, task, config_for(cell, args.dash_ratio, args.vision_rule), args.batch_size)]  # noqa: E731
     run_sweep(grid(args), measure, store, "vit halting sweep")
     body = table(store.rows(), args.dash_ratio)
     header = (
-        f"# ViT-DASH on `{args.task}`: {len(task.documents)} prompts per cell\n\n"
+        f"# Encoder-side halting (rule: {args.vision_rule}) on `{args.task}`: {len(task.documents)} prompts per cell\n\n"
         f"Command (finished {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, this launch took "
         f"{(datetime.now(timezone.utc) - started).total_seconds() / 60:.1f} min; torch {torch.__version__}, "
         f"transformers {transformers.__version__}, Python {platform.python_version()}, CPU):\n\n"

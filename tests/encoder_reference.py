@@ -79,9 +79,11 @@ def block_by_hand(block, hidden: torch.Tensor, allowed: torch.Tensor, rotary) ->
 
 
 def reference_encoder(
-    tower, pixel_values: torch.Tensor, grid_thw: torch.Tensor, ratio: float, start: int
+    tower, pixel_values: torch.Tensor, grid_thw: torch.Tensor, ratio: float, start: int,
+    scores: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Final patch states ``(P, D)`` in the blocks' order and the active patches ``(P,)`` bool."""
+    """Final patch states ``(P, D)`` in the blocks' order and the active patches ``(P,)`` bool; each
+    unit halts its lowest patches by ``‖U‖`` at ``start``, or by ``scores`` ``(P,)`` where given."""
     recorded, _ = record_blocks(tower, pixel_values, grid_thw)
     hidden = recorded.hidden
     active = torch.ones(hidden.shape[0], dtype=torch.bool)
@@ -95,7 +97,9 @@ def reference_encoder(
             if index == start:
                 frozen = hidden
                 for unit in frame_units(grid_thw):
-                    norms = {patch: float(update[patch].double().norm()) for patch in unit}
+                    norms = {
+                        patch: float(update[patch].double().norm() if scores is None else scores[patch]) for patch in unit
+                    }
                     halted = sorted(unit, key=lambda patch: norms[patch])[: math.floor(ratio * len(unit) + 1e-9)]
                     active[halted] = False
             if index >= start:

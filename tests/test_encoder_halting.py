@@ -123,6 +123,29 @@ def test_qwen_encoder_halting_matches_masking_reference(qwen_family, prompt_kind
         torch.testing.assert_close(produced.pooler_output, merged_in_output_order(tower, expected, grid), rtol=1e-5, atol=1e-5)
 
 
+def test_random_vision_rule_halts_a_seeded_random_set_as_the_reference_does(qwen_family):
+    """``vision_rule="random"``: the reference encoder halting by ``torch.rand(P)`` of a generator
+    seeded with ``seed``, not by ``‖U‖`` (whose kept set differs)."""
+    model = deep_tower_model(qwen_family)
+    tower = tower_of(model)
+    call = tower_calls(model, vl_inputs(processor_of(qwen_family), 1))[0]
+    pixels, grid = call[0][0], grid_of(call)
+    scores = torch.rand(pixels.shape[0], generator=torch.Generator().manual_seed(7))
+    expected, active = reference_encoder(tower, pixels, grid, 0.5, 2, scores=scores)
+    with Halting(model, vision_ratio=0.5, vision_start_layer=2, vision_rule="random", seed=7) as halting:
+        with torch.no_grad():
+            produced = tower(pixels, grid_thw=grid)
+    assert halting.encoder_reports[-1].kept == [int(active[unit].sum()) for unit in frame_units(grid)]
+    torch.testing.assert_close(produced.last_hidden_state, expected, rtol=1e-5, atol=1e-5)
+    _, dash_active = reference_encoder(tower, pixels, grid, 0.5, 2)
+    assert not torch.equal(active, dash_active)
+
+
+def test_unknown_vision_rule_is_rejected():
+    with pytest.raises(ValueError, match="vision_rule"):
+        HaltingConfig(vision_ratio=0.5, vision_rule="lowest")
+
+
 TILED = {
     "llava_onevision": (lambda tower: tower.encoder.layers, siglip_layer_by_hand, lambda tower: tower.post_layernorm, False),
     "internvl": (lambda tower: tower.encoder.layer, internvit_layer_by_hand, lambda tower: tower.layernorm, True),
