@@ -128,21 +128,29 @@ def floor_prefill(language_model, embeds: torch.Tensor, rope_ids: torch.Tensor, 
     return language_model.norm(hidden)
 
 
-def ideal_encoder(
-    adapter: EncoderAdapter, pixel_values: torch.Tensor, grid_thw: torch.Tensor, start: int, active: torch.Tensor
-) -> object:
-    """A vision tower with blocks ``< start`` on all ``P`` patches and blocks ``>= start`` on the patches
-    ``active`` (``(K,)`` sorted positions in the blocks' order), given: no scoring, no bookkeeping; the
-    frozen patches' states written back and merged as the tower does. Returns the tower's output."""
-    layout = adapter.layout((pixel_values, grid_thw), {})
+def ideal_encoder(adapter: EncoderAdapter, args: tuple, kwargs: dict, start: int, active: torch.Tensor) -> object:
+    """A vision tower, called with ``args`` / ``kwargs`` (as the model calls it), with blocks ``< start`` on all
+    ``P`` patches and blocks ``>= start`` on the patches ``active`` (``(K,)`` sorted positions in the blocks'
+    order), given: no scoring, no bookkeeping; the frozen patches' states written back and merged as the
+    tower does. Returns the tower's output.
+
+    Where the output carries every block's states (``adapter.wants_layer_states``: SigLIP, InternViT), those
+    entering blocks ``<= start`` are the real ones and every later one is the final states, written back once:
+    the last block's states (``hidden_states[-1]``, ``last_hidden_state``, what LLaVA-OneVision and InternVL
+    read at ``vision_feature_layer = -1``) are exact, and no per-block copies are assembled."""
+    layout = adapter.layout(args, kwargs)
     hidden, rotary, blocks = layout.hidden_states, layout.position_embeddings, adapter.blocks
+    states = [hidden]
     for index in range(start):
         hidden = adapter.run_block(blocks[index], hidden, layout.segments[index], rotary)
+        states.append(hidden)
     compact, compact_rotary = hidden[active], tuple(part[active] for part in rotary)
     recut = {id(segments): recut_segments(segments, active) for segments in layout.segments}
     for index in range(start, len(blocks)):
         compact = adapter.run_block(blocks[index], compact, recut[id(layout.segments[index])], compact_rotary)
-    return adapter.output(hidden.index_copy(0, active, compact), layout, None)
+    final = hidden.index_copy(0, active, compact)
+    layer_states = (*states, *(final,) * (len(blocks) - start)) if adapter.wants_layer_states else None
+    return adapter.output(final, layout, layer_states)
 
 
 @dataclass

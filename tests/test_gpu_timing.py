@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from dash_vl import Halting
@@ -62,8 +63,23 @@ def test_ideal_encoder_keeping_every_patch_is_the_unmodified_tower():
     pixels, grid = inputs["pixel_values"], inputs["image_grid_thw"]
     with torch.no_grad():
         expected = model.model.visual(pixels, grid_thw=grid).pooler_output
-        ideal = ideal_encoder(adapter_for(model).encoder_adapter(), pixels, grid, 1, torch.arange(pixels.shape[0]))
+        ideal = ideal_encoder(adapter_for(model).encoder_adapter(), (pixels,), dict(grid_thw=grid), 1, torch.arange(pixels.shape[0]))
     torch.testing.assert_close(ideal.pooler_output, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llava_onevision", "internvl"])
+def test_ideal_encoder_of_a_tiled_tower_gives_its_last_states(family):
+    from gpu_timing import ideal_encoder
+
+    model = model_of(family, "sdpa")
+    encoder = adapter_for(model).encoder_adapter()
+    pixels = torch.randn(3, 3, 56, 56)
+    with torch.no_grad():
+        expected = encoder.tower(pixel_values=pixels, output_hidden_states=True)
+        ideal = ideal_encoder(encoder, (), dict(pixel_values=pixels), 1, torch.arange(encoder.layout((pixels,), {}).units.numel()))
+    torch.testing.assert_close(ideal.last_hidden_state, expected.last_hidden_state, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ideal.hidden_states[-1], expected.hidden_states[-1], rtol=1e-5, atol=1e-5)
+    assert len(ideal.hidden_states) == len(expected.hidden_states)
 
 
 def test_vit_halting_bench_runs_in_smoke_mode(tmp_path):

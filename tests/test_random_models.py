@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dash_vl import Halting
-from dash_vl.random_models import full_size_config, long_prompt
+from dash_vl.random_models import VIDEO_PROMPT_FAMILIES, family as family_module, full_size_config, long_prompt, long_video_prompt
 from tests.conftest import FAMILY_NAMES, model_of
 
 VISUAL_IDS = ("image_token_id", "video_token_id")
@@ -23,7 +23,7 @@ def test_tiny_model_runs_a_long_prompt_and_halts_its_visual_tokens(family):
     model = model_of(family, "sdpa")
     prompt = long_prompt(family, model.config, 300, torch.device("cpu"), torch.float32)
     length, visual = prompt["input_ids"].shape[1], visual_count(model.config, prompt["input_ids"])
-    assert 260 <= length <= 300 and visual >= (length - 128) // 2  # tiny InternVL frames: 4 labels, 4 visual
+    assert 260 <= length <= 300 and visual >= (length - 128) // 3  # tiny InternVL frames: 4 visual, 6-7 label tokens
     with Halting(model, ratio=0.5, scope="visual") as halting, torch.no_grad():
         logits = model(**prompt, logits_to_keep=1).logits  # HF checks placeholders against the features
     assert logits.shape[:2] == (1, 1) and torch.isfinite(logits).all()
@@ -45,3 +45,33 @@ def test_full_size_prompt_has_the_checkpoints_tokens_per_frame(family, per_unit,
     else:  # one video; LLaVA-OV adds one newline token after it
         frames = prompt[units_field].shape[-4]
         assert visual == frames * per_unit + (family == "llava_onevision")
+
+
+@pytest.mark.parametrize("family", VIDEO_PROMPT_FAMILIES)
+@pytest.mark.parametrize("frames", [1, 12])
+def test_tiny_model_takes_a_video_prompt_of_the_claimed_visual_tokens(family, frames):
+    model = model_of(family, "sdpa")
+    prompt = long_video_prompt(family, model.config, frames, torch.device("cpu"), torch.float32)
+    module, config = family_module(family), model.config
+    if family == "llava_onevision":  # pooled frames, one newline token after the video
+        claimed, pixels = frames * module.frame_tokens(config) + 1, prompt["pixel_values_videos"].shape[:2]
+        assert pixels == (1, frames)
+    else:  # one tile a frame, labels around each
+        claimed, pixels = frames * config.image_seq_length, prompt["pixel_values"].shape[:1]
+        assert pixels == (frames,) and prompt["input_ids"].shape[1] == 128 + module.video_tokens(config, frames)
+    assert visual_count(config, prompt["input_ids"]) == claimed
+    with torch.no_grad():
+        logits = model(**prompt, logits_to_keep=1).logits  # HF checks placeholders against the features
+    assert logits.shape[:2] == (1, 1) and torch.isfinite(logits).all()
+
+
+def test_full_size_video_prompts_state_their_visual_tokens():
+    for family, field, visual in (("llava_onevision", "pixel_values_videos", 32 * 196 + 1), ("internvl", "pixel_values", 32 * 256)):
+        config = full_size_config(family, num_layers=1)
+        prompt = long_video_prompt(family, config, 32, torch.device("cpu"), torch.bfloat16)
+        assert visual_count(config, prompt["input_ids"]) == visual and prompt[field].shape[-4] == 32
+
+
+def test_video_prompt_of_an_image_family_is_a_clear_error():
+    with pytest.raises(ValueError, match="no video timing prompt"):
+        long_video_prompt("qwen2_vl", full_size_config("qwen2_vl", num_layers=1), 4, torch.device("cpu"), torch.float32)

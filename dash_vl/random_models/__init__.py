@@ -72,6 +72,23 @@ def long_prompt(name: str, config: Any, length: int, device: torch.device, dtype
     return family(name).long_prompt(config, length, device, dtype)
 
 
+VIDEO_PROMPT_FAMILIES: tuple[str, ...] = tuple(name for name, module in FAMILIES.items() if hasattr(module, "long_video_prompt"))
+"""The families with a :func:`long_video_prompt` (their ``long_prompt`` is a video too)."""
+
+
+def long_video_prompt(name: str, config: Any, frames: int, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Model inputs of family ``name`` (batch 1) for one video of ``frames`` frames (random pixels)
+    between two 64-token texts, its placeholders laid out as the family's processor lays them out;
+    each family module's ``long_video_prompt`` states its shapes.
+
+    Raises:
+        ValueError: for a family not in :data:`VIDEO_PROMPT_FAMILIES`.
+    """
+    if name not in VIDEO_PROMPT_FAMILIES:
+        raise ValueError(f"no video timing prompt for {name!r}; families with one: {list(VIDEO_PROMPT_FAMILIES)}")
+    return family(name).long_video_prompt(config, frames, device, dtype)
+
+
 def random_model(
     config: Any,
     attn_implementation: str = "sdpa",
@@ -90,5 +107,6 @@ def random_model(
 
 
 __all__ = [
-    "FAMILIES", "byte_level_tokenizer", "family", "full_size_config", "long_prompt", "random_model", "tiny_config", "tiny_processor",
+    "FAMILIES", "VIDEO_PROMPT_FAMILIES", "byte_level_tokenizer", "family", "full_size_config", "long_prompt", "long_video_prompt",
+    "random_model", "tiny_config", "tiny_processor",
 ]

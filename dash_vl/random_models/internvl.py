@@ -13,7 +13,7 @@ import torch
 from transformers import InternVLConfig, InternVLForConditionalGeneration, InternVLProcessor, InternVLVideoProcessor
 from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
 
-from dash_vl.random_models.prompts import TEXT_AROUND, random_text
+from dash_vl.random_models.prompts import frames_fitting, video_inputs
 from dash_vl.random_models.shapes import qwen2_7b_text
 from dash_vl.random_models.tokenizer import byte_level_tokenizer, chat_template, token_ids
 
@@ -68,20 +68,38 @@ def full_size_config(num_layers: int | None = None) -> InternVLConfig:
     return InternVLConfig(text_config=qwen2_7b_text(num_layers, **TEXT_8B_FIELDS), vision_config=VISION_300M, image_seq_length=256, downsample_ratio=0.5)
 
 
+def frame_labels(frame: int, last: bool) -> tuple[int, int]:
+    """Text tokens before and after frame ``frame``'s (from 0) context tokens in the processor's video
+    text ``Frame1: <img>...</img>\nFrame2: <img>...</img>``, as Qwen2's tokenizer (InternVL3's)
+    splits it: ``Frame``, one per digit, ``:``, `` ``, ``<img>`` before; ``</img>`` and, but after
+    the last frame, ``\n`` after."""
+    return 4 + len(str(frame + 1)), 1 + (not last)
+
+
+def video_tokens(config: InternVLConfig, frames: int) -> int:
+    """Tokens of a ``frames``-frame video's text (context tokens and labels)."""
+    return sum(sum(frame_labels(frame, frame == frames - 1)) for frame in range(frames)) + frames * config.image_seq_length
+
+
+def long_video_prompt(config: InternVLConfig, frames: int, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Inputs (batch 1) for one video of ``frames`` frames between two 64-token texts, laid out as the
+    processor lays a video out: per frame its labels (:func:`frame_labels`, random text ids here)
+    around ``image_seq_length`` ``<IMG_CONTEXT>`` tokens (256 at 448 px: InternViT's 32 x 32
+    patches and ``[CLS]``, pixel-shuffled 2 x 2), each frame one tile of ``pixel_values``
+    ``(frames, 3, 448, 448)`` of random pixels. 32 frames: 8 192 visual tokens (32 800 ViT
+    patches), 8 566 prompt tokens."""
+    vision, per_frame = config.vision_config, config.image_seq_length
+
+    def video(text) -> list[torch.Tensor]:
+        pieces = []
+        for frame in range(frames):
+            before, after = frame_labels(frame, frame == frames - 1)
+            pieces += [text(before), torch.full((per_frame,), config.image_token_id, device=device), text(after)]
+        return pieces
+
+    return video_inputs(video, config.image_token_id, "pixel_values", (frames, vision.num_channels, *vision.image_size), device, dtype, frames)
+
+
 def long_prompt(config: InternVLConfig, length: int, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Inputs (batch 1) for one video of as many frames as fit about ``length`` tokens between two
-    64-token texts, laid out as the processor lays out frames: a few text tokens (``FrameN: <img>``),
-    ``image_seq_length`` context tokens (256 at 448 px), a closing text token (``</img>``), each
-    frame one tile; pixels are random."""
-    vision = config.vision_config
-    labels, per_frame = 4, config.image_seq_length
-    frames = max(1, (length - 2 * TEXT_AROUND) // (per_frame + labels))
-    generator = torch.Generator(device=device).manual_seed(length)
-    text = lambda count: random_text(count, config.image_token_id, generator)  # noqa: E731
-    frame = lambda: [text(labels - 1), torch.full((per_frame,), config.image_token_id, device=device), text(1)]  # noqa: E731
-    ids = torch.cat([text(TEXT_AROUND), *(part for _ in range(frames) for part in frame()), text(TEXT_AROUND)])[None]
-    pixels = (frames, vision.num_channels, *vision.image_size)
-    return dict(
-        input_ids=ids, attention_mask=torch.ones_like(ids),
-        pixel_values=torch.randn(pixels, device=device, generator=generator).to(dtype),
-    )
+    """:func:`long_video_prompt` with as many frames as fit about ``length`` tokens."""
+    return long_video_prompt(config, frames_fitting(length, lambda count: video_tokens(config, count)), device, dtype)

@@ -18,7 +18,7 @@ from transformers import (
 )
 from transformers.models.llava_onevision.image_processing_pil_llava_onevision import LlavaOnevisionImageProcessorPil
 
-from dash_vl.random_models.prompts import TEXT_AROUND, random_text
+from dash_vl.random_models.prompts import frames_fitting, video_inputs
 from dash_vl.random_models.shapes import qwen2_7b_text
 from dash_vl.random_models.tokenizer import byte_level_tokenizer, chat_template, token_ids
 
@@ -77,19 +77,28 @@ def full_size_config(num_layers: int | None = None) -> LlavaOnevisionConfig:
     return LlavaOnevisionConfig(text_config=qwen2_7b_text(num_layers, **TEXT_7B_FIELDS), vision_config=VISION_SO400M, vision_feature_select_strategy="full")
 
 
-def long_prompt(config: LlavaOnevisionConfig, length: int, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Inputs (batch 1) for one video of as many frames as fit about ``length`` tokens between two
-    64-token texts. Each frame is one SigLIP view pooled 2 x 2 (196 tokens at 384 px), and one
-    image-newline token follows the video, as the model packs it; pixels are random."""
+def frame_tokens(config: LlavaOnevisionConfig) -> int:
+    """Visual tokens of one video frame: its SigLIP view's features pooled 2 x 2 (196 at 384 px)."""
     vision = config.vision_config
-    pooled_side = math.ceil(vision.image_size // vision.patch_size / 2)
-    per_frame = pooled_side**2
-    frames = max(1, (length - 2 * TEXT_AROUND - 1) // per_frame)
-    generator = torch.Generator(device=device).manual_seed(length)
-    text = lambda: random_text(TEXT_AROUND, min(config.image_token_id, config.video_token_id), generator)  # noqa: E731
-    ids = torch.cat([text(), torch.full((frames * per_frame + 1,), config.video_token_id, device=device), text()])[None]
-    pixels = (1, frames, vision.num_channels, vision.image_size, vision.image_size)
-    return dict(
-        input_ids=ids, attention_mask=torch.ones_like(ids),
-        pixel_values_videos=torch.randn(pixels, device=device, generator=generator).to(dtype),
+    return math.ceil(vision.image_size // vision.patch_size / 2) ** 2
+
+
+def long_video_prompt(config: LlavaOnevisionConfig, frames: int, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Inputs (batch 1) for one video of ``frames`` frames between two 64-token texts, as the
+    processor lays a video out: ``frames * 196 + 1`` ``<video>`` placeholders at 384 px (each
+    frame one SigLIP view of 27 x 27 = 729 patches, pooled 2 x 2 to 14 x 14 tokens; one
+    image-newline token after the video) and ``pixel_values_videos`` ``(1, frames, 3, 384, 384)``
+    of random pixels. 32 frames: 6 273 visual tokens (23 328 ViT patches), 6 401 prompt tokens."""
+    vision = config.vision_config
+    visual = frames * frame_tokens(config) + 1
+    return video_inputs(
+        lambda text: [torch.full((visual,), config.video_token_id, device=device)],
+        min(config.image_token_id, config.video_token_id),
+        "pixel_values_videos", (1, frames, vision.num_channels, vision.image_size, vision.image_size), device, dtype, frames,
     )
+
+
+def long_prompt(config: LlavaOnevisionConfig, length: int, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """:func:`long_video_prompt` with as many frames as fit about ``length`` tokens."""
+    frames = frames_fitting(length, lambda count: count * frame_tokens(config) + 1)
+    return long_video_prompt(config, frames, device, dtype)

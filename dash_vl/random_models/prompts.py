@@ -1,6 +1,9 @@
-"""Pieces shared by the families' long timing prompts (``long_prompt`` in each family module)."""
+"""Pieces shared by the families' long timing prompts (``long_prompt`` and ``long_video_prompt`` in
+each family module)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
@@ -13,3 +16,34 @@ def random_text(count: int, first_special_id: int, generator: torch.Generator) -
     stay clear of a real vocabulary's special and added tokens)."""
     high = min(20000, first_special_id)
     return torch.randint(high // 2, high, (count,), device=generator.device, generator=generator)
+
+
+def frames_fitting(length: int, video_tokens: Callable[[int], int]) -> int:
+    """The most frames (at least 1) whose video, ``video_tokens(frames)`` tokens, fits ``length``
+    tokens between two :data:`TEXT_AROUND`-token texts."""
+    frames = 1
+    while video_tokens(frames + 1) + 2 * TEXT_AROUND <= length:
+        frames += 1
+    return frames
+
+
+def video_inputs(
+    video: Callable[[Callable[[int], torch.Tensor]], list[torch.Tensor]],
+    first_special_id: int,
+    pixels_field: str,
+    pixels_shape: tuple[int, ...],
+    device: torch.device,
+    dtype: torch.dtype,
+    seed: int,
+) -> dict[str, torch.Tensor]:
+    """Inputs (batch 1) of one video between two :data:`TEXT_AROUND`-token texts: ``video(text)``
+    gives the video's id pieces in order (``text(count)`` draws ``count`` random text ids below
+    ``first_special_id``, for labels around frames); ``pixels_field`` holds random pixels of
+    ``pixels_shape``, all from a generator seeded with ``seed``."""
+    generator = torch.Generator(device=device).manual_seed(seed)
+    text = lambda count: random_text(count, first_special_id, generator)  # noqa: E731
+    ids = torch.cat([text(TEXT_AROUND), *video(text), text(TEXT_AROUND)])[None]
+    return {
+        "input_ids": ids, "attention_mask": torch.ones_like(ids),
+        pixels_field: torch.randn(pixels_shape, device=device, generator=generator).to(dtype),
+    }
