@@ -15,6 +15,7 @@ import torch
 
 from dash_vl import hf_compat
 from dash_vl.encoder_adapter import EncoderAdapter, EncoderLayout
+from dash_vl.prefill_flops import LayerShapes
 
 
 def segment_units(bounds: torch.Tensor) -> torch.Tensor:
@@ -38,6 +39,13 @@ class Qwen2VisionAdapter(EncoderAdapter):
     @property
     def blocks(self) -> torch.nn.ModuleList:
         return self.tower.blocks
+
+    def block_shapes(self) -> LayerShapes:
+        """``embed_dim`` wide (the config's ``hidden_size`` is the merger's output), fused QKV and
+        ``proj``, an ``fc1`` / ``fc2`` MLP ``mlp_ratio`` times as wide."""
+        config = self.tower.config
+        width, heads = config.embed_dim, config.num_heads
+        return LayerShapes(width, heads, heads, width // heads, int(width * config.mlp_ratio), mlp_matrices=2)
 
     def layout(self, args: tuple, kwargs: dict[str, Any]) -> EncoderLayout:
         """For ``forward(hidden_states, grid_thw, **kwargs)``: ``hidden_states`` are the flattened pixel
@@ -79,6 +87,12 @@ class Qwen2VisionAdapter(EncoderAdapter):
 class Qwen2_5VisionAdapter(Qwen2VisionAdapter):
     """Qwen2.5-VL's ViT: window attention, full-frame attention in ``fullatt_block_indexes``; the patches
     run window by window (groups of ``spatial_merge_size²`` reordered by the window permutation)."""
+
+    def block_shapes(self) -> LayerShapes:
+        """``hidden_size`` wide, fused QKV and ``proj``, a gated MLP ``intermediate_size`` wide."""
+        config = self.tower.config
+        width, heads = config.hidden_size, config.num_heads
+        return LayerShapes(width, heads, heads, width // heads, config.intermediate_size, mlp_matrices=3)
 
     def layout(self, args: tuple, kwargs: dict[str, Any]) -> EncoderLayout:
         tower = self.tower

@@ -16,11 +16,18 @@ from torch import nn
 
 from dash_vl import hf_compat
 from dash_vl.encoder_adapter import EncoderLayout, TiledEncoderAdapter, as_tiles
+from dash_vl.prefill_flops import LayerShapes
 
 
 def pixels_of(args: tuple, kwargs: dict[str, Any]) -> torch.Tensor:
     """The ``pixel_values`` ``(tiles, channels, height, width)`` of a tower call."""
     return args[0] if args else kwargs["pixel_values"]
+
+
+def fc_block_shapes(config: Any) -> LayerShapes:
+    """A SigLIP / InternViT block: Q, K, V and output projections ``hidden_size`` wide, an ``fc1`` /
+    ``fc2`` MLP ``intermediate_size`` wide."""
+    return LayerShapes.from_config(config, mlp_matrices=2)
 
 
 class SiglipVisionAdapter(TiledEncoderAdapter):
@@ -30,6 +37,9 @@ class SiglipVisionAdapter(TiledEncoderAdapter):
     @property
     def blocks(self) -> nn.ModuleList:
         return self.tower.encoder.layers
+
+    def block_shapes(self) -> LayerShapes:
+        return fc_block_shapes(self.tower.config)
 
     def embed(self, args: tuple, kwargs: dict[str, Any]) -> torch.Tensor:
         interpolate = kwargs.get("interpolate_pos_encoding", False)
@@ -64,6 +74,9 @@ class InternVisionAdapter(TiledEncoderAdapter):
     @property
     def blocks(self) -> nn.ModuleList:
         return self.tower.encoder.layer
+
+    def block_shapes(self) -> LayerShapes:
+        return fc_block_shapes(self.tower.config)
 
     def embed(self, args: tuple, kwargs: dict[str, Any]) -> torch.Tensor:
         return self.tower.embeddings(pixels_of(args, kwargs), bool_masked_pos=kwargs.get("bool_masked_pos"))

@@ -5,7 +5,8 @@ attention segments (Qwen ViTs: frames or windows, as ``cu_seqlens``; SigLIP, Int
 frames of equal length). An encoder adapter tells it how one call of the tower lays its input out
 that way (:meth:`EncoderAdapter.layout`), how a block runs on the patches a set of segments cuts
 (:meth:`EncoderAdapter.run_block`), how a block splits into its attention and feed-forward
-sub-layers, and how the final states become the tower's output (:meth:`EncoderAdapter.output`).
+sub-layers, how the final states become the tower's output (:meth:`EncoderAdapter.output`), and
+the sizes of its blocks for FLOP counts (:meth:`EncoderAdapter.block_shapes`).
 :class:`TiledEncoderAdapter` does the layout for towers over a batch of equal-length tiles.
 """
 
@@ -16,6 +17,8 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
+
+from dash_vl.prefill_flops import LayerShapes
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,10 @@ class EncoderAdapter:
     @property
     def blocks(self) -> nn.ModuleList:
         raise NotImplementedError(f"{type(self).__name__} does not name its tower's blocks")
+
+    def block_shapes(self) -> LayerShapes:
+        """The sizes of one of the tower's blocks (all are alike), for the report's FLOP counts."""
+        raise NotImplementedError(f"{type(self).__name__} does not give its blocks' sizes")
 
     def layout(self, args: tuple, kwargs: dict[str, Any]) -> EncoderLayout:
         """The packed patch sequence of one call of the tower with ``args`` / ``kwargs``."""

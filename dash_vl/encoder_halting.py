@@ -16,6 +16,8 @@ the adapter, :mod:`dash_vl.encoder_adapter`):
   every patch: the language model sees the same visual tokens at the same positions.
 
 With ``ρ_v = 0`` every patch stays active and the tower's output equals its own forward's.
+Each call's :class:`EncoderReport` carries the theoretical FLOPs of the blocks it ran over those of
+the unmodified tower (:func:`encoder_flops`).
 ``vision_rule="random"`` halts a random set of the same sizes instead (the score's ablation).
 """
 
@@ -27,8 +29,9 @@ from typing import Any
 import torch
 
 from dash_vl.config import HaltingConfig
-from dash_vl.encoder_adapter import EncoderAdapter
+from dash_vl.encoder_adapter import EncoderAdapter, EncoderLayout
 from dash_vl.methods.base import halted_count
+from dash_vl.prefill_flops import LayerShapes
 
 
 @dataclass(frozen=True)
@@ -39,16 +42,56 @@ class EncoderReport:
         start_layer: the decision block ``l_v``.
         patches: patches of each unit (image, video frame or tile), in the call's order.
         kept: of those, how many stayed active from ``l_v`` on.
+        relative_flops: theoretical FLOPs of the tower's transformer blocks in this call over those
+            of the unmodified tower's (:func:`encoder_flops`; patch embedding and merger / projector
+            excluded); ``1.0`` at ``ρ_v = 0``.
     """
 
     start_layer: int
     patches: list[int]
     kept: list[int]
+    relative_flops: float
 
     @property
     def kept_fraction(self) -> float:
         """Active patches from ``l_v`` on over all patches of the call."""
         return sum(self.kept) / sum(self.patches)
+
+    def summary(self) -> str:
+        return (
+            f"encoder halted at block {self.start_layer}: kept {sum(self.kept)} of {sum(self.patches)} patches "
+            f"({len(self.patches)} units), {self.relative_flops:.3f}x the encoder FLOPs"
+        )
+
+
+def encoder_flops(
+    shapes: LayerShapes, start: int, patches: int, kept: int, full_pairs: list[int], kept_pairs: list[int | None]
+) -> tuple[float, float]:
+    """``(halted, unmodified)`` theoretical FLOPs of a vision tower's transformer blocks in one call.
+
+    Linear terms (QKV and output projections, MLP) count each patch a block runs on; the attention
+    term counts the query-key pairs within each of the block's attention segments (a segment of
+    ``n`` patches: ``n²`` pairs). Unmodified, every block runs on all ``patches``. Halted, blocks
+    ``< l_v`` do too; block ``l_v`` (``start``) runs its attention sub-layer over all patches (its
+    output is the score) and its MLP on the ``kept`` active ones; later blocks run on the active
+    patches with their recut segments. Patch embedding and the merger / projector (which see every
+    patch either way) are not counted.
+
+    Args:
+        shapes: one block's sizes (all alike).
+        full_pairs: per block, query-key pairs of its segments over all patches.
+        kept_pairs: per block, those of its recut segments over the active patches (read for the
+            blocks after ``start`` only).
+    """
+    unmodified = [shapes.layer_flops(patches, pairs) for pairs in full_pairs]
+    decision = shapes.layer_flops(patches, full_pairs[start], mlp_tokens=kept)
+    later = [shapes.layer_flops(kept, pairs) for pairs in kept_pairs[start + 1 :]]
+    return sum([*unmodified[:start], decision, *later]), sum(unmodified)
+
+
+def segment_pairs(bounds: torch.Tensor) -> torch.Tensor:
+    """``()`` long: query-key pairs of full attention within each segment of cumulative ``bounds``."""
+    return (bounds[1:] - bounds[:-1]).long().square().sum()
 
 
 def keep_per_unit(
@@ -100,6 +143,7 @@ class EncoderHaltingEngine:
         self.ratio = float(config.vision_ratio or 0.0)
         self.rule, self.seed = config.vision_rule, config.seed
         self.start_layer = config.vision_decision_layer(len(adapter.blocks))
+        self.shapes = adapter.block_shapes()
         self.reports: list[EncoderReport] = []
         """One report per call of the tower, oldest first."""
 
@@ -110,6 +154,32 @@ class EncoderHaltingEngine:
             generator = torch.Generator().manual_seed(self.seed)
             return torch.rand(update.shape[0], generator=generator).to(update.device)
         return torch.linalg.vector_norm(update, dim=-1, dtype=torch.float32)
+
+    def _report(self, layout: EncoderLayout, active: torch.Tensor) -> tuple[EncoderReport, dict[int, torch.Tensor]]:
+        """The call's report, and the segments of the blocks after ``l_v`` recut to the ``active``
+        patches ``(K,)`` (keyed by ``id`` of the layout's segment tensor: blocks share them), which
+        the blocks then run on. The counts reach the host in one transfer; the FLOPs are host arithmetic."""
+        start = self.start_layer
+        patches = torch.bincount(layout.units)
+        kept = torch.bincount(layout.units[active], minlength=patches.numel())
+        distinct = {id(segments): segments for segments in layout.segments}
+        later = {id(segments): segments for segments in layout.segments[start + 1 :]}
+        recut = {key: recut_segments(segments, active) for key, segments in later.items()}
+        pairs = [segment_pairs(bounds) for bounds in (*distinct.values(), *recut.values())]
+        counts = torch.cat([patches, kept, torch.stack(pairs)]).tolist()
+        units = patches.numel()
+        patches_of, kept_of, pair_counts = counts[:units], counts[units : 2 * units], counts[2 * units :]
+        full_pairs = dict(zip(distinct, pair_counts))
+        kept_pairs = dict(zip(recut, pair_counts[len(distinct) :]))
+        halted, unmodified = encoder_flops(
+            self.shapes,
+            start,
+            sum(patches_of),
+            sum(kept_of),
+            [full_pairs[id(segments)] for segments in layout.segments],
+            [kept_pairs.get(id(segments)) for segments in layout.segments],
+        )
+        return EncoderReport(start, patches_of, kept_of, halted / unmodified), recut
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Drop-in for the tower's ``forward`` (same arguments, same output)."""
@@ -125,9 +195,8 @@ class EncoderHaltingEngine:
         update = adapter.attention_update(decision, hidden, layout.segments[start], rotary)
         scores = self._scores(update)
         active = keep_per_unit(scores, layout.units, self.ratio, layout.protected).nonzero().squeeze(1)
-        patches = torch.bincount(layout.units)
-        kept_counts = torch.bincount(layout.units[active], minlength=patches.numel())
-        self.reports.append(EncoderReport(start, patches.tolist(), kept_counts.tolist()))
+        report, recut = self._report(layout, active)
+        self.reports.append(report)
 
         def with_frozen(compact: torch.Tensor) -> torch.Tensor:
             """Every patch's state ``(P, width)``: the active ones from ``compact``, the halted ones frozen."""
@@ -135,14 +204,10 @@ class EncoderHaltingEngine:
 
         compact = adapter.feed_forward(decision, hidden[active] + update[active])
         compact_rotary = tuple(part[active] for part in rotary)
-        recut: dict[int, torch.Tensor] = {}  # blocks share their segment tensors (frames, windows or tiles)
         for index in range(start + 1, len(blocks)):
             if adapter.wants_layer_states:
                 layer_states.append(with_frozen(compact))
-            segments = layout.segments[index]
-            if id(segments) not in recut:
-                recut[id(segments)] = recut_segments(segments, active)
-            compact = adapter.run_block(blocks[index], compact, recut[id(segments)], compact_rotary)
+            compact = adapter.run_block(blocks[index], compact, recut[id(layout.segments[index])], compact_rotary)
         final = with_frozen(compact)
         if not adapter.wants_layer_states:
             return adapter.output(final, layout, None)

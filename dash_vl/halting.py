@@ -3,6 +3,7 @@
     with Halting(model, ratio=0.9) as halting:
         output_ids = model.generate(**inputs)
     print(halting.last_report.summary())
+    print(halting.encoder_reports[-1].summary())  # with vision_ratio set
 
 Inside the block the language model's ``forward`` is the engine's (and, with ``vision_ratio`` set,
 the vision tower's is the encoder engine's); ``model.generate`` and ``model(...)`` are called as
@@ -50,7 +51,8 @@ class Halting:
 
     @property
     def encoder_reports(self) -> list[EncoderReport]:
-        """One report per call of the vision tower since the halting was built (``vision_ratio`` set)."""
+        """One report per call of the vision tower since the halting was built (``vision_ratio`` set): the
+        patches and kept patches of each unit, and the blocks' ``relative_flops`` (``.summary()``)."""
         if self.encoder_engine is None:
             raise RuntimeError("encoder-side halting is off (vision_ratio is None); it has no reports")
         return self.encoder_engine.reports

@@ -17,14 +17,16 @@ import torch
 
 @dataclass(frozen=True)
 class LayerShapes:
-    """Sizes of one decoder layer, for FLOP counts.
+    """Sizes of one transformer layer (a decoder layer, or a vision tower's block), for FLOP counts.
 
     Attributes:
         hidden: model width ``D``.
         heads: query heads ``H``.
         kv_heads: key/value heads.
         head_dim: ``d`` per head.
-        intermediate: gated MLP width (three ``D x I`` matrices).
+        intermediate: MLP width ``I``.
+        mlp_matrices: ``D x I`` matrices of the MLP: 3 for a gated one (gate, up, down), 2 for
+            ``fc1`` / ``fc2`` (the ViTs but Qwen2.5-VL's).
     """
 
     hidden: int
@@ -32,9 +34,10 @@ class LayerShapes:
     kv_heads: int
     head_dim: int
     intermediate: int
+    mlp_matrices: int = 3
 
     @classmethod
-    def from_config(cls, config: Any) -> LayerShapes:
+    def from_config(cls, config: Any, mlp_matrices: int = 3) -> LayerShapes:
         heads = config.num_attention_heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
         return cls(
@@ -43,6 +46,7 @@ class LayerShapes:
             kv_heads=getattr(config, "num_key_value_heads", None) or heads,
             head_dim=head_dim,
             intermediate=config.intermediate_size,
+            mlp_matrices=mlp_matrices,
         )
 
     def projection_flops(self, tokens: int) -> float:
@@ -52,7 +56,7 @@ class LayerShapes:
         return 2.0 * tokens * (q_and_o + k_and_v)
 
     def mlp_flops(self, tokens: int) -> float:
-        return 2.0 * tokens * 3 * self.hidden * self.intermediate
+        return 2.0 * tokens * self.mlp_matrices * self.hidden * self.intermediate
 
     def attention_flops(self, pairs: int) -> float:
         """Scores and weighted values over ``pairs`` query-key pairs, every query head."""
