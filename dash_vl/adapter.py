@@ -90,6 +90,16 @@ class ModelAdapter:
         """Keys this many positions or more before a query are masked in ``"sliding_attention"`` layers."""
         return getattr(self.text_config, "sliding_window", None)
 
+    @property
+    def layer_windows(self) -> tuple[int | None, ...]:
+        """Per decoder layer, its sliding window in positions: :attr:`sliding_window` for a
+        ``"sliding_attention"`` layer, ``None`` for full attention (``len(layers)`` entries).
+
+        Read from the config on every access, as :attr:`sliding_window` is.
+        """
+        window = self.sliding_window
+        return tuple(window if kind == "sliding_attention" else None for kind in self.layer_types)
+
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """``(batch, T)`` token ids to ``(batch, T, hidden)`` embeddings."""
         return self.text_model.embed_tokens(input_ids)

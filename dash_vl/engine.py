@@ -174,9 +174,7 @@ class HaltingEngine:
         self.num_layers = len(adapter.layers)
         self.start_layer = config.decision_layer(self.num_layers)
         self.shapes = LayerShapes.from_config(adapter.text_config)
-        self.layer_windows = tuple(
-            adapter.sliding_window if kind == "sliding_attention" else None for kind in adapter.layer_types
-        )
+        self.layer_windows = adapter.layer_windows
         """Per layer, its sliding window in positions (``None``: full attention), for the FLOP count."""
         self.decision_work = DecisionLayerWork(
             attends_all=self.method.placement != "layer_input", mlp_on_all=self.method.needs_block_update
@@ -313,73 +311,160 @@ class HaltingEngine:
         """
         valid_counts, eligible_counts = torch.stack((token_valid.sum(dim=1), eligible.sum(dim=1))).tolist()
         require_eligible(eligible_counts, self.config.ratio)
-        layers, start = self.adapter.layers, self.start_layer
         seq_len = hidden.shape[1]
         packed = self._runs_packed(valid_counts, seq_len)
         full_layout = layout_of(packed, KeyLayout.sequence(token_valid, all_valid=min(valid_counts) == seq_len), valid_counts)
         states = full_layout.pack(hidden)
         full = full_layout.inputs(self.adapter, states, full_layout.pack_ids(rope_ids))
         early_cache = full_layout.cache(cache if cache is not None else hf_compat.new_cache(self.adapter.text_config))
-        previous = None
         packed_attention = hf_compat.attention_implementation(self.adapter.text_config, PACKED_ATTENTION)
         with packed_attention if packed else nullcontext():
-            for index in range(start):
-                entering, recorder = states, KeyRecorder(early_cache)
-                states = layers[index](states, **hf_compat.cache_argument(recorder), **full.for_layer(index))
-            if start > 0:
-                kind = self.adapter.layer_types[start - 1]
-                window = self.adapter.sliding_window if kind == "sliding_attention" else None
-                rotary = tuple(full_layout.unpack(part) for part in full.position_embeddings(kind))
-                previous = PreviousLayer(full_layout.unpack(entering), full_layout.unpack_heads(recorder.keys), rotary, window)
-            # Under a device_map layer l_s may sit on another GPU than the layers before it: decide there.
-            device = next(layers[start].parameters()).device
-            states, token_valid, eligible, rope_ids = (part.to(device) for part in (states, token_valid, eligible, rope_ids))
-            hidden = full_layout.unpack(states)
-            decision_inputs = {name: to_device(value, device) for name, value in full.for_layer(start).items()}
-            evidence = to_device(evidence, device)
-
-            probe = DecisionProbe(
-                self.adapter, start, hidden, previous, token_valid, eligible, eligible_counts, decision_inputs, full_layout,
-                states, evidence,
+            states, previous = self._full_length_layers(states, full, full_layout, early_cache)
+            probe, rope_ids = self._decision_probe(
+                states, previous, token_valid, eligible, eligible_counts, rope_ids, full, full_layout, evidence
             )
-            if self.config.ratio > 0:
-                decision = self.method.decide(probe, self.config.ratio)
-            else:
-                decision = Decision(eligible, kept_counts=eligible_counts)
-            active_counts = None
-            if decision.kept_counts is not None:
-                active_counts = [v - e + k for v, e, k in zip(valid_counts, eligible_counts, decision.kept_counts)]
-            active = compact_layout(
-                token_valid & (decision.kept | ~eligible), width=None if active_counts is None else max(active_counts)
-            )
+            decision = self._decide(probe)
+            active, active_counts = self._active_tokens(probe, decision, valid_counts)
             compact_valid = None if active_counts is None else min(active_counts) == active.index.shape[1]
             late_layout = layout_of(packed, KeyLayout(active.slot_valid, active.index, compact_valid, span=seq_len), active_counts)
-            in_layer = self.method.placement == "attention_update"
-            if in_layer:
-                compact = self._finish_decision_layer(probe, active, cache, late_layout)
-            else:
-                entering = hidden if decision.states is None else decision.states
-                compact = late_layout.pack(gather_tokens(entering, active.index, dim=1))
+            compact = self._compact_states(probe, decision, active, cache, late_layout)
             if cache is not None:
                 self._compact[cache] = CompactCache(
                     active.slot_valid, active.index, prompt_padded=min(valid_counts) < seq_len,
                     compact_padded=None if compact_valid is None else not compact_valid,
                 )
-            compact_rope = late_layout.pack_ids(gather_tokens(rope_ids, active.index, dim=-1))
-            compact_inputs = late_layout.inputs(self.adapter, compact, compact_rope)
-            late_cache = late_layout.cache(cache)
-            for index in range(start + 1 if in_layer else start, self.num_layers):
-                compact = layers[index](compact, **compact_inputs.for_layer(index), **hf_compat.cache_argument(late_cache))
-        compact = late_layout.unpack(compact)
+            compact = self._compact_layers(compact, rope_ids, active, cache, late_layout)
+        return self._write_back_active(probe.hidden_states, late_layout.unpack(compact), active), active
 
-        # Under a device_map the last layer may sit on another GPU: the frozen states join it there.
-        # Padding slots hold halted positions; they write back the frozen state they already have.
+    def _full_length_layers(
+        self, states: torch.Tensor, full: LayerInputs, layout: TokenLayout, cache: Any
+    ) -> tuple[torch.Tensor, PreviousLayer | None]:
+        """Layers ``[0, l_s)`` over every token of ``states`` (in ``layout``: ``(batch, T, D)`` padded,
+        ``(1, N, D)`` packed), each caching all of them in ``cache``.
+
+        Returns:
+            The states entering ``l_s``, in ``layout``; and what layer ``l_s - 1`` saw (states
+            ``(batch, T, D)``, keys ``(batch, kv_heads, T, head_dim)``, rotary, window), in the
+            padded layout; ``None`` at ``l_s = 0``.
+        """
+        layers, start = self.adapter.layers, self.start_layer
+        for index in range(start):
+            entering, recorder = states, KeyRecorder(cache)
+            states = layers[index](states, **hf_compat.cache_argument(recorder), **full.for_layer(index))
+        if start == 0:
+            return states, None
+        rotary = tuple(layout.unpack(part) for part in full.position_embeddings(self.adapter.layer_types[start - 1]))
+        previous = PreviousLayer(
+            layout.unpack(entering), layout.unpack_heads(recorder.keys), rotary, self.adapter.layer_windows[start - 1]
+        )
+        return states, previous
+
+    def _decision_probe(
+        self,
+        states: torch.Tensor,
+        previous: PreviousLayer | None,
+        token_valid: torch.Tensor,
+        eligible: torch.Tensor,
+        eligible_counts: list[int],
+        rope_ids: torch.Tensor,
+        full: LayerInputs,
+        layout: TokenLayout,
+        evidence: Evidence | None,
+    ) -> tuple[DecisionProbe, torch.Tensor]:
+        """The decision inputs of layer ``l_s``, moved to that layer's device: under a device_map it may
+        sit on another GPU than the layers before it.
+
+        Args:
+            states: entering ``l_s``, in ``layout`` (``(batch, T, D)`` padded, ``(1, N, D)`` packed).
+            previous: what layer ``l_s - 1`` saw (stays where it is); ``None`` at ``l_s = 0``.
+            token_valid, eligible: ``(batch, T)`` bool.
+            eligible_counts: eligible tokens per sample, on the host.
+            rope_ids: ``(..., batch, T)`` rotary ids of the prompt.
+            full: the full-length layers' mask and rotary embeddings, in ``layout``.
+            evidence: the encoder's evidence over the prompt, where a policy reads it.
+
+        Returns:
+            The probe (its states ``(batch, T, D)`` in the padded layout) and ``rope_ids`` on that device.
+        """
+        device = next(self.adapter.layers[self.start_layer].parameters()).device
+        states, token_valid, eligible, rope_ids = (part.to(device) for part in (states, token_valid, eligible, rope_ids))
+        hidden = layout.unpack(states)
+        decision_inputs = {name: to_device(value, device) for name, value in full.for_layer(self.start_layer).items()}
+        probe = DecisionProbe(
+            self.adapter, self.start_layer, hidden, previous, token_valid, eligible, eligible_counts, decision_inputs, layout,
+            states, to_device(evidence, device),
+        )
+        return probe, rope_ids
+
+    def _decide(self, probe: DecisionProbe) -> Decision:
+        """The policy's decision over the ``(batch, T)`` prompt at ``l_s``; at ratio 0 every eligible token is kept."""
+        if self.config.ratio > 0:
+            return self.method.decide(probe, self.config.ratio)
+        return Decision(probe.eligible, kept_counts=probe.eligible_counts)
+
+    @staticmethod
+    def _active_tokens(
+        probe: DecisionProbe, decision: Decision, valid_counts: list[int]
+    ) -> tuple[ActiveSet, list[int] | None]:
+        """The tokens that run on past the decision: valid ones the policy kept or may not halt, in a compact
+        left-padded ``(batch, K)`` set; and how many per sample, on the host where the policy reported its
+        kept counts (``None`` where only the GPU knows them)."""
+        active_counts = None
+        if decision.kept_counts is not None:
+            active_counts = [v - e + k for v, e, k in zip(valid_counts, probe.eligible_counts, decision.kept_counts)]
+        active = compact_layout(
+            probe.valid & (decision.kept | ~probe.eligible), width=None if active_counts is None else max(active_counts)
+        )
+        return active, active_counts
+
+    @property
+    def _finishes_decision_layer(self) -> bool:
+        """Whether layer ``l_s``'s attention runs over all ``T`` tokens before the decision and the rest of
+        the layer over the active ones (placement ``"attention_update"``), so the compact layers follow it."""
+        return self.method.placement == "attention_update"
+
+    def _compact_states(
+        self, probe: DecisionProbe, decision: Decision, active: ActiveSet, cache: Any, layout: TokenLayout
+    ) -> torch.Tensor:
+        """The active tokens' states where the compact layers take over, in ``layout`` (``(batch, K, D)``
+        padded, ``(1, N', D)`` packed): leaving ``l_s`` where its attention ran on all ``T`` (placement
+        ``"attention_update"``), else entering it (as the policy changed them, where it did)."""
+        if self._finishes_decision_layer:
+            return self._finish_decision_layer(probe, active, cache, layout)
+        entering = probe.hidden_states if decision.states is None else decision.states
+        return layout.pack(gather_tokens(entering, active.index, dim=1))
+
+    def _compact_layers(
+        self, compact: torch.Tensor, rope_ids: torch.Tensor, active: ActiveSet, cache: Any, layout: TokenLayout
+    ) -> torch.Tensor:
+        """The layers after the decision over the active tokens only, caching only them.
+
+        ``compact`` is in ``layout`` (``(batch, K, D)`` padded, ``(1, N', D)`` packed), ``rope_ids``
+        ``(..., batch, T)`` the prompt's; returns the states leaving the last layer, in ``layout``.
+        """
+        compact_rope = layout.pack_ids(gather_tokens(rope_ids, active.index, dim=-1))
+        inputs = layout.inputs(self.adapter, compact, compact_rope)
+        late_cache = layout.cache(cache)
+        layers = self.adapter.layers
+        first = self.start_layer + 1 if self._finishes_decision_layer else self.start_layer
+        for index in range(first, self.num_layers):
+            compact = layers[index](compact, **inputs.for_layer(index), **hf_compat.cache_argument(late_cache))
+        return compact
+
+    @staticmethod
+    def _write_back_active(hidden: torch.Tensor, compact: torch.Tensor, active: ActiveSet) -> torch.Tensor:
+        """The final states ``(batch, T, D)``: ``hidden`` (entering ``l_s``, what halted tokens keep) with the
+        active tokens' ``compact`` ``(batch, K, D)`` written over theirs.
+
+        Under a device_map the last layer may sit on another GPU: the frozen states join it there.
+        Padding slots hold halted positions; they write back the frozen state they already have.
+        """
         device = compact.device
         hidden = hidden.to(device, copy=True)
         index = active.index.to(device)
         written = torch.where(active.slot_valid.to(device)[..., None], compact, gather_tokens(hidden, index, dim=1))
         hidden.scatter_(1, index[..., None].expand_as(written), written)
-        return hidden, active
+        return hidden
 
     def _runs_packed(self, valid_counts: list[int], seq_len: int) -> bool:
         """Whether this prefill runs packed under ``config.packing``: ``"always"``, or ``"ragged"`` and

@@ -64,6 +64,8 @@ class LayerInputs:
         self.hidden = hidden
         self.rope_ids = rope_ids
         self.layout = layout
+        self.windows = adapter.layer_windows
+        """Per layer, its sliding window in positions (``None``: full attention)."""
         self._rotary: dict[str, RotaryEmbeddings] = {}
         self._masks: dict[tuple[bool, int], torch.Tensor | None] = {}
 
@@ -78,7 +80,9 @@ class LayerInputs:
         of the layout (all of them by default)."""
         layer_type = self.adapter.layer_types[index]
         key_length = self.layout.valid.shape[1] if key_length is None else key_length
-        return dict(attention_mask=self._mask(layer_type, key_length), position_embeddings=self.position_embeddings(layer_type))
+        return dict(
+            attention_mask=self._mask(self.windows[index], key_length), position_embeddings=self.position_embeddings(layer_type)
+        )
 
     def position_embeddings(self, layer_type: str) -> RotaryEmbeddings:
         """``(cos, sin)`` of the queries for layers of kind ``layer_type``."""
@@ -86,9 +90,10 @@ class LayerInputs:
             self._rotary[layer_type] = self.adapter.position_embeddings(self.hidden, self.rope_ids, layer_type)
         return self._rotary[layer_type]
 
-    def _mask(self, layer_type: str, key_length: int) -> torch.Tensor | None:
-        window = self.adapter.sliding_window
-        windowed = layer_type == "sliding_attention" and window is not None and window < self.layout.span
+    def _mask(self, window: int | None, key_length: int) -> torch.Tensor | None:
+        """The mask of a layer with sliding window ``window`` (``None``: full attention) over the last
+        ``key_length`` slots; a window of at least the span masks as full attention does."""
+        windowed = window is not None and window < self.layout.span
         if (windowed, key_length) not in self._masks:
             implementation, query_length = self.adapter.attn_implementation, self.hidden.shape[1]
             valid = self.layout.valid[:, -key_length:]

@@ -133,7 +133,7 @@ class PackedLayerInputs(LayerInputs):
         super().__init__(adapter, states, rope_ids, KeyLayout.sequence(everything, all_valid=True))
         self.packing = packing
 
-    def _mask(self, layer_type: str, key_length: int) -> BlockMask:
+    def _mask(self, window: int | None, key_length: int) -> BlockMask:
         return self.packing.block_mask
 
 
