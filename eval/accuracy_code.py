@@ -1,4 +1,4 @@
-"""Code-completion accuracy of a trained model shipped on PyPI (``--model``: Qwen2.5-Coder-0.5B-Instruct,
+"""Code-completion accuracy of a trained model shipped on PyPI (``--model``: Qwen2.5-Coder-0.5B- or 1.5B-Instruct,
 the Gemma-3-270M base model, or SmolLM2-135M-Instruct up to its 8k context) on real code:
 LongBench-style LCC and RepoBench-P next-line completion over this Python's standard library
 (:mod:`dash_vl.code_completion`), edit similarity, under every halting method across ratios;
@@ -32,7 +32,7 @@ import torch
 from dash_vl.code_completion import CODE_TASKS, code_suite
 from dash_vl.gemma3 import load_gemma3
 from dash_vl.prompt_scoring import answer_batch, batches
-from dash_vl.qwen_coder import load_qwen_coder
+from dash_vl.qwen_coder import load_qwen_coder, load_qwen_coder_15b
 from dash_vl.smollm2 import load_smollm2
 from dash_vl.sweep import Cell, ResultStore, run_sweep
 
@@ -42,6 +42,7 @@ from accuracy_grid import add_grid_arguments, grid, measure_cell, write_report  
 
 MODELS = {
     "qwen_coder": ("Qwen2.5-Coder-0.5B-Instruct", load_qwen_coder),
+    "qwen_coder_15b": ("Qwen2.5-Coder-1.5B-Instruct", load_qwen_coder_15b),
     "gemma3": ("Gemma-3-270M", load_gemma3),
     "smollm2": ("SmolLM2-135M-Instruct", load_smollm2),
 }
