@@ -20,8 +20,8 @@ No attention matrix is built, so any SDPA / FlashAttention kernel runs unchanged
 
 Packed prefill (``config.packing``, :mod:`dash_vl.packing`): the layers before and after ``l_s``
 (and the attention of ``l_s`` over all ``T``) see only the batch's valid tokens, laid end to end
-in one sequence with causal attention within each prompt (FlexAttention, :mod:`dash_vl.flex`),
-rotary ids kept per token. The halting decision, the KV cache (written in the left-padded
+in one sequence with causal attention within each prompt (FlexAttention, :mod:`dash_vl.flex`, or
+the model's FlashAttention varlen kernel), rotary ids kept per token. The halting decision, the KV cache (written in the left-padded
 layouts above) and the returned states stay padded, so decoding is the same in either mode.
 
 Each layer gets the mask and rotary embeddings of its kind (``config.layer_types``,
@@ -34,7 +34,7 @@ a window to a compact layout, so it is refused where the window is shorter than 
 from __future__ import annotations
 
 import weakref
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +48,7 @@ from dash_vl.decision import DecisionProbe, KeyRecorder, PreviousLayer
 from dash_vl.decode_kernels import DECODE_SDPA_BACKENDS, decode_attention_kernels
 from dash_vl.flex import PACKED_ATTENTION
 from dash_vl.layer_inputs import KeyLayout, LayerInputs
-from dash_vl.masks import check_implementation
+from dash_vl.masks import check_implementation, is_flash
 from dash_vl.methods import METHODS, Decision
 from dash_vl.packing import Packing, PaddedLayout, TokenLayout
 from dash_vl.prefill_flops import DecisionLayerWork, LayerShapes, prefill_flops
@@ -147,10 +147,10 @@ def layout_of(packed: bool, keys: KeyLayout, counts: list[int] | None) -> TokenL
 
 
 def to_device(value: Any, device: torch.device) -> Any:
-    """``value`` (a tensor, a tuple of tensors or ``None``) on ``device``."""
+    """``value`` (a tensor, a tuple of tensors, a host int or ``None``) on ``device``."""
     if isinstance(value, tuple):
         return tuple(part.to(device) for part in value)
-    return None if value is None else value.to(device)
+    return value.to(device) if isinstance(value, torch.Tensor) else value
 
 
 class HaltingEngine:
@@ -317,8 +317,7 @@ class HaltingEngine:
         states = full_layout.pack(hidden)
         full = full_layout.inputs(self.adapter, states, full_layout.pack_ids(rope_ids))
         early_cache = full_layout.cache(cache if cache is not None else hf_compat.new_cache(self.adapter.text_config))
-        packed_attention = hf_compat.attention_implementation(self.adapter.text_config, PACKED_ATTENTION)
-        with packed_attention if packed else nullcontext():
+        with self._packed_attention() if packed else nullcontext():
             states, previous = self._full_length_layers(states, full, full_layout, early_cache)
             probe, rope_ids = self._decision_probe(
                 states, previous, token_valid, eligible, eligible_counts, rope_ids, full, full_layout, evidence
@@ -465,6 +464,13 @@ class HaltingEngine:
         written = torch.where(active.slot_valid.to(device)[..., None], compact, gather_tokens(hidden, index, dim=1))
         hidden.scatter_(1, index[..., None].expand_as(written), written)
         return hidden
+
+    def _packed_attention(self) -> AbstractContextManager[None]:
+        """The attention of packed layers: the model's own FlashAttention (its varlen path, given the
+        sequence lengths), else the FlexAttention function :data:`dash_vl.flex.PACKED_ATTENTION`."""
+        if is_flash(self.adapter.attn_implementation):
+            return nullcontext()
+        return hf_compat.attention_implementation(self.adapter.text_config, PACKED_ATTENTION)
 
     def _runs_packed(self, valid_counts: list[int], seq_len: int) -> bool:
         """Whether this prefill runs packed under ``config.packing``: ``"always"``, or ``"ragged"`` and

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-SUPPORTED_IMPLEMENTATIONS: tuple[str, ...] = ("sdpa", "eager", "flash_attention_2", "flash_attention_3")
+SUPPORTED_IMPLEMENTATIONS: tuple[str, ...] = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flash_attention_4")
 
 
 def check_implementation(implementation: str) -> None:
@@ -20,6 +20,11 @@ def check_implementation(implementation: str) -> None:
         raise ValueError(
             f"attn_implementation {implementation!r} is not supported by dash_vl; use one of {SUPPORTED_IMPLEMENTATIONS}"
         )
+
+
+def is_flash(implementation: str) -> bool:
+    """Whether ``implementation`` is one of FlashAttention's (HF's flash path: padding masks, varlen functions)."""
+    return implementation.startswith("flash_attention")
 
 
 def causal_mask(
@@ -45,7 +50,7 @@ def causal_mask(
     check_implementation(implementation)
     key_length = key_valid.shape[1]
     all_valid = bool(key_valid.all()) if all_valid is None else all_valid
-    if implementation.startswith("flash_attention"):
+    if is_flash(implementation):
         return None if all_valid else key_valid.long()
     if implementation == "sdpa" and all_valid and query_length in (1, key_length):
         return None
@@ -74,7 +79,7 @@ def sliding_window_mask(
         ValueError: for FlashAttention, whose window counts key slots.
     """
     check_implementation(implementation)
-    if implementation.startswith("flash_attention"):
+    if is_flash(implementation):
         raise ValueError(
             f"{implementation} applies a sliding window over key slots, which halting rearranges; use "
             "attn_implementation='sdpa' or 'eager' for a model whose sliding window is shorter than the sequence"

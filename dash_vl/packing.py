@@ -5,8 +5,9 @@ left-padded layout HF uses. A layout says how the decoder layers see those token
 
 * :class:`PaddedLayout`: as they are, ``(batch, S)``, with the masks of :mod:`dash_vl.masks`;
 * :class:`Packing`: only the valid slots, sample after sample, as one sequence ``(1, N)``
-  attended document-causally through FlexAttention (:mod:`dash_vl.flex`), so no FLOP is spent
-  on padding. The layers' KV cache is written back in the padded layout (:class:`PackedCache`),
+  attended document-causally, so no FLOP is spent on padding: through FlexAttention
+  (:mod:`dash_vl.flex`), or, where the model runs a FlashAttention implementation, through that
+  kernel's varlen function (HF's flash path given cumulative sequence lengths). The layers' KV cache is written back in the padded layout (:class:`PackedCache`),
   which is what decoding after the prefill reads.
 
 Both have the same methods, so the engine's prefill is written once for either.
@@ -23,6 +24,7 @@ from torch.nn.attention.flex_attention import BlockMask
 from dash_vl.adapter import ModelAdapter
 from dash_vl.flex import document_causal_mask
 from dash_vl.layer_inputs import KeyLayout, LayerInputs
+from dash_vl.masks import is_flash
 
 
 class TokenLayout(Protocol):
@@ -90,6 +92,8 @@ class Packing:
     def __init__(self, valid: torch.Tensor, total: int) -> None:
         self.batch_size, self.width = valid.shape
         self.total = total
+        self.sample_lengths = valid.sum(dim=1, dtype=torch.int32)
+        """``(batch,)`` int32: tokens of each sample in the sequence."""
         self.index = torch.nonzero_static(valid.flatten(), size=total).squeeze(1)
         """``(N,)`` long: the flat ``batch * S`` slot of every packed token."""
 
@@ -114,6 +118,14 @@ class Packing:
         document = torch.div(self.index, self.width, rounding_mode="floor").to(torch.int32)
         return document_causal_mask(document, self.batch_size)
 
+    @cached_property
+    def varlen_arguments(self) -> dict[str, torch.Tensor | int]:
+        """HF's FlashAttention keywords for the sequence: the samples' cumulative lengths ``(batch + 1,)``
+        int32 and, as the longest length, the padded width ``S`` (an upper bound the host knows without
+        waiting for the GPU; the kernel only sizes its grid by it)."""
+        cumulative = torch.nn.functional.pad(self.sample_lengths.cumsum(0, dtype=torch.int32), (1, 0))
+        return dict(cu_seq_lens_q=cumulative, cu_seq_lens_k=cumulative, max_length_q=self.width, max_length_k=self.width)
+
     def inputs(self, adapter: ModelAdapter, states: torch.Tensor, rope_ids: torch.Tensor) -> LayerInputs:
         return PackedLayerInputs(adapter, states, rope_ids, self)
 
@@ -122,7 +134,9 @@ class Packing:
 
 
 class PackedLayerInputs(LayerInputs):
-    """The block mask of a :class:`Packing` for every layer, and rotary embeddings of the packed ids.
+    """The document-causal attention of a :class:`Packing` for every layer, and rotary embeddings of the
+    packed ids: the block mask of FlexAttention, or no mask and the varlen keywords
+    (:attr:`Packing.varlen_arguments`) where the model runs FlashAttention.
 
     Sliding-window layers are not masked by their window: the engine packs only where no window
     is shorter than the prompt.
@@ -133,8 +147,14 @@ class PackedLayerInputs(LayerInputs):
         super().__init__(adapter, states, rope_ids, KeyLayout.sequence(everything, all_valid=True))
         self.packing = packing
 
-    def _mask(self, window: int | None, key_length: int) -> BlockMask:
-        return self.packing.block_mask
+    def for_layer(self, index: int, key_length: int | None = None) -> dict[str, Any]:
+        arguments = super().for_layer(index, key_length)
+        if is_flash(self.adapter.attn_implementation):
+            arguments.update(self.packing.varlen_arguments)
+        return arguments
+
+    def _mask(self, window: int | None, key_length: int) -> BlockMask | None:
+        return None if is_flash(self.adapter.attn_implementation) else self.packing.block_mask
 
 
 class PackedCache:

@@ -123,12 +123,14 @@ def settings_of(args) -> list[tuple[str, str, float]]:
     ]
 
 
-def guarded_row(label: str, measure: Callable[[], dict], device: torch.device) -> dict:
-    """The row of setting ``label``; a setting that fails (out of memory, a compile error) leaves its
-    error in the row and the benchmark goes on with the next one."""
+def guarded_row(
+    label: str, measure: Callable[[], dict], device: torch.device, errors: tuple[type[Exception], ...] = (RuntimeError,)
+) -> dict:
+    """The row of setting ``label``; a setting that fails with one of ``errors`` (by default RuntimeError:
+    out of memory, a compile error) leaves its error in the row and the benchmark goes on with the next one."""
     try:
         row = dict(setting=label, **measure())
-    except RuntimeError as error:  # torch.OutOfMemoryError and torch.compile's errors are RuntimeErrors
+    except errors as error:
         row = dict(setting=label, error=f"{type(error).__name__}: {error}"[:300])
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -65,8 +65,11 @@ def run(model, inputs: dict, packing: str, calls: list[int], **knobs) -> tuple:
     return logits, report, prefill_calls, produced
 
 
-def assert_packed_matches_padded(model, inputs: dict, calls: list[int], packing: str = "ragged", **knobs) -> None:
-    """Equal to the padded engine; the prefill's ``L`` attention calls saw the valid tokens, then the kept ones."""
+def assert_packed_matches_padded(
+    model, inputs: dict, calls: list[int], packing: str = "ragged", expect_flex_calls: bool = True, **knobs
+) -> None:
+    """Equal to the padded engine; the prefill's ``L`` FlexAttention calls saw the valid tokens, then the kept
+    ones (none at all where ``expect_flex_calls`` is False: a FlashAttention model packs through its varlen kernel)."""
     logits, report, padded_calls, produced = run(model, inputs, "off", calls, **knobs)
     packed_logits, packed_report, packed_calls, packed_produced = run(model, inputs, packing, calls, **knobs)
     valid = inputs["attention_mask"].bool()
@@ -79,6 +82,9 @@ def assert_packed_matches_padded(model, inputs: dict, calls: list[int], packing:
     start, layers = report.start_layer, len(report.kept_tokens_per_layer)
     kept = sum(len(positions) for positions in report.kept_positions)
     assert padded_calls == []
+    if not expect_flex_calls:
+        assert packed_calls == []
+        return
     assert packed_calls[:start] == [int(valid.sum())] * start
     assert packed_calls[start + 1 :] == [kept] * (layers - start - 1)
 

@@ -1,0 +1,247 @@
+"""FlashAttention-4 under every method (issue 26, part 2): does it run, does it agree, is it faster.
+
+Qwen2-VL-7B language tower shapes, random bf16 weights, on the GPU. Attention kernels, switched on
+the language tower's config between runs:
+
+* ``sdpa``: PyTorch's scaled-dot-product attention (HF's default, dash_vl's default);
+* ``flex``: the engine's packed path (``HaltingConfig.packing``), compiled FlexAttention; the
+  unmodified model has no such path;
+* ``fa4``: ``attn_implementation="flash_attention_4"``, FlashAttention's CuTe kernels
+  (``flash_attn.cute``, package ``flash-attn-4``), which HF calls through its varlen functions
+  wherever a padding mask is given (only attention skips the padding: every linear layer still
+  runs on the padded width);
+* ``fa4_packed``: the engine's packed path under FA4: the batch's valid tokens end to end, FA4's
+  varlen kernel given the samples' cumulative lengths.
+
+Part 1, checks (printed as one table): the unmodified model under FA4 against SDPA; the engine at
+ratio 0 under FA4 against the unmodified model under FA4 (the same kernel: they should agree to the
+last bit or to rounding); each method under FA4 against the same method under SDPA (the kept set and
+the last-token states); a left-padded mixed batch under FA4 against its prompts one by one under FA4,
+and the same batch packed under FA4 against it padded; and, for the batch-1 checks, 16 greedy decode steps after the prefill against the reference's.
+
+Part 2, timings: batch 1 at ``--lengths`` tokens, each setting's kernels taking turns (medians of
+``--repeats`` CUDA-event timings after ``--warmup``); and the mixed batch (``--batch``), padded under
+SDPA and FA4 and packed under Flex and FA4, against its prompts one by one under SDPA and FA4.
+Random weights make greedy tokens near ties, so the decode agreement of two kernels (bf16 rounding
+apart) is low by nature; the same kernel must agree exactly.
+
+    python eval/bench_flash4.py --out eval/results/flash4_qwen2vl7b.json
+    python eval/bench_flash4.py --smoke       # tiny shapes on the CPU (FA4 rows then carry its import error)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+
+import torch
+
+from bench_generate import halting_for
+from bench_packed import Prompts, guarded_row, measure_modes, relative_error
+from dash_vl import hf_compat
+from dash_vl.random_models import full_size_config, random_model, tiny_config, tiny_processor
+from gpu_timing import add_timing_arguments, print_table, report_run
+
+KERNEL_IMPLEMENTATIONS = {"sdpa": "sdpa", "flex": "sdpa", "fa4": "flash_attention_4", "fa4_packed": "flash_attention_4"}
+"""The HF attention implementation each kernel label runs under (Flex is the engine's packed path over SDPA's name)."""
+PACKED_KERNELS = ("flex", "fa4_packed")
+"""Kernels of the engine's packed path (``packing="always"``): the unmodified model has none."""
+
+SMOKE_LENGTHS = (48, 36, 24, 12)
+DECODE_STEPS = 16
+KERNEL_ERRORS = (Exception,)
+"""What a row survives: a kernel package that does not import or a JIT compile that fails, whatever its error type."""
+
+
+@contextmanager
+def kernel(model, label: str) -> Iterator[None]:
+    """Within the block, the language tower attends with ``label``'s kernel."""
+    with hf_compat.attention_implementation(model.model.language_model.config, KERNEL_IMPLEMENTATIONS[label]):
+        yield
+
+
+def halted(model, method: str, ratio: float, label: str):
+    """The setting's halting under kernel ``label`` (``packing="always"`` for Flex), or a null context unmodified."""
+    packing = "always" if label in PACKED_KERNELS else "off"
+    return halting_for(model, method, ratio, packing=packing) or nullcontext()
+
+
+def prefill(model, method: str, ratio: float, label: str, calls: list[dict]) -> Callable[[], list]:
+    """A run: ``calls`` through the language tower under the setting and kernel; each call's last-token states ``(batch, D)``."""
+    language_model = model.model.language_model
+
+    def run() -> list:
+        with kernel(model, label), halted(model, method, ratio, label) as halting, torch.no_grad():
+            states = [language_model(**call, use_cache=True).last_hidden_state[:, -1] for call in calls]
+        run.kept = None if halting is None else [report.kept_positions for report in halting.reports]
+        return states
+
+    return run
+
+
+def greedy_tokens(model, method: str, ratio: float, label: str, input_ids: torch.Tensor) -> torch.Tensor:
+    """``(batch, DECODE_STEPS)`` greedy tokens of ``generate`` after the setting's prefill under kernel ``label``."""
+    with kernel(model, label), halted(model, method, ratio, label), torch.no_grad():
+        output = model.generate(
+            input_ids=input_ids, max_new_tokens=DECODE_STEPS, min_new_tokens=DECODE_STEPS, do_sample=False
+        )
+    return output[:, input_ids.shape[1] :]
+
+
+def kept_agreement(candidate: list | None, reference: list | None) -> float:
+    """Share of the reference's kept positions the candidate also kept (1.0 where neither halts)."""
+    if candidate is None or reference is None:
+        return 1.0
+    shared = total = 0
+    for got_samples, expected_samples in zip(candidate, reference):
+        for got, expected in zip(got_samples, expected_samples):
+            shared, total = shared + len(set(got) & set(expected)), total + len(expected)
+    return shared / max(total, 1)
+
+
+def check_rows(model, settings, single: Prompts, mixed: Prompts, input_ids: torch.Tensor, device) -> list[dict]:
+    """Part 1: FA4 against its references; one row per comparison. A side is ``(method, ratio, kernel, calls)``."""
+
+    def compare(label: str, candidate: tuple, reference: tuple, decode: bool = True) -> dict:
+        def measure() -> dict:
+            got_run, expected_run = prefill(model, *candidate), prefill(model, *reference)
+            got, expected = got_run(), expected_run()
+            row = dict(
+                rel_err=relative_error(got, expected), max_abs=float((torch.cat(got) - torch.cat(expected)).abs().max()),
+                kept_agree=kept_agreement(got_run.kept, expected_run.kept),
+            )
+            if decode:
+                tokens = [greedy_tokens(model, *side[:3], input_ids) for side in (candidate, reference)]
+                row["decode_agree"] = float((tokens[0] == tokens[1]).float().mean())
+            return row
+
+        return guarded_row(label, measure, device, KERNEL_ERRORS)
+
+    alone = [single.alone(0)]
+    batch, one_by_one = [mixed.batch()], [mixed.alone(sample) for sample in range(len(mixed.lengths))]
+    rows = [
+        compare("HF: FA4 vs SDPA", ("none", 0.0, "fa4", alone), ("none", 0.0, "sdpa", alone)),
+        compare("engine ρ=0 FA4 vs HF FA4", ("dash", 0.0, "fa4", alone), ("none", 0.0, "fa4", alone)),
+    ]
+    rows += [
+        compare(f"{label}: FA4 vs SDPA", (method, ratio, "fa4", alone), (method, ratio, "sdpa", alone))
+        for label, method, ratio in settings[2:]
+    ]
+    rows += [
+        compare(f"{label}: FA4 padded batch vs one by one", (method, ratio, "fa4", batch), (method, ratio, "fa4", one_by_one), decode=False)
+        for label, method, ratio in settings[1:]
+    ]
+    rows += [
+        compare(f"{label}: FA4 packed batch vs padded", (method, ratio, "fa4_packed", batch), (method, ratio, "fa4", batch), decode=False)
+        for label, method, ratio in settings[1:]
+    ]
+    return rows
+
+
+def timing_row(model, method: str, ratio: float, calls_of: Callable[[str], list[dict]], args, device) -> dict:
+    """Median ms of the setting under every kernel (Flex not for the unmodified model), and SDPA's over each."""
+    labels = [label for label in args.kernels if not (label in PACKED_KERNELS and method == "none")]
+    runs = {label: prefill(model, method, ratio, label, calls_of(label)) for label in labels}
+    row = measure_modes(runs, args, device)
+    for label in labels[1:]:
+        row[f"sdpa_over_{label}"] = row["sdpa_ms"] / row[f"{label}_ms"]
+    return row
+
+
+def mixed_batch_row(model, method: str, ratio: float, mixed: Prompts, args, device) -> dict:
+    """The mixed batch as one batch under each kernel, and its prompts one by one under SDPA and FA4."""
+    one_by_one = [mixed.alone(sample) for sample in range(len(mixed.lengths))]
+    runs = {f"batch_{label}": prefill(model, method, ratio, label, [mixed.batch()]) for label in args.kernels
+            if not (label in PACKED_KERNELS and method == "none")}
+    unpacked = [label for label in args.kernels if label not in PACKED_KERNELS]
+    runs.update({f"one_{label}": prefill(model, method, ratio, label, one_by_one) for label in unpacked})
+    row = measure_modes(runs, args, device)
+    best_one = min(row[f"one_{label}_ms"] for label in unpacked)
+    for name in runs:
+        if name.startswith("batch_"):
+            row[f"best_one_over_{name}"] = best_one / row[f"{name}_ms"]
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lengths", type=int, nargs="+", default=[16384, 32768], help="batch-1 prompt lengths")
+    parser.add_argument("--batch", type=int, nargs="+", default=[16384, 12288, 8192, 4096], help="the mixed batch")
+    parser.add_argument("--check-length", type=int, default=4096, help="tokens of the part-1 prompt")
+    parser.add_argument("--ratio", type=float, default=0.9)
+    parser.add_argument("--methods", nargs="+", default=["dash", "fastv", "dart"])
+    parser.add_argument("--kernels", nargs="+", default=list(KERNEL_IMPLEMENTATIONS), choices=tuple(KERNEL_IMPLEMENTATIONS),
+                        help="sdpa first: the ratios are SDPA's time over each other kernel's")
+    parser.add_argument("--skip-timing", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help="tiny model and prompts on the CPU, host clock")
+    add_timing_arguments(parser, warmup=1, repeats=3)
+    args = parser.parse_args()
+
+    began = time.perf_counter()
+    if args.smoke:
+        device, dtype = torch.device("cpu"), torch.float32
+        config = tiny_config("qwen2_vl", tiny_processor("qwen2_vl").tokenizer)
+        args.lengths, args.batch, args.check_length = [SMOKE_LENGTHS[0]], list(SMOKE_LENGTHS), SMOKE_LENGTHS[0]
+    else:
+        device, dtype = torch.device("cuda"), torch.bfloat16
+        config = full_size_config("qwen2_vl")
+    model = random_model(config, dtype=dtype, device=device)
+    hidden_size = model.model.language_model.config.hidden_size
+    settings = [("HF", "none", 0.0), ("engine ρ=0", "dash", 0.0)] + [
+        (f"{method} ρ={args.ratio}", method, args.ratio) for method in args.methods
+    ]
+    generator = torch.Generator(device=device).manual_seed(1)
+    input_ids = torch.randint(1000, 20000, (1, args.check_length), device=device, generator=generator)
+    mixed = Prompts(args.batch, hidden_size, device, dtype)
+
+    rows = check_rows(model, settings, Prompts([args.check_length], hidden_size, device, dtype), mixed, input_ids, device)
+    print_table(rows, {
+        "check": "{setting}", "rel err": "{rel_err:.1e}", "max abs": "{max_abs:.2e}", "kept agree": "{kept_agree:.4f}",
+        "decode agree (16 steps)": "{decode_agree:.3f}", "error": "{error}",
+    })
+    if not args.skip_timing:
+        for length in args.lengths:
+            single = Prompts([length], hidden_size, device, dtype)
+            timed = [
+                guarded_row(label, lambda: dict(T=length, **timing_row(model, method, ratio, lambda _: [single.alone(0)], args, device)), device, KERNEL_ERRORS)
+                for label, method, ratio in settings
+            ]
+            print_table(timed, {
+                "setting": "{setting}", "T": "{T}", "SDPA ms": "{sdpa_ms:.1f}", "Flex ms": "{flex_ms:.1f}", "FA4 ms": "{fa4_ms:.1f}",
+                "FA4 packed ms": "{fa4_packed_ms:.1f}", "SDPA/Flex": "{sdpa_over_flex:.2f}", "SDPA/FA4": "{sdpa_over_fa4:.2f}",
+                "SDPA/FA4 packed": "{sdpa_over_fa4_packed:.2f}", "error": "{error}",
+            })
+            rows += timed
+        batched = [guarded_row(label, lambda: mixed_batch_row(model, method, ratio, mixed, args, device), device, KERNEL_ERRORS)
+                   for label, method, ratio in settings]
+        print_table(batched, {
+            "setting": "{setting}", "batch SDPA ms": "{batch_sdpa_ms:.1f}", "packed Flex ms": "{batch_flex_ms:.1f}",
+            "batch FA4 ms": "{batch_fa4_ms:.1f}", "packed FA4 ms": "{batch_fa4_packed_ms:.1f}", "one by one SDPA ms": "{one_sdpa_ms:.1f}", "one by one FA4 ms": "{one_fa4_ms:.1f}",
+            "best one / Flex": "{best_one_over_batch_flex:.2f}", "best one / FA4 batch": "{best_one_over_batch_fa4:.2f}",
+            "best one / FA4 packed": "{best_one_over_batch_fa4_packed:.2f}",
+            "error": "{error}",
+        })
+        rows += batched
+    report_run(
+        rows, args.out, model="Qwen2-VL-7B language tower shapes, random bf16" if not args.smoke else "tiny",
+        command=" ".join(sys.argv), lengths=args.lengths, batch=args.batch, check_length=args.check_length,
+        ratio=args.ratio, methods=args.methods, kernels=args.kernels, warmup=args.warmup, repeats=args.repeats,
+        flash_attn_4=_version("flash-attn-4"), cutlass_dsl=_version("nvidia-cutlass-dsl-libs-cu13"),
+        seconds=round(time.perf_counter() - began, 1),
+    )
+
+
+def _version(distribution: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+if __name__ == "__main__":
+    main()
