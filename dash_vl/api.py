@@ -178,7 +178,8 @@ def load(
             ``scope``, ``question``, ``packing``), see :class:`dash_vl.HaltingConfig`.
         device: ``device_map`` for ``from_pretrained`` (``"cuda"``, ``"auto"``, ...); default CPU.
         dtype: weights' dtype (``"auto"`` keeps the checkpoint's).
-        attn_implementation: ``"sdpa"`` (default), ``"eager"`` or ``"flash_attention_2"``.
+        attn_implementation: ``"sdpa"`` (default), ``"eager"``, ``"flash_attention_2"`` or ``"flash_attention_4"``
+            (the `flash` extra; verified on an H200, docs/packed.md).
 
     Raises:
         TypeError: if the checkpoint's family has no adapter.
