@@ -76,7 +76,7 @@ def prefill(model, method: str, ratio: float, label: str, calls: list[dict]) -> 
     def run() -> list:
         with kernel(model, label), halted(model, method, ratio, label) as halting, torch.no_grad():
             states = [language_model(**call, use_cache=True).last_hidden_state[:, -1] for call in calls]
-        run.kept = None if halting is None else [report.kept_positions for report in halting.reports]
+        run.kept = None if halting is None else prompt_positions(halting.reports, calls)
         return states
 
     return run
@@ -91,15 +91,23 @@ def greedy_tokens(model, method: str, ratio: float, label: str, input_ids: torch
     return output[:, input_ids.shape[1] :]
 
 
-def kept_agreement(candidate: list | None, reference: list | None) -> float:
-    """Share of the reference's kept positions the candidate also kept (1.0 where neither halts)."""
+def prompt_positions(reports: list, calls: list[dict]) -> list[set[int]]:
+    """Every sample's kept positions, counted from its first prompt token (the reports count them in
+    the left-padded layout of their call), samples of all calls in order."""
+    kept = []
+    for report, call in zip(reports, calls, strict=True):
+        width = call["inputs_embeds"].shape[1]
+        for tokens, positions in zip(report.prompt_tokens, report.kept_positions, strict=True):
+            kept.append({position - (width - tokens) for position in positions})
+    return kept
+
+
+def kept_agreement(candidate: list[set[int]] | None, reference: list[set[int]] | None) -> float:
+    """Share of the reference's kept positions the candidate also kept, over all samples (1.0 where neither halts)."""
     if candidate is None or reference is None:
         return 1.0
-    shared = total = 0
-    for got_samples, expected_samples in zip(candidate, reference):
-        for got, expected in zip(got_samples, expected_samples):
-            shared, total = shared + len(set(got) & set(expected)), total + len(expected)
-    return shared / max(total, 1)
+    shared = sum(len(got & expected) for got, expected in zip(candidate, reference, strict=True))
+    return shared / max(sum(len(expected) for expected in reference), 1)
 
 
 def check_rows(model, settings, single: Prompts, mixed: Prompts, input_ids: torch.Tensor, device) -> list[dict]:
@@ -194,7 +202,8 @@ def main() -> None:
         (f"{method} ρ={args.ratio}", method, args.ratio) for method in args.methods
     ]
     generator = torch.Generator(device=device).manual_seed(1)
-    input_ids = torch.randint(1000, 20000, (1, args.check_length), device=device, generator=generator)
+    vocab = model.model.language_model.config.vocab_size
+    input_ids = torch.randint(min(1000, vocab // 2), min(20000, vocab), (1, args.check_length), device=device, generator=generator)
     mixed = Prompts(args.batch, hidden_size, device, dtype)
 
     rows = check_rows(model, settings, Prompts([args.check_length], hidden_size, device, dtype), mixed, input_ids, device)
