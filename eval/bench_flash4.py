@@ -40,9 +40,8 @@ from contextlib import contextmanager, nullcontext
 import torch
 
 from bench_generate import halting_for
-from bench_packed import Prompts, guarded_row, measure_modes, relative_error
+from bench_packed import SMOKE_LENGTHS, Prompts, guarded_row, measure_modes, qwen2_vl_model, relative_error
 from dash_vl import hf_compat
-from dash_vl.random_models import full_size_config, random_model, tiny_config, tiny_processor
 from gpu_timing import add_timing_arguments, print_table, report_run
 
 KERNEL_IMPLEMENTATIONS = {"sdpa": "sdpa", "flex": "sdpa", "fa4": "flash_attention_4", "fa4_packed": "flash_attention_4"}
@@ -50,7 +49,6 @@ KERNEL_IMPLEMENTATIONS = {"sdpa": "sdpa", "flex": "sdpa", "fa4": "flash_attentio
 PACKED_KERNELS = ("flex", "fa4_packed")
 """Kernels of the engine's packed path (``packing="always"``): the unmodified model has none."""
 
-SMOKE_LENGTHS = (48, 36, 24, 12)
 DECODE_STEPS = 16
 KERNEL_ERRORS = (Exception,)
 """What a row survives: a kernel package that does not import or a JIT compile that fails, whatever its error type."""
@@ -190,13 +188,8 @@ def main() -> None:
 
     began = time.perf_counter()
     if args.smoke:
-        device, dtype = torch.device("cpu"), torch.float32
-        config = tiny_config("qwen2_vl", tiny_processor("qwen2_vl").tokenizer)
         args.lengths, args.batch, args.check_length = [SMOKE_LENGTHS[0]], list(SMOKE_LENGTHS), SMOKE_LENGTHS[0]
-    else:
-        device, dtype = torch.device("cuda"), torch.bfloat16
-        config = full_size_config("qwen2_vl")
-    model = random_model(config, dtype=dtype, device=device)
+    model, device, dtype = qwen2_vl_model(args.smoke)
     hidden_size = model.model.language_model.config.hidden_size
     settings = [("HF", "none", 0.0), ("engine ρ=0", "dash", 0.0)] + [
         (f"{method} ρ={args.ratio}", method, args.ratio) for method in args.methods

@@ -164,6 +164,17 @@ def single_prompt_row(model, prompts: Prompts, method: str, ratio: float, args, 
     return row
 
 
+def qwen2_vl_model(smoke: bool) -> tuple[torch.nn.Module, torch.device, torch.dtype]:
+    """Qwen2-VL with random weights: Qwen2-VL-7B shapes in bf16 on the GPU, or a tiny float32 one on the CPU (``smoke``)."""
+    if smoke:
+        device, dtype = torch.device("cpu"), torch.float32
+        config = tiny_config("qwen2_vl", tiny_processor("qwen2_vl").tokenizer)
+    else:
+        device, dtype = torch.device("cuda"), torch.bfloat16
+        config = full_size_config("qwen2_vl")
+    return random_model(config, dtype=dtype, device=device), device, dtype
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", type=int, nargs="+", default=[16384, 12288, 8192, 4096], help="the mixed batch")
@@ -176,13 +187,8 @@ def main() -> None:
 
     began = time.perf_counter()
     if args.smoke:
-        device, dtype = torch.device("cpu"), torch.float32
-        config = tiny_config("qwen2_vl", tiny_processor("qwen2_vl").tokenizer)
         args.lengths, args.single = list(SMOKE_LENGTHS), SMOKE_LENGTHS[0]
-    else:
-        device, dtype = torch.device("cuda"), torch.bfloat16
-        config = full_size_config("qwen2_vl")
-    model = random_model(config, dtype=dtype, device=device)
+    model, device, dtype = qwen2_vl_model(args.smoke)
     hidden_size = model.model.language_model.config.hidden_size
 
     mixed = Prompts(args.lengths, hidden_size, device, dtype)
