@@ -100,6 +100,12 @@ class ModelAdapter:
         window = self.sliding_window
         return tuple(window if kind == "sliding_attention" else None for kind in self.layer_types)
 
+    def window_shorter_than(self, seq_len: int) -> int | None:
+        """The sliding window of a layer that would mask part of a ``seq_len``-token prompt (a window
+        shorter than the prompt), or ``None`` where every layer attends over the whole prompt."""
+        windows = [window for window in self.layer_windows if window is not None and window < seq_len]
+        return min(windows, default=None)
+
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """``(batch, T)`` token ids to ``(batch, T, hidden)`` embeddings."""
         return self.text_model.embed_tokens(input_ids)

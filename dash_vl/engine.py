@@ -483,8 +483,8 @@ class HaltingEngine:
         mode = self.config.packing
         if mode == "off" or (mode == "ragged" and min(valid_counts) == seq_len):
             return False
-        window = self.adapter.sliding_window
-        if window is not None and window < seq_len and "sliding_attention" in self.adapter.layer_types:
+        window = self.adapter.window_shorter_than(seq_len)
+        if window is not None:
             raise ValueError(
                 f"packed prefill cannot apply a sliding window ({window}) shorter than the prompt ({seq_len} tokens); "
                 "use packing='off'"

@@ -67,7 +67,7 @@ class LayerInputs:
         self.windows = adapter.layer_windows
         """Per layer, its sliding window in positions (``None``: full attention)."""
         self._rotary: dict[str, RotaryEmbeddings] = {}
-        self._masks: dict[tuple[bool, int], torch.Tensor | None] = {}
+        self._masks: dict[tuple[int | None, int], torch.Tensor | None] = {}
 
     def over(self, layout: KeyLayout) -> LayerInputs:
         """The same queries over another key layout, sharing the rotary embeddings already built."""
@@ -94,7 +94,8 @@ class LayerInputs:
         """The mask of a layer with sliding window ``window`` (``None``: full attention) over the last
         ``key_length`` slots; a window of at least the span masks as full attention does."""
         windowed = window is not None and window < self.layout.span
-        if (windowed, key_length) not in self._masks:
+        key = (window if windowed else None, key_length)
+        if key not in self._masks:
             implementation, query_length = self.adapter.attn_implementation, self.hidden.shape[1]
             valid = self.layout.valid[:, -key_length:]
             if windowed:
@@ -103,5 +104,5 @@ class LayerInputs:
                 )
             else:
                 mask = causal_mask(implementation, valid, query_length, self.hidden.dtype, all_valid=self.layout.all_valid)
-            self._masks[windowed, key_length] = mask
-        return self._masks[windowed, key_length]
+            self._masks[key] = mask
+        return self._masks[key]

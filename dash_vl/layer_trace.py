@@ -98,8 +98,8 @@ class LayerTracer:
 
 def check_window(adapter: ModelAdapter, seq_len: int) -> None:
     """Refuse a prompt longer than a sliding-window layer's window (the received attention assumes full causal attention)."""
-    window = adapter.sliding_window
-    if window is not None and seq_len > window and "sliding_attention" in adapter.layer_types:
+    window = adapter.window_shorter_than(seq_len)
+    if window is not None:
         raise ValueError(f"the prompt ({seq_len} tokens) is longer than the sliding window ({window}) of a layer")
 
 
