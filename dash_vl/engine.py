@@ -21,8 +21,9 @@ No attention matrix is built, so any SDPA / FlashAttention kernel runs unchanged
 Packed prefill (``config.packing``, :mod:`dash_vl.packing`): the layers before and after ``l_s``
 (and the attention of ``l_s`` over all ``T``) see only the batch's valid tokens, laid end to end
 in one sequence with causal attention within each prompt (FlexAttention, :mod:`dash_vl.flex`, or
-the model's FlashAttention varlen kernel), rotary ids kept per token. The halting decision, the KV cache (written in the left-padded
-layouts above) and the returned states stay padded, so decoding is the same in either mode.
+the model's FlashAttention varlen kernel), rotary ids kept per token. The halting decision, the KV
+cache (written in the left-padded layouts above) and the returned states stay padded, so decoding
+is the same in either mode.
 
 Each layer gets the mask and rotary embeddings of its kind (``config.layer_types``,
 :mod:`dash_vl.layer_inputs`): a sliding-window layer's window is measured in the sequence
