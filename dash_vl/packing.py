@@ -90,10 +90,9 @@ class Packing:
     """
 
     def __init__(self, valid: torch.Tensor, total: int) -> None:
+        self.valid = valid
         self.batch_size, self.width = valid.shape
         self.total = total
-        self.sample_lengths = valid.sum(dim=1, dtype=torch.int32)
-        """``(batch,)`` int32: tokens of each sample in the sequence."""
         self.index = torch.nonzero_static(valid.flatten(), size=total).squeeze(1)
         """``(N,)`` long: the flat ``batch * S`` slot of every packed token."""
 
@@ -123,7 +122,8 @@ class Packing:
         """HF's FlashAttention keywords for the sequence: the samples' cumulative lengths ``(batch + 1,)``
         int32 and, as the longest length, the padded width ``S`` (an upper bound the host knows without
         waiting for the GPU; the kernel only sizes its grid by it)."""
-        cumulative = torch.nn.functional.pad(self.sample_lengths.cumsum(0, dtype=torch.int32), (1, 0))
+        sample_lengths = self.valid.sum(dim=1, dtype=torch.int32)
+        cumulative = torch.nn.functional.pad(sample_lengths.cumsum(0, dtype=torch.int32), (1, 0))
         return dict(cu_seq_lens_q=cumulative, cu_seq_lens_k=cumulative, max_length_q=self.width, max_length_k=self.width)
 
     def inputs(self, adapter: ModelAdapter, states: torch.Tensor, rope_ids: torch.Tensor) -> LayerInputs:
