@@ -74,10 +74,16 @@ def prefill(model, method: str, ratio: float, label: str, calls: list[dict]) -> 
     def run() -> list:
         with kernel(model, label), halted(model, method, ratio, label) as halting, torch.no_grad():
             states = [language_model(**call, use_cache=True).last_hidden_state[:, -1] for call in calls]
-        run.kept = None if halting is None else prompt_positions(halting.reports, calls)
+        run.halting = halting  # its reports are built when read, outside the timed run
         return states
 
+    run.calls = calls
     return run
+
+
+def kept_of(run) -> list[set[int]] | None:
+    """The kept positions of ``run``'s last call (:func:`prompt_positions`), ``None`` unmodified."""
+    return None if run.halting is None else prompt_positions(run.halting.reports, run.calls)
 
 
 def greedy_tokens(model, method: str, ratio: float, label: str, input_ids: torch.Tensor) -> torch.Tensor:
@@ -117,7 +123,7 @@ def check_rows(model, settings, single: Prompts, mixed: Prompts, input_ids: torc
             got, expected = got_run(), expected_run()
             row = dict(
                 rel_err=relative_error(got, expected), max_abs=float((torch.cat(got) - torch.cat(expected)).abs().max()),
-                kept_agree=kept_agreement(got_run.kept, expected_run.kept),
+                kept_agree=kept_agreement(kept_of(got_run), kept_of(expected_run)),
             )
             if decode:
                 tokens = [greedy_tokens(model, *side[:3], input_ids) for side in (candidate, reference)]
