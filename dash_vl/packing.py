@@ -7,8 +7,9 @@ left-padded layout HF uses. A layout says how the decoder layers see those token
 * :class:`Packing`: only the valid slots, sample after sample, as one sequence ``(1, N)``
   attended document-causally, so no FLOP is spent on padding: through FlexAttention
   (:mod:`dash_vl.flex`), or, where the model runs a FlashAttention implementation, through that
-  kernel's varlen function (HF's flash path given cumulative sequence lengths). The layers' KV cache is written back in the padded layout (:class:`PackedCache`),
-  which is what decoding after the prefill reads.
+  kernel's varlen function (HF's flash path given cumulative sequence lengths). The layers' KV
+  cache is written back in the padded layout (:class:`PackedCache`), which is what decoding after
+  the prefill reads.
 
 Both have the same methods, so the engine's prefill is written once for either.
 """
