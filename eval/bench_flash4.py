@@ -18,6 +18,9 @@ ratio 0 under FA4 against the unmodified model under FA4 (the same kernel: they 
 last bit or to rounding); each method under FA4 against the same method under SDPA (the kept set and
 the last-token states); a left-padded mixed batch under FA4 against its prompts one by one under FA4,
 and the same batch packed under FA4 against it padded; and, for the batch-1 checks, 16 greedy decode steps after the prefill against the reference's.
+VisionZip, which selects inside the vision tower, is checked on the whole model with one image of
+about ``--check-length`` tokens: FA4 in the language tower alone, and in both towers, against SDPA
+(kept visual tokens, last-token logits, 16 greedy decode steps).
 
 Part 2, timings: batch 1 at ``--lengths`` tokens, each setting's kernels taking turns (medians of
 ``--repeats`` CUDA-event timings after ``--warmup``); and the mixed batch (``--batch``), padded under
@@ -35,13 +38,14 @@ import argparse
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 
 import torch
 
 from bench_generate import halting_for
 from bench_packed import SMOKE_LENGTHS, Prompts, guarded_row, measure_modes, qwen2_vl_model, relative_error
-from dash_vl import hf_compat
+from dash_vl import Halting, hf_compat
+from dash_vl.random_models import long_prompt
 from gpu_timing import add_timing_arguments, print_table, report_run
 
 KERNEL_IMPLEMENTATIONS = {"sdpa": "sdpa", "flex": "sdpa", "fa4": "flash_attention_4", "fa4_packed": "flash_attention_4"}
@@ -100,7 +104,7 @@ def prompt_positions(reports: list, calls: list[dict]) -> list[set[int]]:
     the left-padded layout of their call), samples of all calls in order."""
     kept = []
     for report, call in zip(reports, calls, strict=True):
-        width = call["inputs_embeds"].shape[1]
+        width = (call["inputs_embeds"] if "inputs_embeds" in call else call["input_ids"]).shape[1]
         for tokens, positions in zip(report.prompt_tokens, report.kept_positions, strict=True):
             kept.append({position - (width - tokens) for position in positions})
     return kept
@@ -153,6 +157,49 @@ def check_rows(model, settings, single: Prompts, mixed: Prompts, input_ids: torc
     return rows
 
 
+def visionzip_rows(model, ratio: float, length: int, device, dtype) -> list[dict]:
+    """VisionZip at ``ratio`` on the whole model, one image of about ``length`` tokens: FA4 in the
+    language tower (``"lm"``) or in both towers (``"both"``) against SDPA in both."""
+    inputs = long_prompt("qwen2_vl", model.config, length, device, dtype)
+
+    def side(label: str, towers: str) -> tuple[Callable[[], list], Callable[[], torch.Tensor]]:
+        configs = [model.model.language_model.config] + ([model.model.visual.config] if towers == "both" else [])
+
+        def within(body: Callable[[Halting], object]):
+            with ExitStack() as stack, torch.no_grad():
+                for config in configs:
+                    stack.enter_context(hf_compat.attention_implementation(config, KERNEL_IMPLEMENTATIONS[label]))
+                halting = stack.enter_context(Halting(model, method="visionzip", ratio=ratio))
+                return halting, body(halting)
+
+        def run() -> list:
+            run.halting, logits = within(lambda _: model(**inputs).logits[:, -1].float())
+            return [logits]
+
+        def decode() -> torch.Tensor:
+            _, output = within(lambda _: model.generate(
+                **inputs, max_new_tokens=DECODE_STEPS, min_new_tokens=DECODE_STEPS, do_sample=False
+            ))
+            return output[:, inputs["input_ids"].shape[1] :]
+
+        run.calls = [inputs]
+        return run, decode
+
+    def compare(towers: str) -> dict:
+        (got_run, got_decode), (expected_run, expected_decode) = side("fa4", towers), side("sdpa", "both")
+        got, expected = got_run(), expected_run()
+        return dict(
+            rel_err=relative_error(got, expected), max_abs=float((got[0] - expected[0]).abs().max()),
+            kept_agree=kept_agreement(kept_of(got_run), kept_of(expected_run)),
+            decode_agree=float((got_decode() == expected_decode()).float().mean()),
+        )
+
+    return [
+        guarded_row(f"visionzip ρ={ratio}: FA4 ({towers}) vs SDPA, image", lambda towers=towers: compare(towers), device, KERNEL_ERRORS)
+        for towers in ("lm", "both")
+    ]
+
+
 def timing_row(model, method: str, ratio: float, calls_of: Callable[[str], list[dict]], args, device) -> dict:
     """Median ms of the setting under every kernel (Flex not for the unmodified model), and SDPA's over each."""
     labels = [label for label in args.kernels if not (label in PACKED_KERNELS and method == "none")]
@@ -188,6 +235,7 @@ def main() -> None:
     parser.add_argument("--kernels", nargs="+", default=list(KERNEL_IMPLEMENTATIONS), choices=tuple(KERNEL_IMPLEMENTATIONS),
                         help="sdpa first: the ratios are SDPA's time over each other kernel's")
     parser.add_argument("--skip-timing", action="store_true")
+    parser.add_argument("--visionzip", action="store_true", help="also check VisionZip under FA4 on the whole model")
     parser.add_argument("--smoke", action="store_true", help="tiny model and prompts on the CPU, host clock")
     add_timing_arguments(parser, warmup=1, repeats=3)
     args = parser.parse_args()
@@ -206,6 +254,8 @@ def main() -> None:
     mixed = Prompts(args.batch, hidden_size, device, dtype)
 
     rows = check_rows(model, settings, Prompts([args.check_length], hidden_size, device, dtype), mixed, input_ids, device)
+    if args.visionzip:
+        rows += visionzip_rows(model, args.ratio, args.check_length, device, dtype)
     print_table(rows, {
         "check": "{setting}", "rel err": "{rel_err:.1e}", "max abs": "{max_abs:.2e}", "kept agree": "{kept_agree:.4f}",
         "decode agree (16 steps)": "{decode_agree:.3f}", "error": "{error}",

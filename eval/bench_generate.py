@@ -3,8 +3,11 @@
 Qwen2-VL-7B shapes, random bf16 weights (speed does not depend on weight values), SDPA, on a GPU.
 The prompt is ``--batch`` random text prompts of ``T`` tokens each (the language tower's work;
 the ViT does not run), or with ``--image`` one prompt of one image of about ``T`` visual tokens
-(the whole model, its ViT included). For every ``T``, the unmodified model and every method at
-every ratio run ``model.generate`` greedily with ``min_new_tokens = max_new_tokens = N``:
+(the whole model, its ViT included), or with ``--mixed`` one left-padded batch of random text
+prompts of those lengths (halted settings then pack it: ``--packing``). For every ``T``, under every
+``--kernels`` attention implementation of the language tower (``sdpa``, ``flash_attention_4``, ...),
+the unmodified model and every method at every ratio run ``model.generate`` greedily with
+``min_new_tokens = max_new_tokens = N``:
 
 * a logits processor records a CUDA event as each new token's logits are ready, so one call gives
   the time to the first token (TTFT: prefill and the first token), every decode step, and the
@@ -15,10 +18,14 @@ every ratio run ``model.generate`` greedily with ``min_new_tokens = max_new_toke
 * the crossover is the answer length past which a method's end-to-end time exceeds the
   unmodified model's (``never`` when its decode steps are not slower);
 * ``dash`` at ρ = 0 is the engine halting nothing: the unmodified model's work, with the engine's
-  decode kernels (``dash_vl.decode_kernels``), so the table shows what kernel choice alone buys.
+  decode kernels (``dash_vl.decode_kernels``), so the table shows what kernel choice alone buys;
+* every ratio (×) is the unmodified model's time under the same kernel over the setting's; the
+  ``vs first`` column compares with the unmodified model under the first kernel.
 
     python eval/bench_generate.py --lengths 4096 16384 32768 --batch 1 --out eval/results/generate_qwen2vl7b_b1.json
     python eval/bench_generate.py --profile 32768 --methods dash --ratios 0.9   # where a decode step's time goes
+    python eval/bench_generate.py --kernels sdpa flash_attention_4 --lengths 16384 --ratios 0.9 \
+        --mixed 16384 12288 8192 4096 --out eval/results/generate_flash4_qwen2vl7b.json
 """
 
 from __future__ import annotations
@@ -29,12 +36,13 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable
+from contextlib import nullcontext
 
 import torch
 import transformers
 from torch.profiler import ProfilerActivity, profile
 
-from dash_vl import Halting
+from dash_vl import Halting, hf_compat
 from dash_vl.random_models import full_size_config, long_prompt, random_model
 from gpu_timing import add_timing_arguments, print_table, report_run
 
@@ -67,9 +75,16 @@ def timed_generate(model, inputs: dict, new_tokens: int) -> list[float]:
     return [start.elapsed_time(event) for event in clock.events]
 
 
-def settings_of(methods: list[str], ratios: list[float]) -> list[tuple[str, float]]:
-    """The unmodified model, the engine halting nothing (its decode kernels alone), then every method at every ratio."""
-    return [("none", 0.0), ("dash", 0.0)] + [(method, ratio) for method in methods for ratio in ratios]
+Setting = tuple[str, str, float]
+"""``(attention implementation, method, ratio)``; method ``"none"`` is the unmodified model."""
+
+
+def settings_of(methods: list[str], ratios: list[float], kernels: list[str]) -> list[Setting]:
+    """Per kernel: the unmodified model, the engine halting nothing (its decode kernels alone), then every method at every ratio."""
+    return [
+        (kernel, method, ratio) for kernel in kernels
+        for method, ratio in [("none", 0.0), ("dash", 0.0)] + [(method, ratio) for method in methods for ratio in ratios]
+    ]
 
 
 def halting_for(model, method: str, ratio: float, **knobs) -> Halting | None:
@@ -80,23 +95,23 @@ def halting_for(model, method: str, ratio: float, **knobs) -> Halting | None:
     return Halting(model, method=method, ratio=ratio, scope="all", **knobs)
 
 
-def run_setting(model, method: str, ratio: float, run: Callable[[], list[float]]) -> list[float]:
-    halting = halting_for(model, method, ratio)
-    if halting is None:
-        return run()
-    with halting:
+def run_setting(model, setting: Setting, run: Callable[[], list[float]], packing: str = "off") -> list[float]:
+    """``run()`` with the language tower under the setting's kernel and halting (``packing`` for a halted batch)."""
+    kernel, method, ratio = setting
+    halting = halting_for(model, method, ratio, packing=packing)
+    with hf_compat.attention_implementation(model.model.language_model.config, kernel), halting or nullcontext():
         return run()
 
 
-def measure(model, inputs: dict, settings: list[tuple[str, float]], new_tokens: int, warmup: int, repeats: int) -> dict:
+def measure(model, inputs: dict, settings: list[Setting], new_tokens: int, args) -> dict:
     """Per setting: every repeat's token times (ms), the settings taking turns."""
-    for method, ratio in settings:
-        for _ in range(warmup):
-            run_setting(model, method, ratio, lambda: timed_generate(model, inputs, min(new_tokens, 8)))
-    times: dict[tuple[str, float], list[list[float]]] = {setting: [] for setting in settings}
-    for repeat in range(repeats):
+    for setting in settings:
+        for _ in range(args.warmup):
+            run_setting(model, setting, lambda: timed_generate(model, inputs, min(new_tokens, 8)), args.packing)
+    times: dict[Setting, list[list[float]]] = {setting: [] for setting in settings}
+    for repeat in range(args.repeats):
         for setting in settings if repeat % 2 == 0 else reversed(settings):
-            times[setting].append(run_setting(model, *setting, lambda: timed_generate(model, inputs, new_tokens)))
+            times[setting].append(run_setting(model, setting, lambda: timed_generate(model, inputs, new_tokens), args.packing))
     return times
 
 
@@ -139,11 +154,12 @@ class DecodeProfiler(transformers.LogitsProcessor):
         torch.cuda.set_sync_debug_mode("default")
 
 
-def profile_decode(model, inputs: dict, settings: list[tuple[str, float]], steps: int) -> None:
+def profile_decode(model, inputs: dict, settings: list[Setting], steps: int) -> None:
     """Per setting, over ``steps`` decode steps: host ms per step, host waits per step, and the
     operators with the most self CUDA time per step (calls, CUDA and CPU µs)."""
-    for method, ratio in settings:
-        run_setting(model, method, ratio, lambda: timed_generate(model, inputs, 4))
+    for setting in settings:
+        kernel, method, ratio = setting
+        run_setting(model, setting, lambda: timed_generate(model, inputs, 4))
         recorder = DecodeProfiler()
 
         def run() -> None:
@@ -155,12 +171,12 @@ def profile_decode(model, inputs: dict, settings: list[tuple[str, float]], steps
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            run_setting(model, method, ratio, run)
+            run_setting(model, setting, run)
         host_ms = 1000 * (recorder.host_s[-1] - recorder.host_s[0]) / steps
         waits = sum("synchronizing" in str(warning.message) for warning in caught)
         events = recorder.profiler.key_averages()
         cuda_us = sum(event.self_device_time_total for event in events) / steps
-        print(f"\n## {method} ρ={ratio}: {host_ms:.2f} ms a decode step under the profiler (host clock), "
+        print(f"\n## {kernel}, {method} ρ={ratio}: {host_ms:.2f} ms a decode step under the profiler (host clock), "
               f"{cuda_us / 1000:.2f} ms of kernels, {waits / steps:.1f} host waits a step")
         print("| op | calls/step | self CUDA µs/step | self CPU µs/step |\n|---|---|---|---|")
         for event in sorted(events, key=lambda event: -event.self_device_time_total)[:14]:
@@ -176,6 +192,15 @@ def prompt_of(model, length: int, batch: int, image: bool, device: torch.device)
     return dict(input_ids=ids, attention_mask=torch.ones_like(ids))
 
 
+def mixed_prompt(lengths: list[int], device: torch.device) -> dict:
+    """One left-padded batch of random text prompts of ``lengths`` tokens: ``input_ids`` and ``attention_mask`` ``(batch, max(lengths))``."""
+    width = max(lengths)
+    generator = torch.Generator(device=device).manual_seed(width)
+    ids = torch.randint(1000, 100000, (len(lengths), width), device=device, generator=generator)
+    mask = (torch.arange(width, device=device) >= width - torch.tensor(lengths, device=device)[:, None]).long()
+    return dict(input_ids=ids * mask, attention_mask=mask)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", type=int, nargs="+", default=[4096, 16384, 32768])
@@ -183,6 +208,10 @@ def main() -> None:
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.667, 0.9, 0.99])
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--image", action="store_true", help="one image prompt through the whole model (batch 1)")
+    parser.add_argument("--mixed", type=int, nargs="+", default=None, metavar="T",
+                        help="after --lengths, also one left-padded batch of text prompts of these lengths")
+    parser.add_argument("--packing", default="ragged", help="HaltingConfig.packing of the halted settings")
+    parser.add_argument("--kernels", nargs="+", default=["sdpa"], help="the language tower's attention implementations")
     parser.add_argument("--new-tokens", type=int, default=max(ANSWER_LENGTHS))
     parser.add_argument("--profile", type=int, default=None, metavar="T", help="profile decode steps at this T instead")
     add_timing_arguments(parser, warmup=1, repeats=2)
@@ -193,42 +222,57 @@ def main() -> None:
     device = torch.device("cuda")
     model = random_model(full_size_config("qwen2_vl"), dtype=torch.bfloat16, device=device)
     model.generation_config.eos_token_id = None
-    settings = settings_of(args.methods, args.ratios)
+    settings = settings_of(args.methods, args.ratios, args.kernels)
     if args.profile is not None:
         with torch.no_grad():
             profile_decode(model, prompt_of(model, args.profile, args.batch, args.image, device), settings, steps=16)
         return
     answer_lengths = tuple(length for length in ANSWER_LENGTHS if length <= args.new_tokens)
+    prompts = [(str(length), lambda length=length: prompt_of(model, length, args.batch, args.image, device)) for length in args.lengths]
+    if args.mixed:
+        prompts.append(("+".join(map(str, args.mixed)), lambda: mixed_prompt(args.mixed, device)))
     rows = []
     with torch.no_grad():
-        for length in args.lengths:
-            inputs = prompt_of(model, length, args.batch, args.image, device)
-            times = measure(model, inputs, settings, args.new_tokens, args.warmup, args.repeats)
-            full = summary_row(times[("none", 0.0)], answer_lengths)
-            for (method, ratio), token_times in times.items():
-                row = dict(T=length, batch=args.batch, method=method, ratio=ratio, **summary_row(token_times, answer_lengths))
-                row["ttft_speedup"] = full["ttft_ms"] / row["ttft_ms"]
-                row["decode_ratio"] = row["decode_ms"] / full["decode_ms"]
-                for answer in answer_lengths:
-                    row[f"e2e_{answer}_speedup"] = full[f"e2e_{answer}_ms"] / row[f"e2e_{answer}_ms"]
-                point = crossover(row, full)
-                row["crossover_tokens"] = None if point is None else round(point)
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+        for lengths, make_inputs in prompts:
+            inputs = make_inputs()
+            times = measure(model, inputs, settings, args.new_tokens, args)
+            rows += summary_rows(times, lengths, inputs["input_ids"].shape[0], answer_lengths)
             del inputs
             torch.cuda.empty_cache()
 
-    columns = {"T": "{T}", "B": "{batch}", "method": "{method}", "ρ": "{ratio}", "TTFT ms": "{ttft_ms:.0f}",
+    columns = {"T": "{T}", "B": "{batch}", "kernel": "{kernel}", "method": "{method}", "ρ": "{ratio}", "TTFT ms": "{ttft_ms:.0f}",
                "TTFT ×": "{ttft_speedup:.2f}", "ms/token": "{decode_ms:.2f}", "decode vs full": "{decode_ratio:.3f}"}
     for answer in answer_lengths:
         columns[f"{answer} tok ms"] = f"{{e2e_{answer}_ms:.0f}}"
         columns[f"{answer} tok ×"] = f"{{e2e_{answer}_speedup:.2f}}"
+    columns[f"{answer_lengths[-1]} tok × vs first"] = f"{{e2e_{answer_lengths[-1]}_vs_first:.2f}}"
     columns["crossover"] = "{crossover_tokens}"
     print_table([dict(row, crossover_tokens=row["crossover_tokens"] or "never") for row in rows], columns)
     report_run(
-        rows, args.out, model="Qwen2-VL-7B shapes, random bf16", attention="sdpa", batch=args.batch, image=args.image,
-        new_tokens=args.new_tokens, warmup=args.warmup, repeats=args.repeats,
+        rows, args.out, model="Qwen2-VL-7B shapes, random bf16", kernels=args.kernels, batch=args.batch, image=args.image,
+        mixed=args.mixed, packing=args.packing, new_tokens=args.new_tokens, warmup=args.warmup, repeats=args.repeats,
     )
+
+
+def summary_rows(times: dict[Setting, list[list[float]]], lengths: str, batch: int, answer_lengths: tuple[int, ...]) -> list[dict]:
+    """One row per setting: its times and its ratios against the unmodified model under the same kernel and under the first."""
+    first_kernel = next(iter(times))[0]
+    full_of = {kernel: summary_row(times[(kernel, "none", 0.0)], answer_lengths) for kernel, method, _ in times if method == "none"}
+    rows = []
+    for (kernel, method, ratio), token_times in times.items():
+        row = dict(T=lengths, batch=batch, kernel=kernel, method=method, ratio=ratio, **summary_row(token_times, answer_lengths))
+        full = full_of[kernel]
+        row["ttft_speedup"] = full["ttft_ms"] / row["ttft_ms"]
+        row["decode_ratio"] = row["decode_ms"] / full["decode_ms"]
+        for answer in answer_lengths:
+            row[f"e2e_{answer}_speedup"] = full[f"e2e_{answer}_ms"] / row[f"e2e_{answer}_ms"]
+        last = answer_lengths[-1]
+        row[f"e2e_{last}_vs_first"] = full_of[first_kernel][f"e2e_{last}_ms"] / row[f"e2e_{last}_ms"]
+        point = crossover(row, full)
+        row["crossover_tokens"] = None if point is None else round(point)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
 
 
 if __name__ == "__main__":

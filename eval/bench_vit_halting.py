@@ -28,6 +28,11 @@ unmodified run come from one measurement.
     python eval/bench_vit_halting.py --family llava_onevision --out eval/results/bench_vit_halting_h200_llava_onevision.json
     python eval/bench_vit_halting.py --family internvl --out eval/results/bench_vit_halting_h200_internvl.json
     python eval/bench_vit_halting.py --smoke [--family F]   # tiny shapes on the CPU: proves the script runs
+    python eval/bench_vit_halting.py --family qwen2_5_vl --profile   # where each run's time goes (one profiled call each)
+
+``--profile`` replaces the timings by one profiled call of every run after the warm-up: its CUDA-event
+time, the sum of its GPU kernels' time, its attention calls (``aten::scaled_dot_product_attention``),
+and its host time between kernels (wall minus kernels: what a Python loop over windows costs).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import sys
 from collections.abc import Callable
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 from dash_vl import Halting, HaltingConfig
 from dash_vl.adapters import adapter_for
@@ -127,6 +133,28 @@ def subset_of_each_frame(
     return keep_per_unit(scores, units, ratio, protected).nonzero().squeeze(1)
 
 
+ATTENTION_OP = "aten::scaled_dot_product_attention"
+
+
+def profiled_ms(runs: dict[str, Callable[[], object]], warmup: int, repeats: int, elapsed_ms=cuda_elapsed_ms) -> dict[str, float]:
+    """Each run once under the profiler after ``warmup`` calls; prints its kernel time, attention calls and
+    host gaps, and returns its CUDA-event ms (the signature of ``cuda_medians_ms``; ``repeats`` unused)."""
+    print("| run | wall ms | GPU kernels ms | idle GPU ms | attention calls | top kernel (ms) |\n|---|---|---|---|---|---|")
+    measured = {}
+    for name, run in runs.items():
+        for _ in range(warmup):
+            run()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as recorder:
+            measured[name] = elapsed_ms(run)
+        events = recorder.key_averages()
+        kernels_ms = sum(event.self_device_time_total for event in events) / 1000
+        attention_calls = sum(event.count for event in events if event.key == ATTENTION_OP)
+        top = max(events, key=lambda event: event.self_device_time_total)
+        print(f"| {name} | {measured[name]:.1f} | {kernels_ms:.1f} | {measured[name] - kernels_ms:.1f} | {attention_calls} | "
+              f"{top.key[:48]} ({top.self_device_time_total / 1000:.1f}) |", flush=True)
+    return measured
+
+
 def displayed(row: dict) -> dict:
     """``row`` with its numbers as the table prints them (fields a row lacks print as ``-``)."""
     formats = dict(ms="{:.1f}", speedup="{:.2f}×", patches_kept="{:.3f}", linear_bound="{:.2f}×")
@@ -142,8 +170,10 @@ def main() -> None:
     parser.add_argument("--vision-start-layer", type=float, default=0.4, help="l_v: a fraction of the depth, or a block index >= 1")
     parser.add_argument("--lm-ratio", type=float, default=0.9, help="ρ of DASH and FastV in the combined rows")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU, host clock")
+    parser.add_argument("--profile", action="store_true", help="one profiled call of each run instead of the timings")
     add_timing_arguments(parser, warmup=1, repeats=5)
     args = parser.parse_args()
+    measure = profiled_ms if args.profile else cuda_medians_ms
     vision_layer = args.vision_start_layer if args.vision_start_layer < 1 else int(args.vision_start_layer)
 
     if args.smoke:
@@ -164,7 +194,7 @@ def main() -> None:
         runs, haltings = {}, {}
         for name, knobs in settings(args.vision_ratios, vision_layer, args.lm_ratio).items():
             runs[name], haltings[name] = model_run(model, inputs, knobs)
-        measured = cuda_medians_ms(runs, args.warmup, args.repeats, elapsed_ms=clock)
+        measured = measure(runs, args.warmup, args.repeats, elapsed_ms=clock)
         for name, halting in haltings.items():
             encoder_halted = halting is not None and halting.encoder_engine is not None
             rows.append(dict(
@@ -187,7 +217,7 @@ def main() -> None:
             subset = subset_of_each_frame(units, vision_ratio, generator, protected)
             encoder_runs[f"ideal {vision_ratio}"] = lambda subset=subset: ideal_encoder(encoder, call_args, call_kwargs, start, subset)
             kept[f"vit {vision_ratio}"] = kept[f"ideal {vision_ratio}"] = subset.numel() / units.numel()
-        measured = cuda_medians_ms(encoder_runs, args.warmup, args.repeats, elapsed_ms=clock)
+        measured = measure(encoder_runs, args.warmup, args.repeats, elapsed_ms=clock)
         for name, milliseconds in measured.items():
             rows.append(dict(
                 part="encoder", setting=name, ms=milliseconds, speedup=measured["none"] / milliseconds,
@@ -203,6 +233,7 @@ def main() -> None:
         prompt_tokens=inputs["input_ids"].shape[1], frames=frames if args.family in VIDEO_PROMPT_FAMILIES else None,
         patches=units.numel(), vision_depth=depth,
         vision_start_layer=start, lm_ratio=args.lm_ratio, warmup=args.warmup, repeats=args.repeats, batch=1,
+        profiled=args.profile,
     )
 
 
