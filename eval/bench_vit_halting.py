@@ -30,7 +30,8 @@ unmodified run come from one measurement.
     python eval/bench_vit_halting.py --smoke [--family F]   # tiny shapes on the CPU: proves the script runs
     python eval/bench_vit_halting.py --family qwen2_5_vl --profile   # where each run's time goes (one profiled call each)
 
-``--profile`` replaces the timings by one profiled call of every run after the warm-up: its CUDA-event
+``--profile`` replaces the timings by one profiled call of the unmodified model and of every encoder
+run after the warm-up: its CUDA-event
 time, the sum of its GPU kernels' time, its attention calls (``aten::scaled_dot_product_attention``),
 and its host time between kernels (wall minus kernels: what a Python loop over windows costs).
 """
@@ -192,7 +193,10 @@ def main() -> None:
     rows = []
     with torch.no_grad():
         runs, haltings = {}, {}
-        for name, knobs in settings(args.vision_ratios, vision_layer, args.lm_ratio).items():
+        model_settings = settings(args.vision_ratios, vision_layer, args.lm_ratio)
+        if args.profile:  # the unmodified model only, beside the encoder's runs
+            model_settings = {"none": model_settings["none"]}
+        for name, knobs in model_settings.items():
             runs[name], haltings[name] = model_run(model, inputs, knobs)
         measured = measure(runs, args.warmup, args.repeats, elapsed_ms=clock)
         for name, halting in haltings.items():
