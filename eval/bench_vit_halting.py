@@ -1,6 +1,6 @@
 """Time to first token of a 7B/8B VLM with encoder-side halting (ViT-DASH), alone and under DASH / FastV (GPU).
 
-Random bf16 weights with a public checkpoint's shapes, SDPA, batch 1. ``--family qwen2_vl``
+Random bf16 weights with a public checkpoint's shapes, SDPA (``--attention`` for another kernel), batch 1. ``--family qwen2_vl``
 (Qwen2-VL-7B-Instruct; ``qwen2_5_vl``: Qwen2.5-VL-7B's) takes one large image: the prompt of
 ``eval/bench_ttft.py`` (64 text tokens, the image's visual tokens, 64 text tokens;
 ``dash_vl.random_models.long_prompt``) at ``--length`` tokens, by default 16 514: a 256 x 256 patch
@@ -29,6 +29,7 @@ unmodified run come from one measurement.
     python eval/bench_vit_halting.py --family internvl --out eval/results/bench_vit_halting_h200_internvl.json
     python eval/bench_vit_halting.py --smoke [--family F]   # tiny shapes on the CPU: proves the script runs
     python eval/bench_vit_halting.py --family qwen2_5_vl --profile   # where each run's time goes (one profiled call each)
+    python eval/bench_vit_halting.py --family qwen2_5_vl --attention flash_attention_4   # both towers under FA4
 
 ``--profile`` replaces the timings by one profiled call of the unmodified model and of every encoder
 run after the warm-up: its CUDA-event
@@ -172,6 +173,8 @@ def main() -> None:
     parser.add_argument("--lm-ratio", type=float, default=0.9, help="ρ of DASH and FastV in the combined rows")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU, host clock")
     parser.add_argument("--profile", action="store_true", help="one profiled call of each run instead of the timings")
+    parser.add_argument("--attention", default="sdpa",
+                        help="attn_implementation of the whole model (both towers), e.g. flash_attention_4")
     add_timing_arguments(parser, warmup=1, repeats=5)
     args = parser.parse_args()
     measure = profiled_ms if args.profile else cuda_medians_ms
@@ -184,7 +187,7 @@ def main() -> None:
     else:
         device, dtype, clock, length, frames = torch.device("cuda"), torch.bfloat16, cuda_elapsed_ms, args.length, args.frames
         config = full_size_config(args.family)
-    model = random_model(config, dtype=dtype, device=device)
+    model = random_model(config, attn_implementation=args.attention, dtype=dtype, device=device)
     inputs = prompt(args.family, model.config, length, frames, device, dtype)
     encoder = adapter_for(model).encoder_adapter()
     depth = len(encoder.blocks)
@@ -237,7 +240,7 @@ def main() -> None:
         prompt_tokens=inputs["input_ids"].shape[1], frames=frames if args.family in VIDEO_PROMPT_FAMILIES else None,
         patches=units.numel(), vision_depth=depth,
         vision_start_layer=start, lm_ratio=args.lm_ratio, warmup=args.warmup, repeats=args.repeats, batch=1,
-        profiled=args.profile,
+        profiled=args.profile, attention=args.attention,
     )
 
 
