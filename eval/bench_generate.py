@@ -192,12 +192,17 @@ def prompt_of(model, length: int, batch: int, image: bool, device: torch.device)
     return dict(input_ids=ids, attention_mask=torch.ones_like(ids))
 
 
+def left_padding_mask(lengths: list[int], device: torch.device) -> torch.Tensor:
+    """``(batch, max(lengths))`` long: 1 on the last ``lengths[b]`` slots of row ``b``, 0 on its left padding."""
+    width = max(lengths)
+    return (torch.arange(width, device=device) >= width - torch.tensor(lengths, device=device)[:, None]).long()
+
+
 def mixed_prompt(lengths: list[int], device: torch.device) -> dict:
     """One left-padded batch of random text prompts of ``lengths`` tokens: ``input_ids`` and ``attention_mask`` ``(batch, max(lengths))``."""
-    width = max(lengths)
-    generator = torch.Generator(device=device).manual_seed(width)
-    ids = torch.randint(1000, 100000, (len(lengths), width), device=device, generator=generator)
-    mask = (torch.arange(width, device=device) >= width - torch.tensor(lengths, device=device)[:, None]).long()
+    mask = left_padding_mask(lengths, device)
+    generator = torch.Generator(device=device).manual_seed(mask.shape[1])
+    ids = torch.randint(1000, 100000, mask.shape, device=device, generator=generator)
     return dict(input_ids=ids * mask, attention_mask=mask)
 
 

@@ -42,7 +42,7 @@ from contextlib import nullcontext
 
 import torch
 
-from bench_generate import halting_for
+from bench_generate import halting_for, left_padding_mask
 from dash_vl.random_models import full_size_config, random_model, tiny_config, tiny_processor
 from gpu_timing import add_timing_arguments, cuda_elapsed_ms, cuda_medians_ms, host_elapsed_ms, print_table, report_run
 
@@ -61,7 +61,7 @@ class Prompts:
     def __init__(self, lengths: list[int], hidden_size: int, device: torch.device, dtype: torch.dtype) -> None:
         width = max(lengths)
         generator = torch.Generator(device=device).manual_seed(0)
-        self.attention_mask = (torch.arange(width, device=device) >= width - torch.tensor(lengths, device=device)[:, None]).long()
+        self.attention_mask = left_padding_mask(lengths, device)
         embeds = torch.randn(len(lengths), width, hidden_size, device=device, dtype=dtype, generator=generator)
         self.embeds = embeds * self.attention_mask[..., None]
         self.position_ids = (self.attention_mask.cumsum(dim=1) - 1).clamp(min=0)[None].expand(3, -1, -1)
