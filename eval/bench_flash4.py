@@ -165,19 +165,20 @@ def visionzip_rows(model, ratio: float, length: int, device, dtype) -> list[dict
     def side(label: str, towers: str) -> tuple[Callable[[], list], Callable[[], torch.Tensor]]:
         configs = [model.model.language_model.config] + ([model.model.visual.config] if towers == "both" else [])
 
-        def within(body: Callable[[Halting], object]):
+        def within(body: Callable[[], object]) -> tuple[Halting, object]:
+            """``body()`` under the side's kernels and VisionZip; the halting and what ``body`` returned."""
             with ExitStack() as stack, torch.no_grad():
                 for config in configs:
                     stack.enter_context(hf_compat.attention_implementation(config, KERNEL_IMPLEMENTATIONS[label]))
                 halting = stack.enter_context(Halting(model, method="visionzip", ratio=ratio))
-                return halting, body(halting)
+                return halting, body()
 
         def run() -> list:
-            run.halting, logits = within(lambda _: model(**inputs).logits[:, -1].float())
+            run.halting, logits = within(lambda: model(**inputs).logits[:, -1].float())
             return [logits]
 
         def decode() -> torch.Tensor:
-            _, output = within(lambda _: model.generate(
+            _, output = within(lambda: model.generate(
                 **inputs, max_new_tokens=DECODE_STEPS, min_new_tokens=DECODE_STEPS, do_sample=False
             ))
             return output[:, inputs["input_ids"].shape[1] :]

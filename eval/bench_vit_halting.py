@@ -32,9 +32,9 @@ unmodified run come from one measurement.
     python eval/bench_vit_halting.py --family qwen2_5_vl --attention flash_attention_4   # both towers under FA4
 
 ``--profile`` replaces the timings by one profiled call of the unmodified model and of every encoder
-run after the warm-up: its CUDA-event
-time, the sum of its GPU kernels' time, its attention calls (``aten::scaled_dot_product_attention``),
-and its host time between kernels (wall minus kernels: what a Python loop over windows costs).
+run after the warm-up: its CUDA-event time, the sum of its GPU kernels' time, its attention calls
+(``aten::scaled_dot_product_attention``), and its idle GPU time (wall minus kernels: what a Python
+loop over windows costs).
 """
 
 from __future__ import annotations
