@@ -46,7 +46,7 @@ from dash_vl import hf_compat
 from dash_vl.adapter import ModelAdapter
 from dash_vl.config import HaltingConfig
 from dash_vl.decision import DecisionProbe, KeyRecorder, PreviousLayer
-from dash_vl.decode_kernels import DECODE_SDPA_BACKENDS, decode_attention_kernels
+from dash_vl.decode_kernels import DECODE_SDPA_BACKENDS, decode_attention_kernels, decode_implementation
 from dash_vl.flex import PACKED_ATTENTION
 from dash_vl.layer_inputs import KeyLayout, LayerInputs
 from dash_vl.masks import check_implementation, is_flash
@@ -186,7 +186,8 @@ class HaltingEngine:
         self.question_tokens: int | None = None
         self.evidence_recorder: EvidenceRecorder | None = None
         self.decode_backends = DECODE_SDPA_BACKENDS
-        """SDPA backends of decode steps on a GPU (:mod:`dash_vl.decode_kernels`); ``None``: PyTorch's choice."""
+        """SDPA backends of decode steps on a GPU, where a FlashAttention model decodes through SDPA too
+        (:mod:`dash_vl.decode_kernels`); ``None``: the model's own implementation and PyTorch's choice."""
         self._compact: weakref.WeakKeyDictionary[Any, CompactCache] = weakref.WeakKeyDictionary()
 
     @property
@@ -532,8 +533,11 @@ class HaltingEngine:
                     compact.slot_valid, compact.slot_positions, not compact.has_compact_padding(), span=full_layout.span
                 )
             )
-        implementation = self.adapter.attn_implementation
-        with decode_attention_kernels(self.decode_backends, implementation, hidden.device, new_len):
+        implementation = decode_implementation(self.decode_backends, self.adapter.attn_implementation, new_len)
+        with (
+            hf_compat.attention_implementation(self.adapter.text_config, implementation),
+            decode_attention_kernels(self.decode_backends, implementation, hidden.device, new_len),
+        ):
             for index, layer in enumerate(self.adapter.layers):
                 inputs = full if index < self.start_layer else late
                 key_length = hf_compat.cached_length(cache, index) + new_len

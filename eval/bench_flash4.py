@@ -14,8 +14,9 @@ the language tower's config between runs:
   varlen kernel given the samples' cumulative lengths.
 
 Part 1, checks (printed as one table): the unmodified model under FA4 against SDPA; the engine at
-ratio 0 under FA4 against the unmodified model under FA4 (the same kernel: they should agree to the
-last bit or to rounding); each method under FA4 against the same method under SDPA (the kept set and
+ratio 0 under FA4 against the unmodified model under FA4, decoding through FA4 (the same kernel: they
+should agree to the last bit) and through the engine's SDPA decode kernels, the engine's default
+(rounding apart: compare the first decode step's logits); each method under FA4 against the same method under SDPA (the kept set and
 the last-token states); a left-padded mixed batch under FA4 against its prompts one by one under FA4,
 and the same batch packed under FA4 against it padded; and, for the batch-1 checks, 16 greedy decode steps after the prefill against the reference's.
 VisionZip, which selects inside the vision tower, is checked on the whole model with one image of
@@ -30,6 +31,7 @@ apart) is low by nature; the same kernel must agree exactly.
 
     python eval/bench_flash4.py --out eval/results/flash4_qwen2vl7b.json
     python eval/bench_flash4.py --smoke       # tiny shapes on the CPU (FA4 rows then carry its import error)
+    python eval/bench_flash4.py --profile fa4_packed   # where the packed batch's time goes at ratio 0
 """
 
 from __future__ import annotations
@@ -41,12 +43,13 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 from bench_generate import halting_for
 from bench_packed import SMOKE_LENGTHS, Prompts, guarded_row, measure_modes, qwen2_vl_model, relative_error
 from dash_vl import Halting, hf_compat
 from dash_vl.random_models import long_prompt
-from gpu_timing import add_timing_arguments, print_table, report_run
+from gpu_timing import add_timing_arguments, cuda_elapsed_ms, print_table, report_run
 
 KERNEL_IMPLEMENTATIONS = {"sdpa": "sdpa", "flex": "sdpa", "fa4": "flash_attention_4", "fa4_packed": "flash_attention_4"}
 """The HF attention implementation each kernel label runs under (Flex is the engine's packed path over SDPA's name)."""
@@ -65,10 +68,17 @@ def kernel(model, label: str) -> Iterator[None]:
         yield
 
 
-def halted(model, method: str, ratio: float, label: str):
-    """The setting's halting under kernel ``label`` (``packing="always"`` for Flex), or a null context unmodified."""
+def halted(model, method: str, ratio: float, label: str, decode: str = "engine"):
+    """The setting's halting under kernel ``label`` (``packing="always"`` for Flex), or a null context
+    unmodified; decode ``"model"`` decodes through the model's own kernel (``decode_backends = None``),
+    ``"engine"`` through the engine's SDPA decode kernels."""
     packing = "always" if label in PACKED_KERNELS else "off"
-    return halting_for(model, method, ratio, packing=packing) or nullcontext()
+    halting = halting_for(model, method, ratio, packing=packing)
+    if halting is None:
+        return nullcontext()
+    if decode == "model":
+        halting.engine.decode_backends = None
+    return halting
 
 
 def prefill(model, method: str, ratio: float, label: str, calls: list[dict]) -> Callable[[], list]:
@@ -90,13 +100,18 @@ def kept_of(run) -> list[set[int]] | None:
     return None if run.halting is None else prompt_positions(run.halting.reports, run.calls)
 
 
-def greedy_tokens(model, method: str, ratio: float, label: str, input_ids: torch.Tensor) -> torch.Tensor:
-    """``(batch, DECODE_STEPS)`` greedy tokens of ``generate`` after the setting's prefill under kernel ``label``."""
-    with kernel(model, label), halted(model, method, ratio, label), torch.no_grad():
+def greedy_decode(
+    model, method: str, ratio: float, label: str, input_ids: torch.Tensor, decode: str = "engine"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``generate`` after the setting's prefill under kernel ``label``: the ``(batch, DECODE_STEPS)`` greedy
+    tokens, and the logits ``(batch, V)`` fp32 of the first decode step (the second token's; both sides of a
+    check feed it the same first token wherever their prefills agree on it)."""
+    with kernel(model, label), halted(model, method, ratio, label, decode), torch.no_grad():
         output = model.generate(
-            input_ids=input_ids, max_new_tokens=DECODE_STEPS, min_new_tokens=DECODE_STEPS, do_sample=False
+            input_ids=input_ids, max_new_tokens=DECODE_STEPS, min_new_tokens=DECODE_STEPS, do_sample=False,
+            output_logits=True, return_dict_in_generate=True,
         )
-    return output[:, input_ids.shape[1] :]
+    return output.sequences[:, input_ids.shape[1] :], output.logits[1].float()
 
 
 def prompt_positions(reports: list, calls: list[dict]) -> list[set[int]]:
@@ -119,19 +134,23 @@ def kept_agreement(candidate: list[set[int]] | None, reference: list[set[int]] |
 
 
 def check_rows(model, settings, single: Prompts, mixed: Prompts, input_ids: torch.Tensor, device) -> list[dict]:
-    """Part 1: FA4 against its references; one row per comparison. A side is ``(method, ratio, kernel, calls)``."""
+    """Part 1: FA4 against its references; one row per comparison. A side is ``(method, ratio, kernel, calls)``
+    and, optionally, its decode (:func:`halted`)."""
 
     def compare(label: str, candidate: tuple, reference: tuple, decode: bool = True) -> dict:
         def measure() -> dict:
-            got_run, expected_run = prefill(model, *candidate), prefill(model, *reference)
+            got_run, expected_run = prefill(model, *candidate[:4]), prefill(model, *reference[:4])
             got, expected = got_run(), expected_run()
             row = dict(
                 rel_err=relative_error(got, expected), max_abs=float((torch.cat(got) - torch.cat(expected)).abs().max()),
                 kept_agree=kept_agreement(kept_of(got_run), kept_of(expected_run)),
             )
             if decode:
-                tokens = [greedy_tokens(model, *side[:3], input_ids) for side in (candidate, reference)]
-                row["decode_agree"] = float((tokens[0] == tokens[1]).float().mean())
+                (got_tokens, got_step), (tokens, step) = (
+                    greedy_decode(model, *side[:3], input_ids, *side[4:]) for side in (candidate, reference)
+                )
+                row["decode_agree"] = float((got_tokens == tokens).float().mean())
+                row["step_rel_err"] = relative_error([got_step], [step])
             return row
 
         return guarded_row(label, measure, device, KERNEL_ERRORS)
@@ -140,7 +159,8 @@ def check_rows(model, settings, single: Prompts, mixed: Prompts, input_ids: torc
     batch, one_by_one = [mixed.batch()], [mixed.alone(sample) for sample in range(len(mixed.lengths))]
     rows = [
         compare("HF: FA4 vs SDPA", ("none", 0.0, "fa4", alone), ("none", 0.0, "sdpa", alone)),
-        compare("engine ρ=0 FA4 vs HF FA4", ("dash", 0.0, "fa4", alone), ("none", 0.0, "fa4", alone)),
+        compare("engine ρ=0 FA4, FA4 decode vs HF FA4", ("dash", 0.0, "fa4", alone, "model"), ("none", 0.0, "fa4", alone)),
+        compare("engine ρ=0 FA4, SDPA decode vs HF FA4", ("dash", 0.0, "fa4", alone), ("none", 0.0, "fa4", alone)),
     ]
     rows += [
         compare(f"{label}: FA4 vs SDPA", (method, ratio, "fa4", alone), (method, ratio, "sdpa", alone))
@@ -226,6 +246,34 @@ def mixed_batch_row(model, method: str, ratio: float, mixed: Prompts, args, devi
     return row
 
 
+def profile_mixed(model, mixed: Prompts, label: str, rows: int = 24) -> None:
+    """Where the packed batch's time goes beyond its prompts' one by one, the engine at ratio 0: one
+    profiled run each (after a warm-up) of the batch packed under ``label`` and of its prompts one by
+    one under ``label``'s unpacked kernel; per operator, self CUDA ms of each, sorted by packed minus
+    one by one, and the idle GPU time (wall minus kernel time) of each."""
+    unpacked = "fa4" if label == "fa4_packed" else "sdpa"
+    runs = {
+        "packed": prefill(model, "dash", 0.0, label, [mixed.batch()]),
+        "one by one": prefill(model, "dash", 0.0, unpacked, [mixed.alone(sample) for sample in range(len(mixed.lengths))]),
+    }
+    per_op: dict[str, dict[str, tuple[int, float]]] = {}
+    for name, run in runs.items():
+        run()
+        with profile(activities=[ProfilerActivity.CUDA]) as profiler:
+            wall_ms = cuda_elapsed_ms(run)
+        events = profiler.key_averages()
+        kernel_ms = sum(event.self_device_time_total for event in events) / 1000
+        print(f"{name} ({label if name == 'packed' else unpacked}): {wall_ms:.1f} ms wall, {kernel_ms:.1f} ms of kernels, "
+              f"{wall_ms - kernel_ms:.1f} ms idle GPU", flush=True)
+        per_op[name] = {event.key: (event.count, event.self_device_time_total / 1000) for event in events}
+    names = set(per_op["packed"]) | set(per_op["one by one"])
+    deltas = {op: per_op["packed"].get(op, (0, 0.0))[1] - per_op["one by one"].get(op, (0, 0.0))[1] for op in names}
+    print("| op | packed calls | packed ms | one-by-one calls | one-by-one ms | packed − one by one ms |\n|---|---|---|---|---|---|")
+    for op in sorted(names, key=lambda op: -abs(deltas[op]))[:rows]:
+        (packed_calls, packed_ms), (one_calls, one_ms) = (per_op[name].get(op, (0, 0.0)) for name in per_op)
+        print(f"| {op[:80]} | {packed_calls} | {packed_ms:.2f} | {one_calls} | {one_ms:.2f} | {deltas[op]:+.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", type=int, nargs="+", default=[16384, 32768], help="batch-1 prompt lengths")
@@ -238,6 +286,8 @@ def main() -> None:
     parser.add_argument("--skip-timing", action="store_true")
     parser.add_argument("--visionzip", action="store_true", help="also check VisionZip under FA4 on the whole model")
     parser.add_argument("--smoke", action="store_true", help="tiny model and prompts on the CPU, host clock")
+    parser.add_argument("--profile", choices=PACKED_KERNELS, default=None,
+                        help="only profile the mixed batch at ratio 0, packed under this kernel, against one by one (GPU)")
     add_timing_arguments(parser, warmup=1, repeats=3)
     args = parser.parse_args()
 
@@ -253,13 +303,17 @@ def main() -> None:
     vocab = model.model.language_model.config.vocab_size
     input_ids = torch.randint(min(1000, vocab // 2), min(20000, vocab), (1, args.check_length), device=device, generator=generator)
     mixed = Prompts(args.batch, hidden_size, device, dtype)
+    if args.profile is not None:
+        with torch.no_grad():
+            profile_mixed(model, mixed, args.profile)
+        return
 
     rows = check_rows(model, settings, Prompts([args.check_length], hidden_size, device, dtype), mixed, input_ids, device)
     if args.visionzip:
         rows += visionzip_rows(model, args.ratio, args.check_length, device, dtype)
     print_table(rows, {
         "check": "{setting}", "rel err": "{rel_err:.1e}", "max abs": "{max_abs:.2e}", "kept agree": "{kept_agree:.4f}",
-        "decode agree (16 steps)": "{decode_agree:.3f}", "error": "{error}",
+        "decode agree (16 steps)": "{decode_agree:.3f}", "decode step 1 rel err": "{step_rel_err:.1e}", "error": "{error}",
     })
     if not args.skip_timing:
         for length in args.lengths:

@@ -19,13 +19,16 @@ the unmodified model and every method at every ratio run ``model.generate`` gree
   unmodified model's (``never`` when its decode steps are not slower);
 * ``dash`` at ρ = 0 is the engine halting nothing: the unmodified model's work, with the engine's
   decode kernels (``dash_vl.decode_kernels``), so the table shows what kernel choice alone buys;
+* a halted setting decodes through the engine's SDPA decode kernels under every kernel (a
+  FlashAttention model too, ``dash_vl.decode_kernels``); ``--model-decode`` adds, under a
+  FlashAttention kernel, every halted setting decoding through that kernel (``decode = model``);
 * every ratio (×) is the unmodified model's time under the same kernel over the setting's; the
   ``vs first`` column compares with the unmodified model under the first kernel.
 
     python eval/bench_generate.py --lengths 4096 16384 32768 --batch 1 --out eval/results/generate_qwen2vl7b_b1.json
     python eval/bench_generate.py --profile 32768 --methods dash --ratios 0.9   # where a decode step's time goes
     python eval/bench_generate.py --kernels sdpa flash_attention_4 --lengths 16384 --ratios 0.9 \
-        --mixed 16384 12288 8192 4096 --out eval/results/generate_flash4_qwen2vl7b.json
+        --mixed 16384 12288 8192 4096 --model-decode --out eval/results/generate_flash4_decode_qwen2vl7b.json
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ import transformers
 from torch.profiler import ProfilerActivity, profile
 
 from dash_vl import Halting, hf_compat
+from dash_vl.masks import is_flash
 from dash_vl.random_models import full_size_config, long_prompt, random_model
 from gpu_timing import add_timing_arguments, print_table, report_run
 
@@ -75,16 +79,22 @@ def timed_generate(model, inputs: dict, new_tokens: int) -> list[float]:
     return [start.elapsed_time(event) for event in clock.events]
 
 
-Setting = tuple[str, str, float]
-"""``(attention implementation, method, ratio)``; method ``"none"`` is the unmodified model."""
+Setting = tuple[str, str, float, str]
+"""``(attention implementation, method, ratio, decode)``; method ``"none"`` is the unmodified model;
+decode ``"engine"``: the engine's decode kernels (SDPA, :mod:`dash_vl.decode_kernels`), ``"model"``:
+the model's own implementation and PyTorch's choice (``decode_backends = None``)."""
 
 
-def settings_of(methods: list[str], ratios: list[float], kernels: list[str]) -> list[Setting]:
-    """Per kernel: the unmodified model, the engine halting nothing (its decode kernels alone), then every method at every ratio."""
-    return [
-        (kernel, method, ratio) for kernel in kernels
-        for method, ratio in [("none", 0.0), ("dash", 0.0)] + [(method, ratio) for method in methods for ratio in ratios]
-    ]
+def settings_of(methods: list[str], ratios: list[float], kernels: list[str], model_decode: bool = False) -> list[Setting]:
+    """Per kernel: the unmodified model, the engine halting nothing (its decode kernels alone), then every
+    method at every ratio; with ``model_decode``, under a FlashAttention kernel every halted setting
+    also decodes through that kernel."""
+    halted = [("dash", 0.0)] + [(method, ratio) for method in methods for ratio in ratios]
+    settings = []
+    for kernel in kernels:
+        decodes = ["engine", "model"] if model_decode and is_flash(kernel) else ["engine"]
+        settings += [(kernel, "none", 0.0, "model")] + [(kernel, *halt, decode) for decode in decodes for halt in halted]
+    return settings
 
 
 def halting_for(model, method: str, ratio: float, **knobs) -> Halting | None:
@@ -96,9 +106,11 @@ def halting_for(model, method: str, ratio: float, **knobs) -> Halting | None:
 
 
 def run_setting(model, setting: Setting, run: Callable[[], list[float]], packing: str = "off") -> list[float]:
-    """``run()`` with the language tower under the setting's kernel and halting (``packing`` for a halted batch)."""
-    kernel, method, ratio = setting
+    """``run()`` with the language tower under the setting's kernel, halting (``packing`` for a halted batch) and decode."""
+    kernel, method, ratio, decode = setting
     halting = halting_for(model, method, ratio, packing=packing)
+    if halting is not None and decode == "model":
+        halting.engine.decode_backends = None
     with hf_compat.attention_implementation(model.model.language_model.config, kernel), halting or nullcontext():
         return run()
 
@@ -158,7 +170,7 @@ def profile_decode(model, inputs: dict, settings: list[Setting], steps: int) -> 
     """Per setting, over ``steps`` decode steps: host ms per step, host waits per step, and the
     operators with the most self CUDA time per step (calls, CUDA and CPU µs)."""
     for setting in settings:
-        kernel, method, ratio = setting
+        kernel, method, ratio, decode = setting
         run_setting(model, setting, lambda: timed_generate(model, inputs, 4))
         recorder = DecodeProfiler()
 
@@ -176,7 +188,7 @@ def profile_decode(model, inputs: dict, settings: list[Setting], steps: int) -> 
         waits = sum("synchronizing" in str(warning.message) for warning in caught)
         events = recorder.profiler.key_averages()
         cuda_us = sum(event.self_device_time_total for event in events) / steps
-        print(f"\n## {kernel}, {method} ρ={ratio}: {host_ms:.2f} ms a decode step under the profiler (host clock), "
+        print(f"\n## {kernel}, {method} ρ={ratio}, {decode} decode: {host_ms:.2f} ms a decode step under the profiler (host clock), "
               f"{cuda_us / 1000:.2f} ms of kernels, {waits / steps:.1f} host waits a step")
         print("| op | calls/step | self CUDA µs/step | self CPU µs/step |\n|---|---|---|---|")
         for event in sorted(events, key=lambda event: -event.self_device_time_total)[:14]:
@@ -217,6 +229,8 @@ def main() -> None:
                         help="after --lengths, also one left-padded batch of text prompts of these lengths")
     parser.add_argument("--packing", default="ragged", help="HaltingConfig.packing of the halted settings")
     parser.add_argument("--kernels", nargs="+", default=["sdpa"], help="the language tower's attention implementations")
+    parser.add_argument("--model-decode", action="store_true",
+                        help="under a FlashAttention kernel, also decode every halted setting through that kernel")
     parser.add_argument("--new-tokens", type=int, default=max(ANSWER_LENGTHS))
     parser.add_argument("--profile", type=int, default=None, metavar="T", help="profile decode steps at this T instead")
     add_timing_arguments(parser, warmup=1, repeats=2)
@@ -227,7 +241,7 @@ def main() -> None:
     device = torch.device("cuda")
     model = random_model(full_size_config("qwen2_vl"), dtype=torch.bfloat16, device=device)
     model.generation_config.eos_token_id = None
-    settings = settings_of(args.methods, args.ratios, args.kernels)
+    settings = settings_of(args.methods, args.ratios, args.kernels, args.model_decode)
     if args.profile is not None:
         with torch.no_grad():
             profile_decode(model, prompt_of(model, args.profile, args.batch, args.image, device), settings, steps=16)
@@ -245,7 +259,7 @@ def main() -> None:
             del inputs
             torch.cuda.empty_cache()
 
-    columns = {"T": "{T}", "B": "{batch}", "kernel": "{kernel}", "method": "{method}", "ρ": "{ratio}", "TTFT ms": "{ttft_ms:.0f}",
+    columns = {"T": "{T}", "B": "{batch}", "kernel": "{kernel}", "decode": "{decode}", "method": "{method}", "ρ": "{ratio}", "TTFT ms": "{ttft_ms:.0f}",
                "TTFT ×": "{ttft_speedup:.2f}", "ms/token": "{decode_ms:.2f}", "decode vs full": "{decode_ratio:.3f}"}
     for answer in answer_lengths:
         columns[f"{answer} tok ms"] = f"{{e2e_{answer}_ms:.0f}}"
@@ -255,17 +269,20 @@ def main() -> None:
     print_table([dict(row, crossover_tokens=row["crossover_tokens"] or "never") for row in rows], columns)
     report_run(
         rows, args.out, model="Qwen2-VL-7B shapes, random bf16", kernels=args.kernels, batch=args.batch, image=args.image,
-        mixed=args.mixed, packing=args.packing, new_tokens=args.new_tokens, warmup=args.warmup, repeats=args.repeats,
+        mixed=args.mixed, packing=args.packing, model_decode=args.model_decode, new_tokens=args.new_tokens, warmup=args.warmup, repeats=args.repeats,
     )
 
 
 def summary_rows(times: dict[Setting, list[list[float]]], lengths: str, batch: int, answer_lengths: tuple[int, ...]) -> list[dict]:
     """One row per setting: its times and its ratios against the unmodified model under the same kernel and under the first."""
     first_kernel = next(iter(times))[0]
-    full_of = {kernel: summary_row(times[(kernel, "none", 0.0)], answer_lengths) for kernel, method, _ in times if method == "none"}
+    full_of = {setting[0]: summary_row(token_times, answer_lengths) for setting, token_times in times.items() if setting[1] == "none"}
     rows = []
-    for (kernel, method, ratio), token_times in times.items():
-        row = dict(T=lengths, batch=batch, kernel=kernel, method=method, ratio=ratio, **summary_row(token_times, answer_lengths))
+    for (kernel, method, ratio, decode), token_times in times.items():
+        row = dict(
+            T=lengths, batch=batch, kernel=kernel, decode=decode, method=method, ratio=ratio,
+            **summary_row(token_times, answer_lengths),
+        )
         full = full_of[kernel]
         row["ttft_speedup"] = full["ttft_ms"] / row["ttft_ms"]
         row["decode_ratio"] = row["decode_ms"] / full["decode_ms"]

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 import transformers.modeling_flash_attention_utils as flash_utils
 
 from dash_vl import Halting
+from dash_vl.decode_kernels import DECODE_SDPA_BACKENDS
+from tests.reference import generate
 from tests.test_packed import TEXT_LENGTHS, assert_packed_matches_padded, packed_calls, ragged_prompts, text_model  # noqa: F401 (fixture)
 
 
@@ -22,6 +24,7 @@ def reference_flash(query, key, value, causal: bool = True, softmax_scale: float
     """FlashAttention's ``flash_attn_func`` by SDPA: ``(batch, Q, heads, head_dim)`` queries over
     ``(batch, K, kv_heads, head_dim)`` keys, causal aligned to the bottom right (query ``i`` sees keys ``<= i + K - Q``)."""
     query_length, key_length = query.shape[1], key.shape[1]
+    FLASH_QUERY_LENGTHS.append(query_length)
     allowed = None
     if causal:
         allowed = torch.arange(key_length)[None, :] <= torch.arange(query_length)[:, None] + key_length - query_length
@@ -50,6 +53,9 @@ def reference_varlen(
 VARLEN_CALLS: list[tuple[int, int, int]] = []
 """``(tokens, sequences, max_seqlen_q)`` of every varlen call, recorded while a test runs."""
 
+FLASH_QUERY_LENGTHS: list[int] = []
+"""The query length of every reference FlashAttention call (varlen calls: per sequence), recorded while a test runs."""
+
 
 @pytest.fixture
 def reference_flash_kernels(monkeypatch):
@@ -60,6 +66,7 @@ def reference_flash_kernels(monkeypatch):
     )
     monkeypatch.setattr(flash_utils, "_loaded_implementation", None)
     VARLEN_CALLS.clear()
+    FLASH_QUERY_LENGTHS.clear()
     yield VARLEN_CALLS
     monkeypatch.setattr(flash_utils, "_loaded_implementation", None)
 
@@ -95,3 +102,24 @@ def test_packed_flash_prefill_matches_the_sdpa_engine(reference_flash_kernels):
     (expected, expected_kept), (got, got_kept) = results
     assert got_kept == expected_kept
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("packing", ["off", "ragged"])
+def test_flash_model_decodes_through_sdpa(packing, reference_flash_kernels):
+    """The engine's decode steps of a FlashAttention model make no FlashAttention call (its prefill
+    does), and give the same tokens and step logits as decoding through the model's flash path
+    (``decode_backends = None``), after a padded or a packed prefill of a ragged batch."""
+    model, prompts = flash_text_model(), ragged_prompts(TEXT_LENGTHS)
+    produced, one_token_calls = {}, {}
+    for backends in (DECODE_SDPA_BACKENDS, None):
+        with Halting(model, packing=packing, ratio=0.5, start_layer=2) as halting:
+            halting.engine.decode_backends = backends
+            FLASH_QUERY_LENGTHS.clear()
+            produced[backends] = generate(model, prompts)
+            one_token_calls[backends] = FLASH_QUERY_LENGTHS.count(1)
+        assert model.config._attn_implementation == "flash_attention_2"
+    assert one_token_calls[DECODE_SDPA_BACKENDS] == 0
+    assert one_token_calls[None] > 0, "decoding through the model's flash path made no one-token call"
+    assert torch.equal(produced[DECODE_SDPA_BACKENDS].sequences, produced[None].sequences)
+    for routed, flash in zip(produced[DECODE_SDPA_BACKENDS].logits, produced[None].logits, strict=True):
+        torch.testing.assert_close(routed, flash, rtol=1e-5, atol=1e-5)
