@@ -51,8 +51,8 @@ class HaltingConfig:
             causal attention per prompt through FlexAttention (compiled on a GPU), so padding costs
             no FLOPs before or after ``l_s``; a batch of equal lengths keeps the padded path.
             ``"always"``: every prefill runs packed. Outputs (logits ``(batch, T_max, V)``, left-padded,
-            zeros on padding), KV cache layout and decoding are the same in every mode; the
-            model's own ``attn_implementation`` still serves decoding.
+            zeros on padding), KV cache layout and decoding are the same in every mode (decode
+            steps: :mod:`dash_vl.decode_kernels`).
         vision_ratio: ``ρ_v`` in [0, 1), encoder-side halting (ViT-DASH, :mod:`dash_vl.encoder_halting`):
             the fraction of each unit's patches (an image or video frame; for tiled encoders a
             tile) halted inside the vision encoder at block ``l_v``; they keep their state and still
