@@ -9,9 +9,9 @@ prefill keeps PyTorch's choice (cuDNN is the fastest there).
 
 A model loaded with a FlashAttention implementation decodes through SDPA too. HF's flash path
 has no kv-cache kernel for FlashAttention-4 (``flash_attn_with_kvcache`` is ``None``): a padded
-batch's step unpads every layer's whole cache and goes through the varlen function, about 42 ms
-a step for Qwen2-VL-7B's mixed 16k–4k batch against 27–32 ms through SDPA
-(``eval/results/generate_flash4_qwen2vl7b.md``). The prefill keeps the model's FlashAttention.
+batch's step unpads every layer's whole cache and goes through the varlen function: Qwen2-VL-7B's
+mixed 16k–4k batch decoded at 57–67 ms a step under halting, 41–43 ms through SDPA in the same run
+(``eval/results/generate_flash4_decode_qwen2vl7b.md``). The prefill keeps the model's FlashAttention.
 """
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ the language tower's config between runs:
 Part 1, checks (printed as one table): the unmodified model under FA4 against SDPA; the engine at
 ratio 0 under FA4 against the unmodified model under FA4, decoding through FA4 (the same kernel: they
 should agree to the last bit) and through the engine's SDPA decode kernels, the engine's default
-(rounding apart: compare the first decode step's logits); each method under FA4 against the same method under SDPA (the kept set and
-the last-token states); a left-padded mixed batch under FA4 against its prompts one by one under FA4,
+(rounding apart: compare the first decode step's logits); each method under FA4 against the same
+method under SDPA (the kept set and the last-token states); a left-padded mixed batch under FA4 against its prompts one by one under FA4,
 and the same batch packed under FA4 against it padded; and, for the batch-1 checks, 16 greedy decode steps after the prefill against the reference's.
 VisionZip, which selects inside the vision tower, is checked on the whole model with one image of
 about ``--check-length`` tokens: FA4 in the language tower alone, and in both towers, against SDPA
@@ -73,12 +73,7 @@ def halted(model, method: str, ratio: float, label: str, decode: str = "engine")
     unmodified; decode ``"model"`` decodes through the model's own kernel (``decode_backends = None``),
     ``"engine"`` through the engine's SDPA decode kernels."""
     packing = "always" if label in PACKED_KERNELS else "off"
-    halting = halting_for(model, method, ratio, packing=packing)
-    if halting is None:
-        return nullcontext()
-    if decode == "model":
-        halting.engine.decode_backends = None
-    return halting
+    return halting_for(model, method, ratio, decode, packing=packing) or nullcontext()
 
 
 def prefill(model, method: str, ratio: float, label: str, calls: list[dict]) -> Callable[[], list]:

@@ -97,20 +97,21 @@ def settings_of(methods: list[str], ratios: list[float], kernels: list[str], mod
     return settings
 
 
-def halting_for(model, method: str, ratio: float, **knobs) -> Halting | None:
+def halting_for(model, method: str, ratio: float, decode: str = "engine", **knobs) -> Halting | None:
     """The setting's halting (scope ``all``: the text prompt has no visual tokens; further ``knobs`` of
-    :class:`dash_vl.HaltingConfig`), or ``None`` unmodified."""
+    :class:`dash_vl.HaltingConfig`; ``decode`` as in :data:`Setting`), or ``None`` unmodified."""
     if method == "none":
         return None
-    return Halting(model, method=method, ratio=ratio, scope="all", **knobs)
+    halting = Halting(model, method=method, ratio=ratio, scope="all", **knobs)
+    if decode == "model":
+        halting.engine.decode_backends = None
+    return halting
 
 
 def run_setting(model, setting: Setting, run: Callable[[], list[float]], packing: str = "off") -> list[float]:
     """``run()`` with the language tower under the setting's kernel, halting (``packing`` for a halted batch) and decode."""
     kernel, method, ratio, decode = setting
-    halting = halting_for(model, method, ratio, packing=packing)
-    if halting is not None and decode == "model":
-        halting.engine.decode_backends = None
+    halting = halting_for(model, method, ratio, decode, packing=packing)
     with hf_compat.attention_implementation(model.model.language_model.config, kernel), halting or nullcontext():
         return run()
 
