@@ -92,8 +92,14 @@ def register_attention(name: str, function: Callable[..., Any]) -> None:
 
 @contextmanager
 def attention_implementation(config: Any, name: str) -> Iterator[None]:
-    """Within the block, the attention modules that read ``config`` call the attention function ``name``."""
+    """Within the block, the attention modules that read ``config`` call the attention function ``name``.
+
+    Where ``config`` already names it, nothing is set (the setter walks every sub-config, and every
+    decode step enters this block)."""
     previous = config._attn_implementation
+    if previous == name:
+        yield
+        return
     config._attn_implementation = name
     try:
         yield
