@@ -51,7 +51,7 @@ from dash_vl.flex import PACKED_ATTENTION
 from dash_vl.layer_inputs import KeyLayout, LayerInputs
 from dash_vl.masks import check_implementation, is_flash
 from dash_vl.methods import METHODS, Decision
-from dash_vl.packing import Packing, PaddedLayout, TokenLayout
+from dash_vl.packing import Packing, PaddedLayout, TokenLayout, run_starts
 from dash_vl.prefill_flops import DecisionLayerWork, LayerShapes, prefill_flops
 from dash_vl.report import HaltingReport
 from dash_vl.selection import ActiveSet, compact_layout, require_eligible
@@ -139,12 +139,18 @@ def gather_tokens(tensor: torch.Tensor, index: torch.Tensor, dim: int) -> torch.
     return tensor.gather(dim, index.view(view).expand(shape))
 
 
-def layout_of(packed: bool, keys: KeyLayout, counts: list[int] | None) -> TokenLayout:
-    """The layout layers run ``keys``' slots in: packed (``counts``: valid slots per sample, ``None``
-    where the host must count them) or padded."""
+def layout_of(
+    packed: bool, keys: KeyLayout, counts: list[int] | None, starts: list[int] | None = None, left_padded: bool = False
+) -> TokenLayout:
+    """The layout layers run ``keys``' slots in: padded, or packed (``counts``: valid slots per sample,
+    ``None`` where the host must count them; ``starts``: each sample's first valid slot where all are
+    one run, or ``left_padded``: every sample's slots end at the last one, as in the compact layout)."""
     if not packed:
         return PaddedLayout(keys)
-    return Packing(keys.valid, sum(counts) if counts is not None else int(keys.valid.sum()))
+    counts = counts if counts is not None else keys.valid.sum(dim=1).tolist()
+    if left_padded:
+        starts = [keys.valid.shape[1] - count for count in counts]
+    return Packing(keys.valid, counts, starts)
 
 
 def to_device(value: Any, device: torch.device) -> Any:
@@ -311,11 +317,14 @@ class HaltingEngine:
         (:meth:`_runs_packed`), the layers before and after ``l_s`` see only the valid tokens laid
         end to end; the decision, the KV cache and the result stay in the padded layout.
         """
-        valid_counts, eligible_counts = torch.stack((token_valid.sum(dim=1), eligible.sum(dim=1))).tolist()
+        valid_counts, eligible_counts, starts = torch.stack(
+            (token_valid.sum(dim=1), eligible.sum(dim=1), run_starts(token_valid))
+        ).tolist()
         require_eligible(eligible_counts, self.config.ratio)
         seq_len = hidden.shape[1]
         packed = self._runs_packed(valid_counts, seq_len)
-        full_layout = layout_of(packed, KeyLayout.sequence(token_valid, all_valid=min(valid_counts) == seq_len), valid_counts)
+        full_keys = KeyLayout.sequence(token_valid, all_valid=min(valid_counts) == seq_len)
+        full_layout = layout_of(packed, full_keys, valid_counts, starts if min(starts) >= 0 else None)
         states = full_layout.pack(hidden)
         full = full_layout.inputs(self.adapter, states, full_layout.pack_ids(rope_ids))
         early_cache = full_layout.cache(cache if cache is not None else hf_compat.new_cache(self.adapter.text_config))
@@ -327,7 +336,8 @@ class HaltingEngine:
             decision = self._decide(probe)
             active, active_counts = self._active_tokens(probe, decision, valid_counts)
             compact_valid = None if active_counts is None else min(active_counts) == active.index.shape[1]
-            late_layout = layout_of(packed, KeyLayout(active.slot_valid, active.index, compact_valid, span=seq_len), active_counts)
+            late_keys = KeyLayout(active.slot_valid, active.index, compact_valid, span=seq_len)
+            late_layout = layout_of(packed, late_keys, active_counts, left_padded=True)
             compact = self._compact_states(probe, decision, active, cache, late_layout)
             if cache is not None:
                 self._compact[cache] = CompactCache(

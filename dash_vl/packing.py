@@ -79,34 +79,66 @@ class PaddedLayout:
         return cache
 
 
+def run_starts(valid: torch.Tensor) -> torch.Tensor:
+    """``(batch,)`` long: each sample's first valid slot of ``valid`` ``(batch, S)`` where its valid slots
+    form one contiguous run (left or right padding), ``-1`` where they do not (holes, or none valid)."""
+    width = valid.shape[1]
+    first = valid.int().argmax(dim=1)
+    last = width - 1 - valid.flip(1).int().argmax(dim=1)
+    return torch.where(last - first + 1 == valid.sum(dim=1), first, -1)
+
+
 class Packing:
     """The valid slots of a ``(batch, S)`` layout laid end to end as one sequence of ``N`` tokens.
 
     Slots are taken sample by sample, in slot order, so each sample's tokens stay contiguous and
-    in prompt order; any padding pattern (left, right, holes) packs the same way.
+    in prompt order; any padding pattern (left, right, holes) packs the same way. Where the host
+    knows each sample's slots to be one run (``starts``; HF's left padding, the engine's compact
+    layout), packing and unpacking copy those runs whole (one concatenation each, no index
+    kernels); elsewhere they gather and scatter through the flat slot index.
 
     Args:
         valid: ``(batch, S)`` bool, the slots that hold tokens.
-        total: ``N``, how many slots are valid (known on the host: no wait for the GPU).
+        counts: valid slots per sample (known on the host: no wait for the GPU); ``N = sum(counts)``.
+        starts: each sample's first valid slot, where every sample's valid slots are one run; ``None``
+            for any other pattern.
     """
 
-    def __init__(self, valid: torch.Tensor, total: int) -> None:
+    def __init__(self, valid: torch.Tensor, counts: list[int], starts: list[int] | None = None) -> None:
         self.valid = valid
         self.batch_size, self.width = valid.shape
-        self.total = total
-        self.index = torch.nonzero_static(valid.flatten(), size=total).squeeze(1)
+        self.counts = counts
+        self.total = sum(counts)
+        self.starts = starts
+
+    @cached_property
+    def index(self) -> torch.Tensor:
         """``(N,)`` long: the flat ``batch * S`` slot of every packed token."""
+        return torch.nonzero_static(self.valid.flatten(), size=self.total).squeeze(1)
 
     def pack(self, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor.flatten(0, 1).index_select(0, self.index)[None]
+        if self.starts is None:
+            return tensor.flatten(0, 1).index_select(0, self.index)[None]
+        return torch.cat([row[start : start + count] for row, start, count in zip(tensor, self.starts, self.counts)])[None]
 
     def pack_ids(self, ids: torch.Tensor) -> torch.Tensor:
-        return ids.flatten(-2).index_select(-1, self.index).unsqueeze(-2)
+        if self.starts is None:
+            return ids.flatten(-2).index_select(-1, self.index).unsqueeze(-2)
+        runs = [ids[..., sample, start : start + count] for sample, (start, count) in enumerate(zip(self.starts, self.counts))]
+        return torch.cat(runs, dim=-1).unsqueeze(-2)
 
     def unpack(self, tensor: torch.Tensor) -> torch.Tensor:
         """``(1, N, ...)`` to ``(batch, S, ...)``, zeros on the slots that hold no token."""
-        padded = tensor.new_zeros(self.batch_size * self.width, *tensor.shape[2:])
-        return padded.index_copy_(0, self.index, tensor[0]).view(self.batch_size, self.width, *tensor.shape[2:])
+        tail = tensor.shape[2:]
+        if self.starts is None:
+            padded = tensor.new_zeros(self.batch_size * self.width, *tail)
+            return padded.index_copy_(0, self.index, tensor[0]).view(self.batch_size, self.width, *tail)
+        zeros = tensor.new_zeros(self.width - min(self.counts), *tail)
+        pieces, offset = [], 0
+        for start, count in zip(self.starts, self.counts):
+            pieces += [zeros[:start], tensor[0, offset : offset + count], zeros[: self.width - start - count]]
+            offset += count
+        return torch.cat(pieces).view(self.batch_size, self.width, *tail)
 
     def unpack_heads(self, tensor: torch.Tensor) -> torch.Tensor:
         """``(1, heads, N, head_dim)`` to ``(batch, heads, S, head_dim)``, zeros on the slots that hold no token."""

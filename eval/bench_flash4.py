@@ -62,9 +62,12 @@ KERNEL_ERRORS = (Exception,)
 
 
 @contextmanager
-def kernel(model, label: str) -> Iterator[None]:
-    """Within the block, the language tower attends with ``label``'s kernel."""
-    with hf_compat.attention_implementation(model.model.language_model.config, KERNEL_IMPLEMENTATIONS[label]):
+def kernel(model, label: str, towers: str = "lm") -> Iterator[None]:
+    """Within the block, the language tower (``towers="lm"``) or both towers (``"both"``) attend with ``label``'s kernel."""
+    configs = [model.model.language_model.config] + ([model.model.visual.config] if towers == "both" else [])
+    with ExitStack() as stack:
+        for config in configs:
+            stack.enter_context(hf_compat.attention_implementation(config, KERNEL_IMPLEMENTATIONS[label]))
         yield
 
 
@@ -178,14 +181,9 @@ def visionzip_rows(model, ratio: float, length: int, device, dtype) -> list[dict
     inputs = long_prompt("qwen2_vl", model.config, length, device, dtype)
 
     def side(label: str, towers: str) -> tuple[Callable[[], list], Callable[[], torch.Tensor]]:
-        configs = [model.model.language_model.config] + ([model.model.visual.config] if towers == "both" else [])
-
         def within(body: Callable[[], object]) -> tuple[Halting, object]:
             """``body()`` under the side's kernels and VisionZip; the halting and what ``body`` returned."""
-            with ExitStack() as stack, torch.no_grad():
-                for config in configs:
-                    stack.enter_context(hf_compat.attention_implementation(config, KERNEL_IMPLEMENTATIONS[label]))
-                halting = stack.enter_context(Halting(model, method="visionzip", ratio=ratio))
+            with kernel(model, label, towers), Halting(model, method="visionzip", ratio=ratio) as halting, torch.no_grad():
                 return halting, body()
 
         def run() -> list:
@@ -337,12 +335,12 @@ def main() -> None:
         rows, args.out, model="Qwen2-VL-7B language tower shapes, random bf16" if not args.smoke else "tiny",
         command=" ".join(sys.argv), lengths=args.lengths, batch=args.batch, check_length=args.check_length,
         ratio=args.ratio, methods=args.methods, kernels=args.kernels, warmup=args.warmup, repeats=args.repeats,
-        flash_attn_4=_version("flash-attn-4"), cutlass_dsl=_version("nvidia-cutlass-dsl-libs-cu13"),
+        flash_attn_4=version_of("flash-attn-4"), cutlass_dsl=version_of("nvidia-cutlass-dsl-libs-cu13"),
         seconds=round(time.perf_counter() - began, 1),
     )
 
 
-def _version(distribution: str) -> str | None:
+def version_of(distribution: str) -> str | None:
     from importlib import metadata
 
     try:

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2
 
 from dash_vl import Halting, HaltingConfig, hf_compat
 from dash_vl.flex import PACKED_ATTENTION, document_causal_mask, packed_attention
-from dash_vl.packing import Packing
+from dash_vl.packing import Packing, run_starts
 from tests.conftest import FAMILY_NAMES, model_of, processor_of, vl_inputs
 from tests.reference import capture_language_model_inputs, generate
 from tests.test_engine_text_llm import SIZES
@@ -182,10 +182,24 @@ def test_document_causal_block_mask_equals_torch_dense_construction(lengths):
 def test_packing_lays_valid_slots_end_to_end_and_back():
     valid = torch.tensor([[False, True, True, False], [True, True, True, True], [True, False, True, False]])
     states = torch.arange(12.0).view(3, 4, 1)
-    packing = Packing(valid, int(valid.sum()))
+    packing = Packing(valid, valid.sum(dim=1).tolist())
+    assert run_starts(valid).tolist() == [1, 0, -1]
     assert packing.pack(states).flatten().tolist() == [1.0, 2.0, 4.0, 5.0, 6.0, 7.0, 8.0, 10.0]
     assert torch.equal(packing.unpack(packing.pack(states)), states * valid[..., None])
     assert packing.pack_ids(torch.arange(4).expand(3, 3, 4)).shape == (3, 1, 8)
+
+
+def test_packing_of_one_run_per_sample_copies_runs_as_the_index_does():
+    valid = torch.tensor([[False, True, True, False], [True, True, True, True], [False, False, False, True]])
+    states, ids = torch.randn(3, 4, 2, 5), torch.arange(36).view(3, 3, 4)
+    starts, counts = run_starts(valid).tolist(), valid.sum(dim=1).tolist()
+    assert starts == [1, 0, 3]
+    by_runs, by_index = Packing(valid, counts, starts), Packing(valid, counts)
+    assert torch.equal(by_runs.pack(states), by_index.pack(states))
+    assert torch.equal(by_runs.pack_ids(ids), by_index.pack_ids(ids))
+    packed_heads = torch.randn(1, 2, 7, 5)
+    assert torch.equal(by_runs.unpack_heads(packed_heads), by_index.unpack_heads(packed_heads))
+    assert torch.equal(by_runs.unpack(by_runs.pack(states)), states * valid[..., None, None])
 
 
 def test_lmms_eval_model_args_pass_packing_and_the_vision_knobs_on():

@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from dash_vl import Halting
-from dash_vl.random_models import VIDEO_PROMPT_FAMILIES, family as family_module, full_size_config, long_prompt, long_video_prompt
+from dash_vl.random_models import (
+    VIDEO_PROMPT_FAMILIES, family as family_module, full_size_config, long_prompt, long_prompt_batch, long_video_prompt,
+)
 from tests.conftest import FAMILY_NAMES, model_of
 
 VISUAL_IDS = ("image_token_id", "video_token_id")
@@ -75,3 +77,23 @@ def test_full_size_video_prompts_state_their_visual_tokens():
 def test_video_prompt_of_an_image_family_is_a_clear_error():
     with pytest.raises(ValueError, match="no video timing prompt"):
         long_video_prompt("qwen2_vl", full_size_config("qwen2_vl", num_layers=1), 4, torch.device("cpu"), torch.float32)
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+def test_image_prompt_batch_gives_each_prompt_its_logits_alone(family):
+    model = model_of(family, "sdpa")
+    cpu, lengths = torch.device("cpu"), [300, 180]
+    batch = long_prompt_batch(family, model.config, lengths, cpu, torch.float32)
+    assert batch["input_ids"].shape[0] == 2 and batch["attention_mask"].sum(dim=1).tolist() == [
+        long_prompt(family, model.config, length, cpu, torch.float32)["input_ids"].shape[1] for length in lengths
+    ]
+    with torch.no_grad():
+        together = model(**batch, logits_to_keep=1).logits[:, -1]
+        alone = torch.cat([model(**long_prompt(family, model.config, length, cpu, torch.float32), logits_to_keep=1).logits[:, -1]
+                           for length in lengths])
+    torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-4)
+
+
+def test_image_prompt_batch_of_a_video_family_is_a_clear_error():
+    with pytest.raises(ValueError, match="no batched timing prompt for 'internvl'"):
+        long_prompt_batch("internvl", None, [100], torch.device("cpu"), torch.float32)

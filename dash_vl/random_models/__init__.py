@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from dash_vl.random_models import internvl, llava_onevision, qwen2_5_vl, qwen2_vl
+from dash_vl.random_models.prompts import left_padded_batch
 from dash_vl.random_models.tokenizer import byte_level_tokenizer
 
 FAMILIES: dict[str, ModuleType] = {
@@ -70,6 +71,25 @@ def long_prompt(name: str, config: Any, length: int, device: torch.device, dtype
     for timing a whole model: one image (Qwen2-VL, Qwen2.5-VL) or one video (LLaVA-OneVision,
     InternVL), random pixels, text around it."""
     return family(name).long_prompt(config, length, device, dtype)
+
+
+IMAGE_BATCH_FAMILIES = ("qwen2_vl", "qwen2_5_vl")
+"""The families whose image inputs concatenate along dim 0 (flattened patches), so that
+:func:`long_prompt_batch` can join their prompts."""
+
+
+def long_prompt_batch(
+    name: str, config: Any, lengths: list[int], device: torch.device, dtype: torch.dtype
+) -> dict[str, torch.Tensor]:
+    """One left-padded batch (:func:`~dash_vl.random_models.prompts.left_padded_batch`) of one
+    :func:`long_prompt` per entry of ``lengths``: an image each, of about that many tokens.
+
+    Raises:
+        ValueError: for a family not in :data:`IMAGE_BATCH_FAMILIES`.
+    """
+    if name not in IMAGE_BATCH_FAMILIES:
+        raise ValueError(f"no batched timing prompt for {name!r}; families with one: {list(IMAGE_BATCH_FAMILIES)}")
+    return left_padded_batch([long_prompt(name, config, length, device, dtype) for length in lengths])
 
 
 VIDEO_PROMPT_FAMILIES: tuple[str, ...] = tuple(name for name, module in FAMILIES.items() if hasattr(module, "long_video_prompt"))

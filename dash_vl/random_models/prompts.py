@@ -47,3 +47,22 @@ def video_inputs(
         "input_ids": ids, "attention_mask": torch.ones_like(ids),
         pixels_field: torch.randn(pixels_shape, device=device, generator=generator).to(dtype),
     }
+
+
+PER_TOKEN_FIELDS = ("input_ids", "attention_mask", "mm_token_type_ids")
+"""Input fields of shape ``(1, T)``: one value per prompt token."""
+
+
+def left_padded_batch(prompts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Prompts of batch 1 and different lengths as one left-padded batch, as a processor pads them:
+    the per-token fields (:data:`PER_TOKEN_FIELDS`) ``(batch, T_max)``, padded with 0 on the left
+    (``attention_mask`` 0 there); every other field (``pixel_values``, ``image_grid_thw``: the
+    flattened patches and grids of the Qwen-VL families) concatenated along dim 0, prompt after prompt."""
+    width = max(prompt["input_ids"].shape[1] for prompt in prompts)
+    batch = {}
+    for field in prompts[0]:
+        parts = [prompt[field] for prompt in prompts]
+        if field in PER_TOKEN_FIELDS:
+            parts = [torch.nn.functional.pad(part, (width - part.shape[1], 0)) for part in parts]
+        batch[field] = torch.cat(parts)
+    return batch
