@@ -12,6 +12,8 @@ installed release has (never by parsing its version string):
 * the module-level helpers the adapters and the engines read (vision rotary, anyres tiling, the
   Qwen ViTs' patch positions, attention segments and windows) and how many key slots a cache layer
   holds (a sliding-window layer keeps only its window);
+* whether a Qwen-VL model takes the processor's token types (``mm_token_type_ids``, after 5.17) to
+  build its M-RoPE ids;
 * how an attention function is registered and how the attention modules find theirs: by the
   name in their config's ``_attn_implementation``, looked up in ``AttentionInterface`` at every
   call (packed prefill swaps that name for the duration of the prefill).
@@ -22,6 +24,7 @@ The next upstream change should be a change in this module and nowhere else.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -61,6 +64,14 @@ def pop_cache(kwargs: dict[str, Any]) -> Any:
         raise ValueError(f"the cache was passed twice, as {given[0]!r} and {given[1]!r}; pass it once")
     values = [kwargs.pop(name, None) for name in CACHE_KEYWORDS]
     return next((value for value in values if value is not None), None)
+
+
+def token_type_inputs(model_class: type, input_ids: torch.Tensor, image_token_id: int) -> dict[str, torch.Tensor]:
+    """``{"mm_token_type_ids": (batch, T) long, 1 on image tokens}`` where ``model_class.forward``
+    takes the processor's token types (releases after 5.17 build M-RoPE ids from them), else ``{}``."""
+    if "mm_token_type_ids" not in inspect.signature(model_class.forward).parameters:
+        return {}
+    return {"mm_token_type_ids": (input_ids == image_token_id).long()}
 
 
 def new_cache(config: Any) -> DynamicCache:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Any
 
@@ -12,6 +11,7 @@ from transformers import (
 )
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+from dash_vl import hf_compat
 from dash_vl.random_models.prompts import TEXT_AROUND, random_text
 from dash_vl.random_models.shapes import qwen2_7b_text
 from dash_vl.random_models.tokenizer import byte_level_tokenizer, chat_template, token_ids
@@ -100,11 +100,8 @@ def long_prompt(
         torch.full((tokens,), config.image_token_id, device=device),
         torch.tensor([config.vision_end_token_id], device=device), text(),
     ])[None]
-    # transformers releases after 5.17 take the processor's token types (1: image) to build M-RoPE ids
-    newer = "mm_token_type_ids" in inspect.signature(model_class.forward).parameters
-    token_types = {"mm_token_type_ids": (ids == config.image_token_id).long()} if newer else {}
     return dict(
-        **token_types, input_ids=ids, attention_mask=torch.ones_like(ids),
+        **hf_compat.token_type_inputs(model_class, ids, config.image_token_id), input_ids=ids, attention_mask=torch.ones_like(ids),
         pixel_values=torch.randn(tokens * merge**2, patch_features, device=device, generator=generator).to(dtype),
         image_grid_thw=torch.tensor([[1, merge * rows, merge * cols]], device=device),
     )
