@@ -317,14 +317,16 @@ class HaltingEngine:
         (:meth:`_runs_packed`), the layers before and after ``l_s`` see only the valid tokens laid
         end to end; the decision, the KV cache and the result stay in the padded layout.
         """
-        valid_counts, eligible_counts, starts = torch.stack(
-            (token_valid.sum(dim=1), eligible.sum(dim=1), run_starts(token_valid))
-        ).tolist()
+        counted = [token_valid.sum(dim=1), eligible.sum(dim=1)]
+        if self.config.packing != "off":  # where the valid slots start, read in the same transfer
+            counted.append(run_starts(token_valid))
+        valid_counts, eligible_counts, *starts = torch.stack(counted).tolist()
         require_eligible(eligible_counts, self.config.ratio)
         seq_len = hidden.shape[1]
         packed = self._runs_packed(valid_counts, seq_len)
         full_keys = KeyLayout.sequence(token_valid, all_valid=min(valid_counts) == seq_len)
-        full_layout = layout_of(packed, full_keys, valid_counts, starts if min(starts) >= 0 else None)
+        full_starts = starts[0] if packed and min(starts[0]) >= 0 else None
+        full_layout = layout_of(packed, full_keys, valid_counts, full_starts)
         states = full_layout.pack(hidden)
         full = full_layout.inputs(self.adapter, states, full_layout.pack_ids(rope_ids))
         early_cache = full_layout.cache(cache if cache is not None else hf_compat.new_cache(self.adapter.text_config))

@@ -55,6 +55,8 @@ KERNEL_IMPLEMENTATIONS = {"sdpa": "sdpa", "flex": "sdpa", "fa4": "flash_attentio
 """The HF attention implementation each kernel label runs under (Flex is the engine's packed path over SDPA's name)."""
 PACKED_KERNELS = ("flex", "fa4_packed")
 """Kernels of the engine's packed path (``packing="always"``): the unmodified model has none."""
+UNPACKED = {"flex": "sdpa", "fa4_packed": "fa4"}
+"""The padded kernel of each packed one: what a packed run is compared with."""
 
 DECODE_STEPS = 16
 KERNEL_ERRORS = (Exception,)
@@ -244,7 +246,7 @@ def profile_mixed(model, mixed: Prompts, label: str, rows: int = 24) -> None:
     profiled run each (after a warm-up) of the batch packed under ``label`` and of its prompts one by
     one under ``label``'s unpacked kernel; per operator, self CUDA ms of each, sorted by packed minus
     one by one, and the idle GPU time (wall minus kernel time) of each."""
-    unpacked = "fa4" if label == "fa4_packed" else "sdpa"
+    unpacked = UNPACKED[label]
     runs = {
         "packed": prefill(model, "dash", 0.0, label, [mixed.batch()]),
         "one by one": prefill(model, "dash", 0.0, unpacked, [mixed.alone(sample) for sample in range(len(mixed.lengths))]),

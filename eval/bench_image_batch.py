@@ -31,7 +31,7 @@ from contextlib import nullcontext
 
 import torch
 
-from bench_flash4 import KERNEL_ERRORS, PACKED_KERNELS, kept_agreement, kept_of, kernel, version_of
+from bench_flash4 import KERNEL_ERRORS, PACKED_KERNELS, UNPACKED, kept_agreement, kept_of, kernel, version_of
 from bench_packed import guarded_row, measure_modes, qwen2_vl_model, relative_error
 from dash_vl import Halting
 from dash_vl.random_models import long_prompt, long_prompt_batch
@@ -41,8 +41,6 @@ SMOKE_BATCH = [400, 330, 260, 200]
 SMOKE_KERNELS = ["sdpa", "flex"]
 """The smoke run's kernels: FA4 needs a GPU."""
 KERNELS = ("sdpa", "flex", "fa4", "fa4_packed")
-UNPACKED = {"flex": "sdpa", "fa4_packed": "fa4"}
-"""The padded kernel each packed one is checked against."""
 
 
 def prefill(model, method: str, ratio: float, label: str, calls: list[dict]) -> Callable[[], list]:
