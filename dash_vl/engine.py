@@ -14,6 +14,9 @@ Prefill (empty cache):
   * active tokens are gathered into a compact left-padded tensor (prompt order kept, original
     rotary ids kept) and run the rest of the layers; layers ``>= l_s`` cache only active tokens.
 
+At ratio 0 nothing halts, so no decision is made: every layer runs on every prompt token (packed
+where packing is on) and caches all of them, as the model itself does.
+
 Later calls on the same cache (decoding, or appended text) run every new token through every
 layer: layers ``< l_s`` attend over the full cache, layers ``>= l_s`` over the compact one.
 No attention matrix is built, so any SDPA / FlashAttention kernel runs unchanged.
@@ -271,7 +274,7 @@ class HaltingEngine:
         evidence = self._vision_evidence(prompt_ids)
         if self.config.question != "after_context":
             hidden, active = self._halting_pass(hidden, token_valid, rope_ids, cache, eligible, evidence)
-            self._pending_reports.append(PendingReport.queue(token_valid, eligible, active.active, question_len=0))
+            self._pending_reports.append(PendingReport.queue(token_valid, eligible, active, question_len=0))
             return hidden
         if cache is None:
             cache = hf_compat.new_cache(self.adapter.text_config)
@@ -284,10 +287,10 @@ class HaltingEngine:
             hidden[:, :context_len], token_valid[:, :context_len], rope_ids[..., :context_len], cache,
             eligible[:, :context_len], evidence,
         )
-        tail = self._extend(hidden[:, context_len:], token_valid, rope_ids[..., context_len:], cache, self._compact[cache])
+        tail = self._extend(hidden[:, context_len:], token_valid, rope_ids[..., context_len:], cache, self._compact.get(cache))
         self._pending_reports.append(
             PendingReport.queue(
-                token_valid[:, :context_len], eligible[:, :context_len], active.active, question_len=seq_len - context_len
+                token_valid[:, :context_len], eligible[:, :context_len], active, question_len=seq_len - context_len
             )
         )
         return torch.cat([context, tail], dim=1)
@@ -308,8 +311,10 @@ class HaltingEngine:
     def _halting_pass(
         self, hidden: torch.Tensor, token_valid: torch.Tensor, rope_ids: torch.Tensor, cache: Any, eligible: torch.Tensor,
         evidence: Evidence | None = None,
-    ) -> tuple[torch.Tensor, ActiveSet]:
-        """Layers ``[0, L)`` over a prompt, halting at ``l_s``; returns ``(batch, T, D)`` and the active set.
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layers ``[0, L)`` over a prompt, halting at ``l_s``; returns ``(batch, T, D)`` and the active
+        tokens ``(batch, T)`` bool. At ratio 0 nothing halts and no decision is made: every layer runs
+        on every token and caches all of them, as in the model itself (packed or padded alike).
 
         The host reads the per-sample token counts once, before the first layer; after that it
         never waits for the GPU where the policy reports its kept counts (DASH does), so the
@@ -329,6 +334,10 @@ class HaltingEngine:
         full_layout = layout_of(packed, full_keys, valid_counts, full_starts)
         states = full_layout.pack(hidden)
         full = full_layout.inputs(self.adapter, states, full_layout.pack_ids(rope_ids))
+        if self.config.ratio == 0:  # nothing halts: every layer as the model runs it, no decision
+            with self._packed_attention() if packed else nullcontext():
+                states = self._every_layer(states, full, full_layout.cache(cache))
+            return full_layout.unpack(states), token_valid
         early_cache = full_layout.cache(cache if cache is not None else hf_compat.new_cache(self.adapter.text_config))
         with self._packed_attention() if packed else nullcontext():
             states, previous = self._full_length_layers(states, full, full_layout, early_cache)
@@ -347,7 +356,14 @@ class HaltingEngine:
                     compact_padded=None if compact_valid is None else not compact_valid,
                 )
             compact = self._compact_layers(compact, rope_ids, active, cache, late_layout)
-        return self._write_back_active(probe.hidden_states, late_layout.unpack(compact), active), active
+        return self._write_back_active(probe.hidden_states, late_layout.unpack(compact), active), active.active
+
+    def _every_layer(self, states: torch.Tensor, inputs: LayerInputs, cache: Any) -> torch.Tensor:
+        """Layers ``[0, L)`` over every token of ``states`` (``(batch, T, D)`` padded, ``(1, N, D)`` packed,
+        as ``inputs``), each caching all of them in ``cache`` (``None``: no cache); what ratio 0 runs."""
+        for index, layer in enumerate(self.adapter.layers):
+            states = layer(states, **hf_compat.cache_argument(cache), **inputs.for_layer(index))
+        return states
 
     def _full_length_layers(
         self, states: torch.Tensor, full: LayerInputs, layout: TokenLayout, cache: Any

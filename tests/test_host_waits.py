@@ -179,14 +179,18 @@ def ops_per_decode_step(model, inputs: dict, knobs: dict | None) -> float:
     return (counts[1] - counts[0]) / 4
 
 
-def test_a_halted_decode_step_does_the_host_work_of_ratio_zero(sdpa_model, processor):
-    """What a decode step dispatches does not grow with halting: the same operators at ρ = 0.75 as at
-    ρ = 0 for DASH and FastV, and a few per step more than the unmodified model (the compact layout's
-    slot bookkeeping, once per step: 519 against 511 here). So where a GPU decode step under halting
-    takes longer than at ρ = 0 (eval/results/generate_qwen2vl7b.md), it is not more host work."""
+def test_a_halted_decode_step_does_little_more_host_work_than_ratio_zero(sdpa_model, processor):
+    """What a decode step dispatches barely grows with halting: the same operators at ρ = 0.75 for
+    DASH and FastV, a few more than at ρ = 0 (the compact layout's slot bookkeeping, once per step:
+    519 against 516 here; ratio 0 keeps no compact cache) and than the unmodified model (511; the
+    engine's decode-kernel choice). So where a GPU decode step under halting takes longer than at
+    ρ = 0 (eval/results/generate_qwen2vl7b.md), it is not host work."""
     inputs = vl_inputs(processor, 1)
     unmodified = ops_per_decode_step(sdpa_model, inputs, None)
     ratio_zero = ops_per_decode_step(sdpa_model, inputs, dict(method="dash", ratio=0.0, start_layer=2))
-    for method in ("dash", "fastv"):
-        assert ops_per_decode_step(sdpa_model, inputs, dict(method=method, ratio=0.75, start_layer=2)) == ratio_zero
-    assert unmodified < ratio_zero <= unmodified + 16
+    halted = {
+        method: ops_per_decode_step(sdpa_model, inputs, dict(method=method, ratio=0.75, start_layer=2))
+        for method in ("dash", "fastv")
+    }
+    assert halted["dash"] == halted["fastv"]
+    assert unmodified < ratio_zero < halted["dash"] <= ratio_zero + 8
