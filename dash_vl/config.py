@@ -66,6 +66,11 @@ class HaltingConfig:
         vision_rule: which patches the encoder halts: ``"dash"`` (default), the lowest ``Δattn``;
             ``"random"``, a uniformly random set of the same size (seeded by ``seed``), the
             ablation that tells whether the score matters.
+        compiled_decode: whether decode steps over a static KV cache (``generate(...,
+            cache_implementation="static")``, :mod:`dash_vl.static_slots`) run on a GPU as a CUDA graph
+            captured at the second step (default ``True``); ``False`` runs them eagerly. With it set,
+            :func:`dash_vl.load`'s answers, the CLI and the lmms-eval models generate with a static cache
+            on a GPU; unset, with the dynamic cache and the engine's eager decode steps.
     """
 
     method: str = "dash"
@@ -78,6 +83,7 @@ class HaltingConfig:
     vision_ratio: float | None = None
     vision_start_layer: int | float = 0.4
     vision_rule: str = "dash"
+    compiled_decode: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)):
@@ -107,6 +113,8 @@ class HaltingConfig:
             raise ValueError(f"packing must be one of {PACKING_MODES}, got {self.packing!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise TypeError(f"seed must be an int, got {self.seed!r}")
+        if not isinstance(self.compiled_decode, bool):
+            raise TypeError(f"compiled_decode must be a bool, got {self.compiled_decode!r}")
         self._check_vision_knobs()
 
     def _check_vision_knobs(self) -> None:

@@ -28,6 +28,12 @@ the model's FlashAttention varlen kernel), rotary ids kept per token. The haltin
 cache (written in the left-padded layouts above) and the returned states stay padded, so decoding
 is the same in either mode.
 
+On a static cache (``generate(cache_implementation="static")``) the prefill fills a dynamic cache
+as above; then the layer-by-layer layout is decided once: layer ``i`` gets static buffers of its
+prefill slots plus the new tokens the cache was sized for (:mod:`dash_vl.static_slots`), and every
+later call has fixed shapes and no host read. On a GPU, with ``config.compiled_decode``, a one-token
+step is captured as a CUDA graph at the second step and replayed after (:mod:`dash_vl.decode_graph`).
+
 Each layer gets the mask and rotary embeddings of its kind (``config.layer_types``,
 :mod:`dash_vl.layer_inputs`): a sliding-window layer's window is measured in the sequence
 positions its key slots hold, in the full-length and in the compact layout alike, and over the
@@ -49,6 +55,7 @@ from dash_vl import hf_compat
 from dash_vl.adapter import ModelAdapter
 from dash_vl.config import HaltingConfig
 from dash_vl.decision import DecisionProbe, KeyRecorder, PreviousLayer
+from dash_vl.decode_graph import DecodeGraph
 from dash_vl.decode_kernels import DECODE_SDPA_BACKENDS, decode_attention_kernels, decode_implementation
 from dash_vl.flex import PACKED_ATTENTION
 from dash_vl.layer_inputs import KeyLayout, LayerInputs
@@ -58,6 +65,7 @@ from dash_vl.packing import Packing, PaddedLayout, TokenLayout, run_starts
 from dash_vl.prefill_flops import DecisionLayerWork, LayerShapes, prefill_flops
 from dash_vl.report import HaltingReport
 from dash_vl.selection import ActiveSet, compact_layout, require_eligible
+from dash_vl.static_slots import SLOT_ATTENTION, StaticSlots
 from dash_vl.vision_evidence import EvidenceRecorder, evidence_over_prompt
 
 Evidence = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -198,6 +206,10 @@ class HaltingEngine:
         """SDPA backends of decode steps on a GPU, where a FlashAttention model decodes through SDPA too
         (:mod:`dash_vl.decode_kernels`); ``None``: the model's own implementation and PyTorch's choice."""
         self._compact: weakref.WeakKeyDictionary[Any, CompactCache] = weakref.WeakKeyDictionary()
+        self._static: weakref.WeakKeyDictionary[Any, StaticSlots] = weakref.WeakKeyDictionary()
+        """Per static cache after its prefill, the layout of its buffers."""
+        self._graphs: weakref.WeakKeyDictionary[Any, DecodeGraph | None] = weakref.WeakKeyDictionary()
+        """Per static cache, its captured one-token step; ``None`` after the eager first step (the warm-up)."""
 
     @property
     def reports(self) -> list[HaltingReport]:
@@ -228,12 +240,6 @@ class HaltingEngine:
         the installed release's name.
         """
         cache = hf_compat.pop_cache(kwargs)
-        if getattr(cache, "is_compileable", False):
-            raise ValueError(
-                f"halting needs a dynamic KV cache, got {type(cache).__name__}: from l_s on the layers cache only "
-                "the active tokens, a length that a static cache (cache_implementation='static', torch.compile) "
-                "fixes in advance for every layer; generate without cache_implementation"
-            )
         for name in UNSUPPORTED_OUTPUTS:
             if kwargs.get(name):
                 raise ValueError(f"{name}=True is not supported while halting is applied")
@@ -241,6 +247,15 @@ class HaltingEngine:
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         hidden = self.adapter.embed(input_ids) if inputs_embeds is None else inputs_embeds
         batch_size, new_len = hidden.shape[:2]
+        slots = self._static.get(cache) if cache is not None else None
+        if slots is not None:
+            rope_ids = self.adapter.rope_position_ids(position_ids, batch_size, new_len, slots.span + slots.written, hidden.device)
+            return hf_compat.model_output(self._static_extend(hidden, rope_ids, cache, slots), cache)
+        static_cache = cache if hf_compat.is_static_cache(cache) else None
+        if static_cache is not None:  # the prefill fills a dynamic cache; the static layout follows it
+            self._check_static_decoding(static_cache)
+            attention_mask = hf_compat.prompt_validity(attention_mask, batch_size, new_len, hidden.device)
+            cache, use_cache = hf_compat.full_length_cache(), True
         use_cache = self.adapter.text_config.use_cache if use_cache is None else use_cache
         if use_cache and cache is None:
             cache = hf_compat.new_cache(self.adapter.text_config)
@@ -255,6 +270,9 @@ class HaltingEngine:
             hidden = self._prefill(hidden, token_valid, rope_ids, cache, prompt_ids)
         else:
             hidden = self._extend(hidden, token_valid, rope_ids, cache, self._compact.get(cache))
+        if static_cache is not None:
+            self._lay_out_static(static_cache, cache, token_valid)
+            cache = static_cache
         return hf_compat.model_output(self.adapter.final_norm(hidden), cache if use_cache else None)
 
     # ----------------------------------------------------------------------------------------
@@ -571,6 +589,72 @@ class HaltingEngine:
                 key_length = hf_compat.cached_length(cache, index) + new_len
                 hidden = layer(hidden, **inputs.for_layer(index, key_length), **hf_compat.cache_argument(cache))
         return hidden
+
+    # ----------------------------------------------------------------------------------------
+    def _check_static_decoding(self, cache: Any) -> None:
+        """Refuse a static ``cache`` where its layout cannot hold: one already written (outside the engine), or
+        decoder layers on several devices (a graph records one device's work)."""
+        hf_compat.static_capacity(cache)
+        devices = {next(layer.parameters()).device for layer in self.adapter.layers}
+        if len(devices) > 1:
+            raise ValueError(
+                f"a static cache while halting needs every decoder layer on one device, got {sorted(map(str, devices))}; "
+                "generate without cache_implementation"
+            )
+
+    def _layer_layouts(self, token_valid: torch.Tensor, compact: CompactCache | None) -> list[KeyLayout]:
+        """Per decoder layer, the key layout its prefill slots are in: the prompt's ``(batch, T)`` below ``l_s``,
+        the compact one from ``l_s`` (every layer the prompt's where nothing was halted). Layers given the same
+        object share their slot bookkeeping in the static layout."""
+        full = KeyLayout.sequence(token_valid, all_valid=None)
+        if compact is None:
+            return [full] * self.num_layers
+        late = KeyLayout(compact.slot_valid, compact.slot_positions, None, span=token_valid.shape[1])
+        return [full if index < self.start_layer else late for index in range(self.num_layers)]
+
+    def _lay_out_static(self, static_cache: Any, prefilled: Any, token_valid: torch.Tensor) -> None:
+        """Decide the layer-by-layer static layout once, after the prefill into the dynamic ``prefilled``:
+        layer ``i`` gets buffers of its ``P_i`` prefill slots plus the new tokens ``static_cache`` was sized
+        for, filled from ``prefilled``, and ``static_cache``'s layers hold them (``token_valid``: ``(batch, T)``)."""
+        span = token_valid.shape[1]
+        capacity = hf_compat.static_capacity(static_cache) - span
+        layouts = self._layer_layouts(token_valid, self._compact.pop(prefilled, None))
+        slots = StaticSlots(prefilled, layouts, self.adapter.layer_windows, span, capacity)
+        hf_compat.install_static_layers(static_cache, slots.keys, slots.values, slots.counters())
+        self._static[static_cache] = slots
+
+    def _static_extend(self, hidden: torch.Tensor, rope_ids: torch.Tensor, cache: Any, slots: StaticSlots) -> torch.Tensor:
+        """New tokens ``(batch, Q, D)`` through every layer over the static layout; returns the final states
+        after the norm. On a GPU with ``config.compiled_decode``, one-token steps run as a CUDA graph: the
+        first eagerly (the warm-up), the second records the graph, every later one replays it."""
+        slots.reserve(hidden.shape[1])
+        if not self.config.compiled_decode or hidden.device.type != "cuda":
+            return self._static_step(hidden, rope_ids, slots)
+        if cache not in self._graphs:
+            self._graphs[cache] = None
+            return self._static_step(hidden, rope_ids, slots)
+        graph = self._graphs[cache]
+        if graph is None:
+            graph = self._graphs[cache] = DecodeGraph(lambda states, ids: self._static_step(states, ids, slots), hidden, rope_ids)
+        if not graph.fits(hidden, rope_ids):
+            return self._static_step(hidden, rope_ids, slots)
+        return graph(hidden, rope_ids)
+
+    def _static_step(self, hidden: torch.Tensor, rope_ids: torch.Tensor, slots: StaticSlots) -> torch.Tensor:
+        """One call's device work over the static layout: ``hidden`` ``(batch, Q, D)`` and its rotary ids
+        ``(..., batch, Q)`` through every layer, each writing its new slots in place and attending over its
+        whole buffer (:func:`dash_vl.static_slots.slot_attention`); the final states after the norm."""
+        new_len = hidden.shape[1]
+        masks = slots.begin(new_len)
+        kinds = self.adapter.layer_types
+        rotary = {kind: self.adapter.position_embeddings(hidden, rope_ids, kind) for kind in dict.fromkeys(kinds)}
+        with hf_compat.attention_implementation(self.adapter.text_config, SLOT_ATTENTION):
+            for index, layer in enumerate(self.adapter.layers):
+                hidden = layer(
+                    hidden, attention_mask=masks[index], position_embeddings=rotary[kinds[index]], **hf_compat.cache_argument(slots)
+                )
+        slots.finish(new_len)
+        return self.adapter.final_norm(hidden)
 
     # ----------------------------------------------------------------------------------------
     def _question_mask(self, visual: torch.Tensor | None, token_valid: torch.Tensor) -> torch.Tensor:

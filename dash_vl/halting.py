@@ -12,7 +12,7 @@ usual. Each prompt (each new KV cache) is halted on its own.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -40,6 +40,7 @@ class Halting:
         self.engine = HaltingEngine(self.adapter, self.config)
         self.encoder_engine = self._encoder_engine()
         self._hook: Any = None
+        self._restore_compile: Callable[[], None] = lambda: None
 
     def _encoder_engine(self) -> EncoderHaltingEngine | None:
         """The encoder engine where ``vision_ratio`` is set; else ``None``."""
@@ -77,6 +78,7 @@ class Halting:
         if self.enabled:
             return self
         self.adapter.text_model.forward = self.engine.forward
+        self._restore_compile = self._keep_generate_from_compiling()
         self._hook = self.adapter.prompt_module.register_forward_pre_hook(self._remember_input_ids, with_kwargs=True)
         if self.engine.method.needs_vision_evidence:
             self.engine.evidence_recorder = EvidenceRecorder(self.adapter)
@@ -90,6 +92,7 @@ class Halting:
         if not self.enabled:
             return
         del self.adapter.text_model.forward
+        self._restore_compile()
         self._hook.remove()
         self._hook = None
         if self.engine.evidence_recorder is not None:
@@ -98,6 +101,16 @@ class Halting:
         if self.encoder_engine is not None:
             del self.encoder_engine.adapter.tower.forward
         self.engine.prompt_input_ids = None
+
+    def _keep_generate_from_compiling(self) -> Callable[[], None]:
+        """Stop ``generate`` from compiling the model's forward on a static cache (the engine owns the decoder
+        loop and records its own CUDA graphs, :mod:`dash_vl.decode_graph`); returns what restores the setting."""
+        generation_config = getattr(self.adapter.model, "generation_config", None)
+        if generation_config is None:
+            return lambda: None
+        previous = generation_config.disable_compile
+        generation_config.disable_compile = True
+        return lambda: setattr(generation_config, "disable_compile", previous)
 
     def __enter__(self) -> Halting:
         return self.enable()

@@ -16,7 +16,10 @@ installed release has (never by parsing its version string):
   build its M-RoPE ids;
 * how an attention function is registered and how the attention modules find theirs: by the
   name in their config's ``_attn_implementation``, looked up in ``AttentionInterface`` at every
-  call (packed prefill swaps that name for the duration of the prefill).
+  call (packed prefill swaps that name for the duration of the prefill);
+* what ``generate(cache_implementation="static")`` hands a prefill (a causal mask per layer kind over
+  the static length, not the 2-D padding mask) and how a static cache's layers hold their buffers
+  (``StaticLayer``: ``keys``, ``values``, a device-side ``cumulative_length``).
 
 The next upstream change should be a change in this module and nowhere else.
 """
@@ -33,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import AttentionInterface
-from transformers.cache_utils import DynamicCache
+from transformers.cache_utils import DynamicCache, StaticLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling
 from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
 from transformers.utils.generic import get_max_seqlen
@@ -77,6 +80,89 @@ def token_type_inputs(model_class: type, input_ids: torch.Tensor, image_token_id
 def new_cache(config: Any) -> DynamicCache:
     """An empty dynamic KV cache for a language model's ``config``."""
     return DynamicCache(config=config)
+
+
+def full_length_cache() -> DynamicCache:
+    """An empty dynamic KV cache whose every layer keeps all its slots (no sliding-window layer that
+    drops the oldest): what a prefill on a static cache fills before the static layout is laid out."""
+    return DynamicCache()
+
+
+def is_static_cache(cache: Any) -> bool:
+    """Whether ``cache`` is one of transformers' static caches (``cache_implementation="static"``)."""
+    return bool(getattr(cache, "is_compileable", False))
+
+
+def static_capacity(cache: Any) -> int:
+    """The slots per sample a static cache was sized for (``max_cache_len``).
+
+    Raises:
+        ValueError: where a layer was already written (the cache was used outside the engine).
+    """
+    if any(layer.is_initialized for layer in cache.layers):
+        raise ValueError("halting needs an empty static cache at the prefill; this one already holds tokens")
+    return max(layer.max_cache_len for layer in cache.layers)
+
+
+def prompt_validity(attention_mask: Any, batch_size: int, length: int, device: torch.device) -> torch.Tensor:
+    """``(batch, length)`` bool, the valid prompt tokens, from the mask ``generate`` passes a prefill on a
+    static cache: a causal mask ``(batch, 1, length, S)`` (bool, or additive float where 0 attends),
+    per layer kind in a dict, whose last query (the last prompt token under left padding) attends every
+    valid prompt slot; a 2-D padding mask; or ``None`` (no padding).
+
+    Raises:
+        ValueError: where only sliding-window masks are given (their last row does not reach every slot).
+    """
+    if isinstance(attention_mask, dict):
+        if "full_attention" not in attention_mask:
+            raise ValueError(
+                "a static cache on a model whose every layer has a sliding window is not supported while halting; "
+                "generate without cache_implementation"
+            )
+        attention_mask = attention_mask["full_attention"]
+    if attention_mask is None:
+        return torch.ones(batch_size, length, dtype=torch.bool, device=device)
+    if attention_mask.ndim == 2:
+        return attention_mask[:, :length].bool()
+    last = attention_mask[:, 0, -1, :length]
+    return last if last.dtype == torch.bool else last == 0
+
+
+class EngineStaticLayer(StaticLayer):
+    """A static cache layer over buffers the halting engine laid out after the prefill (its own length
+    per layer). Its decode steps run as the engine's CUDA graphs, not through ``torch.compile``, so it
+    is not compileable: ``generate`` then passes later calls their 2-D padding mask, as for a dynamic cache."""
+
+    is_compileable = False
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, filled: torch.Tensor) -> None:
+        super().__init__(max_cache_len=keys.shape[2])
+        self.keys, self.values, self.cumulative_length = keys, values, filled
+        self.dtype, self.device = keys.dtype, keys.device
+        self.batch_size, self.num_heads = keys.shape[:2]
+        self.k_head_dim, self.v_head_dim = keys.shape[-1], values.shape[-1]
+        self.is_initialized = True
+
+
+def install_static_layers(cache: Any, keys: list[torch.Tensor], values: list[torch.Tensor], filled: list[torch.Tensor]) -> None:
+    """Make static ``cache``'s layer ``i`` hold ``keys[i]`` / ``values[i]`` ``(batch, kv_heads, L_i, head_dim)``
+    with ``filled[i]`` (``()`` long on the device) slots written, so ``cache.layers[i]`` and
+    ``cache.get_seq_length()`` report the engine's layout."""
+    cache.layers[:] = [EngineStaticLayer(*parts) for parts in zip(keys, values, filled)]
+
+
+def size_static_cache_per_call(model: nn.Module) -> None:
+    """Let the next ``generate(cache_implementation="static")`` size its cache for its own prompt and answer:
+    ``generate`` otherwise keeps the longest length any earlier call asked for (to avoid recompiling), and
+    every later decode step then reads that many masked slots (benchmarks time each length alone)."""
+    if hasattr(model, "_previous_max_cache_length"):
+        del model._previous_max_cache_length
+
+
+def cached_keys_values(cache: Any, layer_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Layer ``layer_index``'s cached keys and values, ``(batch, kv_heads, S, head_dim)`` each."""
+    layer = cache.layers[layer_index]
+    return layer.keys, layer.values
 
 
 def cached_length(cache: Any, layer_index: int) -> int:
