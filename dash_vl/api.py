@@ -85,9 +85,17 @@ class VisionLanguageModel:
         """Greedy answers to a batch of queries, prefilled together (left-padded) with halting."""
         inputs = self.prepare(queries, system_prompt)
         with self.halting or nullcontext(), torch.no_grad():
-            output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+            output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, **self.cache_options())
         answers = output[:, inputs["input_ids"].shape[1] :]
         return [text.strip() for text in self.processor.batch_decode(answers, skip_special_tokens=True)]
+
+    def cache_options(self) -> dict[str, str]:
+        """``generate``'s cache argument for halted answers: a static cache on a GPU where
+        ``compiled_decode`` is set (decode steps replayed as CUDA graphs, :mod:`dash_vl.decode_graph`),
+        else none (the dynamic cache)."""
+        if self.halting is None or not self.halting.config.compiled_decode or self.model.device.type != "cuda":
+            return {}
+        return {"cache_implementation": "static"}
 
     def log_likelihood(self, query: Query, continuation: str, system_prompt: str | None = None) -> ContinuationScore:
         """How likely ``continuation`` is as the answer to ``query``: its log-probability, its
@@ -107,7 +115,7 @@ class VisionLanguageModel:
         forced = ForcedTokens(tokens, inputs["input_ids"].shape[1])
         with self.halting or nullcontext(), torch.no_grad():
             output = self.model.generate(
-                **inputs, max_new_tokens=len(tokens), do_sample=False, logits_processor=[forced],
+                **inputs, max_new_tokens=len(tokens), do_sample=False, logits_processor=[forced], **self.cache_options(),
                 output_logits=True, return_dict_in_generate=True,
             )
         log_probs = torch.log_softmax(torch.cat(output.logits)[: len(tokens)].float(), dim=-1)
@@ -175,7 +183,7 @@ def load(
     Args:
         model: Hub id (``"Qwen/Qwen2-VL-7B-Instruct"``) or path to a saved model and processor.
         config: the halting knobs; or give them as keywords (``method``, ``ratio``, ``start_layer``,
-            ``scope``, ``question``, ``packing``), see :class:`dash_vl.HaltingConfig`.
+            ``scope``, ``question``, ``packing``, ``compiled_decode``), see :class:`dash_vl.HaltingConfig`.
         device: ``device_map`` for ``from_pretrained`` (``"cuda"``, ``"auto"``, ...); default CPU.
         dtype: weights' dtype (``"auto"`` keeps the checkpoint's).
         attn_implementation: ``"sdpa"`` (default), ``"eager"``, ``"flash_attention_2"`` or ``"flash_attention_4"``

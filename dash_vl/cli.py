@@ -46,13 +46,17 @@ def add_knobs(parser: argparse.ArgumentParser) -> None:
         "--vision-rule", default="dash", choices=VISION_RULES,
         help="which patches the encoder halts: dash (lowest attention update) or random (the ablation, --seed)",
     )
+    parser.add_argument(
+        "--eager-decode", action="store_true",
+        help="decode with the dynamic cache and eager steps (default on a GPU: a static cache, steps replayed as CUDA graphs)",
+    )
 
 
 def knobs(args: argparse.Namespace) -> HaltingConfig:
     return HaltingConfig(
         method=args.method, ratio=args.ratio, start_layer=args.start_layer, scope=args.scope, question=args.question_mode,
         seed=args.seed, packing=args.packing, vision_ratio=args.vision_ratio, vision_start_layer=args.vision_start_layer,
-        vision_rule=args.vision_rule,
+        vision_rule=args.vision_rule, compiled_decode=not args.eager_decode,
     )
 
 

@@ -9,7 +9,8 @@ Registered through the ``lmms_eval.models`` entry-point group (:mod:`dash_vl.lmm
 ``model_args`` take the halting knobs of :class:`dash_vl.HaltingConfig` (``method`` — also
 ``none`` for the unmodified model —, ``ratio``, ``start_layer``, ``scope``, ``question``,
 ``seed``, ``packing``: ``ragged`` packs batches of unequal prompt lengths, ``docs/packed.md``;
-``vision_ratio`` and ``vision_start_layer``: encoder-side halting, ``docs/vit_halting.md``)
+``vision_ratio`` and ``vision_start_layer``: encoder-side halting, ``docs/vit_halting.md``;
+``compiled_decode``: ``false`` decodes eagerly over the dynamic cache, ``docs/compiled_decode.md``)
 and the loading ones (``pretrained``, ``device_map``, ``dtype``, ``attn_implementation``,
 ``system_prompt``, ``max_new_tokens``); an unknown key is an error.
 Under ``accelerate launch`` (or ``torchrun``) each process loads the model on its own device
@@ -40,12 +41,13 @@ LOADING_KEYS: tuple[str, ...] = (
 )
 HALTING_KEYS: tuple[str, ...] = (
     "method", "ratio", "start_layer", "scope", "question", "seed", "packing", "vision_ratio", "vision_start_layer",
+    "compiled_decode",
 )
 
 
 def halting_config(
     method: str, ratio: Any, start_layer: Any, scope: Any, question: str, seed: Any, packing: str = "off",
-    vision_ratio: Any = None, vision_start_layer: Any = 0.4,
+    vision_ratio: Any = None, vision_start_layer: Any = 0.4, compiled_decode: Any = True,
 ) -> HaltingConfig | None:
     """The knobs as lmms-eval parses them (numbers may arrive as strings); ``None`` for ``method=none``."""
     if method == "none":
@@ -69,8 +71,21 @@ def halting_config(
     return HaltingConfig(
         method=method, ratio=float(ratio), start_layer=start_layer, scope=scope, question=question, seed=int(seed),
         packing=packing, vision_ratio=None if vision_ratio is None else float(vision_ratio),
-        vision_start_layer=vision_start_layer,
+        vision_start_layer=vision_start_layer, compiled_decode=parse_bool("compiled_decode", compiled_decode),
     )
+
+
+def parse_bool(name: str, value: Any) -> bool:
+    """A boolean knob as lmms-eval passes it (``True`` / ``False`` or the strings ``true`` / ``false``, any case).
+
+    Raises:
+        ValueError: for anything else.
+    """
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("true", "false"):
+        return str(value).lower() == "true"
+    raise ValueError(f"{name} must be true or false, got {value!r}")
 
 
 def query_of(context: str, visuals: list[Any]) -> Query:
@@ -117,6 +132,7 @@ class HaltingModel(lmms):
         packing: str = "off",
         vision_ratio: float | str | None = None,
         vision_start_layer: int | float | str = 0.4,
+        compiled_decode: bool | str = True,
         device: str | None = "cuda",
         device_map: str | None = None,
         dtype: str = "auto",
@@ -139,7 +155,7 @@ class HaltingModel(lmms):
             device_map = str(self.accelerator.device)
             self._rank, self._world_size = self.accelerator.process_index, self.accelerator.num_processes
         config = halting_config(
-            method, ratio, start_layer, scope, question, seed, packing, vision_ratio, vision_start_layer
+            method, ratio, start_layer, scope, question, seed, packing, vision_ratio, vision_start_layer, compiled_decode
         )
         loaded = load(pretrained, HaltingConfig(), device=device_map or device, dtype=dtype, attn_implementation=attn_implementation)
         self.vlm = VisionLanguageModel(loaded.model, loaded.processor, config)

@@ -7,6 +7,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from dash_vl import Halting, HaltingConfig
+from dash_vl.hf_compat import prompt_validity
 from dash_vl.random_models import random_model, tiny_config
 
 
@@ -87,7 +88,9 @@ def test_config_and_keyword_knobs_together_are_rejected(sdpa_model):
         Halting(sdpa_model, HaltingConfig(ratio=0.5), ratio=0.9)
 
 
-def test_static_cache_is_refused_while_halting(sdpa_model, processor):
-    inputs = processor(text=["How many?"], return_tensors="pt")
-    with Halting(sdpa_model, ratio=0.5, scope="all"), pytest.raises(ValueError, match="dynamic KV cache"):
-        sdpa_model.generate(**inputs, max_new_tokens=2, cache_implementation="static")
+def test_a_static_cache_without_the_full_attention_mask_is_refused():
+    """Where every layer has a sliding window, ``generate`` hands a static prefill only windowed masks, whose last
+    row does not say which prompt tokens are valid: an error, not a guess."""
+    sliding_only = {"sliding_attention": torch.ones(1, 1, 4, 6, dtype=torch.bool)}
+    with pytest.raises(ValueError, match="every layer has a sliding window"):
+        prompt_validity(sliding_only, 1, 4, torch.device("cpu"))
