@@ -69,10 +69,12 @@ def test_static_decoding_equals_eager_decoding_on_a_padded_image_batch(sdpa_mode
     assert_same_decoding(dynamic, static)
 
 
-@pytest.mark.parametrize("question", ["halted", "after_context"])
-def test_static_decoding_equals_eager_decoding_on_text_prompts(question):
-    """A text LLM, every token eligible, one prompt left-padded; ``after_context`` with a 5-token question."""
+@pytest.mark.parametrize(("question", "implementation"), [("halted", "sdpa"), ("after_context", "sdpa"), ("halted", "eager")])
+def test_static_decoding_equals_eager_decoding_on_text_prompts(question, implementation):
+    """A text LLM, every token eligible, one prompt left-padded; ``after_context`` with a 5-token question; under
+    eager attention the prefill reads the prompt's padding from an additive mask."""
     model = tiny_qwen2()
+    model.config._attn_implementation = implementation
     dynamic, static = halted_on_both_caches(
         model, text_prompts(), question_tokens=5 if question == "after_context" else None,
         method="dash", ratio=0.5, scope="all", question=question,
