@@ -149,11 +149,13 @@ def settings_of(
 
 
 def setting_name(setting: Setting) -> str:
-    """``hf_default`` / ``hf_static`` for the unmodified model, ``<method>_<ratio>_eager`` / ``_compiled`` under halting."""
-    _, method, ratio, _, cache = setting
+    """``hf_default`` / ``hf_static`` for the unmodified model, ``<method>_<ratio>_eager`` / ``_compiled`` under
+    halting (``_model_decode`` appended where a halted setting decodes through the model's own kernel)."""
+    _, method, ratio, decode, cache = setting
     if method == "none":
         return "hf_static" if cache == "static" else "hf_default"
-    return f"{method}_{ratio}_{'compiled' if cache == 'static' else 'eager'}"
+    name = f"{method}_{ratio}_{'compiled' if cache == 'static' else 'eager'}"
+    return f"{name}_model_decode" if decode == "model" else name
 
 
 def halting_for(model, method: str, ratio: float, decode: str = "engine", **knobs) -> Halting | None:
