@@ -15,6 +15,10 @@ The official code (Theia-4869/CDPruner, ``llava/model/llava_arch.py``, commit 95
    ``e = (L_j - c_j · C) / sqrt(d²_j)``, subtract ``e²`` from every ``d²`` and retire ``j``.
 
 Here ``T = round(N (1 - ρ))`` (the official code takes ``T`` as a count, ``--visual_token_num``).
+Past the kernel's rank (``T`` larger than the embedding width, or a gain that rounding leaves
+at or below zero), where the official update divides by ``sqrt(0)`` or a negative and every gain
+turns NaN, a pick adds a zero row instead, so the remaining picks follow the largest remaining
+gain and exactly ``T`` distinct tokens are kept.
 The adaptation: the official relevance reads CLIP's own embedding space, the patch features
 through ``post_layernorm`` and ``visual_projection`` against CLIP's *text tower* run on the
 question (``llava/model/multimodal_encoder/clip_encoder.py`` lines 79-95), which only a CLIP
@@ -55,7 +59,9 @@ def conditional_dpp(features: torch.Tensor, relevance: torch.Tensor, count: int)
     for step in range(count):
         pick = gains.argmax()
         picks[step] = pick
-        row = (kernel[pick] - torch.einsum("t,tn->n", rows[:step, pick], rows[:step])) / gains[pick].sqrt()
+        gain = gains[pick]
+        residual = kernel[pick] - torch.einsum("t,tn->n", rows[:step, pick], rows[:step])
+        row = torch.where(gain > 0, residual / gain.clamp(min=torch.finfo(gain.dtype).tiny).sqrt(), 0.0)
         rows[step] = row
         gains -= row.square()
         gains[pick] = -torch.inf
