@@ -49,8 +49,11 @@ def instruction_relevance(visual: torch.Tensor, instruction: torch.Tensor) -> to
 def conditional_dpp(features: torch.Tensor, relevance: torch.Tensor, count: int) -> torch.Tensor:
     """``(count,)`` long: greedy MAP picks of the DPP with kernel ``diag(r) S diag(r)``, in the order picked.
 
-    ``features`` ``(n, D)`` give the cosine similarity ``S``; ``relevance`` ``(n,)`` float32.
+    ``features`` ``(n, D)`` give the cosine similarity ``S``; ``relevance`` ``(n,)`` float32. All ``n`` in order
+    where ``count >= n``.
     """
+    if count >= features.shape[0]:
+        return torch.arange(features.shape[0], device=features.device)
     directions = features.float() / features.float().norm(dim=-1, keepdim=True)
     kernel = relevance[:, None] * (directions @ directions.T) * relevance[None, :]
     rows = torch.zeros(count, kernel.shape[0], device=kernel.device)

@@ -40,7 +40,10 @@ def cosine_distances(features: torch.Tensor) -> torch.Tensor:
 
 
 def max_min_diverse(distances: torch.Tensor, count: int) -> torch.Tensor:
-    """``(count,)`` long: greedy max-min picks over ``distances`` ``(n, n)``, in the order picked."""
+    """``(count,)`` long: greedy max-min picks over ``distances`` ``(n, n)``, in the order picked (all ``n``
+    in order where ``count >= n``)."""
+    if count >= distances.shape[0]:
+        return torch.arange(distances.shape[0], device=distances.device)
     picks = torch.empty(count, dtype=torch.long, device=distances.device)
     picks[0] = distances.topk(2, dim=0, largest=False).values[1].argmax()
     nearest = distances[picks[0]].clone()
