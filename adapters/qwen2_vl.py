@@ -60,8 +60,14 @@ class Qwen2VLAdapter(VisionLanguageAdapter):
 
     def tokens_from_patches(self, modality: str, patches: torch.Tensor, arguments: dict[str, Any]) -> VisualEvidence:
         """Each LLM token is one merger group of ``spatial_merge_size²`` consecutive patches: the mean of
-        their evidence (the official VisionZip pooling for Qwen); Qwen2.5-VL's window order is undone.
-        Units are temporal slices (a frame pair of a video, or an image)."""
+        their evidence; Qwen2.5-VL's window order is undone. Units are temporal slices (a frame pair of
+        a video, or an image).
+
+        Official is the VisionZip rule itself, on CLIP towers with ``[CLS]`` (dvlab-research/VisionZip,
+        commit 3151f6d, ``visionzip/clip_encoder.py`` lines 43-83); its repository has no Qwen, SigLIP
+        or InternViT code. Ours: the received-attention score standing in for ``[CLS]`` attention
+        (:mod:`dash_vl.vision_evidence`), this pooling of the patch evidence over each merger group,
+        and the unit per temporal slice."""
         visual = self.model.model.visual
         grid = arguments["image_grid_thw" if modality == "image" else "video_grid_thw"]
         group = visual.spatial_merge_size**2

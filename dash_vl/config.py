@@ -24,15 +24,18 @@ class HaltingConfig:
     Attributes:
         method: name of the halting policy in :data:`dash_vl.methods.METHODS`: ``"dash"``, its
             ablations ``"dash_block"``, ``"dash_highest"``, ``"random"``, or the baselines
-            ``"fastv"``, ``"dart"`` and ``"visionzip"`` (see each module for its published rule).
+            ``"fastv"``, ``"dart"``, ``"visionzip"``, ``"vispruner"``, ``"divprune"`` and ``"cdpruner"``
+            (see each module for its published rule); ``"dart_prompt_order"`` is DART with its
+            pivots walked in prompt order (ours, not the official order).
         ratio: ρ in [0, 1), the fraction of *eligible* prompt tokens halted at the decision
-            layer (for FastV, DART and VisionZip: the fraction of visual tokens dropped). ``0`` runs the
+            layer (for the visual baselines: the fraction of visual tokens dropped). ``0`` runs the
             engine with nothing halted (identical to the unmodified model).
         start_layer: the decision layer ``l_s``. An ``int`` is a layer index in ``[1, L)`` (``0``,
-            before the first layer, only for VisionZip, which must decide there); a
+            before the first layer, only for the pre-LLM methods, which must decide there); a
             ``float`` in (0, 1) is a fraction of ``L`` (``floor(start_layer * L)``, at least 1).
             Unset (``None``), the method's default: ``0.4`` for DASH and its ablations, layer
-            ``2`` (the official ``K``) for FastV and DART, ``0`` (before the LLM) for VisionZip.
+            ``2`` (the official ``K``) for FastV and DART, ``0`` (before the LLM) for VisionZip,
+            VisPruner, DivPrune and CDPruner.
         scope: ``"all"``: text and visual tokens are eligible (the paper's unified rule);
             ``"visual"``: only visual tokens are eligible. Unset (``None``), it becomes the
             method's default: ``"all"`` for DASH and its ablations, ``"visual"`` for the baselines.

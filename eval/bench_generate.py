@@ -59,6 +59,8 @@ from torch.profiler import ProfilerActivity, profile
 
 from dash_vl import Halting, hf_compat
 from dash_vl.masks import is_flash
+from dash_vl.methods import METHODS
+from dash_vl.methods.pre_llm import BeforeLanguageModel
 from dash_vl.random_models import full_size_config, long_prompt, random_model
 from gpu_timing import add_timing_arguments, print_table, report_run
 
@@ -159,11 +161,13 @@ def setting_name(setting: Setting) -> str:
 
 
 def halting_for(model, method: str, ratio: float, decode: str = "engine", **knobs) -> Halting | None:
-    """The setting's halting (scope ``all``: the text prompt has no visual tokens; further ``knobs`` of
+    """The setting's halting (scope ``all``: the text prompt has no visual tokens; ``visual`` for a method
+    that picks visual tokens before the LLM, which runs on ``--image`` prompts; further ``knobs`` of
     :class:`dash_vl.HaltingConfig`; ``decode`` as in :data:`Setting`), or ``None`` unmodified."""
     if method == "none":
         return None
-    halting = Halting(model, method=method, ratio=ratio, scope="all", **knobs)
+    scope = "visual" if issubclass(METHODS[method], BeforeLanguageModel) else "all"
+    halting = Halting(model, method=method, ratio=ratio, scope=scope, **knobs)
     if decode == "model":
         halting.engine.decode_backends = None
     return halting
@@ -313,7 +317,7 @@ def mixed_prompt(lengths: list[int], device: torch.device) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", type=int, nargs="+", default=[4096, 16384, 32768])
-    parser.add_argument("--methods", nargs="+", default=["dash", "fastv", "dart"])
+    parser.add_argument("--methods", nargs="+", default=["dash", "fastv", "dart"], choices=sorted(METHODS))
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.667, 0.9, 0.99])
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--image", action="store_true", help="one image prompt through the whole model (batch 1)")
@@ -335,6 +339,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.image and args.batch != 1:
         parser.error("--image runs batch 1")
+    before_llm = [method for method in args.methods if issubclass(METHODS[method], BeforeLanguageModel)]
+    if before_llm and not args.image:
+        parser.error(f"{before_llm} pick visual tokens before the LLM: they need --image (the text prompt has none)")
 
     device = torch.device("cuda")
     model = random_model(full_size_config("qwen2_vl"), dtype=torch.bfloat16, device=device)

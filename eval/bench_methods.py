@@ -9,11 +9,15 @@ ratio (median of ``--repeats`` CUDA-event timings after ``--warmup``), and repor
 relative FLOPs, peak GPU memory during the prefill and KV-cache bytes after it. Ratios mean what
 each method documents: DASH and its ablations halt ``ρ`` of all tokens but the last; FastV and
 DART drop ``ρ`` of the image tokens, from their default layer 2; VisionZip keeps
-``round(n(1-ρ))`` of every ``--unit``-token tile/frame before layer 0. VisionZip's encoder-side
-scoring is not part of this language-tower timing: its evidence (random scores and keys, as
-the recorder would hand them over) is given, like the other methods' inputs are.
+``round(n(1-ρ))`` of every ``--unit``-token tile/frame before layer 0, and so does VisPruner;
+DivPrune and CDPruner keep ``round(N(1-ρ))`` of the prompt's ``N`` image tokens before layer 0
+(their selection loops, from the random input embeddings, are part of the timing). The encoder-side
+scoring of VisionZip and VisPruner is not part of this language-tower timing: their evidence
+(random scores and keys, as the recorder would hand them over) is given, like the other methods'
+inputs are.
 
     python eval/bench_methods.py --lengths 16384 32768 --ratios 0.667 0.9 0.99 --out eval/results/methods_qwen2vl7b.json
+    python eval/bench_methods.py --lengths 16384 --ratios 0.9 0.99 --methods dart visionzip vispruner divprune cdpruner
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import torch
 from dash_vl import Halting
 from dash_vl.random_models import FAMILIES, full_size_config, random_model
 from dash_vl.encoder_evidence import VisualEvidence
+from dash_vl.methods import METHODS
 from gpu_timing import add_timing_arguments, measure, print_table, report_run
 
 TEXT_AROUND = 64
@@ -54,13 +59,16 @@ def main() -> None:
     parser.add_argument("--family", default="qwen2_vl", choices=sorted(FAMILIES))
     parser.add_argument("--lengths", type=int, nargs="+", default=[16384, 32768])
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.667, 0.9, 0.99])
-    parser.add_argument("--methods", nargs="+", default=["dash", "fastv", "dart", "dash_block", "random"])
-    parser.add_argument("--unit", type=int, default=1024, help="VisionZip: visual tokens per tile/frame")
-    parser.add_argument("--batch", type=int, default=1, help="prompts per prefill (VisionZip: batch 1 only)")
+    parser.add_argument(
+        "--methods", nargs="+", default=["dash", "fastv", "dart", "dash_block", "random"], choices=sorted(METHODS)
+    )
+    parser.add_argument("--unit", type=int, default=1024, help="VisionZip, VisPruner: visual tokens per tile/frame")
+    parser.add_argument("--batch", type=int, default=1, help="prompts per prefill (VisionZip, VisPruner: batch 1 only)")
     add_timing_arguments(parser)
     args = parser.parse_args()
-    if args.batch > 1 and "visionzip" in args.methods:
-        parser.error("VisionZip's given encoder evidence is for batch 1; leave it out with --batch > 1")
+    reading_encoder = [method for method in args.methods if METHODS[method].needs_vision_evidence]
+    if args.batch > 1 and reading_encoder:
+        parser.error(f"the given encoder evidence of {reading_encoder} is for batch 1; leave them out with --batch > 1")
 
     device = torch.device("cuda")
     model = random_model(full_size_config(args.family), dtype=torch.bfloat16, device=device)

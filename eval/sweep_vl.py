@@ -205,7 +205,10 @@ def main() -> None:
         help="Hub id or local directory (from_pretrained); default: the shipped scenes model",
     )
     parser.add_argument("--tasks", nargs="+", default=["dash_scenes"])
-    parser.add_argument("--methods", nargs="+", default=["dash", "fastv", "visionzip", "dart"], choices=sorted(METHODS))
+    parser.add_argument(
+        "--methods", nargs="+", default=["dash", "fastv", "visionzip", "dart", "vispruner", "divprune", "cdpruner"],
+        choices=sorted(METHODS),
+    )
     parser.add_argument("--ratios", nargs="+", type=float, default=list(DEFAULT_RATIOS))
     parser.add_argument("--scopes", nargs="+", default=["default"], choices=["default", *SCOPES])
     parser.add_argument("--limit", type=int, default=None, help="first N documents of each task")

@@ -36,11 +36,12 @@ def model_of(family: str, attn_implementation: str) -> nn.Module:
     return random_model(tiny_config(family, processor_of(family).tokenizer), attn_implementation=attn_implementation)
 
 
-def vl_inputs(processor, batch: int, kind: str = "image") -> dict:
+def vl_inputs(processor, batch: int, kind: str = "image", first: int = 0) -> dict:
     """``batch`` chat prompts, left-padded: one image each (``"image"``, sizes differ per sample),
-    two images each (``"multi_image"``) or a 4-frame video each (``"video"``)."""
+    two images each (``"multi_image"``) or a 4-frame video each (``"video"``). Samples are numbered
+    from ``first``: ``vl_inputs(p, 1, kind, first=b)`` is sample ``b`` of a larger batch alone."""
     texts, images, videos = [], [], []
-    for sample in range(batch):
+    for sample in range(first, first + batch):
         if kind == "image":
             media = [random_image(sample, (112 + 56 * sample, 112))]
         elif kind == "multi_image":
@@ -48,7 +49,7 @@ def vl_inputs(processor, batch: int, kind: str = "image") -> dict:
         else:
             media = []
             videos.append(video_frames(sample))
-        content = [{"type": "image"} for _ in media] + [{"type": "video"} for _ in videos[sample:]]
+        content = [{"type": "image"} for _ in media] + ([{"type": "video"}] if kind == "video" else [])
         content.append({"type": "text", "text": QUESTIONS[sample]})
         messages = [{"role": "user", "content": content}]
         texts.append(processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))

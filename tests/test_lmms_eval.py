@@ -147,3 +147,20 @@ def test_unknown_model_args_and_wrong_family_are_clear_errors(saved_models):
         DashQwen2VL(pretrained=str(saved_models["qwen2_vl"]), device="cpu", ratio=1.5)
     with pytest.raises(ValueError, match="method=none runs the unmodified model"):
         DashQwen2VL(pretrained=str(saved_models["qwen2_vl"]), device="cpu", method="none", ratio=0.5)
+
+
+@pytest.mark.parametrize("method", ["dart_prompt_order", "vispruner", "divprune", "cdpruner"])
+def test_new_method_values_answer_with_their_own_policy(saved_models, method):
+    """``method=`` takes every registered policy; its defaults (layer, scope) apply and it answers a query."""
+    from PIL import Image
+
+    from dash_vl.api import Query
+    from dash_vl.lmms_eval_models import DashQwen2VL
+    from dash_vl.methods import METHODS
+
+    lmm = DashQwen2VL(pretrained=str(saved_models["qwen2_vl"]), device="cpu", dtype="float32", method=method, ratio="0.5")
+    config = lmm.vlm.halting.config
+    assert (config.method, config.start_layer) == (method, METHODS[method].default_start_layer)
+    lmm.vlm.answer([Query("What colour?", (Image.new("RGB", (112, 112), "red"),))], max_new_tokens=2)
+    report = lmm.vlm.last_report
+    assert report.kept_tokens_per_layer[-1][0] < report.prompt_tokens[0]

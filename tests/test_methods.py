@@ -1,4 +1,4 @@
-"""The ablations and the FastV / DART baselines: each equals a slow reference of its published rule
+"""The ablations and the FastV / DART baselines (DART in its official pivot order and ours): each equals a slow reference of its published rule
 (kept tokens, prefill logits, 16 decode steps), on every VL family; kept counts follow the
 documented formulas up to extreme ratios."""
 
@@ -90,10 +90,12 @@ def test_fastv_matches_eager_attention_reference(family, kind, ratio):
 # --- DART -------------------------------------------------------------------------------------
 
 
-def dart_kept(model, inputs, ratio: float, layer: int, pivots: int = 4) -> torch.Tensor:
+def dart_kept(model, inputs, ratio: float, layer: int, pivots: int = 4, order: str = "official") -> torch.Tensor:
     """Official rule, written out with Python sets: pivots by L1 norm of layer ``layer - 1``'s keys
-    (visual; text after the last visual token), then per pivot (prompt order) the
-    floor(N (1 - ratio) / P) remaining visual tokens least cosine-similar to it (P pivots found)."""
+    (visual; text after the last visual token), then per pivot the floor(N (1 - ratio) / P) remaining
+    visual tokens least cosine-similar to it (P pivots found). ``order="official"``: the pivots in the
+    order of ``list(set(image_pivots + text_pivots))`` over their positions in the unpadded prompt
+    (ZichenWen1/DART ``modeling_qwen2_vl_self.py`` lines 425 and 430); ``"prompt"``: sorted."""
     lm_inputs = capture_language_model_inputs(model, inputs)  # generate's positions: L1 norms of rotated keys depend on them
     with torch.no_grad():
         output = language_model_of(model)(
@@ -106,14 +108,19 @@ def dart_kept(model, inputs, ratio: float, layer: int, pivots: int = 4) -> torch
     visual = eligible_tokens(model, inputs, "visual", "halted")
     kept = valid & ~visual
     for b in range(valid.shape[0]):
+        pad = int((~valid[b]).sum())  # left padding: position t of the batch is t - pad of the prompt alone
         image = visual[b].nonzero().flatten().tolist()
         text = [t for t in range(max(image) + 1, valid.shape[1]) if valid[b, t]]
         l1 = {t: float(keys[b, t].abs().sum()) for t in image + text}
         image_pivots = sorted(image, key=lambda t: -l1[t])[:pivots]
         text_pivots = sorted(text, key=lambda t: -l1[t])[:pivots]
         budget = math.floor(len(image) * (1 - ratio) / len(image_pivots + text_pivots))
+        if order == "official":
+            walk = [t + pad for t in list(set([t - pad for t in image_pivots] + [t - pad for t in text_pivots]))]
+        else:
+            walk = sorted(image_pivots + text_pivots)
         chosen, pool = set(image_pivots), [t for t in image if t not in image_pivots]
-        for pivot in sorted(image_pivots + text_pivots):
+        for pivot in walk:
             similarity = {t: float(torch.cosine_similarity(states[b, pivot], states[b, t], dim=0)) for t in pool}
             picks = sorted(pool, key=lambda t: similarity[t])[:budget]
             chosen.update(picks)
@@ -129,6 +136,18 @@ def test_dart_matches_reference_rule(family, kind, ratio):
     kept = dart_kept(model, inputs, ratio, layer=2)
     reference = MaskingReference(model, ratio, 2, kept, given_active=kept)
     check_against(reference, model, inputs, method="dart", ratio=ratio)
+
+
+def test_dart_walks_pivots_in_the_official_set_order_where_prompt_order_differs(many_visual_tokens):
+    """Four images (256 visual tokens, 32 per pivot at ρ = 0.5): the set order of the official code and
+    prompt order keep different tokens; ``dart`` keeps the official ones, ``dart_prompt_order`` the other."""
+    model = model_of("qwen2_vl", "sdpa")
+    official = dart_kept(model, many_visual_tokens, 0.5, layer=2)
+    prompt_order = dart_kept(model, many_visual_tokens, 0.5, layer=2, order="prompt")
+    assert not torch.equal(official, prompt_order)
+    for method, kept in (("dart", official), ("dart_prompt_order", prompt_order)):
+        report, _, _ = run_engine(model, many_visual_tokens, method=method, ratio=0.5)
+        assert report.kept_positions[0] == kept[0].nonzero().flatten().tolist()
 
 
 # --- counts at extreme ratios ---------------------------------------------------------------------
@@ -148,6 +167,9 @@ def many_visual_tokens():
         ("fastv", lambda n, e, r: n - e + round(e * (1 - r))),
         ("dart", lambda n, e, r: n - e + min(e, 4 + 8 * int(e * (1 - r) / 8))),
         ("visionzip", lambda n, e, r: n - e + 4 * round(e / 4 * (1 - r))),  # one unit per image
+        ("vispruner", lambda n, e, r: n - e + 4 * round(e / 4 * (1 - r))),
+        ("divprune", lambda n, e, r: n - e + round(e * (1 - r))),
+        ("cdpruner", lambda n, e, r: n - e + round(e * (1 - r))),
     ],
 )
 def test_kept_counts_follow_the_documented_formula(many_visual_tokens, method, expected, ratio):
@@ -165,7 +187,9 @@ def test_fastv_budget_that_rounds_to_zero_is_a_clear_error():
         model(**inputs)
 
 
-@pytest.mark.parametrize("method", ["fastv", "dart", "dash_block", "random", "visionzip"])
+@pytest.mark.parametrize(
+    "method", ["fastv", "dart", "dart_prompt_order", "dash_block", "random", "visionzip", "vispruner", "divprune", "cdpruner"]
+)
 def test_ratio_zero_matches_unmodified_model_for_every_method(method):
     model, inputs = vl_case("llava_onevision", "image")
     with torch.no_grad():

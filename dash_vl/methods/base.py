@@ -164,3 +164,11 @@ def lowest(scores: torch.Tensor, candidates: torch.Tensor, counts: torch.Tensor)
     positions = torch.arange(scores.shape[1], device=scores.device).expand_as(ascending)
     rank = torch.empty_like(ascending).scatter_(1, ascending, positions)
     return candidates & (rank < counts[:, None])
+
+
+def question_after_visual(eligible: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``(T,)`` bool: one sample's valid tokens after its last eligible one (the question and chat tail);
+    ``eligible`` and ``valid`` ``(T,)`` bool."""
+    positions = torch.arange(eligible.shape[0], device=eligible.device)
+    last = torch.where(eligible, positions, -1).max()
+    return valid & ~eligible & (positions > last)

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from dash_vl.methods.base import Decision, DecisionInputs, HaltingMethod, MethodKnobs
+from dash_vl.methods.base import Decision, DecisionInputs
+from dash_vl.methods.pre_llm import BeforeLanguageModel, retained_count
 
 CONTEXTUAL_PER_64 = 10
 
@@ -41,33 +42,16 @@ def unit_budget(ratio: float, tokens: int) -> tuple[int, int]:
     Raises:
         ValueError: if ``round(tokens (1 - ratio))`` is zero.
     """
-    retained = round(tokens * (1.0 - ratio))
-    if retained < 1:
-        raise ValueError(
-            f"ratio {ratio} retains round({tokens} x {1.0 - ratio:.4g}) = 0 of the {tokens} visual tokens of a "
-            "tile or frame; lower the ratio or give the encoder larger tiles or frames"
-        )
+    retained = retained_count(ratio, tokens, "a tile or frame")
     contextual = CONTEXTUAL_PER_64 * retained // 64
     return retained - contextual, contextual
 
 
 @dataclass(frozen=True)
-class VisionZip(HaltingMethod):
+class VisionZip(BeforeLanguageModel):
     """Dominant plus contextual visual tokens per tile or frame, chosen and merged before the LLM."""
 
-    placement = "layer_input"
     needs_vision_evidence = True
-    default_scope = "visual"
-    default_start_layer = 0
-    lowest_start_layer = 0
-
-    @classmethod
-    def from_config(cls, config: MethodKnobs) -> HaltingMethod:
-        if config.start_layer != 0:
-            raise ValueError(f"visionzip reduces tokens before the LLM: start_layer must be 0, got {config.start_layer}")
-        if config.scope != "visual":
-            raise ValueError(f"visionzip reduces visual tokens only: scope must be 'visual', got {config.scope!r}")
-        return cls()
 
     def keep(self, inputs: DecisionInputs, ratio: float) -> torch.Tensor:
         return self.decide(inputs, ratio).kept
