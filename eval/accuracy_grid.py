@@ -42,7 +42,8 @@ def measure_cell(
 ) -> list[dict]:
     """One row per (task, length) of the prompt ``groups`` answered under ``cell``: the prompt count,
     the mean score (under the name ``score``), the decision layer, the mean relative prefill FLOPs
-    and kept fraction, then ``extra``."""
+    and kept fraction, then ``extra``, then each prompt's score (``scores``, in the suite's order, the
+    same in every cell: what paired comparisons pair)."""
     config = config_for(cell)
     answers = defaultdict(list)
     for group in groups:
@@ -54,7 +55,7 @@ def measure_cell(
             task=task, length=length, n=len(found), **{score: mean_score(found)}, decision_layer=layer,
             relative_flops=sum(a.relative_flops for a in found) / len(found),
             kept_fraction=sum(a.kept_tokens / a.prompt_tokens for a in found) / len(found),
-            **extra,
+            **extra, scores=[a.score for a in found],
         )
         for (task, length), found in sorted(answers.items())
     ]
