@@ -35,10 +35,10 @@ Group = tuple[str, int]
 
 
 def settings(rows: Iterable[dict]) -> dict[Setting, dict[Group, dict]]:
-    """The rows of each setting, by (task, length)."""
+    """The rows of each setting, by (task, length); a row that names no ``source`` gets ``"-"``."""
     found: dict[Setting, dict[Group, dict]] = defaultdict(dict)
     for row in rows:
-        key = (row.get("source", "stdlib"), row["question"], row["method"], row["decision_layer"], row["ratio"])
+        key = (row.get("source", "-"), row["question"], row["method"], row["decision_layer"], row["ratio"])
         found[key][(row["task"], row["length"])] = row
     return found
 
@@ -110,33 +110,39 @@ def pooled_table(rows: Sequence[dict], score: str) -> str:
 
 
 def length_table(rows: Sequence[dict], score: str) -> str:
-    """Markdown: for every (source, question, decision layer, ratio) where DASH and random both ran with
-    per-prompt scores, one line per context length and one for all lengths: the unmodified, DASH, random
-    and inverted-rule scores, then DASH minus random and DASH minus the inverted rule with their intervals."""
+    """Markdown: for every (source, question, decision layer, ratio) where DASH and random both ran, one line
+    per context length (where the rows hold per-prompt scores) and one for all lengths: the unmodified, DASH,
+    random and inverted-rule scores, then DASH minus the unmodified model, minus random and minus the inverted
+    rule, with their intervals."""
     found = settings(rows)
     lines = [
-        f"| source | question | l_s | ρ | length | prompts | unmodified | dash | random | dash_highest "
-        f"| dash − random [95 % CI] | dash − dash_highest [95 % CI] |",
-        "|" + "---|" * 12,
+        f"| source | question | l_s | ρ | rel. FLOPs | length | units | unmodified | dash | random | dash_highest "
+        f"| dash − unmodified [95 % CI] | dash − random [95 % CI] | dash − dash_highest [95 % CI] |",
+        "|" + "---|" * 14,
     ]
     for key in sorted(found, key=lambda k: (k[0], k[1], str(k[3]).zfill(3), k[4])):
         source, question, method, layer, ratio = key
         random = found.get((source, question, "random", layer, ratio))
-        if method != "dash" or random is None or not (per_prompt(found[key]) and per_prompt(random)):
+        if method != "dash" or random is None:
             continue
         dash = found[key]
         inverted = found.get((source, question, "dash_highest", layer, ratio))
         unmodified = found.get((source, "-", UNMODIFIED, "-", 0.0))
-        for length in sorted({n for _, n in dash}) + [None]:
+        paired_prompts = per_prompt(dash) and per_prompt(random)
+        for length in (sorted({n for _, n in dash}) if paired_prompts else []) + [None]:
             def score_of(groups: dict[Group, dict] | None) -> str:
                 return "–" if groups is None else f"{mean_of(groups, score, length=length):.3f}"
 
             prompts = sum(row["n"] for (_, n), row in dash.items() if length is None or n == length)
+            units = f"{prompts} prompts" if paired_prompts else f"{len(dash)} groups"
             versus_inverted = None if inverted is None else compare(dash, inverted, score, length)
+            versus_unmodified = None if unmodified is None else compare(dash, unmodified, score, length)
+            flops = mean_of(dash, score, "relative_flops", length)
             lines.append(
-                f"| {source} | {question} | {layer} | {ratio} | {'all' if length is None else length} | {prompts} "
-                f"| {score_of(unmodified)} | {score_of(dash)} | {score_of(random)} | {score_of(inverted)} "
-                f"| {shown(compare(dash, random, score, length))} | {shown(versus_inverted)} |"
+                f"| {source} | {question} | {layer} | {ratio} | {flops:.3f} | {'all' if length is None else length} "
+                f"| {units} | {score_of(unmodified)} | {score_of(dash)} | {score_of(random)} | {score_of(inverted)} "
+                f"| {shown(versus_unmodified, -KEEP_MARGIN)} | {shown(compare(dash, random, score, length))} "
+                f"| {shown(versus_inverted)} |"
             )
     return "\n".join(lines)
 
@@ -154,7 +160,10 @@ def report(rows: Sequence[dict], score: str) -> str:
     ]
     per_length = length_table(rows, score)
     if per_length.count("\n") > 1:
-        parts += ["", "Per context length (DASH against random and against the inverted rule, same FLOPs):", "", per_length]
+        parts += [
+            "", "DASH against random and against the inverted rule at the same FLOPs, per context length where the "
+            "rows hold per-prompt scores:", "", per_length,
+        ]
     return "\n".join(parts) + "\n"
 
 
@@ -163,8 +172,9 @@ def main() -> None:
     parser.add_argument("results", nargs="+", help="finished JSON-lines files (one per code source, say)")
     parser.add_argument("--score", default="edit_similarity", help="the rows' score column (accuracy, edit_similarity)")
     parser.add_argument("--output", required=True, help="the markdown file to write")
+    parser.add_argument("--source", default="-", help="the source of rows that name none (stdlib for older code rows)")
     args = parser.parse_args()
-    rows = [row for path in args.results for row in ResultStore(path).rows()]
+    rows = [{"source": args.source, **row} for path in args.results for row in ResultStore(path).rows()]
     text = report(rows, args.score)
     Path(args.output).write_text(text)
     print(text)

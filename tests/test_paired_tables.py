@@ -51,10 +51,10 @@ def test_a_gain_at_one_length_holds_there_and_is_undecided_where_scores_tie():
         + rows_of("random", 0.5, {2048: 0.0, 4096: 0.0}) + rows_of("dash_highest", 0.5, {2048: 0.2, 4096: 0.0})
     )
     lines = paired_tables.length_table(rows, "edit_similarity").splitlines()[2:]
-    at = {line.split(" | ")[4]: line for line in lines}
-    assert "+0.100 [+0.100, +0.100] holds | -0.100 [-0.100, -0.100] fails" in at["2048"]
-    assert "+0.000 [+0.000, +0.000] undecided | +0.000 [+0.000, +0.000] undecided" in at["4096"]
-    assert "| 16 |" in at["all"]
+    at = {line.split(" | ")[5]: line for line in lines}
+    assert "| +0.100 [+0.100, +0.100] holds | +0.100 [+0.100, +0.100] holds | -0.100 [-0.100, -0.100] fails |" in at["2048"]
+    assert "+0.000 [+0.000, +0.000] undecided | +0.000 [+0.000, +0.000] undecided |" in at["4096"]
+    assert "| 16 prompts |" in at["all"]
 
 
 def test_the_pooled_table_compares_with_unmodified_and_with_random_at_the_same_flops():
@@ -71,6 +71,6 @@ def test_group_means_are_paired_by_group_and_get_no_per_length_interval():
     rows = rows_of("none", 0.0, {2048: 0.0, 4096: 0.0}, per_prompt=False)
     rows += rows_of("dash", 0.5, {2048: 0.1, 4096: 0.1}, per_prompt=False)
     rows += rows_of("random", 0.5, {2048: 0.0, 4096: 0.0}, per_prompt=False)
-    report = paired_tables.report(rows, "edit_similarity")
-    assert "2 groups" in report
-    assert "Per context length" not in report
+    assert "| 2 groups |" in paired_tables.pooled_table(rows, "edit_similarity")
+    lengths = paired_tables.length_table(rows, "edit_similarity").splitlines()[2:]
+    assert [line.split(" | ")[5:7] for line in lengths] == [["all", "2 groups"]]
