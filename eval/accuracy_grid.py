@@ -95,14 +95,17 @@ def table(rows: list[dict], score: str = "accuracy") -> str:
 
 
 def write_report(store: ResultStore, results: str, score: str, title: str) -> None:
-    """Write the CSV, the markdown table and two PNGs (``score`` against relative FLOPs and against the
-    ratio, one line per method and decision layer, one panel per question protocol) beside ``results``."""
+    """Write the CSV, the markdown table, its paired comparisons (``<stem>_paired.md``, :mod:`paired_tables`)
+    and two PNGs (``score`` against relative FLOPs and against the ratio, one line per method and decision
+    layer, one panel per question protocol) beside ``results``."""
+    from paired_tables import report
     from plots import plot_lines
 
     rows = store.rows()
     stem = str(Path(results).with_suffix(""))
     store.write_csv(stem + ".csv")
     Path(stem + ".md").write_text(table(rows, score) + "\n")
+    Path(stem + "_paired.md").write_text(report(rows, score))
     print(table(rows, score))
     unmodified = pooled([r for r in rows if r["method"] == UNMODIFIED], ("method",), score, "relative_flops")
     reference = unmodified[(UNMODIFIED,)][1] if unmodified else None
