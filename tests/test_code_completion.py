@@ -86,8 +86,8 @@ def test_sympy_prompts_are_real_sympy_lines_outside_tests_benchmarks_and_generat
     root, version = source_root("sympy")
     assert (root / "__init__.py").is_file() and version[0].isdigit()
     assert not any(SKIPPED_FOLDERS & set(path.relative_to(root).parts) for path in library_files(root))
-    suite = code_suite(tokenizer, lengths=(384,), per_cell=2, seed=0, root=root)
-    assert suite != code_suite(tokenizer, lengths=(384,), per_cell=2, seed=0)
+    suite = code_suite(tokenizer, lengths=(2048,), per_cell=2, seed=0, root=root)  # long files: short heads take retries
+    assert [sample.task for sample in suite] == ["lcc", "lcc", "repobench", "repobench"]
     for sample in suite:
         path, line = sample.source.rsplit(":", 1)
         assert sample.answer == (root / path).read_text(encoding="utf-8").splitlines()[int(line) - 1].strip()
