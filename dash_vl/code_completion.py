@@ -1,4 +1,4 @@
-"""LongBench-style code completion on real code nobody here wrote: the Python standard library.
+"""LongBench-style code completion on real code nobody here wrote: the Python standard library or SymPy.
 
 Two tasks, both next-line completion scored by edit similarity as LongBench scores LCC and
 RepoBench-P (the first generated line that holds no backtick, ``#`` or ``//``, compared with the
@@ -11,14 +11,19 @@ without python-Levenshtein, unrounded):
 
 The prompt is LongBench's for both: ``"Please complete the code given below. \\n"``, the code, then
 the question ``"Next line of code:\\n"`` (no chat template: LongBench applies none to these two
-tasks). Files come from the standard library of the Python that runs this (``sysconfig``), so a
-suite is reproducible from its seed on one Python version; record that version with the results.
+tasks). Files come from one of :data:`CODE_SOURCES` (:func:`source_root`): the standard library of
+the Python that runs this (``sysconfig``), or the installed SymPy package (``pip install sympy``: a large
+pure-Python library, mathematical code from another community than CPython's), so a suite is
+reproducible from its seed on one version of its source; record that version with the results.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib.metadata
+import importlib.util
 import io
+import platform
 import random
 import sysconfig
 import tokenize
@@ -38,6 +43,11 @@ QUESTION = "Next line of code:\n"
 SKIPPED_MARKS = ("`", "#", "//")
 MAX_ATTEMPTS = 200
 MIN_FILL = 0.8
+CODE_SOURCES: tuple[str, ...] = ("stdlib", "sympy")
+SKIPPED_FOLDERS = frozenset({
+    "test", "tests", "idlelib", "site-packages", "lib2to3", "__pycache__", "encodings", "pydoc_data",  # stdlib
+    "benchmarks", "_antlr",  # SymPy: timing scripts and generated parsers
+})
 
 
 def first_code_line(generated: str) -> str:
@@ -84,11 +94,28 @@ def standard_library() -> Path:
     return Path(sysconfig.get_paths()["stdlib"])
 
 
+def source_root(source: str) -> tuple[Path, str]:
+    """The folder whose files a suite of ``source`` (one of :data:`CODE_SOURCES`) completes, and the
+    version that pins its files: the Python version for ``"stdlib"``, SymPy's for ``"sympy"``.
+
+    Raises:
+        ValueError: on an unknown source, or ``"sympy"`` where SymPy is not installed.
+    """
+    if source == "stdlib":
+        return standard_library(), platform.python_version()
+    if source == "sympy":
+        spec = importlib.util.find_spec("sympy")
+        if spec is None or spec.origin is None:
+            raise ValueError("source 'sympy' needs SymPy installed: pip install sympy")
+        return Path(spec.origin).parent, importlib.metadata.version("sympy")
+    raise ValueError(f"source must be one of {CODE_SOURCES}, got {source!r}")
+
+
 def library_files(root: Path) -> list[Path]:
-    """Python files of the library under ``root``, sorted, tests, site-packages and generated tables left out."""
-    skipped = {"test", "tests", "idlelib", "site-packages", "lib2to3", "__pycache__", "encodings", "pydoc_data"}
+    """Python files of the library under ``root``, sorted; tests, site-packages, benchmarks and generated
+    tables and parsers (:data:`SKIPPED_FOLDERS`) left out."""
     return sorted(
-        path for path in root.rglob("*.py") if not skipped & set(path.relative_to(root).parts)
+        path for path in root.rglob("*.py") if not SKIPPED_FOLDERS & set(path.relative_to(root).parts)
     )
 
 

@@ -155,11 +155,21 @@ def verdict(model: str, results: Sequence[Redundancy], config: DiagnosisConfig, 
     ratios = ", ".join(
         f"{r.start_layer}: " + "/".join(f"{r.share_ratio[view]:.2f}" for view in ATTENTION_VIEWS) for r in results
     )
+    sure = "; ".join(
+        f"{r.start_layer}: " + ", ".join(
+            f"{view} {r.share_ratio[view]:.2f} [{r.share_ratio_interval[view][0]:.2f}, "
+            f"{r.share_ratio_interval[view][1]:.2f}] {r.interval_verdict[view]}"
+            for view in ("all_queries", "last_query")
+        )
+        for r in results
+    )
     return (
         f"{model} ({prompts} prompts): stability implies redundancy at l_s {held('all_queries')} of "
         f"{[r.start_layer for r in results]} counting all queries, at l_s {held('last_query')} counting the last "
         f"token's attention (holds where the attention later layers give DASH's rho={config.ratio} halted tokens is "
-        f"below {1 - config.margin:.2f} x a random set's; all/last/per-visible-query ratio per l_s: {ratios})"
+        f"below {1 - config.margin:.2f} x a random set's; all/last/per-visible-query ratio per l_s: {ratios}). "
+        f"How sure, by a 95 % bootstrap over the prompts (holds: the whole interval below "
+        f"{1 - config.margin:.2f}; undecided with one prompt): {sure}"
     )
 
 

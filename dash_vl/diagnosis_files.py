@@ -36,6 +36,10 @@ def table_rows(diagnosis: Diagnosis) -> Iterator[dict[str, Any]]:
             yield row("redundancy", "halted_share_dash", share.dash, result.start_layer, group=view)
             yield row("redundancy", "halted_share_random", share.random, result.start_layer, group=view)
             yield row("redundancy", "share_ratio", result.share_ratio[view], result.start_layer, group=view)
+            low, high = result.share_ratio_interval[view]
+            yield row("redundancy", "share_ratio_low", low, result.start_layer, group=view)
+            yield row("redundancy", "share_ratio_high", high, result.start_layer, group=view)
+            yield row("redundancy", "interval_verdict", result.interval_verdict[view], result.start_layer, group=view)
         for layer in result.layers:
             for group, value in enumerate(layer.decile_relative, start=1):
                 yield row("redundancy", "group_relative", value, result.start_layer, layer.layer, group)

@@ -22,6 +22,7 @@ import torch
 
 from dash_vl.layer_trace import LayerTrace
 from dash_vl.methods.base import halted_count, lowest
+from dash_vl.paired_stats import Verdict, ratio_interval, verdict_of
 
 
 def mean_over(values: Sequence[float]) -> float:
@@ -150,6 +151,11 @@ class Redundancy:
         lowest_group_relative: the lowest-``Δattn`` group's relative attention, averaged over layers ``> l_s``.
         holds: per attention view, ``share_ratio < 1 - margin``.
         layers: one :class:`LaterLayerAttention` per layer ``> l_s``.
+        share_ratio_interval: per attention view, the 95 % bootstrap interval ``[low, high]`` of
+            :attr:`share_ratio` over the prompts (each prompt's shares averaged over layers ``> l_s``;
+            :func:`dash_vl.paired_stats.ratio_interval`).
+        interval_verdict: per attention view, ``"holds"`` where the whole interval is below ``1 - margin``,
+            ``"fails"`` where it is above, ``"undecided"`` where it holds ``1 - margin`` or there is one prompt.
     """
 
     start_layer: int
@@ -158,6 +164,8 @@ class Redundancy:
     lowest_group_relative: float
     holds: dict[str, bool]
     layers: list[LaterLayerAttention]
+    share_ratio_interval: dict[str, list[float]]
+    interval_verdict: dict[str, Verdict]
 
 
 def group_means(received: torch.Tensor, groups: torch.Tensor, count: int) -> torch.Tensor:
@@ -226,10 +234,20 @@ def redundancy(
     ]
     halted_shares = pooled([layer.halted for layer in layers])
     share_ratio = {view: ratio_of(share) for view, share in halted_shares.items()}
+    per_prompt = [pooled([per_layer[layer][prompt][3] for layer in later]) for prompt in range(len(traces))]
+    intervals = {
+        view: list(ratio_interval([s[view].dash for s in per_prompt], [s[view].random for s in per_prompt]))
+        if all(s[view].random > 0 for s in per_prompt) else [float("nan")] * 2
+        for view in ATTENTION_VIEWS
+    }
     return Redundancy(
         start_layer=start_layer, halted=halted_shares, share_ratio=share_ratio,
         lowest_group_relative=mean_over([layer.decile_relative[0] for layer in layers]),
         holds={view: value < 1 - margin for view, value in share_ratio.items()}, layers=layers,
+        share_ratio_interval=intervals,
+        interval_verdict={
+            view: verdict_of(low, high, 1 - margin, len(traces), above=False) for view, (low, high) in intervals.items()
+        },
     )
 
 

@@ -1,12 +1,13 @@
 """Code-completion accuracy of a trained model shipped on PyPI (``--model``: Qwen2.5-Coder-0.5B- or 1.5B-Instruct,
 the Gemma-3-270M base model, or SmolLM2-135M-Instruct up to its 8k context) on real code:
-LongBench-style LCC and RepoBench-P next-line completion over this Python's standard library
-(:mod:`dash_vl.code_completion`), edit similarity, under every halting method across ratios;
+LongBench-style LCC and RepoBench-P next-line completion over this Python's standard library or SymPy
+(``--source``, :mod:`dash_vl.code_completion`), edit similarity, under every halting method across ratios;
 resumable, one tidy row per (cell, task, length).
 
 Cells are those of ``accuracy_smollm2.py`` (``accuracy_grid``): FastV and DART run as text
 analogues (``scope="all"``); ``after_context`` is the DASH paper's protocol. Compare methods at equal
-relative prefill FLOPs. The rows record the Python version whose library the prompts come from.
+relative prefill FLOPs. The rows record the source and its version (and the Python version), and each
+prompt's score, so ``eval/paired_tables.py`` can pair settings prompt by prompt.
 Prompts are LongBench's plain text (no chat template), behind the tokenizer's ``<bos>`` where it has
 one, so a base model gets them as it was trained.
 
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from dash_vl.code_completion import CODE_TASKS, code_suite
+from dash_vl.code_completion import CODE_SOURCES, CODE_TASKS, code_suite, source_root
 from dash_vl.gemma3 import load_gemma3
 from dash_vl.prompt_scoring import answer_batch, batches
 from dash_vl.qwen_coder import load_qwen_coder, load_qwen_coder_15b
@@ -59,6 +60,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", choices=sorted(MODELS), default="qwen_coder")
+    parser.add_argument("--source", choices=CODE_SOURCES, default="stdlib", help="the code the prompts come from")
     parser.add_argument("--results", required=True, help="JSON-lines file; finished cells in it are skipped")
     parser.add_argument("--no-report", action="store_true", help="measure only (no CSV, table, plots: no matplotlib)")
     args = parser.parse_args()
@@ -69,7 +71,8 @@ def main() -> None:
     if max(args.lengths) + args.max_new_tokens > context:
         parser.error(f"{label} reads at most {context} tokens: --lengths {max(args.lengths)} plus "
                      f"--max-new-tokens {args.max_new_tokens} do not fit")
-    suite = code_suite(tokenizer, tuple(args.tasks), tuple(args.lengths), args.per_cell, args.seed)
+    root, version = source_root(args.source)
+    suite = code_suite(tokenizer, tuple(args.tasks), tuple(args.lengths), args.per_cell, args.seed, root)
     groups = list(batches(suite, tokenizer, args.batch_size))
 
     def measure(cell: Cell) -> list[dict]:
@@ -77,6 +80,7 @@ def main() -> None:
         return measure_cell(
             cell, groups, lambda group, config: answer_batch(model, tokenizer, group, config, args.max_new_tokens),
             model.config.num_hidden_layers, "edit_similarity", python=platform.python_version(),
+            source=args.source, source_version=version,
         )
 
     store = ResultStore(args.results)

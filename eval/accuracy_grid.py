@@ -42,7 +42,8 @@ def measure_cell(
 ) -> list[dict]:
     """One row per (task, length) of the prompt ``groups`` answered under ``cell``: the prompt count,
     the mean score (under the name ``score``), the decision layer, the mean relative prefill FLOPs
-    and kept fraction, then ``extra``."""
+    and kept fraction, then ``extra``, then each prompt's score (``scores``, in the suite's order, the
+    same in every cell: what paired comparisons pair)."""
     config = config_for(cell)
     answers = defaultdict(list)
     for group in groups:
@@ -54,7 +55,7 @@ def measure_cell(
             task=task, length=length, n=len(found), **{score: mean_score(found)}, decision_layer=layer,
             relative_flops=sum(a.relative_flops for a in found) / len(found),
             kept_fraction=sum(a.kept_tokens / a.prompt_tokens for a in found) / len(found),
-            **extra,
+            **extra, scores=[a.score for a in found],
         )
         for (task, length), found in sorted(answers.items())
     ]
@@ -94,14 +95,17 @@ def table(rows: list[dict], score: str = "accuracy") -> str:
 
 
 def write_report(store: ResultStore, results: str, score: str, title: str) -> None:
-    """Write the CSV, the markdown table and two PNGs (``score`` against relative FLOPs and against the
-    ratio, one line per method and decision layer, one panel per question protocol) beside ``results``."""
+    """Write the CSV, the markdown table, its paired comparisons (``<stem>_paired.md``, :mod:`paired_tables`)
+    and two PNGs (``score`` against relative FLOPs and against the ratio, one line per method and decision
+    layer, one panel per question protocol) beside ``results``."""
+    from paired_tables import report
     from plots import plot_lines
 
     rows = store.rows()
     stem = str(Path(results).with_suffix(""))
     store.write_csv(stem + ".csv")
     Path(stem + ".md").write_text(table(rows, score) + "\n")
+    Path(stem + "_paired.md").write_text(report(rows, score))
     print(table(rows, score))
     unmodified = pooled([r for r in rows if r["method"] == UNMODIFIED], ("method",), score, "relative_flops")
     reference = unmodified[(UNMODIFIED,)][1] if unmodified else None

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from dash_vl.code_completion import (
-    INSTRUCTION, MIN_FILL, QUESTION, CodeSample, code_suite, edit_similarity, standard_library, statement_starts,
+    INSTRUCTION, MIN_FILL, QUESTION, SKIPPED_FOLDERS, CodeSample, code_suite, edit_similarity, library_files,
+    source_root, standard_library, statement_starts,
 )
 from tests.conftest import processor_of
 
@@ -79,3 +80,19 @@ def test_edit_similarity_is_partial_for_a_near_miss():
 def test_suite_rejects_bad_settings(tokenizer, kwargs, message):
     with pytest.raises(ValueError, match=message):
         code_suite(tokenizer, **kwargs)
+
+
+def test_sympy_prompts_are_real_sympy_lines_outside_tests_benchmarks_and_generated_parsers(tokenizer):
+    root, version = source_root("sympy")
+    assert (root / "__init__.py").is_file() and version[0].isdigit()
+    assert not any(SKIPPED_FOLDERS & set(path.relative_to(root).parts) for path in library_files(root))
+    suite = code_suite(tokenizer, lengths=(2048,), per_cell=2, seed=0, root=root)  # long files: short heads take retries
+    assert [sample.task for sample in suite] == ["lcc", "lcc", "repobench", "repobench"]
+    for sample in suite:
+        path, line = sample.source.rsplit(":", 1)
+        assert sample.answer == (root / path).read_text(encoding="utf-8").splitlines()[int(line) - 1].strip()
+
+
+def test_an_unknown_source_is_refused():
+    with pytest.raises(ValueError, match="source must be one of"):
+        source_root("numpy")

@@ -146,6 +146,21 @@ def test_redundancy_fails_where_low_delta_attn_tokens_receive_the_most_attention
     assert not result.holds["all_queries"] and result.share_ratio["all_queries"] > 1.3
 
 
+def test_the_bootstrap_over_prompts_decides_only_with_several_prompts_that_agree():
+    rank = torch.arange(40, dtype=torch.float32)
+    one = redundancy([synthetic_trace(rank, rank + 1)], 1, "all", 0.5, 10, 5, 0.1, 0)
+    assert one.holds["all_queries"] and one.interval_verdict["all_queries"] == "undecided"
+    agreeing = [synthetic_trace(rank, rank + 1 + shift) for shift in (0.0, 2.0, 5.0, 9.0)]
+    several = redundancy(agreeing, 1, "all", 0.5, 10, 5, 0.1, 0)
+    low, high = several.share_ratio_interval["all_queries"]
+    assert low <= several.share_ratio["all_queries"] <= high < 0.9
+    assert several.interval_verdict["all_queries"] == "holds"
+    inverted = [synthetic_trace(rank, 40 - rank + shift) for shift in (0.0, 2.0, 5.0, 9.0)]
+    assert redundancy(inverted, 1, "all", 0.5, 10, 5, 0.1, 0).interval_verdict["all_queries"] == "fails"
+    mixed = agreeing[:2] + inverted[:2]
+    assert redundancy(mixed, 1, "all", 0.5, 10, 5, 0.1, 0).interval_verdict["all_queries"] == "undecided"
+
+
 def test_a_massive_norm_token_is_a_sink_that_dash_halts_when_its_update_is_small():
     delta_attn = torch.arange(20, dtype=torch.float32)
     hidden_norm = torch.ones(20)
@@ -159,6 +174,12 @@ def test_verdict_names_the_decision_layers_where_the_premise_holds():
     held = {view: [entry.start_layer for entry in result.redundancy if entry.holds[view]] for view in ATTENTION_VIEWS}
     assert f"at l_s {held['all_queries']} of [1, 2] counting all queries" in result.verdict
     assert f"at l_s {held['last_query']} counting the last token's attention" in result.verdict
+    first = result.redundancy[0]
+    low, high = first.share_ratio_interval["all_queries"]
+    assert (
+        f"1: all_queries {first.share_ratio['all_queries']:.2f} [{low:.2f}, {high:.2f}] "
+        f"{first.interval_verdict['all_queries']}" in result.verdict
+    )
 
 
 def documented_json_fields() -> set[str]:
@@ -180,7 +201,10 @@ def test_json_and_csv_hold_every_documented_field(tmp_path):
     written = json.loads(paths[0].read_text())
     assert set(written) == documented_json_fields()
     assert [entry["start_layer"] for entry in written["redundancy"]] == [2, 3]
-    assert set(written["redundancy"][0]) == {"start_layer", "halted", "share_ratio", "lowest_group_relative", "holds", "layers"}
+    assert set(written["redundancy"][0]) == {
+        "start_layer", "halted", "share_ratio", "lowest_group_relative", "holds", "layers", "share_ratio_interval",
+        "interval_verdict",
+    }
     assert set(written["redundancy"][0]["share_ratio"]) == set(ATTENTION_VIEWS)
     assert set(written["redundancy"][0]["layers"][0]) == {"layer", "decile_relative", "random_low", "random_high", "halted"}
     assert set(written["redundancy"][0]["layers"][0]["halted"]["last_query"]) == {"dash", "random"}
