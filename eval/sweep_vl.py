@@ -7,7 +7,7 @@ new token per batch, i.e. time to first token with the vision encoder; CUDA-sync
 GPU, after one warm-up batch) and peak GPU memory of the cell (``nan`` on CPU). Ratio 0 is the unmodified model, run once.
 A setting a method refuses (e.g. a FastV budget that rounds to zero) is a row with ``error``.
 
-Tasks are the offline lmms-eval tasks of ``eval/tasks/`` (their own ``utils`` render the
+Tasks are the offline lmms-eval tasks shipped in ``dash_vl/lmms_eval_tasks/`` (their own ``utils`` render the
 images and score the answers; prompts, metric and answer length come from their YAML), so the
 sweep needs no network:
 
@@ -33,12 +33,12 @@ import torch
 from dash_vl.api import Query, VisionLanguageModel, load
 from dash_vl.config import SCOPES, HaltingConfig
 from dash_vl.halting import Halting
+from dash_vl.offline_tasks import task_folder
 from dash_vl.scenes_vlm import SHIPPED_DIRECTORY
 from dash_vl.sweep import Cell, ResultStore, run_sweep
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-TASK_FOLDER = Path(__file__).parent / "tasks"
 UNMODIFIED = "none"
 DEFAULT_RATIOS = (0.0, 0.5, 0.75, 0.9, 0.96, 0.98, 0.99)
 
@@ -57,13 +57,10 @@ class LocalTask:
 
     @classmethod
     def load(cls, name: str, limit: int | None) -> LocalTask:
-        """``eval/tasks/<name>/``: ``<name>.jsonl`` documents, ``utils.py`` functions
+        """``dash_vl/lmms_eval_tasks/<name>/``: ``<name>.jsonl`` documents, ``utils.py`` functions
         ``<name>_doc_to_visual``, ``_doc_to_text``, ``_process_results`` (lmms-eval's names), and
         from ``<name>.yaml`` the default prompt kwargs, the first metric and ``max_new_tokens``."""
-        folder = TASK_FOLDER / name
-        if not (folder / f"{name}.jsonl").is_file():
-            known = sorted(path.name for path in TASK_FOLDER.iterdir() if path.is_dir())
-            raise ValueError(f"no offline task {name!r} in {TASK_FOLDER}; known: {known}")
+        folder = task_folder(name)
         spec = importlib.util.spec_from_file_location(f"{name}_utils", folder / "utils.py")
         utils = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(utils)

@@ -3,24 +3,29 @@
 ``ratio`` means, for every method, the fraction of *eligible* prompt tokens removed from the
 decision layer on. Eligible tokens follow ``scope``: visual tokens for the visual baselines
 (FastV, DART, VisionZip: their default scope), all tokens but the protected ones for DASH and its ablations.
+
+The classes are imported on first use (:class:`dash_vl.lazy_registry.LazyRegistry`): listing the
+names imports no torch.
 """
 
-from dash_vl.methods.ablations import DeltaBlock, HighestDeltaAttention, RandomHalting
-from dash_vl.methods.base import Decision, DecisionInputs, HaltingMethod, ScoredHalting, halted_count
-from dash_vl.methods.dart import DART
-from dash_vl.methods.dash import DeltaAttention
-from dash_vl.methods.fastv import FastV
-from dash_vl.methods.visionzip import VisionZip
+from dash_vl.lazy_registry import LazyRegistry, lazy_attributes
 
-METHODS: dict[str, type[HaltingMethod]] = {
-    "dash": DeltaAttention,
-    "dash_block": DeltaBlock,
-    "dash_highest": HighestDeltaAttention,
-    "random": RandomHalting,
-    "fastv": FastV,
-    "dart": DART,
-    "visionzip": VisionZip,
-}
+METHODS = LazyRegistry({
+    "dash": "dash_vl.methods.dash:DeltaAttention",
+    "dash_block": "dash_vl.methods.ablations:DeltaBlock",
+    "dash_highest": "dash_vl.methods.ablations:HighestDeltaAttention",
+    "random": "dash_vl.methods.ablations:RandomHalting",
+    "fastv": "dash_vl.methods.fastv:FastV",
+    "dart": "dash_vl.methods.dart:DART",
+    "visionzip": "dash_vl.methods.visionzip:VisionZip",
+})
+"""Method key → its :class:`~dash_vl.methods.base.HaltingMethod` subclass."""
+
+_BASE = ("Decision", "DecisionInputs", "HaltingMethod", "ScoredHalting", "halted_count")
+__getattr__ = lazy_attributes(__name__, {
+    **{path.partition(":")[2]: path for path in METHODS.paths.values()},
+    **{name: f"dash_vl.methods.base:{name}" for name in _BASE},
+})
 
 __all__ = [
     "DART", "METHODS", "Decision", "DecisionInputs", "DeltaAttention", "DeltaBlock", "FastV", "HaltingMethod",
