@@ -77,7 +77,6 @@ def check_images(paths: Sequence[str] | None, video: str | None) -> None:
 def ask(args: argparse.Namespace) -> None:
     from dash_vl import model_source
 
-    config = knob_table.config_from_arguments(args)
     check_images(args.image, args.video)
     model = args.model
     if model is None:
@@ -88,6 +87,7 @@ def ask(args: argparse.Namespace) -> None:
             file=sys.stderr,
         )
     model_source.resolve(model)
+    config = knob_table.config_from_arguments(args)  # imports the method's module (torch), still before the model
     from dash_vl.api import describe, load
 
     vlm = load(model, config, device=args.device, attn_implementation=args.attn_implementation)
