@@ -45,7 +45,7 @@ def check_image_path(source: str | Path) -> None:
     if str(source).startswith(URL_PREFIXES):
         raise ValueError(f"image {str(source)!r} is a URL; URLs are not fetched: download the image and give its path")
     if not Path(source).exists():
-        raise ValueError(f"image {str(source)!r} does not exist")
+        raise ValueError(f"image {str(source)!r} does not exist (looked in {Path(source).resolve().parent})")
     if Path(source).is_dir():
         raise ValueError(f"image {str(source)!r} is a folder; give an image file")
 

@@ -46,10 +46,12 @@ def resolve(model: str | Path) -> str | Path:
         return folder
     if text.startswith(URL_PREFIXES):
         raise ValueError(f"model {text!r} is a URL; give a Hub id (org/name) or a local folder")
+    choices = f"a Hub id such as Qwen/Qwen2-VL-2B-Instruct, or {' / '.join(SHIPPED_NAMES)} (the shipped scenes model)"
+    if "/" not in text and "\\" not in text and not text.startswith((".", "~")):
+        raise ValueError(f"model {text!r} is neither a local folder nor a Hub id (org/name); give a folder, {choices}")
     if text.startswith((".", "/", "~")) or text.count("/") != 1 or "\\" in text:
         raise ValueError(
-            f"model folder {text!r} does not exist; give a local folder holding config.json and the weights, "
-            f"a Hub id such as Qwen/Qwen2-VL-2B-Instruct, or {' / '.join(SHIPPED_NAMES)} (the shipped scenes model)"
+            f"model folder {text!r} does not exist; give a local folder holding config.json and the weights, {choices}"
         )
     return text
 

@@ -95,3 +95,17 @@ def test_text_that_is_not_the_knobs_type_names_the_knob():
 def test_markdown_table_lists_every_knob_with_its_flag():
     table = knobs.markdown_table()
     assert all(f"| `{knob.name}` | `{knob.flag}` |" in table for knob in knobs.KNOBS)
+
+
+def test_docs_knob_table_is_the_generated_one():
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "knobs.md").read_text()
+    assert knobs.markdown_table() in page, "regenerate docs/knobs.md from dash_vl.knobs.markdown_table()"
+
+
+def test_a_field_without_a_docstring_paragraph_is_refused(monkeypatch):
+    undocumented = HaltingConfig.__doc__.replace("        seed: seed of", "        seeds: seed of")
+    monkeypatch.setattr(HaltingConfig, "__doc__", undocumented)
+    with pytest.raises(TypeError, match="HaltingConfig.seed has no paragraph under 'Attributes:'"):
+        knobs._knobs()
