@@ -141,9 +141,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices = None if knob.choices is None else (*knob.choices, *((None,) if knob.optional else ()))
         metavar = None if knob.choices is None else "{" + ",".join((*knob.choices, *((UNSET,) if knob.optional else ()))) + "}"
         group.add_argument(
-            knob.flag, dest=knob.name, type=knob.parse, default=knob.default, choices=choices, metavar=metavar,
+            knob.flag, dest=knob.name, type=_argument_type(knob), default=knob.default, choices=choices, metavar=metavar,
             help=knob.help(),
         )
+
+
+def _argument_type(knob: Knob) -> Callable[[str], Any]:
+    """``knob.parse`` for argparse: a wrong value is a usage error that names the knob and its type."""
+
+    def parse(text: str) -> Any:
+        try:
+            return knob.parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from error
+
+    return parse
 
 
 def config_from_arguments(args: argparse.Namespace) -> HaltingConfig:

@@ -92,6 +92,7 @@ def test_make_scene_into_a_missing_folder(tmp_path):
     (("make-scene", "scene.png", "--index", "-1"), "argument --index: must be at least 0, got -1"),
     (("ask", "-q", "x", "--max-new-tokens", "0"), "argument --max-new-tokens: must be at least 1, got 0"),
     (("calibrate", "smollm2", "--ratios", "1.5"), "argument --ratios: must be in [0, 1), got 1.5"),
+    (("ask", "-q", "x", "--start-layer", "middle"), "start_layer must be an integer layer index or a fraction like 0.4"),
 ])
 def test_out_of_range_arguments_are_usage_errors(tmp_path, args, expected):
     run = dash_vl(*args, cwd=tmp_path)
