@@ -42,10 +42,11 @@ UNMODIFIED = "none"
 
 def halting_config(model_args: dict[str, Any]) -> HaltingConfig | None:
     """The knobs among lmms-eval's ``model_args`` (numbers may arrive as text); ``None`` for ``method=none``,
-    which takes no other knob."""
+    which takes no other knob but at its default."""
     given = knobs.from_text(model_args)
     if given.get("method") == UNMODIFIED:
-        others = {name: value for name, value in given.items() if name != "method"}
+        defaults = {knob.name: knob.default for knob in knobs.KNOBS}
+        others = {name: value for name, value in given.items() if name != "method" and value != defaults[name]}
         if others:
             listed = ", ".join(f"{name}={value}" for name, value in others.items())
             raise ValueError(

@@ -199,12 +199,11 @@ def run_sweep(
     with code 130 (no traceback).
     """
     pending = [cell for cell in cells if not store.has(cell)]
-    done = 0
     try:
         for cell in tqdm(pending, desc=description, unit="cell"):
             store.add(cell, measure(cell))
-            done += 1
     except KeyboardInterrupt:
+        done = sum(store.has(cell) for cell in pending)
         print(
             f"\n{description}: interrupted; {done} of {len(pending)} pending cells finished and saved in {store.path}; "
             "rerun the same command to resume", file=sys.stderr,

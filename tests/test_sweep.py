@@ -151,6 +151,7 @@ def test_ctrl_c_stops_with_one_line_saying_how_to_resume(tmp_path):
     deadline = time.monotonic() + 60
     while (not path.exists() or len(path.read_text().splitlines()) < 2) and time.monotonic() < deadline:
         time.sleep(0.1)
+    time.sleep(1.0)  # the first cell is saved; the second one's measurement (60 s) is under way
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130
