@@ -12,13 +12,12 @@ answers, but under M-RoPE an image's tokens take fewer positions than tokens, so
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-
-import warnings
 
 import torch
 import transformers

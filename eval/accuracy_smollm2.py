@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from accuracy_grid import add_grid_arguments, grid, measure_cell, write_report  # noqa: E402
 
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_grid_arguments(parser, ratios=[0.1, 0.3, 0.5, 0.7, 0.9])
