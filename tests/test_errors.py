@@ -91,3 +91,13 @@ def test_static_cache_is_refused_while_halting(sdpa_model, processor):
     inputs = processor(text=["How many?"], return_tensors="pt")
     with Halting(sdpa_model, ratio=0.5, scope="all"), pytest.raises(ValueError, match="dynamic KV cache"):
         sdpa_model.generate(**inputs, max_new_tokens=2, cache_implementation="static")
+
+
+def test_numpy_scalar_knobs_become_plain_numbers():
+    import numpy as np
+
+    config = HaltingConfig(ratio=np.float32(0.5), start_layer=np.int64(3), seed=np.int32(7), vision_ratio=np.float64(0.25))
+    assert config == HaltingConfig(ratio=0.5, start_layer=3, seed=7, vision_ratio=0.25)
+    assert (type(config.ratio), type(config.start_layer), type(config.seed)) == (float, int, int)
+    with pytest.raises(TypeError, match="ratio"):
+        HaltingConfig(ratio=np.bool_(True))
