@@ -25,7 +25,6 @@ import transformers
 
 from dash_vl.api import load
 from dash_vl.config import VISION_RULES, HaltingConfig
-from dash_vl.scenes_vlm import SHIPPED_DIRECTORY
 from dash_vl.sweep import Cell, ResultStore, run_sweep, sweep_header, weights_fingerprint
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -79,7 +78,7 @@ def table(rows: list[dict], dash_ratio: float) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", nargs="?", default=str(SHIPPED_DIRECTORY), help="default: the shipped scenes model")
+    parser.add_argument("model", nargs="?", default="dash-vl/scenes", help="default: dash-vl/scenes, the shipped scenes model")
     parser.add_argument("--task", default="dash_scenes")
     parser.add_argument("--vision-ratios", nargs="+", type=float, default=[0.25, 0.5, 0.75, 0.9])
     parser.add_argument("--vision-start-layers", nargs="+", type=int, default=[1, 2, 3])

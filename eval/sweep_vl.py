@@ -34,7 +34,6 @@ from dash_vl.config import SCOPES, HaltingConfig
 from dash_vl.halting import Halting
 from dash_vl.knobs import KNOBS
 from dash_vl.offline_tasks import task_folder
-from dash_vl.scenes_vlm import SHIPPED_DIRECTORY
 from dash_vl.sweep import Cell, ResultStore, run_sweep, sweep_header, weights_fingerprint
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -200,7 +199,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "model", nargs="?", default=str(SHIPPED_DIRECTORY),
+        "model", nargs="?", default="dash-vl/scenes",
         help="Hub id or local directory (from_pretrained); default: the shipped scenes model",
     )
     parser.add_argument("--tasks", nargs="+", default=["dash_scenes"])
