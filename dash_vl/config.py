@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import numbers
+from dataclasses import dataclass, field
 from typing import Literal
 
 from dash_vl.methods import METHODS
@@ -10,6 +11,7 @@ from dash_vl.methods import METHODS
 Scope = Literal["all", "visual"]
 QuestionMode = Literal["halted", "protected", "after_context"]
 PackingMode = Literal["off", "ragged", "always"]
+VisionRule = Literal["dash", "random"]
 
 SCOPES: tuple[str, ...] = ("all", "visual")
 QUESTION_MODES: tuple[str, ...] = ("halted", "protected", "after_context")
@@ -28,10 +30,11 @@ class HaltingConfig:
             (see each module for its published rule); ``"dart_prompt_order"`` is DART with its
             pivots walked in prompt order (ours, not the official order).
         ratio: ρ in [0, 1), the fraction of *eligible* prompt tokens halted at the decision
-            layer (for the visual baselines: the fraction of visual tokens dropped). ``0`` runs the
-            engine with nothing halted (identical to the unmodified model).
-        start_layer: the decision layer ``l_s``. An ``int`` is a layer index in ``[1, L)`` (``0``,
-            before the first layer, only for the pre-LLM methods, which must decide there); a
+            layer (for the visual baselines: the fraction of visual tokens dropped). ``0``, the
+            default, halts nothing: the engine runs every layer on every token (identical to the unmodified model).
+        start_layer: the decision layer ``l_s``, from which the halted tokens are left out. An ``int`` is a layer
+            index in ``[1, L)`` (``0``, before the first layer, only for the pre-LLM methods, which must decide
+            there); a
             ``float`` in (0, 1) is a fraction of ``L`` (``floor(start_layer * L)``, at least 1).
             Unset (``None``), the method's default: ``0.4`` for DASH and its ablations, layer
             ``2`` (the official ``K``) for FastV and DART, ``0`` (before the LLM) for VisionZip,
@@ -76,7 +79,7 @@ class HaltingConfig:
             on a GPU; unset, with the dynamic cache and the engine's eager decode steps.
     """
 
-    method: str = "dash"
+    method: str = field(default="dash", metadata={"choices": tuple(METHODS)})
     ratio: float = 0.0
     start_layer: int | float | None = None
     scope: Scope | None = None
@@ -85,10 +88,11 @@ class HaltingConfig:
     packing: PackingMode = "off"
     vision_ratio: float | None = None
     vision_start_layer: int | float = 0.4
-    vision_rule: str = "dash"
+    vision_rule: VisionRule = "dash"
     compiled_decode: bool = True
 
     def __post_init__(self) -> None:
+        self._plain_numbers()
         if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)):
             raise TypeError(f"ratio must be a float in [0, 1), got {self.ratio!r}")
         if not 0.0 <= float(self.ratio) < 1.0:
@@ -119,6 +123,18 @@ class HaltingConfig:
         if not isinstance(self.compiled_decode, bool):
             raise TypeError(f"compiled_decode must be a bool, got {self.compiled_decode!r}")
         self._check_vision_knobs()
+
+    def _plain_numbers(self) -> None:
+        """Numbers of other types (``numpy.float32(0.5)``, ``numpy.int64(3)``) become Python ``float`` / ``int``;
+        ``bool`` stays as given (refused below)."""
+        for name in ("ratio", "start_layer", "seed", "vision_ratio", "vision_start_layer"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or type(value) in (int, float):
+                continue
+            if isinstance(value, numbers.Integral):
+                object.__setattr__(self, name, int(value))
+            elif isinstance(value, numbers.Real):
+                object.__setattr__(self, name, float(value))
 
     def _check_vision_knobs(self) -> None:
         if self.vision_ratio is not None:

@@ -716,4 +716,5 @@ class HaltingEngine:
             kept_tokens_per_layer=per_layer,
             kept_positions=positions,
             relative_flops=halted_flops / full_flops,
+            ratio=self.config.ratio,
         )

@@ -8,12 +8,19 @@
 Inside the block the language model's ``forward`` is the engine's (and, with ``vision_ratio`` set,
 the vision tower's is the encoder engine's); ``model.generate`` and ``model(...)`` are called as
 usual. Each prompt (each new KV cache) is halted on its own.
+
+One ``Halting`` at a time runs on a model: enabling a second one while another is enabled is a
+``ValueError`` (blocks of different knobs do not nest); the same ``Halting`` may be entered again
+inside its own block (each ``enable()`` is undone by one ``disable()``). Leaving a block, by an
+exception too, restores the model's own forwards and removes every hook.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from typing import Any
 
 from torch import nn
@@ -22,16 +29,22 @@ from dash_vl.adapters import adapter_for
 from dash_vl.config import HaltingConfig
 from dash_vl.encoder_halting import EncoderHaltingEngine, EncoderReport
 from dash_vl.engine import HaltingEngine
+from dash_vl.knobs import documented
 from dash_vl.report import HaltingReport
 from dash_vl.vision_evidence import EvidenceRecorder
 
+ENABLED: weakref.WeakKeyDictionary[nn.Module, Halting] = weakref.WeakKeyDictionary()
+"""The language model of each model that runs under a :class:`Halting` now → that ``Halting``."""
 
+
+@documented
 class Halting:
     """Token halting on one HF model, as a context manager or with :meth:`enable` / :meth:`disable`.
 
     Args:
         model: an HF model of a family in :data:`dash_vl.adapters.ADAPTERS`.
-        config: the knobs; or give them as keywords (``ratio=0.9, start_layer=0.4, ...``).
+        config: the knobs (:class:`dash_vl.HaltingConfig`); or give them as keywords:
+            {knobs}
     """
 
     def __init__(self, model: nn.Module, config: HaltingConfig | None = None, **knobs: Any) -> None:
@@ -41,6 +54,7 @@ class Halting:
         self.encoder_engine = self._encoder_engine()
         self._hook: Any = None
         self._restore_compile: Callable[[], None] = lambda: None
+        self._depth = 0
 
     def _encoder_engine(self) -> EncoderHaltingEngine | None:
         """The encoder engine where ``vision_ratio`` is set; else ``None``."""
@@ -71,12 +85,44 @@ class Halting:
 
     @property
     def enabled(self) -> bool:
-        return self._hook is not None
+        return self._depth > 0
 
     def enable(self) -> Halting:
-        """Install the engine in the language model; idempotent."""
+        """Install the engine in the language model (again inside its own block: one more level).
+
+        Raises:
+            ValueError: if another ``Halting`` is enabled on the same model.
+        """
         if self.enabled:
+            self._depth += 1
             return self
+        other = ENABLED.get(self.adapter.text_model)
+        if other is not None:
+            knobs = ", ".join(f"{name}={value}" for name, value in asdict(other.config).items())
+            raise ValueError(
+                f"this model already runs under another Halting ({knobs}); halting blocks do not nest: leave that "
+                "block (or call its disable()) first; for a model from dash_vl.load, set vlm.halting = "
+                "Halting(vlm.model, ...) instead of wrapping vlm.ask"
+            )
+        try:
+            self._install()
+        except BaseException:
+            self._uninstall()
+            raise
+        ENABLED[self.adapter.text_model] = self
+        self._depth = 1
+        return self
+
+    def disable(self) -> None:
+        """Undo one :meth:`enable`; the last one restores the model's own forwards and removes the hooks."""
+        if not self.enabled:
+            return
+        self._depth -= 1
+        if self._depth == 0:
+            self._uninstall()
+            ENABLED.pop(self.adapter.text_model, None)
+
+    def _install(self) -> None:
         self.adapter.text_model.forward = self.engine.forward
         self._restore_compile = self._keep_generate_from_compiling()
         self._hook = self.adapter.prompt_module.register_forward_pre_hook(self._remember_input_ids, with_kwargs=True)
@@ -85,21 +131,20 @@ class Halting:
             self.engine.evidence_recorder.install()
         if self.encoder_engine is not None:
             self.encoder_engine.adapter.tower.forward = self.encoder_engine.forward
-        return self
 
-    def disable(self) -> None:
-        """Restore the model's own forward."""
-        if not self.enabled:
-            return
-        del self.adapter.text_model.forward
+    def _uninstall(self) -> None:
+        """Remove whatever :meth:`_install` put in place (all of it, or the part done before an error)."""
+        self.adapter.text_model.__dict__.pop("forward", None)
         self._restore_compile()
-        self._hook.remove()
-        self._hook = None
+        self._restore_compile = lambda: None
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
         if self.engine.evidence_recorder is not None:
             self.engine.evidence_recorder.remove()
             self.engine.evidence_recorder = None
         if self.encoder_engine is not None:
-            del self.encoder_engine.adapter.tower.forward
+            self.encoder_engine.adapter.tower.__dict__.pop("forward", None)
         self.engine.prompt_input_ids = None
 
     def _keep_generate_from_compiling(self) -> Callable[[], None]:

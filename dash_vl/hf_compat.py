@@ -267,3 +267,11 @@ def video_frames_argument(arguments: dict[str, Any]) -> torch.Tensor:
 def anyres_tile_count(image_size: Any, grid_pinpoints: list, tile_size: int) -> int:
     """Tiles (base view included) that LLaVA-OneVision's anyres cuts an image of ``image_size`` into."""
     return image_size_to_num_patches(image_size, grid_pinpoints, tile_size)
+
+
+def flash_attention_available(attn_implementation: str) -> bool:
+    """Whether transformers finds the package of ``"flash_attention_2"`` / ``"_3"`` / ``"_4"`` installed."""
+    from transformers.utils import import_utils
+
+    version = attn_implementation.rsplit("_", 1)[-1]
+    return bool(getattr(import_utils, f"is_flash_attn_{version}_available", lambda: False)())

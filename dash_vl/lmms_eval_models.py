@@ -1,18 +1,15 @@
 """lmms-eval models with halting: ``dash_qwen2_vl``, ``dash_llava_onevision``, ``dash_internvl``.
 
 Registered through the ``lmms_eval.models`` entry-point group (:mod:`dash_vl.lmms_eval_entry`), so after
-``pip install "dash-vl[eval]"``::
+``pip install -e ".[eval]"``::
 
     lmms-eval --model dash_qwen2_vl \\
         --model_args pretrained=Qwen/Qwen2-VL-7B-Instruct,method=dash,ratio=0.9 --tasks mme
 
-``model_args`` take the halting knobs of :class:`dash_vl.HaltingConfig` (``method`` — also
-``none`` for the unmodified model —, ``ratio``, ``start_layer``, ``scope``, ``question``,
-``seed``, ``packing``: ``ragged`` packs batches of unequal prompt lengths, ``docs/packed.md``;
-``vision_ratio`` and ``vision_start_layer``: encoder-side halting, ``docs/vit_halting.md``;
-``compiled_decode``: ``false`` decodes eagerly over the dynamic cache, ``docs/compiled_decode.md``)
-and the loading ones (``pretrained``, ``device_map``, ``dtype``, ``attn_implementation``,
-``system_prompt``, ``max_new_tokens``); an unknown key is an error.
+``model_args`` take every halting knob of :class:`dash_vl.HaltingConfig` (:data:`dash_vl.knobs.KNOBS`;
+``method`` also takes ``none``, the unmodified model; ``none`` unsets an optional knob) and the loading
+ones (:data:`LOADING_KEYS`); an unknown key is an error. ``pretrained=dash-vl/scenes`` is the scenes
+model shipped in the package.
 Under ``accelerate launch`` (or ``torchrun``) each process loads the model on its own device
 (its GPU; the CPU with a gloo process group) and evaluates its shard of the requests (data
 parallel), as lmms-eval's own models do.
@@ -30,8 +27,8 @@ from lmms_eval.api.model import lmms
 from PIL import Image
 from tqdm import tqdm
 
+from dash_vl import knobs
 from dash_vl.api import Query, VisionLanguageModel, load
-from dash_vl.cli import start_layer as parse_start_layer
 from dash_vl.config import HaltingConfig
 
 VIDEO_SUFFIXES: tuple[str, ...] = (".mp4", ".avi", ".mov", ".mkv", ".webm")
@@ -39,53 +36,25 @@ LOADING_KEYS: tuple[str, ...] = (
     "pretrained", "device", "device_map", "dtype", "attn_implementation", "batch_size", "max_batch_size",
     "system_prompt", "max_new_tokens",
 )
-HALTING_KEYS: tuple[str, ...] = (
-    "method", "ratio", "start_layer", "scope", "question", "seed", "packing", "vision_ratio", "vision_start_layer",
-    "compiled_decode",
-)
+UNMODIFIED = "none"
+"""``method=none``: the unmodified model (no engine, no halting)."""
 
 
-def halting_config(
-    method: str, ratio: Any, start_layer: Any, scope: Any, question: str, seed: Any, packing: str = "off",
-    vision_ratio: Any = None, vision_start_layer: Any = 0.4, compiled_decode: Any = True,
-) -> HaltingConfig | None:
-    """The knobs as lmms-eval parses them (numbers may arrive as strings); ``None`` for ``method=none``."""
-    if method == "none":
-        if float(ratio) != 0.0:
-            raise ValueError(f"method=none runs the unmodified model; it takes no ratio (got {ratio})")
-        if packing != "off":
+def halting_config(model_args: dict[str, Any]) -> HaltingConfig | None:
+    """The knobs among lmms-eval's ``model_args`` (numbers may arrive as text); ``None`` for ``method=none``,
+    which takes no other knob but at its default."""
+    given = knobs.from_text(model_args)
+    if given.get("method") == UNMODIFIED:
+        defaults = {knob.name: knob.default for knob in knobs.KNOBS}
+        others = {name: value for name, value in given.items() if name != "method" and value != defaults[name]}
+        if others:
+            listed = ", ".join(f"{name}={value}" for name, value in others.items())
             raise ValueError(
-                f"method=none runs the unmodified model, which has no packed prefill (packing={packing}); "
-                "for packing without halting use method=dash,ratio=0"
-            )
-        if vision_ratio is not None:
-            raise ValueError(
-                f"method=none runs the unmodified model, vision encoder included (vision_ratio={vision_ratio}); "
-                "for encoder-side halting alone use method=dash,ratio=0"
+                f"method=none runs the unmodified model (vision encoder included, no packed prefill); it takes no "
+                f"halting knobs (got {listed}); for the engine without halting use method=dash,ratio=0"
             )
         return None
-    if isinstance(start_layer, str):
-        start_layer = parse_start_layer(start_layer)
-    if isinstance(vision_start_layer, str):
-        vision_start_layer = parse_start_layer(vision_start_layer)
-    return HaltingConfig(
-        method=method, ratio=float(ratio), start_layer=start_layer, scope=scope, question=question, seed=int(seed),
-        packing=packing, vision_ratio=None if vision_ratio is None else float(vision_ratio),
-        vision_start_layer=vision_start_layer, compiled_decode=parse_bool("compiled_decode", compiled_decode),
-    )
-
-
-def parse_bool(name: str, value: Any) -> bool:
-    """A boolean knob as lmms-eval passes it (``True`` / ``False`` or the strings ``true`` / ``false``, any case).
-
-    Raises:
-        ValueError: for anything else.
-    """
-    if isinstance(value, bool):
-        return value
-    if str(value).lower() in ("true", "false"):
-        return str(value).lower() == "true"
-    raise ValueError(f"{name} must be true or false, got {value!r}")
+    return HaltingConfig(**given)
 
 
 def query_of(context: str, visuals: list[Any]) -> Query:
@@ -111,11 +80,17 @@ def flatten_visuals(visuals: Any) -> list[Any]:
     return [item for visual in visuals for item in flatten_visuals(visual)]
 
 
+@knobs.documented
 class HaltingModel(lmms):
     """An HF VLM with halting, answering lmms-eval's ``generate_until`` requests in batches.
 
     Subclasses name the families they accept (:attr:`model_types`); a checkpoint of another
     family is an error, so that ``dash_qwen2_vl`` never silently evaluates something else.
+
+    Args:
+        pretrained: Hub id, local folder, or ``dash-vl/scenes``.
+        halting knobs (``model_args``, as text):
+            {knobs}
     """
 
     model_types: ClassVar[tuple[str, ...]] = ()
@@ -123,16 +98,6 @@ class HaltingModel(lmms):
     def __init__(
         self,
         pretrained: str,
-        method: str = "dash",
-        ratio: float = 0.0,
-        start_layer: int | float | str | None = None,
-        scope: str | None = None,
-        question: str = "halted",
-        seed: int = 0,
-        packing: str = "off",
-        vision_ratio: float | str | None = None,
-        vision_start_layer: int | float | str = 0.4,
-        compiled_decode: bool | str = True,
         device: str | None = "cuda",
         device_map: str | None = None,
         dtype: str = "auto",
@@ -141,22 +106,21 @@ class HaltingModel(lmms):
         max_batch_size: int | None = None,
         system_prompt: str | None = None,
         max_new_tokens: int = 128,
-        **unknown: Any,
+        **model_args: Any,
     ) -> None:
         super().__init__()
+        unknown = sorted(set(model_args) - set(knobs.KNOB_NAMES))
         if unknown:
             raise ValueError(
-                f"unknown model_args {sorted(unknown)} for {type(self).__name__}; known: {sorted(HALTING_KEYS + LOADING_KEYS)}"
+                f"unknown model_args {unknown} for {type(self).__name__}; known: {sorted(knobs.KNOB_NAMES + LOADING_KEYS)}"
             )
+        config = halting_config(model_args)
         from accelerate import Accelerator
 
         self.accelerator = Accelerator()
         if self.accelerator.num_processes > 1:  # data parallel: this process's own GPU (or the CPU under gloo)
             device_map = str(self.accelerator.device)
             self._rank, self._world_size = self.accelerator.process_index, self.accelerator.num_processes
-        config = halting_config(
-            method, ratio, start_layer, scope, question, seed, packing, vision_ratio, vision_start_layer, compiled_decode
-        )
         loaded = load(pretrained, HaltingConfig(), device=device_map or device, dtype=dtype, attn_implementation=attn_implementation)
         self.vlm = VisionLanguageModel(loaded.model, loaded.processor, config)
         model_type = self.vlm.model.config.model_type

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Union
 
-import torch
 from PIL import Image, UnidentifiedImageError
+
+from dash_vl.model_source import URL_PREFIXES
 
 ImageSource = Union[str, Path, Image.Image]
 VideoSource = Union[str, Path, list[Image.Image]]
@@ -22,15 +23,31 @@ def open_image(source: ImageSource) -> Image.Image:
     """
     if isinstance(source, Image.Image):
         return source.convert("RGB")
-    if not isinstance(source, (str, Path)):
-        raise TypeError(f"image must be a path or a PIL.Image, got {type(source).__name__}")
+    check_image_path(source)
     try:
         with Image.open(source) as image:
             return image.convert("RGB")
-    except FileNotFoundError as error:
-        raise ValueError(f"image {str(source)!r} does not exist") from error
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"image {str(source)!r} is too large to open safely ({error}); resize it first") from error
     except (UnidentifiedImageError, OSError) as error:
         raise ValueError(f"image {str(source)!r} cannot be opened: {error}") from error
+
+
+def check_image_path(source: str | Path) -> None:
+    """``source`` names a local image file (checked before a model is loaded).
+
+    Raises:
+        ValueError: for a URL (images are not downloaded), a missing file or a folder.
+        TypeError: for anything but a path.
+    """
+    if not isinstance(source, (str, Path)):
+        raise TypeError(f"image must be a path or a PIL.Image, got {type(source).__name__}")
+    if str(source).startswith(URL_PREFIXES):
+        raise ValueError(f"image {str(source)!r} is a URL; URLs are not fetched: download the image and give its path")
+    if not Path(source).exists():
+        raise ValueError(f"image {str(source)!r} does not exist (looked in {Path(source).resolve().parent})")
+    if Path(source).is_dir():
+        raise ValueError(f"image {str(source)!r} is a folder; give an image file")
 
 
 @dataclass(frozen=True)
@@ -66,6 +83,18 @@ class FrameSampling:
         return smart_nframes(bounds, total_frames, video_fps)
 
 
+def check_video_path(source: str | Path) -> None:
+    """``source`` names a local video file (checked before a model is loaded).
+
+    Raises:
+        ValueError: for a URL (videos are not downloaded) or a missing file.
+    """
+    if str(source).startswith(URL_PREFIXES):
+        raise ValueError(f"video {str(source)!r} is a URL; URLs are not fetched: download the video and give its path")
+    if not Path(source).is_file():
+        raise ValueError(f"video {str(source)!r} does not exist")
+
+
 def load_video(source: VideoSource, sampling: FrameSampling = FrameSampling()) -> list[Image.Image]:
     """Frames of a video: a file decoded with PyAV and sampled by ``sampling``, or images as given.
 
@@ -79,8 +108,7 @@ def load_video(source: VideoSource, sampling: FrameSampling = FrameSampling()) -
         return [open_image(frame) for frame in source]
     if not isinstance(source, (str, Path)):
         raise TypeError(f"video must be a path or a list of PIL images, got {type(source).__name__}")
-    if not Path(source).is_file():
-        raise ValueError(f"video {str(source)!r} does not exist")
+    check_video_path(source)
     try:
         import av
     except ImportError as error:
@@ -94,6 +122,8 @@ def load_video(source: VideoSource, sampling: FrameSampling = FrameSampling()) -
         raise ValueError(f"video {str(source)!r} cannot be decoded: {error}") from error
     if len(frames) < 2:
         raise ValueError(f"video {str(source)!r} has {len(frames)} frames; at least 2 are needed")
+    import torch
+
     count = sampling.count(len(frames), video_fps)
     picks = torch.linspace(0, len(frames) - 1, count).round().long().tolist()
     return [frames[index].convert("RGB") for index in picks]

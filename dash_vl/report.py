@@ -18,6 +18,7 @@ class HaltingReport:
             active after the decision layer, ascending.
         relative_flops: theoretical prefill FLOPs of the decoder layers (linear + attention
             terms, vision encoder and LM head excluded) over those of the unmodified model.
+        ratio: the ρ the prefill ran with; at ``0`` no decision was made (every layer ran on every token).
     """
 
     start_layer: int
@@ -26,8 +27,14 @@ class HaltingReport:
     kept_tokens_per_layer: list[list[int]]
     kept_positions: list[list[int]]
     relative_flops: float
+    ratio: float
 
     def summary(self) -> str:
+        if self.ratio == 0:
+            return (
+                f"no halting (ratio 0): every layer ran on all {sum(self.prompt_tokens)} prompt tokens, "
+                f"{self.relative_flops:.3f}x the prefill FLOPs"
+            )
         return (
             f"halted at layer {self.start_layer}: kept {sum(self.kept_tokens_per_layer[-1])} of "
             f"{sum(self.prompt_tokens)} prompt tokens ({sum(self.eligible_tokens)} eligible), "

@@ -6,7 +6,7 @@ It is a test bed for halting on trained weights, not a benchmark model: a real
 questions and Qwen2-VL's special vision tokens. Its processor resizes images to at most
 448 × 448 pixels (256 visual tokens). ``eval/train_scenes_vlm.py`` builds and trains it;
 the trained folder ships in the package at :data:`SHIPPED_DIRECTORY` and loads with
-``dash_vl.load(SHIPPED_DIRECTORY)`` (or ``from_pretrained``).
+``dash_vl.load("dash-vl/scenes")`` from any working directory (or ``from_pretrained(SHIPPED_DIRECTORY)``).
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ from typing import Any
 import torch
 from transformers import Qwen2VLForConditionalGeneration, Qwen2VLProcessor
 
+from dash_vl.model_source import SCENES_DIRECTORY
 from dash_vl.random_models import qwen2_vl
 from dash_vl.random_models.tokenizer import bpe_tokenizer
 from dash_vl.scenes import COLOURS, IMAGE_SIZE, NUMBERS, SHAPES, WORDS, scene_questions
 
-SHIPPED_DIRECTORY = Path(__file__).parent / "scenes_vlm"
+SHIPPED_DIRECTORY: Path = SCENES_DIRECTORY
 VOCAB_SIZE = 640
 POST_PROMPT = " Answer with one word."
 TEXT: dict[str, Any] = dict(

@@ -35,7 +35,7 @@ from dash_vl.gemma3 import load_gemma3
 from dash_vl.prompt_scoring import answer_batch, batches
 from dash_vl.qwen_coder import load_qwen_coder, load_qwen_coder_15b
 from dash_vl.smollm2 import load_smollm2
-from dash_vl.sweep import Cell, ResultStore, run_sweep
+from dash_vl.sweep import Cell, ResultStore, run_sweep, sweep_header, weights_fingerprint
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", choices=sorted(MODELS), default="qwen_coder")
     parser.add_argument("--source", choices=CODE_SOURCES, default="stdlib", help="the code the prompts come from")
-    parser.add_argument("--results", required=True, help="JSON-lines file; finished cells in it are skipped")
+    parser.add_argument("--results", required=True, help="JSON-lines file; finished cells in it are skipped (another configuration's is refused)")
     parser.add_argument("--no-report", action="store_true", help="measure only (no CSV, table, plots: no matplotlib)")
     args = parser.parse_args()
 
@@ -83,7 +83,12 @@ def main() -> None:
             source=args.source, source_version=version,
         )
 
-    store = ResultStore(args.results)
+    header = sweep_header(
+        label, weights_fingerprint(model), tasks=args.tasks, lengths=args.lengths, per_cell=args.per_cell,
+        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, seed=args.seed, device=args.device, dtype=args.dtype,
+        source=args.source, source_version=version,
+    )
+    store = ResultStore(args.results, header)
     run_sweep(grid(args), measure, store, f"{label} code completion")
     if not args.no_report:
         write_report(store, args.results, "edit_similarity", f"{label}, LCC + RepoBench-P next line")

@@ -21,11 +21,12 @@ import torch
 from dash_vl.longcontext import TASKS, retrieval_suite
 from dash_vl.prompt_scoring import answer_batch, batches
 from dash_vl.smollm2 import load_smollm2
-from dash_vl.sweep import Cell, ResultStore, run_sweep
+from dash_vl.sweep import Cell, ResultStore, run_sweep, sweep_header, weights_fingerprint
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from accuracy_grid import add_grid_arguments, grid, measure_cell, write_report  # noqa: E402
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -36,7 +37,7 @@ def main() -> None:
     parser.add_argument("--per-cell", type=int, default=4, help="prompts per (task, length, depth)")
     parser.add_argument("--batch-size", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--results", required=True, help="JSON-lines file; finished cells in it are skipped")
+    parser.add_argument("--results", required=True, help="JSON-lines file; finished cells in it are skipped (another configuration's is refused)")
     parser.add_argument("--no-report", action="store_true", help="measure only (no CSV, table, plots: no matplotlib)")
     args = parser.parse_args()
 
@@ -51,7 +52,11 @@ def main() -> None:
             model.config.num_hidden_layers, "accuracy",
         )
 
-    store = ResultStore(args.results)
+    header = sweep_header(
+        "SmolLM2-135M-Instruct", weights_fingerprint(model), tasks=args.tasks, lengths=args.lengths, depths=args.depths,
+        per_cell=args.per_cell, batch_size=args.batch_size, seed=args.seed, device=args.device, dtype=args.dtype,
+    )
+    store = ResultStore(args.results, header)
     run_sweep(grid(args), measure, store, "smollm2 retrieval")
     if not args.no_report:
         write_report(store, args.results, "accuracy", "SmolLM2-135M-Instruct, pass-key + multi-fact retrieval")

@@ -22,9 +22,9 @@ import argparse
 import json
 from pathlib import Path
 
+from dash_vl.offline_tasks import TASKS_DIRECTORY as TASKS
 from dash_vl.scenes import QUESTION_KINDS, balanced_questions, scene_questions
 
-TASKS = Path(__file__).parent / "tasks"
 TASK_FILE = TASKS / "dash_scenes" / "dash_scenes.jsonl"
 ROUNDS_TASK_FILE = TASKS / "dash_scenes_rounds" / "dash_scenes_rounds.jsonl"
 
@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="+", default=list(QUESTION_KINDS), choices=QUESTION_KINDS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rounds", type=int, default=None, help="write the multi-round task, up to this many questions a scene")
-    parser.add_argument("--output", type=Path, default=None, help="default: the task's file under eval/tasks")
+    parser.add_argument("--output", type=Path, default=None, help="default: the task's file under dash_vl/lmms_eval_tasks")
     args = parser.parse_args()
 
     kinds = tuple(args.kinds)

@@ -25,8 +25,7 @@ import transformers
 
 from dash_vl.api import load
 from dash_vl.config import VISION_RULES, HaltingConfig
-from dash_vl.scenes_vlm import SHIPPED_DIRECTORY
-from dash_vl.sweep import Cell, ResultStore, run_sweep
+from dash_vl.sweep import Cell, ResultStore, run_sweep, sweep_header, weights_fingerprint
 
 sys.path.insert(0, str(Path(__file__).parent))
 from sweep_vl import LocalTask, measure_cell  # noqa: E402
@@ -79,7 +78,7 @@ def table(rows: list[dict], dash_ratio: float) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", nargs="?", default=str(SHIPPED_DIRECTORY), help="default: the shipped scenes model")
+    parser.add_argument("model", nargs="?", default="dash-vl/scenes", help="default: dash-vl/scenes, the shipped scenes model")
     parser.add_argument("--task", default="dash_scenes")
     parser.add_argument("--vision-ratios", nargs="+", type=float, default=[0.25, 0.5, 0.75, 0.9])
     parser.add_argument("--vision-start-layers", nargs="+", type=int, default=[1, 2, 3])
@@ -87,12 +86,16 @@ def main() -> None:
     parser.add_argument("--vision-rule", default="dash", choices=VISION_RULES, help="random: the score's ablation")
     parser.add_argument("--limit", type=int, default=None, help="first N documents of the task")
     parser.add_argument("--batch-size", type=int, default=20)
-    parser.add_argument("--results", required=True, help="JSON-lines file; finished cells in it are skipped")
+    parser.add_argument("--results", required=True, help="JSON-lines file; finished cells in it are skipped (another configuration's is refused)")
     args = parser.parse_args()
 
-    vlm = load(args.model, None)
     task = LocalTask.load(args.task, args.limit)
-    store = ResultStore(args.results)
+    vlm = load(args.model, None)
+    header = sweep_header(
+        args.model, weights_fingerprint(vlm.model), task=args.task, limit=args.limit, batch_size=args.batch_size,
+        dash_ratio=args.dash_ratio, vision_rule=args.vision_rule,
+    )
+    store = ResultStore(args.results, header)
     started = datetime.now(timezone.utc)
     measure = lambda cell: [measure_cell(vlm, task, config_for(cell, args.dash_ratio, args.vision_rule), args.batch_size)]  # noqa: E731
     run_sweep(grid(args), measure, store, "vit halting sweep")

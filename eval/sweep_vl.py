@@ -4,10 +4,10 @@ Each cell (method, ratio, scope, task) answers the task's documents with halting
 tidy row: score (the task's own metric, mean), kept prompt tokens (mean per prompt, after the
 last layer), relative prefill FLOPs, prefill latency (median wall time of ``generate`` with one
 new token per batch, i.e. time to first token with the vision encoder; CUDA-synchronised on a
-GPU, after one warm-up batch) and peak GPU memory of the cell (``nan`` on CPU). Ratio 0 is the unmodified model, run once.
+GPU, after one warm-up batch) and peak GPU memory of the cell (``null`` on CPU). Ratio 0 is the unmodified model, run once.
 A setting a method refuses (e.g. a FastV budget that rounds to zero) is a row with ``error``.
 
-Tasks are the offline lmms-eval tasks of ``eval/tasks/`` (their own ``utils`` render the
+Tasks are the offline lmms-eval tasks shipped in ``dash_vl/lmms_eval_tasks/`` (their own ``utils`` render the
 images and score the answers; prompts, metric and answer length come from their YAML), so the
 sweep needs no network:
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import math
 import statistics
 import sys
 import time
@@ -33,13 +32,15 @@ import torch
 from dash_vl.api import Query, VisionLanguageModel, load
 from dash_vl.config import SCOPES, HaltingConfig
 from dash_vl.halting import Halting
-from dash_vl.scenes_vlm import SHIPPED_DIRECTORY
-from dash_vl.sweep import Cell, ResultStore, run_sweep
+from dash_vl.knobs import KNOBS
+from dash_vl.offline_tasks import task_folder
+from dash_vl.sweep import Cell, ResultStore, run_sweep, sweep_header, weights_fingerprint
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-TASK_FOLDER = Path(__file__).parent / "tasks"
 UNMODIFIED = "none"
+CELL_KNOBS = ("method", "ratio", "scope")
+"""The knobs a cell sets; the others keep their defaults (in the results file's header)."""
 DEFAULT_RATIOS = (0.0, 0.5, 0.75, 0.9, 0.96, 0.98, 0.99)
 
 
@@ -57,13 +58,10 @@ class LocalTask:
 
     @classmethod
     def load(cls, name: str, limit: int | None) -> LocalTask:
-        """``eval/tasks/<name>/``: ``<name>.jsonl`` documents, ``utils.py`` functions
+        """``dash_vl/lmms_eval_tasks/<name>/``: ``<name>.jsonl`` documents, ``utils.py`` functions
         ``<name>_doc_to_visual``, ``_doc_to_text``, ``_process_results`` (lmms-eval's names), and
         from ``<name>.yaml`` the default prompt kwargs, the first metric and ``max_new_tokens``."""
-        folder = TASK_FOLDER / name
-        if not (folder / f"{name}.jsonl").is_file():
-            known = sorted(path.name for path in TASK_FOLDER.iterdir() if path.is_dir())
-            raise ValueError(f"no offline task {name!r} in {TASK_FOLDER}; known: {known}")
+        folder = task_folder(name)
         spec = importlib.util.spec_from_file_location(f"{name}_utils", folder / "utils.py")
         utils = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(utils)
@@ -156,7 +154,7 @@ def measure_cell(vlm: VisionLanguageModel, task: LocalTask, config: HaltingConfi
         n=n, score=sum(scores) / n,
         kept_tokens=sum(kept) / n, prompt_tokens=sum(prompt) / n, relative_flops=sum(flops) / n,
         prefill_ms=1000 * statistics.median(latencies),
-        peak_memory_gib=torch.cuda.max_memory_allocated() / 2**30 if on_gpu else math.nan,
+        peak_memory_gib=torch.cuda.max_memory_allocated() / 2**30 if on_gpu else None,
     )
 
 
@@ -201,7 +199,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "model", nargs="?", default=str(SHIPPED_DIRECTORY),
+        "model", nargs="?", default="dash-vl/scenes",
         help="Hub id or local directory (from_pretrained); default: the shipped scenes model",
     )
     parser.add_argument("--tasks", nargs="+", default=["dash_scenes"])
@@ -215,13 +213,21 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default=None, help="device_map (default: CPU)")
     parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--results", required=True, help="JSON-lines file; finished cells in it are skipped")
+    parser.add_argument(
+        "--results", required=True,
+        help="JSON-lines file; its finished cells are skipped (a file of another model, limit, batch size, dtype, device "
+        "or version is refused)",
+    )
     parser.add_argument("--title", default=None, help="plot title (default: the model)")
     args = parser.parse_args()
 
-    vlm = load(args.model, None, device=args.device, dtype=args.dtype)
     tasks = {name: LocalTask.load(name, args.limit) for name in args.tasks}
-    store = ResultStore(args.results)
+    vlm = load(args.model, None, device=args.device, dtype=args.dtype)
+    header = sweep_header(
+        args.model, weights_fingerprint(vlm.model), limit=args.limit, batch_size=args.batch_size, device=args.device,
+        dtype=args.dtype, fixed_knobs={knob.name: knob.default for knob in KNOBS if knob.name not in CELL_KNOBS},
+    )
+    store = ResultStore(args.results, header)
     measure = lambda cell: [measure_cell(vlm, tasks[cell["task"]], config_for(cell), args.batch_size)]  # noqa: E731
     run_sweep(grid(args), measure, store, "vl sweep")
     report(store, args.results, args.title or str(args.model))

@@ -300,7 +300,7 @@ def test_cli_diagnoses_text_files(saved_vlm, tmp_path):
 
 def test_cli_refuses_an_image_without_a_question(saved_vlm, tmp_path, capsys):
     assert main(["diagnose", str(saved_vlm), "--image", "x.png", "--output", str(tmp_path)]) == 2
-    assert "--image needs --question" in capsys.readouterr().err
+    assert "--image needs --query" in capsys.readouterr().err
 
 
 def test_the_per_visible_query_view_divides_by_the_queries_that_see_each_token():

@@ -94,3 +94,13 @@ def test_a_static_cache_without_the_full_attention_mask_is_refused():
     sliding_only = {"sliding_attention": torch.ones(1, 1, 4, 6, dtype=torch.bool)}
     with pytest.raises(ValueError, match="every layer has a sliding window"):
         prompt_validity(sliding_only, 1, 4, torch.device("cpu"))
+
+
+def test_numpy_scalar_knobs_become_plain_numbers():
+    import numpy as np
+
+    config = HaltingConfig(ratio=np.float32(0.5), start_layer=np.int64(3), seed=np.int32(7), vision_ratio=np.float64(0.25))
+    assert config == HaltingConfig(ratio=0.5, start_layer=3, seed=7, vision_ratio=0.25)
+    assert (type(config.ratio), type(config.start_layer), type(config.seed)) == (float, int, int)
+    with pytest.raises(TypeError, match="ratio"):
+        HaltingConfig(ratio=np.bool_(True))

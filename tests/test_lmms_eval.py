@@ -1,11 +1,13 @@
 """The lmms-eval plugin: registered through the entry point, runs the real ``lmms-eval`` CLI end to
 end on a tiny saved model and the offline ``dash_shapes`` task, answers exactly as the Python API
-does, and rejects bad ``model_args``."""
+does, and rejects bad ``model_args``. Every run starts in an empty working directory: the tasks and the
+scenes model are found where the package is installed."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,10 +17,11 @@ import pytest
 pytest.importorskip("lmms_eval")
 
 from dash_vl.api import load  # noqa: E402
+from dash_vl.offline_tasks import TASKS_DIRECTORY  # noqa: E402
 from dash_vl.random_models import random_model, tiny_config, tiny_processor  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-TASK_DIR = REPO / "eval" / "tasks"
+TASK_DIR = TASKS_DIRECTORY
 LIMIT = 4
 
 
@@ -35,18 +38,36 @@ def saved_models(tmp_path_factory) -> dict[str, Path]:
 
 
 def run_lmms_eval(
-    model: str, model_args: str, output: Path, task: str = "dash_shapes", limit: int = LIMIT, processes: int = 1
+    model: str, model_args: str, output: Path, task: str = "dash_shapes", limit: int = LIMIT, processes: int = 1,
+    extra: tuple[str, ...] = (),
 ) -> subprocess.CompletedProcess:
-    """The lmms-eval CLI in a subprocess; ``processes > 1`` launches it data-parallel with torchrun
-    (the launcher ``accelerate launch`` wraps; on the CPU the processes talk through gloo)."""
+    """The lmms-eval CLI in a subprocess started in ``output`` (an empty folder, not the repository), the task
+    folder given as ``dash-vl lmms-eval-tasks`` prints it; ``processes > 1`` launches it data-parallel with
+    torchrun (the launcher ``accelerate launch`` wraps; on the CPU the processes talk through gloo)."""
+    output.mkdir(parents=True, exist_ok=True)
     launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(processes)] if processes > 1 else []
     command = [
         sys.executable, *launcher, "-m", "lmms_eval", "--model", model, "--model_args", model_args, "--tasks", task,
-        "--include_path", str(TASK_DIR), "--device", "cpu", "--batch_size", "2", "--limit", str(limit),
-        "--output_path", str(output), "--log_samples",
+        "--include_path", tasks_folder(), "--device", "cpu", "--batch_size", "2", "--limit", str(limit),
+        "--output_path", str(output), "--log_samples", *extra,
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(command, cwd=output, env=env, capture_output=True, text=True, timeout=600)
+
+
+def tasks_folder() -> str:
+    """What ``dash-vl lmms-eval-tasks`` prints."""
+    run = subprocess.run([shutil.which("dash-vl"), "lmms-eval-tasks"], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    return run.stdout.strip()
+
+
+def test_tasks_folder_is_the_installed_package_data():
+    folder = Path(tasks_folder())
+    assert folder == TASKS_DIRECTORY and folder.is_absolute()
+    for task in ("dash_scenes", "dash_scenes_rounds", "dash_shapes"):
+        text = (folder / task / f"{task}.yaml").read_text()
+        assert f"test: {task}.jsonl" in text  # relative to the YAML, which lmms-eval resolves
 
 
 @pytest.mark.parametrize("first_import", ["lmms_eval.models", "dash_vl.lmms_eval_models"])
@@ -109,11 +130,7 @@ def test_data_parallel_processes_answer_their_shards_as_one_process_does(saved_m
 def test_shipped_scenes_model_scores_through_the_cli(tmp_path):
     """The trained model answers the first held-out ``dash_scenes`` questions exactly (all eight
     kinds, the relations and the written word included)."""
-    from dash_vl.scenes_vlm import shipped_model_directory
-
-    finished = run_lmms_eval(
-        "dash_qwen2_vl", f"pretrained={shipped_model_directory()},method=none", tmp_path, task="dash_scenes", limit=10
-    )
+    finished = run_lmms_eval("dash_qwen2_vl", "pretrained=dash-vl/scenes,method=none", tmp_path, task="dash_scenes", limit=10)
     assert finished.returncode == 0, finished.stderr[-3000:]
     results = json.loads(next(tmp_path.rglob("*_results.json")).read_text())
     assert results["results"]["dash_scenes"]["exact_match,none"] == 1.0
@@ -122,10 +139,8 @@ def test_shipped_scenes_model_scores_through_the_cli(tmp_path):
 def test_multi_round_task_asks_each_question_in_its_own_round(tmp_path):
     """``dash_scenes_rounds`` asks 2-4 questions of one scene, one per round; the trained model
     answers every round right, so each round must have seen its own question."""
-    from dash_vl.scenes_vlm import shipped_model_directory
-
     finished = run_lmms_eval(
-        "dash_qwen2_vl", f"pretrained={shipped_model_directory()},method=none", tmp_path, task="dash_scenes_rounds", limit=6
+        "dash_qwen2_vl", "pretrained=dash-vl/scenes,method=none", tmp_path, task="dash_scenes_rounds", limit=6
     )
     assert finished.returncode == 0, finished.stderr[-3000:]
     results = json.loads(next(tmp_path.rglob("*_results.json")).read_text())["results"]["dash_scenes_rounds"]
@@ -145,8 +160,22 @@ def test_unknown_model_args_and_wrong_family_are_clear_errors(saved_models):
         DashInternVL(pretrained=str(saved_models["qwen2_vl"]), device="cpu")
     with pytest.raises(ValueError, match="ratio must be in"):
         DashQwen2VL(pretrained=str(saved_models["qwen2_vl"]), device="cpu", ratio=1.5)
-    with pytest.raises(ValueError, match="method=none runs the unmodified model"):
+    with pytest.raises(ValueError, match=r"method=none runs the unmodified model .*\(got ratio=0.5\)"):
         DashQwen2VL(pretrained=str(saved_models["qwen2_vl"]), device="cpu", method="none", ratio=0.5)
+    with pytest.raises(ValueError, match="vision_rule must be one of"):
+        DashQwen2VL(pretrained=str(saved_models["qwen2_vl"]), device="cpu", vision_rule="lowest")
+
+
+@pytest.mark.slow
+def test_lmms_eval_exits_0_on_an_error_unless_verbosity_is_debug(saved_models, tmp_path):
+    """lmms-eval's own behaviour (``cli_evaluate`` catches every exception, prints it and returns): the check a
+    script can use is ``--verbosity DEBUG`` (the error propagates, exit code 1) or the results file's absence."""
+    args = f"pretrained={saved_models['qwen2_vl']},ratio=2"
+    quiet = run_lmms_eval("dash_qwen2_vl", args, tmp_path / "quiet")
+    assert quiet.returncode == 0 and "ratio must be in [0, 1), got 2" in quiet.stdout + quiet.stderr
+    assert not list((tmp_path / "quiet").rglob("*_results.json"))
+    debug = run_lmms_eval("dash_qwen2_vl", args, tmp_path / "debug", extra=("--verbosity", "DEBUG"))
+    assert debug.returncode != 0 and "ratio must be in [0, 1), got 2" in debug.stderr
 
 
 @pytest.mark.parametrize("method", ["dart_prompt_order", "vispruner", "divprune", "cdpruner"])

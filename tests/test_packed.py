@@ -204,11 +204,12 @@ def test_packing_of_one_run_per_sample_copies_runs_as_the_index_does():
 
 def test_lmms_eval_model_args_pass_packing_and_the_vision_knobs_on():
     lmms_eval_models = pytest.importorskip("dash_vl.lmms_eval_models")
-    assert lmms_eval_models.halting_config("dash", "0", None, None, "halted", "0", "ragged").packing == "ragged"
-    with pytest.raises(ValueError, match="no packed prefill"):
-        lmms_eval_models.halting_config("none", "0", None, None, "halted", "0", "ragged")
-    config = lmms_eval_models.halting_config("dash", "0", None, None, "halted", "0", "off", "0.5", "12")
+    assert lmms_eval_models.halting_config(dict(method="dash", ratio="0", packing="ragged")).packing == "ragged"
+    with pytest.raises(ValueError, match=r"no packed prefill.*\(got packing=ragged\)"):
+        lmms_eval_models.halting_config(dict(method="none", ratio="0", packing="ragged"))
+    config = lmms_eval_models.halting_config(dict(method="dash", vision_ratio="0.5", vision_start_layer="12"))
     assert (config.vision_ratio, config.vision_start_layer) == (0.5, 12)
-    assert lmms_eval_models.halting_config("dash", "0", None, None, "halted", "0").vision_ratio is None
-    with pytest.raises(ValueError, match="encoder-side halting alone"):
-        lmms_eval_models.halting_config("none", "0", None, None, "halted", "0", "off", "0.5")
+    assert lmms_eval_models.halting_config(dict(method="dash", ratio="0")).vision_ratio is None
+    with pytest.raises(ValueError, match=r"vision encoder included.*\(got vision_ratio=0.5\)"):
+        lmms_eval_models.halting_config(dict(method="none", vision_ratio="0.5"))
+    assert lmms_eval_models.halting_config(dict(method="none", ratio="0")) is None

@@ -18,7 +18,8 @@ from transformers import AutoModelForCausalLM, Gemma3TextConfig, StaticCache
 
 from dash_vl import Halting, HaltingConfig
 from dash_vl.api import VisionLanguageModel
-from dash_vl.cli import build_parser, knobs
+from dash_vl.cli import build_parser
+from dash_vl.knobs import config_from_arguments
 from dash_vl.engine import HaltingEngine
 from dash_vl.hf_compat import CACHE_KEYWORD, output_cache
 from tests.conftest import model_of, vl_inputs
@@ -236,10 +237,11 @@ def test_answers_use_a_static_cache_on_a_gpu_unless_compiled_decode_is_off(sdpa_
 
 
 def test_the_cli_and_lmms_eval_turn_compiled_decode_off():
-    args = build_parser().parse_args(["ask", "--question", "q", "--eager-decode"])
-    assert knobs(args).compiled_decode is False
-    assert knobs(build_parser().parse_args(["ask", "--question", "q"])).compiled_decode is True
+    args = build_parser().parse_args(["ask", "-q", "q", "--compiled-decode", "false"])
+    assert config_from_arguments(args).compiled_decode is False
+    assert config_from_arguments(build_parser().parse_args(["ask", "-q", "q"])).compiled_decode is True
     lmms_eval_models = pytest.importorskip("dash_vl.lmms_eval_models")
-    assert lmms_eval_models.halting_config("dash", "0.5", None, None, "halted", "0", compiled_decode="False").compiled_decode is False
+    args = {"method": "dash", "ratio": "0.5", "compiled_decode": "False"}
+    assert lmms_eval_models.halting_config(args).compiled_decode is False
     with pytest.raises(ValueError, match="compiled_decode must be true or false"):
-        lmms_eval_models.halting_config("dash", "0.5", None, None, "halted", "0", compiled_decode="sometimes")
+        lmms_eval_models.halting_config({"method": "dash", "ratio": "0.5", "compiled_decode": "sometimes"})

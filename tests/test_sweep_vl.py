@@ -32,7 +32,9 @@ def test_sweep_writes_tidy_rows_plots_and_resumes(tiny_model, tmp_path):
                 "--results", str(results)]
     first = sweep(str(tiny_model), *settings)
     assert first.returncode == 0, first.stderr
-    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    header, *rows = [json.loads(line) for line in results.read_text().splitlines()]
+    assert header["header"]["model"] == str(tiny_model) and header["header"]["limit"] == 4
+    assert rows[0]["peak_memory_gib"] is None  # on the CPU: JSON null, not NaN
     assert [(r["cell"]["method"], r["cell"]["ratio"]) for r in rows] == [
         ("none", 0.0), ("dash", 0.5), ("dash", 0.99), ("fastv", 0.5), ("fastv", 0.99)
     ]
@@ -47,7 +49,24 @@ def test_sweep_writes_tidy_rows_plots_and_resumes(tiny_model, tmp_path):
     assert "| dash_shapes | none | - | " in (tmp_path / "sweep.md").read_text()
     again = sweep(str(tiny_model), *settings)
     assert again.returncode == 0, again.stderr
-    assert len(results.read_text().splitlines()) == len(rows)
+    assert len(results.read_text().splitlines()) == len(rows) + 1
+
+
+@pytest.mark.slow
+def test_results_of_another_model_or_limit_are_refused_not_reported(tiny_model, tmp_path):
+    other = tmp_path / "other"
+    assert main(["make-random-model", str(other), "--seed", "1"]) == 0
+    results = tmp_path / "sweep.jsonl"
+    settings = ["--tasks", "dash_shapes", "--batch-size", "2", "--ratios", "0", "0.5", "--methods", "dash", "--results", str(results)]
+    first = sweep(str(tiny_model), "--limit", "2", *settings)
+    assert first.returncode == 0, first.stderr
+    written = results.read_text()
+    another_model = sweep(str(other), "--limit", "2", *settings)
+    assert another_model.returncode != 0
+    assert f"holds results of another configuration (model: {tiny_model} -> {other}; weights: " in another_model.stderr
+    more_documents = sweep(str(tiny_model), "--limit", "3", *settings)
+    assert more_documents.returncode != 0 and "(limit: 2 -> 3)" in more_documents.stderr
+    assert results.read_text() == written
 
 
 def test_sweep_refuses_an_unknown_task(tiny_model, tmp_path):

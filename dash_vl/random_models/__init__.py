@@ -9,21 +9,18 @@ registry and what the families share.
 from __future__ import annotations
 
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+from dash_vl.lazy_registry import LazyRegistry
 
-from dash_vl.random_models import internvl, llava_onevision, qwen2_5_vl, qwen2_vl
-from dash_vl.random_models.prompts import left_padded_batch
-from dash_vl.random_models.tokenizer import byte_level_tokenizer
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
-FAMILIES: dict[str, ModuleType] = {
-    "qwen2_vl": qwen2_vl,
-    "qwen2_5_vl": qwen2_5_vl,
-    "llava_onevision": llava_onevision,
-    "internvl": internvl,
-}
+FAMILIES: LazyRegistry = LazyRegistry({
+    name: f"dash_vl.random_models.{name}" for name in ("qwen2_vl", "qwen2_5_vl", "llava_onevision", "internvl")
+})
+"""Family name → its module (imported on first use, so that listing the names imports no torch)."""
 
 
 def family(name: str) -> ModuleType:
@@ -89,11 +86,25 @@ def long_prompt_batch(
     """
     if name not in IMAGE_BATCH_FAMILIES:
         raise ValueError(f"no batched timing prompt for {name!r}; families with one: {list(IMAGE_BATCH_FAMILIES)}")
+    from dash_vl.random_models.prompts import left_padded_batch
+
     return left_padded_batch([long_prompt(name, config, length, device, dtype) for length in lengths])
 
 
-VIDEO_PROMPT_FAMILIES: tuple[str, ...] = tuple(name for name, module in FAMILIES.items() if hasattr(module, "long_video_prompt"))
-"""The families with a :func:`long_video_prompt` (their ``long_prompt`` is a video too)."""
+def video_prompt_families() -> tuple[str, ...]:
+    """The families with a :func:`long_video_prompt` (their ``long_prompt`` is a video too)."""
+    return tuple(name for name, module in FAMILIES.items() if hasattr(module, "long_video_prompt"))
+
+
+def __getattr__(name: str) -> Any:
+    """``VIDEO_PROMPT_FAMILIES`` (:func:`video_prompt_families`) and ``byte_level_tokenizer``, imported on first use."""
+    if name == "VIDEO_PROMPT_FAMILIES":
+        return video_prompt_families()
+    if name == "byte_level_tokenizer":
+        from dash_vl.random_models.tokenizer import byte_level_tokenizer
+
+        return byte_level_tokenizer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def long_video_prompt(name: str, config: Any, frames: int, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -104,26 +115,29 @@ def long_video_prompt(name: str, config: Any, frames: int, device: torch.device,
     Raises:
         ValueError: for a family not in :data:`VIDEO_PROMPT_FAMILIES`.
     """
-    if name not in VIDEO_PROMPT_FAMILIES:
-        raise ValueError(f"no video timing prompt for {name!r}; families with one: {list(VIDEO_PROMPT_FAMILIES)}")
+    if name not in video_prompt_families():
+        raise ValueError(f"no video timing prompt for {name!r}; families with one: {list(video_prompt_families())}")
     return family(name).long_video_prompt(config, frames, device, dtype)
 
 
 def random_model(
     config: Any,
     attn_implementation: str = "sdpa",
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
     device: str | torch.device = "cpu",
     seed: int = 0,
 ) -> nn.Module:
-    """The family's ``...ForConditionalGeneration`` for ``config`` with seeded random weights, in eval mode."""
+    """The family's ``...ForConditionalGeneration`` for ``config`` with seeded random weights, in eval mode
+    (``dtype`` default: float32)."""
+    import torch
+
     model_class = next(module.MODEL_CLASS for module in FAMILIES.values() if module.MODEL_CLASS.config_class is type(config))
     torch.manual_seed(seed)
     config._attn_implementation = attn_implementation
     config.text_config._attn_implementation = attn_implementation
     with torch.device(device):
         model = model_class(config)
-    return model.to(dtype).eval()
+    return model.to(dtype or torch.float32).eval()
 
 
 __all__ = [
