@@ -17,6 +17,14 @@ def start_layer(value: str) -> int | float:
     return float(value) if "." in value else int(value)
 
 
+def stage_layers(value: str) -> tuple[int | float, ...]:
+    """``"0.5/0.75"`` or ``"8/16"``: later decision layers, each as :func:`start_layer` reads it; ``""`` or
+    ``"none"``: no later decision (``/`` separates them, as lmms-eval's ``model_args`` split on commas)."""
+    if value.strip().lower() in ("", "none"):
+        return ()
+    return tuple(start_layer(part.strip()) for part in value.split("/"))
+
+
 def add_knobs(parser: argparse.ArgumentParser) -> None:
     from dash_vl.methods import METHODS
 
@@ -25,6 +33,13 @@ def add_knobs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--start-layer", type=start_layer, default=None,
         help="layer index, or fraction of the depth (default: the method's, 0.4 for DASH, 2 for FastV/DART)",
+    )
+    parser.add_argument(
+        "--stage-layers", type=stage_layers, default=None,
+        help="later decision layers, '/'-separated (e.g. 0.5/0.75); 'none' for one decision (default: the method's)",
+    )
+    parser.add_argument(
+        "--observation-window", type=int, default=64, help="SnapKV: the last W prompt tokens whose attention decides"
     )
     parser.add_argument("--scope", default=None, choices=SCOPES, help="default: the method's (all for DASH, visual for FastV/DART)")
     parser.add_argument("--question-mode", default="halted", choices=QUESTION_MODES)
@@ -50,7 +65,8 @@ def add_knobs(parser: argparse.ArgumentParser) -> None:
 
 def knobs(args: argparse.Namespace) -> HaltingConfig:
     return HaltingConfig(
-        method=args.method, ratio=args.ratio, start_layer=args.start_layer, scope=args.scope, question=args.question_mode,
+        method=args.method, ratio=args.ratio, start_layer=args.start_layer, stage_layers=args.stage_layers,
+        observation_window=args.observation_window, scope=args.scope, question=args.question_mode,
         seed=args.seed, packing=args.packing, vision_ratio=args.vision_ratio, vision_start_layer=args.vision_start_layer,
         vision_rule=args.vision_rule,
     )

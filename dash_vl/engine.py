@@ -12,13 +12,16 @@ Prefill (empty cache):
     kept ones. Either way halted tokens keep the hidden state they had entering ``l_s``, frozen
     to the end;
   * active tokens are gathered into a compact left-padded tensor (prompt order kept, original
-    rotary ids kept) and run the rest of the layers; layers ``>= l_s`` cache only active tokens.
+    rotary ids kept) and run the rest of the layers; layers ``>= l_s`` cache only active tokens;
+  * a multi-stage method (``config.stage_layers``) decides again at each later decision layer,
+    over the tokens still active, in the same way: each stage's layers run on and cache that
+    stage's active tokens (:class:`CompactStage`), so layers cache different lengths.
 
 At ratio 0 nothing halts, so no decision is made: every layer runs on every prompt token (packed
 where packing is on) and caches all of them, as the model itself does.
 
 Later calls on the same cache (decoding, or appended text) run every new token through every
-layer: layers ``< l_s`` attend over the full cache, layers ``>= l_s`` over the compact one.
+layer: layers ``< l_s`` attend over the full cache, the layers of each stage over its compact one.
 No attention matrix is built, so any SDPA / FlashAttention kernel runs unchanged.
 
 Packed prefill (``config.packing``, :mod:`dash_vl.packing`): the layers before and after ``l_s``
@@ -210,7 +213,7 @@ def to_device(value: Any, device: torch.device) -> Any:
 
 
 class HaltingEngine:
-    """Runs a language model's decoder stack with single-shot token halting.
+    """Runs a language model's decoder stack with token halting at one or several decision layers.
 
     Use it through :class:`dash_vl.Halting`, which installs :meth:`forward` in place of the
     language model's own (and, for a policy that reads the vision encoder, sets

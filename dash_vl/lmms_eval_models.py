@@ -9,7 +9,8 @@ Registered through the ``lmms_eval.models`` entry-point group (:mod:`dash_vl.lmm
 ``model_args`` take the halting knobs of :class:`dash_vl.HaltingConfig` (``method`` — also
 ``none`` for the unmodified model —, ``ratio``, ``start_layer``, ``scope``, ``question``,
 ``seed``, ``packing``: ``ragged`` packs batches of unequal prompt lengths, ``docs/packed.md``;
-``vision_ratio`` and ``vision_start_layer``: encoder-side halting, ``docs/vit_halting.md``)
+``vision_ratio`` and ``vision_start_layer``: encoder-side halting, ``docs/vit_halting.md``;
+``stage_layers``, ``/``-separated, e.g. ``stage_layers=0.5/0.75``, and ``observation_window``)
 and the loading ones (``pretrained``, ``device_map``, ``dtype``, ``attn_implementation``,
 ``system_prompt``, ``max_new_tokens``); an unknown key is an error.
 Under ``accelerate launch`` (or ``torchrun``) each process loads the model on its own device
@@ -30,6 +31,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from dash_vl.api import Query, VisionLanguageModel, load
+from dash_vl.cli import stage_layers as parse_stage_layers
 from dash_vl.cli import start_layer as parse_start_layer
 from dash_vl.config import HaltingConfig
 
@@ -40,12 +42,13 @@ LOADING_KEYS: tuple[str, ...] = (
 )
 HALTING_KEYS: tuple[str, ...] = (
     "method", "ratio", "start_layer", "scope", "question", "seed", "packing", "vision_ratio", "vision_start_layer",
+    "stage_layers", "observation_window",
 )
 
 
 def halting_config(
     method: str, ratio: Any, start_layer: Any, scope: Any, question: str, seed: Any, packing: str = "off",
-    vision_ratio: Any = None, vision_start_layer: Any = 0.4,
+    vision_ratio: Any = None, vision_start_layer: Any = 0.4, stage_layers: Any = None, observation_window: Any = 64,
 ) -> HaltingConfig | None:
     """The knobs as lmms-eval parses them (numbers may arrive as strings); ``None`` for ``method=none``."""
     if method == "none":
@@ -66,10 +69,12 @@ def halting_config(
         start_layer = parse_start_layer(start_layer)
     if isinstance(vision_start_layer, str):
         vision_start_layer = parse_start_layer(vision_start_layer)
+    if isinstance(stage_layers, (str, int, float)):  # lmms-eval turns "8" into an int, "0.5" into a float
+        stage_layers = parse_stage_layers(str(stage_layers))
     return HaltingConfig(
         method=method, ratio=float(ratio), start_layer=start_layer, scope=scope, question=question, seed=int(seed),
         packing=packing, vision_ratio=None if vision_ratio is None else float(vision_ratio),
-        vision_start_layer=vision_start_layer,
+        vision_start_layer=vision_start_layer, stage_layers=stage_layers, observation_window=int(observation_window),
     )
 
 
@@ -117,6 +122,8 @@ class HaltingModel(lmms):
         packing: str = "off",
         vision_ratio: float | str | None = None,
         vision_start_layer: int | float | str = 0.4,
+        stage_layers: str | tuple | None = None,
+        observation_window: int | str = 64,
         device: str | None = "cuda",
         device_map: str | None = None,
         dtype: str = "auto",
@@ -139,7 +146,8 @@ class HaltingModel(lmms):
             device_map = str(self.accelerator.device)
             self._rank, self._world_size = self.accelerator.process_index, self.accelerator.num_processes
         config = halting_config(
-            method, ratio, start_layer, scope, question, seed, packing, vision_ratio, vision_start_layer
+            method, ratio, start_layer, scope, question, seed, packing, vision_ratio, vision_start_layer, stage_layers,
+            observation_window,
         )
         loaded = load(pretrained, HaltingConfig(), device=device_map or device, dtype=dtype, attn_implementation=attn_implementation)
         self.vlm = VisionLanguageModel(loaded.model, loaded.processor, config)

@@ -9,7 +9,12 @@ ratio (median of ``--repeats`` CUDA-event timings after ``--warmup``), and repor
 relative FLOPs, peak GPU memory during the prefill and KV-cache bytes after it. Ratios mean what
 each method documents: DASH and its ablations halt ``ρ`` of all tokens but the last; FastV and
 DART drop ``ρ`` of the image tokens, from their default layer 2; VisionZip keeps
-``round(n(1-ρ))`` of every ``--unit``-token tile/frame before layer 0. VisionZip's encoder-side
+``round(n(1-ρ))`` of every ``--unit``-token tile/frame before layer 0; the multi-stage methods
+decide at each of their layers (``l_s`` column) over the tokens still active: ``dash_multi`` halts
+``ρ`` of the eligible tokens still active at 0.4, 0.6 and 0.8 of the depth, PyramidDrop keeps
+``int(N (1-ρ)^s)`` image tokens after stage ``s`` at 0.25, 0.5, 0.75 of the depth, SnapKV
+(pruned, one decision at 0.4) halts ``ρ`` of all tokens but its 64-token observation window. A
+setting a method refuses (e.g. a budget that keeps no token) is a row with its error. VisionZip's encoder-side
 scoring is not part of this language-tower timing: its evidence (random scores and keys, as
 the recorder would hand them over) is given, like the other methods' inputs are.
 
@@ -24,8 +29,9 @@ import json
 import torch
 
 from dash_vl import Halting
-from dash_vl.random_models import FAMILIES, full_size_config, random_model
 from dash_vl.encoder_evidence import VisualEvidence
+from dash_vl.methods import METHODS
+from dash_vl.random_models import FAMILIES, full_size_config, random_model
 from gpu_timing import add_timing_arguments, measure, print_table, report_run
 
 TEXT_AROUND = 64
@@ -54,7 +60,9 @@ def main() -> None:
     parser.add_argument("--family", default="qwen2_vl", choices=sorted(FAMILIES))
     parser.add_argument("--lengths", type=int, nargs="+", default=[16384, 32768])
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.667, 0.9, 0.99])
-    parser.add_argument("--methods", nargs="+", default=["dash", "fastv", "dart", "dash_block", "random"])
+    parser.add_argument(
+        "--methods", nargs="+", default=["dash", "fastv", "dart", "dash_block", "random"], choices=sorted(METHODS)
+    )
     parser.add_argument("--unit", type=int, default=1024, help="VisionZip: visual tokens per tile/frame")
     parser.add_argument("--batch", type=int, default=1, help="prompts per prefill (VisionZip: batch 1 only)")
     add_timing_arguments(parser)
@@ -89,10 +97,16 @@ def main() -> None:
                         if halting.engine.method.needs_vision_evidence:
                             halting.engine.evidence_recorder.remove()
                             halting.engine.evidence_recorder = GivenEvidence(length - 2 * TEXT_AROUND, args.unit, 80, device)
-                        result = measure(run, args.warmup, args.repeats)
+                        try:
+                            result = measure(run, args.warmup, args.repeats)
+                        except ValueError as error:
+                            rows.append(dict(T=length, batch=args.batch, method=method, ratio=ratio, error=str(error)))
+                            print(json.dumps(rows[-1]), flush=True)
+                            continue
                     report = halting.last_report
                     rows.append(dict(
-                        T=length, batch=args.batch, method=method, ratio=ratio, start_layer=report.start_layer,
+                        T=length, batch=args.batch, method=method, ratio=ratio,
+                        start_layer="/".join(map(str, report.decision_layers)),
                         kept=report.kept_tokens_per_layer[-1][0], relative_flops=report.relative_flops,
                         speedup=full["ms"] / result["ms"], **result,
                     ))

@@ -333,3 +333,15 @@ def test_bad_stage_knobs_are_clear_errors(knobs, message):
 def test_stage_layers_must_ascend_after_the_start_layer():
     with pytest.raises(ValueError, match="stage_layers must ascend after start_layer"):
         Halting(text_model("qwen2"), method="dash", ratio=0.5, start_layer=3, stage_layers=(2,))
+
+
+def test_lmms_eval_and_cli_read_the_stage_knobs():
+    from dash_vl.cli import stage_layers
+
+    assert stage_layers("0.5/0.75") == (0.5, 0.75) and stage_layers("8/16") == (8, 16) and stage_layers("none") == ()
+    lmms_eval_models = pytest.importorskip("dash_vl.lmms_eval_models")
+    config = lmms_eval_models.halting_config(
+        "pyramiddrop", "0.5", "8", None, "halted", "0", stage_layers="16/24", observation_window="32"
+    )
+    assert (config.start_layer, config.stage_layers, config.observation_window) == (8, (16, 24), 32)
+    assert lmms_eval_models.halting_config("dash", "0.5", None, None, "halted", "0", stage_layers=20).stage_layers == (20,)
