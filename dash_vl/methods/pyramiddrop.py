@@ -20,7 +20,7 @@ after layer ``l - 1``, lines 1222-1231; prefill only, line 1224):
    lines 1405-1407); every text token stays (line 1410).
 
 Here ``λ = 1 - ρ`` (``ratio`` 0.5 is the official setting) and ``int`` is ``floor`` with a 1e-9
-tolerance for the binary rounding of ``λ^s``. Ties in the score go to the earlier position
+tolerance for the binary rounding of ``λ^s``. Of tied scores the earlier token is kept
 (``topk`` leaves their order open). Deviations, each forced by the families served here: the
 eligible tokens are every visual token of the prompt ranked together (the official code ranks
 the one image block of a LLaVA-1.5 prompt); kept tokens keep their original rotary ids (M-RoPE

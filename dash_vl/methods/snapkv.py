@@ -21,7 +21,11 @@ official SnapKV (FasterDecoding/SnapKV, commit e216ddc, ``snapkv/monkeypatch/sna
 4. the window itself is never halted (kvpress pads it with the largest score, line 103); of the
    other eligible tokens the lowest-scoring are halted, ``floor(ρ E)`` of the ``E`` eligible
    tokens (window included, as kvpress counts ``int(T (1 - ρ))`` kept of all ``T``, scorer_press.py
-   line 94, the window among them), ties to the earlier position.
+   line 94, the window among them); of tied scores the earlier token is halted first.
+
+Queries are scaled by the layer's own attention scaling (kvpress divides by ``sqrt(head_dim)``, the
+same but where a family sets another scale, e.g. Gemma's ``query_pre_attn_scalar``); a sliding-window
+decision layer masks its window (kvpress's window attention is causal only).
 
 The decision is made on layer ``l``'s input (placement ``"layer_input"``): the tokens halted no
 longer run layer ``l`` or any later one (kvpress compresses layer ``l``'s cache after its
