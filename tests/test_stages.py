@@ -166,6 +166,7 @@ def test_multi_selection_matches_masking_reference_on_text(name, layers):
     check_against(reference, model, prompts, method="dash_multi", ratio=0.5, start_layer=layers[0], stage_layers=layers[1:])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_multi_selection_matches_masking_reference_on_vl(family):
     model, inputs = vl_case(family)
@@ -234,6 +235,7 @@ def test_snapkv_matches_kvpress_rule_on_text(name, layer):
     check_against(reference, model, prompts, method="snapkv", ratio=0.5, start_layer=layer, observation_window=WINDOW)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_snapkv_matches_kvpress_rule_on_vl(family):
     model, inputs = vl_case(family)
@@ -258,6 +260,7 @@ def test_snapkv_window_longer_than_the_prompt_is_a_clear_error():
 # --- the engine's stage bookkeeping ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method,knobs", [
     ("dash_multi", dict(start_layer=2, stage_layers=(4,))),
     ("pyramiddrop", {}),
