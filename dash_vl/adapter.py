@@ -147,15 +147,34 @@ class ModelAdapter:
         projected, per-head normed where the family has ``q_norm``, rotary applied and multiplied by
         the attention's scaling; ``(batch, heads, Q, head_dim)``."""
         attention = layer.self_attn
+        return self._projected(attention.q_proj, getattr(attention, "q_norm", None), layer, hidden_states,
+                               position_embeddings) * attention.scaling
+
+    def attention_keys(
+        self, layer: nn.Module, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
+        """The attention sub-layer's keys for ``hidden_states`` ``(batch, S, hidden)``, as it caches them:
+        normed, projected, per-head normed where the family has ``k_norm``, rotary applied;
+        ``(batch, kv_heads, S, head_dim)``."""
+        attention = layer.self_attn
+        return self._projected(attention.k_proj, getattr(attention, "k_norm", None), layer, hidden_states,
+                               position_embeddings)
+
+    @staticmethod
+    def _projected(
+        projection: nn.Module, head_norm: nn.Module | None, layer: nn.Module, hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+    ) -> torch.Tensor:
+        """``projection(input_layernorm(h))`` per head, ``head_norm`` applied where given, then the rotary
+        ``(cos, sin)`` (``(batch, S, head_dim)``); ``(batch, heads, S, head_dim)``."""
         normed = layer.input_layernorm(hidden_states)
-        query = attention.q_proj(normed).view(*normed.shape[:-1], -1, attention.head_dim)
-        if hasattr(attention, "q_norm"):
-            query = attention.q_norm(query)
-        query = query.transpose(1, 2)
+        heads = projection(normed).view(*normed.shape[:-1], -1, layer.self_attn.head_dim)
+        if head_norm is not None:
+            heads = head_norm(heads)
+        heads = heads.transpose(1, 2)
         cos, sin = (part.unsqueeze(1) for part in position_embeddings)
-        first, second = query.chunk(2, dim=-1)
-        rotated = query * cos + torch.cat([-second, first], dim=-1) * sin
-        return rotated * attention.scaling
+        first, second = heads.chunk(2, dim=-1)
+        return heads * cos + torch.cat([-second, first], dim=-1) * sin
 
     def feed_forward(self, layer: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
         """The rest of the layer after the attention residual: ``h + mlp(norm(h))``."""

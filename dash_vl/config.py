@@ -26,19 +26,32 @@ class HaltingConfig:
     Attributes:
         method: name of the halting policy in :data:`dash_vl.methods.METHODS`: ``"dash"``, its
             ablations ``"dash_block"``, ``"dash_highest"``, ``"random"``, or the baselines
-            ``"fastv"``, ``"dart"``, ``"visionzip"``, ``"vispruner"``, ``"divprune"`` and ``"cdpruner"``
-            (see each module for its published rule); ``"dart_prompt_order"`` is DART with its
-            pivots walked in prompt order (ours, not the official order).
+            ``"fastv"``, ``"dart"``, ``"visionzip"``, ``"vispruner"``, ``"divprune"``, ``"cdpruner"``,
+            ``"pyramiddrop"`` and ``"snapkv"`` (see each module for its published rule); ``"dash_multi"``
+            is DASH re-deciding at later layers; ``"dart_prompt_order"`` is DART with its pivots walked
+            in prompt order (ours, not the official order).
         ratio: ρ in [0, 1), the fraction of *eligible* prompt tokens halted at the decision
             layer (for the visual baselines: the fraction of visual tokens dropped). ``0``, the
             default, halts nothing: the engine runs every layer on every token (identical to the unmodified model).
+            With several decision layers (:attr:`stage_layers`), each decision halts ρ of the eligible
+            tokens still active (PyramidDrop: ``λ = 1 - ρ`` is its retention per stage).
         start_layer: the decision layer ``l_s``, from which the halted tokens are left out. An ``int`` is a layer
             index in ``[1, L)`` (``0``, before the first layer, only for the pre-LLM methods, which must decide
             there); a
             ``float`` in (0, 1) is a fraction of ``L`` (``floor(start_layer * L)``, at least 1).
             Unset (``None``), the method's default: ``0.4`` for DASH and its ablations, layer
             ``2`` (the official ``K``) for FastV and DART, ``0`` (before the LLM) for VisionZip,
-            VisPruner, DivPrune and CDPruner.
+            VisPruner, DivPrune and CDPruner, ``0.25`` for PyramidDrop.
+        stage_layers: the later decision layers, after ``start_layer`` and ascending: at each the
+            method decides again over the tokens still active (multi-stage halting; every layer from
+            one decision layer to the next runs on, and caches, that stage's active tokens). Each
+            entry is an ``int`` layer index or a ``float`` fraction of the depth, as ``start_layer``.
+            ``()``: one decision. Unset (``None``), the method's default: ``()`` for every method
+            but PyramidDrop (``(0.5, 0.75)``, with ``start_layer`` 0.25 its official layers 8, 16,
+            24 of 32) and ``dash_multi`` (``(0.6, 0.8)``). Only methods that can decide over a
+            compacted prompt take it (DASH, its ablations, PyramidDrop, SnapKV).
+        observation_window: SnapKV's observation window ``W``: the last ``W`` prompt tokens, whose
+            attention picks the tokens kept (kvpress's default 64); an int >= 1.
         scope: ``"all"``: text and visual tokens are eligible (the paper's unified rule);
             ``"visual"``: only visual tokens are eligible. Unset (``None``), it becomes the
             method's default: ``"all"`` for DASH and its ablations, ``"visual"`` for the baselines.
@@ -82,6 +95,8 @@ class HaltingConfig:
     method: str = field(default="dash", metadata={"choices": tuple(METHODS)})
     ratio: float = 0.0
     start_layer: int | float | None = None
+    stage_layers: tuple[int | float, ...] | None = None
+    observation_window: int = 64
     scope: Scope | None = None
     question: QuestionMode = "halted"
     seed: int = 0
@@ -122,6 +137,7 @@ class HaltingConfig:
             raise TypeError(f"seed must be an int, got {self.seed!r}")
         if not isinstance(self.compiled_decode, bool):
             raise TypeError(f"compiled_decode must be a bool, got {self.compiled_decode!r}")
+        self._check_stage_knobs()
         self._check_vision_knobs()
 
     def _plain_numbers(self) -> None:
@@ -135,6 +151,28 @@ class HaltingConfig:
                 object.__setattr__(self, name, int(value))
             elif isinstance(value, numbers.Real):
                 object.__setattr__(self, name, float(value))
+
+    def _check_stage_knobs(self) -> None:
+        method = METHODS[self.method]
+        if self.stage_layers is None:
+            object.__setattr__(self, "stage_layers", method.default_stage_layers)
+        if not isinstance(self.stage_layers, (tuple, list)):
+            raise TypeError(f"stage_layers must be a tuple of layer indices or depth fractions, got {self.stage_layers!r}")
+        object.__setattr__(self, "stage_layers", tuple(self.stage_layers))
+        for layer in self.stage_layers:
+            if isinstance(layer, bool) or not isinstance(layer, (int, float)):
+                raise TypeError(f"stage_layers entries must be int layer indices or float depth fractions, got {layer!r}")
+            if isinstance(layer, float) and not 0.0 < layer < 1.0:
+                raise ValueError(f"stage_layers fractions of the depth must be in (0, 1), got {layer}")
+            if isinstance(layer, int) and layer < 1:
+                raise ValueError(f"stage_layers layer indices must be >= 1, got {layer}")
+        if self.stage_layers and not method.supports_stages:
+            raise ValueError(
+                f"stage_layers must be () for method {self.method!r}, which decides once; got {self.stage_layers}"
+            )
+        window = self.observation_window
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ValueError(f"observation_window must be an int >= 1, got {window!r}")
 
     def _check_vision_knobs(self) -> None:
         if self.vision_ratio is not None:
@@ -177,6 +215,25 @@ class HaltingConfig:
         if not 0 <= layer < num_layers:
             raise ValueError(f"start_layer must be in [0, {num_layers}) for a {num_layers}-layer model, got {layer}")
         return layer
+
+    def decision_layers(self, num_layers: int) -> list[int]:
+        """Every decision layer, ``l_s`` then :attr:`stage_layers`, for a model of ``num_layers`` layers.
+
+        Raises:
+            ValueError: if a stage layer falls outside ``[1, num_layers)`` or the layers do not ascend.
+        """
+        layers = [self.decision_layer(num_layers)]
+        for entry in self.stage_layers:
+            layer = max(1, int(entry * num_layers)) if isinstance(entry, float) else entry
+            if not 1 <= layer < num_layers:
+                raise ValueError(f"stage_layers must lie in [1, {num_layers}) for a {num_layers}-layer model, got {layer}")
+            if layer <= layers[-1]:
+                raise ValueError(
+                    f"stage_layers must ascend after start_layer: layer {layer} follows layer {layers[-1]} "
+                    f"(start_layer {self.start_layer}, stage_layers {self.stage_layers}, {num_layers} layers)"
+                )
+            layers.append(layer)
+        return layers
 
     def vision_decision_layer(self, depth: int) -> int:
         """The encoder's decision block ``l_v`` for a vision encoder of ``depth`` blocks.

@@ -1,8 +1,9 @@
 """The tensors a halting policy may read at the decision layer, computed only when it asks.
 
-:class:`DecisionProbe` implements :class:`dash_vl.methods.DecisionInputs` for one prefill. The
-engine fills in what it has anyway (the states entering layers ``l_s - 1`` and ``l_s``, the
-cache); the rest (attention update, block update, one attention row) is computed on demand.
+:class:`DecisionProbe` implements :class:`dash_vl.methods.DecisionInputs` for one decision of one
+prefill (one per stage where the method decides at several layers). The engine fills in what it
+has anyway (the states entering layers ``l_s - 1`` and ``l_s``, the cache); the rest (attention
+update, block update, attention rows) is computed on demand.
 Policies read every tensor in the ``(batch, T)`` padded layout; the attention and the block of
 layer ``l_s`` run in the layout the engine runs its layers in (padded or packed,
 :mod:`dash_vl.packing`) and their results are laid back out.
@@ -57,7 +58,8 @@ class KeyRecorder:
 
 @dataclass(frozen=True)
 class PreviousLayer:
-    """What the engine keeps of layer ``l_s - 1``'s run over the whole prompt.
+    """What the engine keeps of layer ``l_s - 1``'s run over the tokens it ran on (the whole prompt
+    before the first decision, that stage's active tokens before a later one).
 
     Attributes:
         hidden_states: ``(batch, T, hidden)`` entering it.
@@ -87,6 +89,11 @@ class DecisionProbe:
             in ``layout``.
         layout: the layout layer ``l_s`` runs in; ``layout_states`` are ``hidden_states`` in it.
         vision_evidence: the encoder's evidence over the prompt (score, metric, unit), where recorded.
+        valid_counts: valid tokens per sample, on the host.
+        positions: ``(batch, T)`` long, the prompt position of each slot.
+        rotary: ``(cos, sin)`` of layer ``l_s``'s kind over the slots, ``(batch, T, head_dim)``.
+        stage: which decision this is (0 for the first).
+        initial_eligible_counts: eligible tokens per sample at the first decision, on the host.
     """
 
     def __init__(
@@ -101,7 +108,12 @@ class DecisionProbe:
         attention_kwargs: dict[str, Any],
         layout: TokenLayout,
         layout_states: torch.Tensor,
-        vision_evidence: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+        vision_evidence: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+        valid_counts: list[int],
+        positions: torch.Tensor,
+        rotary: tuple[torch.Tensor, torch.Tensor],
+        stage: int,
+        initial_eligible_counts: list[int],
     ) -> None:
         self.adapter = adapter
         self.layer_index = layer_index
@@ -115,6 +127,11 @@ class DecisionProbe:
         self.layout = layout
         self.layout_states = layout_states
         self._vision_evidence = vision_evidence
+        self.valid_counts = valid_counts
+        self.positions = positions
+        self.rotary = rotary
+        self.stage = stage
+        self.initial_eligible_counts = initial_eligible_counts
         self.capture = KeyValueCapture()
         self._layout_update: torch.Tensor | None = None
         self._attention_update: torch.Tensor | None = None
@@ -141,7 +158,10 @@ class DecisionProbe:
 
     def previous_keys(self) -> torch.Tensor:
         if self.previous is None:
-            raise ValueError("this method reads layer l_s - 1, so it needs start_layer >= 1")
+            raise ValueError(
+                f"this method reads layer {self.layer_index - 1}, before its decision layer {self.layer_index}, which "
+                "did not run on these tokens: it needs start_layer >= 1 and no two decision layers in a row"
+            )
         # under a device_map layer l_s - 1 may sit on another GPU than layer l_s
         return self.previous.keys.to(self.hidden_states.device)
 
@@ -152,13 +172,28 @@ class DecisionProbe:
         cos, sin = (part[..., -1:, :].to(device) for part in self.previous.position_embeddings)
         last_states = self.previous.hidden_states[:, -1:].to(device)
         query = self.adapter.attention_queries(previous_layer, last_states, (cos, sin)).to(self.hidden_states.device)
-        keys = previous_keys.repeat_interleave(query.shape[1] // previous_keys.shape[1], dim=1)
-        logits = (query.float() @ keys.float().transpose(-1, -2)).squeeze(2)
-        visible = self.valid
-        if self.previous.window is not None:  # keys window or more positions before the last token are masked
-            seq_len = visible.shape[1]
-            visible = visible & (torch.arange(seq_len, device=visible.device) > seq_len - 1 - self.previous.window)
-        logits = logits.masked_fill(~visible[:, None, :], -torch.inf)
+        return self._attention(query, previous_keys, self.previous.window).squeeze(2)
+
+    def window_attention(self, queries: int) -> torch.Tensor:
+        rotary = tuple(part[:, -queries:] for part in self.rotary)
+        query = self.adapter.attention_queries(self.layer, self.hidden_states[:, -queries:], rotary)
+        keys = self.adapter.attention_keys(self.layer, self.hidden_states, self.rotary)
+        return self._attention(query, keys, self.adapter.layer_windows[self.layer_index])
+
+    def _attention(self, query: torch.Tensor, keys: torch.Tensor, window: int | None) -> torch.Tensor:
+        """Softmax probabilities ``(batch, heads, Q, T)`` float32 of scaled ``query`` ``(batch, heads, Q, d)``, the
+        last ``Q`` slots, over ``keys`` ``(batch, kv_heads, T, d)``: valid keys at or before each query's
+        slot, and less than ``window`` positions back (``None``: no window)."""
+        query_count = query.shape[2]
+        keys = keys.repeat_interleave(query.shape[1] // keys.shape[1], dim=1)
+        logits = query.float() @ keys.float().transpose(-1, -2)
+        slots = torch.arange(self.valid.shape[1], device=self.valid.device)
+        query_slots = slots[-query_count:]
+        visible = self.valid[:, None, :] & (slots[None, None, :] <= query_slots[None, :, None])
+        if window is not None:  # keys window or more positions before the query are masked
+            query_positions = self.positions[:, -query_count:]
+            visible = visible & (self.positions[:, None, :] > query_positions[:, :, None] - window)
+        logits = logits.masked_fill(~visible[:, None], -torch.inf)
         return logits.softmax(dim=-1)
 
     def normed_hidden_states(self) -> torch.Tensor:

@@ -12,13 +12,16 @@ Prefill (empty cache):
     kept ones. Either way halted tokens keep the hidden state they had entering ``l_s``, frozen
     to the end;
   * active tokens are gathered into a compact left-padded tensor (prompt order kept, original
-    rotary ids kept) and run the rest of the layers; layers ``>= l_s`` cache only active tokens.
+    rotary ids kept) and run the rest of the layers; layers ``>= l_s`` cache only active tokens;
+  * a multi-stage method (``config.stage_layers``) decides again at each later decision layer,
+    over the tokens still active, in the same way: each stage's layers run on and cache that
+    stage's active tokens (:class:`CompactStage`), so layers cache different lengths.
 
 At ratio 0 nothing halts, so no decision is made: every layer runs on every prompt token (packed
 where packing is on) and caches all of them, as the model itself does.
 
 Later calls on the same cache (decoding, or appended text) run every new token through every
-layer: layers ``< l_s`` attend over the full cache, layers ``>= l_s`` over the compact one.
+layer: layers ``< l_s`` attend over the full cache, the layers of each stage over its compact one.
 No attention matrix is built, so any SDPA / FlashAttention kernel runs unchanged.
 
 Packed prefill (``config.packing``, :mod:`dash_vl.packing`): the layers before and after ``l_s``
@@ -78,8 +81,9 @@ class PendingReport:
     """What one prefill's report is built from, on its way to the host.
 
     Attributes:
-        masks: ``(3, batch, T)`` bool over the context: valid, eligible and active tokens. On a
-            GPU it is a pinned host tensor filled by a copy that does not block the host.
+        masks: ``(2 + S, batch, T)`` bool over the context: valid, eligible, then the tokens active
+            after each of the ``S`` decisions. On a GPU it is a pinned host tensor filled by a copy that
+            does not block the host.
         copied: the CUDA event recorded after that copy; ``None`` where the masks were on the CPU.
         question_len: uncompressed question tokens that follow the context.
     """
@@ -89,10 +93,12 @@ class PendingReport:
     question_len: int
 
     @classmethod
-    def queue(cls, token_valid: torch.Tensor, eligible: torch.Tensor, active: torch.Tensor, question_len: int) -> PendingReport:
+    def queue(
+        cls, token_valid: torch.Tensor, eligible: torch.Tensor, actives: list[torch.Tensor], question_len: int
+    ) -> PendingReport:
         """Start copying the ``(batch, T)`` bool masks to the host; the host does not wait for it."""
         device = token_valid.device
-        masks = torch.stack([token_valid, eligible.to(device), active.to(device)])
+        masks = torch.stack([token_valid, eligible.to(device), *(active.to(device) for active in actives)])
         if device.type != "cuda":
             return cls(masks, None, question_len)
         host_masks = masks.to("cpu", non_blocking=True)  # pinned destination: the copy is queued, not awaited
@@ -108,6 +114,31 @@ class PendingReport:
 
 
 @dataclass
+class CompactStage:
+    """The key slots of the layers of one stage, from its decision layer to the next one.
+
+    Attributes:
+        first_layer: the stage's decision layer; its layers are ``[first_layer, next stage's)``.
+        slot_valid: ``(batch, S)`` bool over the key slots of those layers; False on the left
+            padding of the compact layout.
+        slot_positions: ``(batch, S)`` long, the sequence index each of those slots holds (what a
+            sliding window is measured in).
+        compact_padded: whether :attr:`slot_valid` has padding; ``None`` where the policy did not
+            report its kept counts, until the first later call reads it once.
+    """
+
+    first_layer: int
+    slot_valid: torch.Tensor
+    slot_positions: torch.Tensor
+    compact_padded: bool | None
+
+    def has_compact_padding(self) -> bool:
+        if self.compact_padded is None:
+            self.compact_padded = not bool(self.slot_valid.all())
+        return self.compact_padded
+
+
+@dataclass
 class CompactCache:
     """Halting state that lives as long as one KV cache.
 
@@ -115,24 +146,42 @@ class CompactCache:
     has them, so a decode step knows on the host which layers need a mask and never waits for the GPU.
 
     Attributes:
-        slot_valid: ``(batch, S)`` bool over the key slots of layers ``>= l_s``; False on the
-            left padding of the compact layout.
-        slot_positions: ``(batch, S)`` long, the sequence index each of those slots holds (what a
-            sliding window is measured in).
+        stages: one per decision, in layer order: the key slots of its layers (the layers before
+            the first decision layer cache the whole prompt).
         prompt_padded: whether the prompt's layout (the key slots of layers ``< l_s``) has padding.
-        compact_padded: whether :attr:`slot_valid` has padding; ``None`` where the policy did not
-            report its kept counts, until the first later call reads it once.
     """
 
-    slot_valid: torch.Tensor
-    slot_positions: torch.Tensor
+    stages: list[CompactStage]
     prompt_padded: bool
-    compact_padded: bool | None
 
-    def has_compact_padding(self) -> bool:
-        if self.compact_padded is None:
-            self.compact_padded = not bool(self.slot_valid.all())
-        return self.compact_padded
+    def stage_of(self, layer_index: int) -> CompactStage | None:
+        """The stage whose layers include ``layer_index``; ``None`` before the first decision layer."""
+        found = None
+        for stage in self.stages:
+            if stage.first_layer <= layer_index:
+                found = stage
+        return found
+
+
+@dataclass(frozen=True)
+class StageTokens:
+    """The tokens one group of layers runs on: the prompt before the first decision, the tokens still
+    active after each one, in the ``(batch, K)`` left-padded layout (prompt order kept).
+
+    Attributes:
+        keys: their key slots (validity, prompt positions) for the masks.
+        layout: the layout the layers run them in (padded, or packed).
+        rope_ids: ``(..., batch, K)`` their rotary ids, padded layout.
+        eligible: ``(batch, K)`` bool, those the policy may still halt.
+        valid_counts, eligible_counts: per sample, on the host (empty after the last decision).
+    """
+
+    keys: KeyLayout
+    layout: TokenLayout
+    rope_ids: torch.Tensor
+    eligible: torch.Tensor
+    valid_counts: list[int]
+    eligible_counts: list[int]
 
 
 def gather_tokens(tensor: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Tensor:
@@ -172,7 +221,7 @@ def to_device(value: Any, device: torch.device) -> Any:
 
 
 class HaltingEngine:
-    """Runs a language model's decoder stack with single-shot token halting.
+    """Runs a language model's decoder stack with token halting at one or several decision layers.
 
     Use it through :class:`dash_vl.Halting`, which installs :meth:`forward` in place of the
     language model's own (and, for a policy that reads the vision encoder, sets
@@ -190,7 +239,9 @@ class HaltingEngine:
         self.config = config
         self.method = METHODS[config.method].from_config(config)
         self.num_layers = len(adapter.layers)
-        self.start_layer = config.decision_layer(self.num_layers)
+        self.decision_layers = config.decision_layers(self.num_layers)
+        """The layer of every decision, ascending (one for a single-shot method)."""
+        self.start_layer = self.decision_layers[0]
         self.shapes = LayerShapes.from_config(adapter.text_config)
         self.layer_windows = adapter.layer_windows
         """Per layer, its sliding window in positions (``None``: full attention), for the FLOP count."""
@@ -291,8 +342,8 @@ class HaltingEngine:
         eligible = self._eligible(visual, token_valid, question)
         evidence = self._vision_evidence(prompt_ids)
         if self.config.question != "after_context":
-            hidden, active = self._halting_pass(hidden, token_valid, rope_ids, cache, eligible, evidence)
-            self._pending_reports.append(PendingReport.queue(token_valid, eligible, active, question_len=0))
+            hidden, actives = self._halting_pass(hidden, token_valid, rope_ids, cache, eligible, evidence)
+            self._pending_reports.append(PendingReport.queue(token_valid, eligible, actives, question_len=0))
             return hidden
         if cache is None:
             cache = hf_compat.new_cache(self.adapter.text_config)
@@ -301,14 +352,14 @@ class HaltingEngine:
             raise ValueError(f"the question covers the whole prompt ({seq_len} tokens); nothing is left to halt")
         if evidence is not None:
             evidence = tuple(part[:, :context_len] for part in evidence)
-        context, active = self._halting_pass(
+        context, actives = self._halting_pass(
             hidden[:, :context_len], token_valid[:, :context_len], rope_ids[..., :context_len], cache,
             eligible[:, :context_len], evidence,
         )
         tail = self._extend(hidden[:, context_len:], token_valid, rope_ids[..., context_len:], cache, self._compact.get(cache))
         self._pending_reports.append(
             PendingReport.queue(
-                token_valid[:, :context_len], eligible[:, :context_len], active, question_len=seq_len - context_len
+                token_valid[:, :context_len], eligible[:, :context_len], actives, question_len=seq_len - context_len
             )
         )
         return torch.cat([context, tail], dim=1)
@@ -329,16 +380,22 @@ class HaltingEngine:
     def _halting_pass(
         self, hidden: torch.Tensor, token_valid: torch.Tensor, rope_ids: torch.Tensor, cache: Any, eligible: torch.Tensor,
         evidence: Evidence | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Layers ``[0, L)`` over a prompt, halting at ``l_s``; returns ``(batch, T, D)`` and the active
-        tokens ``(batch, T)`` bool. At ratio 0 nothing halts and no decision is made: every layer runs
-        on every token and caches all of them, as in the model itself (packed or padded alike).
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Layers ``[0, L)`` over a prompt, halting at each decision layer; returns ``(batch, T, D)`` and,
+        per decision, the tokens active after it, ``(batch, T)`` bool. At ratio 0 nothing halts and no
+        decision is made: every layer runs on every token and caches all of them, as in the model
+        itself (packed or padded alike), and the one mask returned is ``token_valid``.
+
+        Each decision (one per entry of :attr:`decision_layers`) is made over the tokens the layers
+        before it ran on; the tokens it keeps are gathered into a compact left-padded layout that
+        the layers up to the next decision run on and cache. Halted tokens keep the state they had
+        entering their decision layer.
 
         The host reads the per-sample token counts once, before the first layer; after that it
         never waits for the GPU where the policy reports its kept counts (DASH does), so the
         compact layers are queued while the full-length ones still run. Packed
-        (:meth:`_runs_packed`), the layers before and after ``l_s`` see only the valid tokens laid
-        end to end; the decision, the KV cache and the result stay in the padded layout.
+        (:meth:`_runs_packed`), the layers before and after each decision see only the valid tokens
+        laid end to end; the decisions, the KV cache and the result stay in the padded layout.
         """
         counted = [token_valid.sum(dim=1), eligible.sum(dim=1)]
         if self.config.packing != "off":  # where the valid slots start, read in the same transfer
@@ -355,26 +412,62 @@ class HaltingEngine:
         if self.config.ratio == 0:  # nothing halts: every layer as the model runs it, no decision
             with self._packed_attention() if packed else nullcontext():
                 states = self._every_layer(states, full, full_layout.cache(cache))
-            return full_layout.unpack(states), token_valid
-        early_cache = full_layout.cache(cache if cache is not None else hf_compat.new_cache(self.adapter.text_config))
+            return full_layout.unpack(states), [token_valid] * len(self.decision_layers)
+        working_cache = cache if cache is not None else hf_compat.new_cache(self.adapter.text_config)
+        stage = StageTokens(full_keys, full_layout, rope_ids, eligible, valid_counts, eligible_counts)
+        inputs, first = full, 0
+        frozen: list[tuple[torch.Tensor, ActiveSet]] = []
+        compact_stages: list[CompactStage] = []
         with self._packed_attention() if packed else nullcontext():
-            states, previous = self._full_length_layers(states, full, full_layout, early_cache)
-            probe, rope_ids = self._decision_probe(
-                states, previous, token_valid, eligible, eligible_counts, rope_ids, full, full_layout, evidence
-            )
-            decision = self._decide(probe)
-            active, active_counts = self._active_tokens(probe, decision, valid_counts)
-            compact_valid = None if active_counts is None else min(active_counts) == active.index.shape[1]
-            late_keys = KeyLayout(active.slot_valid, active.index, compact_valid, span=seq_len)
-            late_layout = layout_of(packed, late_keys, active_counts, left_padded=True)
-            compact = self._compact_states(probe, decision, active, cache, late_layout)
-            if cache is not None:
-                self._compact[cache] = CompactCache(
-                    active.slot_valid, active.index, prompt_padded=min(valid_counts) < seq_len,
-                    compact_padded=None if compact_valid is None else not compact_valid,
+            for number, layer_index in enumerate(self.decision_layers):
+                states, previous = self._layers(states, inputs, stage.layout, working_cache, first, layer_index)
+                probe = self._decision_probe(
+                    states, previous, stage, inputs, layer_index, number, eligible_counts,
+                    evidence if number == 0 else None,
                 )
-            compact = self._compact_layers(compact, rope_ids, active, cache, late_layout)
-        return self._write_back_active(probe.hidden_states, late_layout.unpack(compact), active), active.active
+                decision = self.method.decide(probe, self.config.ratio)
+                active, active_counts = self._active_tokens(probe, decision, stage.valid_counts)
+                stage = self._next_stage(stage, probe, decision, active, active_counts, packed, seq_len)
+                states = self._compact_states(probe, decision, active, working_cache, stage.layout)
+                inputs = stage.layout.inputs(self.adapter, states, stage.layout.pack_ids(stage.rope_ids))
+                frozen.append((probe.hidden_states, active))
+                compact_valid = stage.keys.all_valid
+                compact_stages.append(CompactStage(
+                    layer_index, stage.keys.valid, stage.keys.positions, None if compact_valid is None else not compact_valid
+                ))
+                first = layer_index + 1 if self._finishes_decision_layer else layer_index
+            states, _ = self._layers(states, inputs, stage.layout, working_cache, first, self.num_layers)
+        if cache is not None:
+            self._compact[cache] = CompactCache(compact_stages, prompt_padded=min(valid_counts) < seq_len)
+        final = stage.layout.unpack(states)
+        for entering, active in reversed(frozen):
+            final = self._write_back_active(entering, final, active)
+        actives = [
+            torch.zeros_like(token_valid).scatter_(
+                1, compact.slot_positions.to(token_valid.device), compact.slot_valid.to(token_valid.device)
+            )
+            for compact in compact_stages
+        ]
+        return final, actives
+
+    def _next_stage(
+        self, stage: StageTokens, probe: DecisionProbe, decision: Decision, active: ActiveSet,
+        active_counts: list[int] | None, packed: bool, seq_len: int,
+    ) -> StageTokens:
+        """The tokens still active after ``decision`` over ``stage``: their key slots, layout, rotary ids and
+        the eligible ones among them, with their counts on the host where a later decision needs them
+        (read from the GPU only where the policy did not report them)."""
+        compact_valid = None if active_counts is None else min(active_counts) == active.index.shape[1]
+        positions = gather_tokens(probe.positions, active.index, dim=1)
+        keys = KeyLayout(active.slot_valid, positions, compact_valid, span=seq_len)
+        layout = layout_of(packed, keys, active_counts, left_padded=True)
+        rope_ids = gather_tokens(stage.rope_ids.to(active.index.device), active.index, dim=-1)
+        eligible = gather_tokens(probe.eligible & decision.kept, active.index, dim=1) & active.slot_valid
+        if probe.stage == len(self.decision_layers) - 1:
+            return StageTokens(keys, layout, rope_ids, eligible, [], [])
+        valid_counts = active_counts if active_counts is not None else active.slot_valid.sum(dim=1).tolist()
+        eligible_counts = decision.kept_counts if decision.kept_counts is not None else eligible.sum(dim=1).tolist()
+        return StageTokens(keys, layout, rope_ids, eligible, valid_counts, eligible_counts)
 
     def _every_layer(self, states: torch.Tensor, inputs: LayerInputs, cache: Any) -> torch.Tensor:
         """Layers ``[0, L)`` over every token of ``states`` (``(batch, T, D)`` padded, ``(1, N, D)`` packed,
@@ -383,26 +476,27 @@ class HaltingEngine:
             states = layer(states, **hf_compat.cache_argument(cache), **inputs.for_layer(index))
         return states
 
-    def _full_length_layers(
-        self, states: torch.Tensor, full: LayerInputs, layout: TokenLayout, cache: Any
+    def _layers(
+        self, states: torch.Tensor, inputs: LayerInputs, layout: TokenLayout, cache: Any, first: int, last: int
     ) -> tuple[torch.Tensor, PreviousLayer | None]:
-        """Layers ``[0, l_s)`` over every token of ``states`` (in ``layout``: ``(batch, T, D)`` padded,
-        ``(1, N, D)`` packed), each caching all of them in ``cache``.
+        """Layers ``[first, last)`` over every token of ``states`` (in ``layout``: ``(batch, K, D)`` padded,
+        ``(1, N, D)`` packed; ``inputs`` its masks and rotary), each caching all of them in ``cache``
+        (the ``(batch, K)`` padded cache, filled through ``layout``).
 
         Returns:
-            The states entering ``l_s``, in ``layout``; and what layer ``l_s - 1`` saw (states
-            ``(batch, T, D)``, keys ``(batch, kv_heads, T, head_dim)``, rotary, window), in the
-            padded layout; ``None`` at ``l_s = 0``.
+            The states leaving layer ``last - 1``, in ``layout``; and what that layer saw (states
+            ``(batch, K, D)``, keys ``(batch, kv_heads, K, head_dim)``, rotary, window), in the padded
+            layout; ``None`` where no layer ran.
         """
-        layers, start = self.adapter.layers, self.start_layer
-        for index in range(start):
-            entering, recorder = states, KeyRecorder(cache)
-            states = layers[index](states, **hf_compat.cache_argument(recorder), **full.for_layer(index))
-        if start == 0:
+        layers, layer_cache = self.adapter.layers, layout.cache(cache)
+        for index in range(first, last):
+            entering, recorder = states, KeyRecorder(layer_cache)
+            states = layers[index](states, **hf_compat.cache_argument(recorder), **inputs.for_layer(index))
+        if last == first:
             return states, None
-        rotary = tuple(layout.unpack(part) for part in full.position_embeddings(self.adapter.layer_types[start - 1]))
+        rotary = tuple(layout.unpack(part) for part in inputs.position_embeddings(self.adapter.layer_types[last - 1]))
         previous = PreviousLayer(
-            layout.unpack(entering), layout.unpack_heads(recorder.keys), rotary, self.adapter.layer_windows[start - 1]
+            layout.unpack(entering), layout.unpack_heads(recorder.keys), rotary, self.adapter.layer_windows[last - 1]
         )
         return states, previous
 
@@ -410,44 +504,40 @@ class HaltingEngine:
         self,
         states: torch.Tensor,
         previous: PreviousLayer | None,
-        token_valid: torch.Tensor,
-        eligible: torch.Tensor,
-        eligible_counts: list[int],
-        rope_ids: torch.Tensor,
-        full: LayerInputs,
-        layout: TokenLayout,
+        stage: StageTokens,
+        inputs: LayerInputs,
+        layer_index: int,
+        number: int,
+        initial_eligible_counts: list[int],
         evidence: Evidence | None,
-    ) -> tuple[DecisionProbe, torch.Tensor]:
-        """The decision inputs of layer ``l_s``, moved to that layer's device: under a device_map it may
-        sit on another GPU than the layers before it.
+    ) -> DecisionProbe:
+        """The inputs of decision ``number`` at ``layer_index``, moved to that layer's device: under a
+        device_map it may sit on another GPU than the layers before it.
 
         Args:
-            states: entering ``l_s``, in ``layout`` (``(batch, T, D)`` padded, ``(1, N, D)`` packed).
-            previous: what layer ``l_s - 1`` saw (stays where it is); ``None`` at ``l_s = 0``.
-            token_valid, eligible: ``(batch, T)`` bool.
-            eligible_counts: eligible tokens per sample, on the host.
-            rope_ids: ``(..., batch, T)`` rotary ids of the prompt.
-            full: the full-length layers' mask and rotary embeddings, in ``layout``.
-            evidence: the encoder's evidence over the prompt, where a policy reads it.
+            states: entering the layer, in ``stage.layout`` (``(batch, K, D)`` padded, ``(1, N, D)`` packed).
+            previous: what layer ``layer_index - 1`` saw (stays where it is); ``None`` where it did not
+                run on these tokens.
+            stage: the tokens the decision is over.
+            inputs: their masks and rotary embeddings, in ``stage.layout``.
+            initial_eligible_counts: eligible tokens per sample at the first decision, on the host.
+            evidence: the encoder's evidence over the prompt, where a policy reads it (first decision only).
 
         Returns:
-            The probe (its states ``(batch, T, D)`` in the padded layout) and ``rope_ids`` on that device.
+            The probe, its states ``(batch, K, D)`` in the padded layout.
         """
-        device = next(self.adapter.layers[self.start_layer].parameters()).device
-        states, token_valid, eligible, rope_ids = (part.to(device) for part in (states, token_valid, eligible, rope_ids))
-        hidden = layout.unpack(states)
-        decision_inputs = {name: to_device(value, device) for name, value in full.for_layer(self.start_layer).items()}
-        probe = DecisionProbe(
-            self.adapter, self.start_layer, hidden, previous, token_valid, eligible, eligible_counts, decision_inputs, layout,
-            states, to_device(evidence, device),
+        device = next(self.adapter.layers[layer_index].parameters()).device
+        keys, layout = stage.keys, stage.layout
+        states, valid, eligible, positions = (part.to(device) for part in (states, keys.valid, stage.eligible, keys.positions))
+        decision_inputs = {name: to_device(value, device) for name, value in inputs.for_layer(layer_index).items()}
+        rotary = tuple(
+            layout.unpack(part).to(device) for part in inputs.position_embeddings(self.adapter.layer_types[layer_index])
         )
-        return probe, rope_ids
-
-    def _decide(self, probe: DecisionProbe) -> Decision:
-        """The policy's decision over the ``(batch, T)`` prompt at ``l_s``; at ratio 0 every eligible token is kept."""
-        if self.config.ratio > 0:
-            return self.method.decide(probe, self.config.ratio)
-        return Decision(probe.eligible, kept_counts=probe.eligible_counts)
+        return DecisionProbe(
+            self.adapter, layer_index, layout.unpack(states), previous, valid, eligible, stage.eligible_counts,
+            decision_inputs, layout, states, to_device(evidence, device), stage.valid_counts, positions, rotary, number,
+            initial_eligible_counts,
+        )
 
     @staticmethod
     def _active_tokens(
@@ -480,23 +570,6 @@ class HaltingEngine:
             return self._finish_decision_layer(probe, active, cache, layout)
         entering = probe.hidden_states if decision.states is None else decision.states
         return layout.pack(gather_tokens(entering, active.index, dim=1))
-
-    def _compact_layers(
-        self, compact: torch.Tensor, rope_ids: torch.Tensor, active: ActiveSet, cache: Any, layout: TokenLayout
-    ) -> torch.Tensor:
-        """The layers after the decision over the active tokens only, caching only them.
-
-        ``compact`` is in ``layout`` (``(batch, K, D)`` padded, ``(1, N', D)`` packed), ``rope_ids``
-        ``(..., batch, T)`` the prompt's; returns the states leaving the last layer, in ``layout``.
-        """
-        compact_rope = layout.pack_ids(gather_tokens(rope_ids, active.index, dim=-1))
-        inputs = layout.inputs(self.adapter, compact, compact_rope)
-        late_cache = layout.cache(cache)
-        layers = self.adapter.layers
-        first = self.start_layer + 1 if self._finishes_decision_layer else self.start_layer
-        for index in range(first, self.num_layers):
-            compact = layers[index](compact, **inputs.for_layer(index), **hf_compat.cache_argument(late_cache))
-        return compact
 
     @staticmethod
     def _write_back_active(hidden: torch.Tensor, compact: torch.Tensor, active: ActiveSet) -> torch.Tensor:
@@ -545,14 +618,14 @@ class HaltingEngine:
     def _finish_decision_layer(
         self, probe: DecisionProbe, active: ActiveSet, cache: Any, layout: TokenLayout
     ) -> torch.Tensor:
-        """Rest of layer ``l_s`` for the active tokens after its attention ran on all ``T``; caches their
-        K/V at ``l_s``; returns the compact states leaving ``l_s`` in ``layout`` (``(batch, K, D)`` padded)."""
+        """Rest of the decision layer for the active tokens after its attention ran on all ``T``; caches their
+        K/V there; returns the compact states leaving ``l_s`` in ``layout`` (``(batch, K, D)`` padded)."""
         update = probe.attention_update()
         if cache is not None:
             cache.update(
                 gather_tokens(probe.capture.key, active.index, dim=2),
                 gather_tokens(probe.capture.value, active.index, dim=2),
-                self.start_layer,
+                probe.layer_index,
             )
         if probe.block_output is not None:
             return layout.pack(gather_tokens(probe.block_output, active.index, dim=1))
@@ -564,28 +637,27 @@ class HaltingEngine:
     ) -> torch.Tensor:
         """New tokens ``(batch, Q, D)`` through every layer after a prefill; ``token_valid`` is ``(batch, P + Q)``.
 
-        A layer whose cache keeps only its latest slots (sliding window) attends over those and the new ones.
+        A layer whose cache keeps only its latest slots (sliding window) attends over those and the new ones;
+        a layer of a decision's stage (:class:`CompactStage`) over that stage's compact slots.
         """
         new_len = hidden.shape[1]
         prompt_valid = None if compact is None else not compact.prompt_padded
         full_layout = KeyLayout.sequence(token_valid, all_valid=prompt_valid)
         full = LayerInputs(self.adapter, hidden, rope_ids, full_layout)
-        late = full
-        if compact is not None:
-            compact.slot_valid = torch.cat([compact.slot_valid, token_valid[:, -new_len:]], dim=1)
-            compact.slot_positions = torch.cat([compact.slot_positions, full_layout.positions[:, -new_len:]], dim=1)
-            late = full.over(
-                KeyLayout(
-                    compact.slot_valid, compact.slot_positions, not compact.has_compact_padding(), span=full_layout.span
-                )
-            )
+        stage_inputs: dict[int, LayerInputs] = {}
+        for stage in compact.stages if compact is not None else []:
+            stage.slot_valid = torch.cat([stage.slot_valid, token_valid[:, -new_len:]], dim=1)
+            stage.slot_positions = torch.cat([stage.slot_positions, full_layout.positions[:, -new_len:]], dim=1)
+            keys = KeyLayout(stage.slot_valid, stage.slot_positions, not stage.has_compact_padding(), span=full_layout.span)
+            stage_inputs[stage.first_layer] = full.over(keys)
         implementation = decode_implementation(self.decode_backends, self.adapter.attn_implementation, new_len)
         with (
             hf_compat.attention_implementation(self.adapter.text_config, implementation),
             decode_attention_kernels(self.decode_backends, implementation, hidden.device, new_len),
         ):
             for index, layer in enumerate(self.adapter.layers):
-                inputs = full if index < self.start_layer else late
+                stage = compact.stage_of(index) if compact is not None else None
+                inputs = full if stage is None else stage_inputs[stage.first_layer]
                 key_length = hf_compat.cached_length(cache, index) + new_len
                 hidden = layer(hidden, **inputs.for_layer(index, key_length), **hf_compat.cache_argument(cache))
         return hidden
@@ -689,32 +761,40 @@ class HaltingEngine:
         return eligible
 
     def _report(self, pending: PendingReport) -> HaltingReport:
-        """The report of one prefill from its masks over the context (valid, eligible, active tokens)."""
-        token_valid, eligible, active = pending.host_masks()
-        question_len = pending.question_len
-        context = token_valid.sum(dim=1).tolist()
-        kept = active.sum(dim=1).tolist()
-        start = self.start_layer
-        halted_flops = full_flops = 0.0
-        for valid_row, active_row in zip(token_valid, active):
+        """The report of one prefill from its masks over the context (valid, eligible, active tokens per decision)."""
+        token_valid, eligible, *actives = pending.host_masks()
+        question_len, layers = pending.question_len, self.decision_layers
+        halted_per_layer = [0.0] * self.num_layers
+        full_per_layer = [0.0] * self.num_layers
+        for sample, valid_row in enumerate(token_valid):
             halted, full = prefill_flops(
-                self.shapes, self.layer_windows, start, self.decision_work,
-                valid_row.nonzero().flatten(), active_row.nonzero().flatten(), question_len,
+                self.shapes, self.layer_windows, layers, self.decision_work, valid_row.nonzero().flatten(),
+                [active[sample].nonzero().flatten() for active in actives], question_len,
             )
-            halted_flops, full_flops = halted_flops + halted, full_flops + full
-        prompt = [tokens + question_len for tokens in context]
-        kept = [keep + question_len for keep in kept]
-        per_layer = [prompt] * start + [kept] * (self.num_layers - start)
-        seq_len = token_valid.shape[1]
-        positions = [
-            row.nonzero().flatten().tolist() + list(range(seq_len, seq_len + question_len)) for row in active
+            halted_per_layer = [total + flops for total, flops in zip(halted_per_layer, halted)]
+            full_per_layer = [total + flops for total, flops in zip(full_per_layer, full)]
+        bounds = [*layers, self.num_layers]
+        per_stage = [
+            sum(halted_per_layer[bounds[s] : bounds[s + 1]]) / sum(full_per_layer[bounds[s] : bounds[s + 1]])
+            for s in range(len(layers))
         ]
+        prompt = [tokens + question_len for tokens in token_valid.sum(dim=1).tolist()]
+        kept = [[keep + question_len for keep in active.sum(dim=1).tolist()] for active in actives]
+        per_layer = [prompt] * layers[0]
+        for stage, (first, last) in enumerate(zip(bounds, bounds[1:])):
+            per_layer += [kept[stage]] * (last - first)
+        seq_len = token_valid.shape[1]
+        tail = list(range(seq_len, seq_len + question_len))
+        positions = [[row.nonzero().flatten().tolist() + tail for row in active] for active in actives]
         return HaltingReport(
-            start_layer=start,
+            start_layer=layers[0],
             prompt_tokens=prompt,
             eligible_tokens=eligible.sum(dim=1).tolist(),
             kept_tokens_per_layer=per_layer,
-            kept_positions=positions,
-            relative_flops=halted_flops / full_flops,
+            kept_positions=positions[-1],
+            relative_flops=sum(halted_per_layer) / sum(full_per_layer),
             ratio=self.config.ratio,
+            decision_layers=list(layers),
+            kept_positions_per_stage=positions,
+            relative_flops_per_stage=per_stage,
         )

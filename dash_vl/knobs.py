@@ -32,7 +32,8 @@ class Knob:
         default: its default value.
         doc: its paragraph of the class docstring, as plain text (RST markup removed).
         kind: ``float``, ``int``, ``bool`` (``true`` / ``false`` as text), ``"layer"`` (an int index or a float
-            fraction of the depth) or ``str``.
+            fraction of the depth), ``"layers"`` (a tuple of those, ``/``-separated as text, since lmms-eval's
+            ``model_args`` split on commas; empty text is the empty tuple) or ``str``.
         choices: the allowed strings of a ``str`` knob; ``None`` for numbers.
         optional: whether ``None`` (unset) is allowed.
     """
@@ -52,10 +53,18 @@ class Knob:
     def parse(self, value: Any) -> Any:
         """``value`` as the knob's type; text (``"0.4"``, ``"11"``, ``"none"``) is converted, anything else
         is returned as given (the config validates it)."""
+        if self.kind == "layers" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return (value,)  # lmms-eval hands "8" over as an int, "0.5" as a float
         if not isinstance(value, str):
             return value
         if self.optional and value.lower() == UNSET:
             return None
+        if self.kind == "layers":
+            parts = [part.strip() for part in value.split("/") if part.strip()]
+            try:
+                return tuple(float(part) if "." in part else int(part) for part in parts)
+            except ValueError as error:
+                raise ValueError(f"{self.name} must be {self.describe_kind()}, got {value!r}") from error
         if self.kind is bool:
             if value.lower() not in ("true", "false"):
                 raise ValueError(f"{self.name} must be {self.describe_kind()}, got {value!r}")
@@ -72,12 +81,18 @@ class Knob:
         return value
 
     def describe_kind(self) -> str:
-        kinds = {float: "a number", int: "an integer", bool: "true or false", "layer": "an integer layer index or a fraction like 0.4"}
+        kinds = {
+            float: "a number", int: "an integer", bool: "true or false",
+            "layers": "'/'-separated layer indices or depth fractions like 0.5/0.75 (empty: none)",
+            "layer": "an integer layer index or a fraction like 0.4",
+        }
         text = kinds.get(self.kind, "one of " + ", ".join(self.choices or ()))
         return text + (f" or {UNSET!r}" if self.optional else "")
 
     def default_text(self) -> str:
-        return "unset" if self.default is None else str(self.default)
+        if self.default is None:
+            return "unset"
+        return "/".join(map(str, self.default)) if isinstance(self.default, tuple) else str(self.default)
 
     def help(self) -> str:
         """The CLI help: the documentation paragraph and the default (``%`` escaped for argparse)."""
@@ -115,6 +130,8 @@ def _kind_of(annotation: Any) -> tuple[Any, tuple[str, ...] | None, bool]:
         return str, tuple(arguments), False
     if set(members) == {int, float}:
         return "layer", None, optional
+    if len(members) == 1 and typing.get_origin(members[0]) is tuple:
+        return "layers", None, optional
     if len(members) == 1 and members[0] in (bool, int, float, str):
         return members[0], None, optional
     raise TypeError(f"HaltingConfig field of type {annotation!r} has no parser in dash_vl.knobs")

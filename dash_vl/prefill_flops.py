@@ -101,42 +101,45 @@ class DecisionLayerWork:
 def prefill_flops(
     shapes: LayerShapes,
     windows: tuple[int | None, ...],
-    start_layer: int,
+    decision_layers: list[int],
     decision: DecisionLayerWork,
     context: torch.Tensor,
-    kept: torch.Tensor,
+    kept: list[torch.Tensor],
     question_len: int,
-) -> tuple[float, float]:
-    """``(halted, unmodified)`` decoder FLOPs of one sample's prefill.
+) -> tuple[list[float], list[float]]:
+    """``(halted, unmodified)`` decoder FLOPs of one sample's prefill, per layer.
 
     Args:
         windows: per decoder layer, its sliding window in positions, ``None`` for full attention.
+        decision_layers: ascending, the layer of each decision; decision ``s``'s tokens run the layers
+            from its layer to the next decision's.
         context: ``(T,)`` long, ascending positions of the sample's context tokens.
-        kept: ``(K,)`` long, those active after ``l_s``.
+        kept: per decision, ``(K_s,)`` long, those active after it (ascending).
         question_len: uncompressed question tokens right after the context (they run every layer,
-            attending to the whole context below ``l_s`` and to the kept tokens from ``l_s`` on).
+            attending to the whole context below the first decision layer and to the tokens each
+            stage keeps from there on).
     """
     end = int(context[-1]) + 1 if len(context) else 0
     question = torch.arange(end, end + question_len, device=context.device)
-    full_keys, kept_keys = torch.cat([context, question]), torch.cat([kept, question])
-    tokens, keep = len(context), len(kept)
-    full_layer, kept_layer, question_full, question_kept = {}, {}, {}, {}
-    for window in set(windows):
-        full_layer[window] = attended_pairs(context, context, window)
-        kept_layer[window] = attended_pairs(kept, kept, window)
-        question_full[window] = shapes.layer_flops(question_len, attended_pairs(full_keys, question, window))
-        question_kept[window] = shapes.layer_flops(question_len, attended_pairs(kept_keys, question, window))
-    unmodified = [shapes.layer_flops(tokens, full_layer[w]) + question_full[w] for w in windows]
-    decision_window = windows[start_layer]
-    if decision.attends_all:
-        mlp_tokens = tokens if decision.mlp_on_all else keep
-        decision_flops = shapes.layer_flops(tokens, full_layer[decision_window], mlp_tokens=mlp_tokens)
-    else:
-        decision_flops = shapes.layer_flops(keep, kept_layer[decision_window])
-    halted = (
-        sum(unmodified[:start_layer])
-        + decision_flops
-        + sum(shapes.layer_flops(keep, kept_layer[w]) for w in windows[start_layer + 1 :])
-        + sum(question_kept[w] for w in windows[start_layer:])
-    )
-    return halted, sum(unmodified)
+    token_sets = [context, *kept]
+    pairs: dict[tuple[int, int | None], int] = {}
+    question_flops: dict[tuple[int, int | None], float] = {}
+    for number, tokens in enumerate(token_sets):
+        for window in set(windows):
+            pairs[number, window] = attended_pairs(tokens, tokens, window)
+            keys = torch.cat([tokens, question])
+            question_flops[number, window] = shapes.layer_flops(question_len, attended_pairs(keys, question, window))
+    stage_of_layer = [sum(layer >= start for start in decision_layers) for layer in range(len(windows))]
+    unmodified, halted = [], []
+    for layer, window in enumerate(windows):
+        unmodified.append(shapes.layer_flops(len(context), pairs[0, window]) + question_flops[0, window])
+        stage = stage_of_layer[layer]
+        after = len(token_sets[stage])
+        if stage > 0 and layer == decision_layers[stage - 1] and decision.attends_all:
+            before = len(token_sets[stage - 1])
+            mlp_tokens = before if decision.mlp_on_all else after
+            work = shapes.layer_flops(before, pairs[stage - 1, window], mlp_tokens=mlp_tokens)
+        else:
+            work = shapes.layer_flops(after, pairs[stage, window])
+        halted.append(work + question_flops[stage, window])
+    return halted, unmodified

@@ -14,7 +14,11 @@ DivPrune and CDPruner keep ``round(N(1-ρ))`` of the prompt's ``N`` image tokens
 (their selection loops, from the random input embeddings, are part of the timing). The encoder-side
 scoring of VisionZip and VisPruner is not part of this language-tower timing: their evidence
 (random scores and keys, as the recorder would hand them over) is given, like the other methods'
-inputs are.
+inputs are. The multi-stage methods decide at each of their layers (``l_s`` column) over the tokens still active: ``dash_multi`` halts
+``ρ`` of the eligible tokens still active at 0.4, 0.6 and 0.8 of the depth, PyramidDrop keeps
+``int(N (1-ρ)^s)`` image tokens after stage ``s`` at 0.25, 0.5, 0.75 of the depth, SnapKV
+(pruned, one decision at 0.4) halts ``ρ`` of all tokens but its 64-token observation window. A
+setting a method refuses (e.g. a budget that keeps no token) is a row with its error.
 
     python eval/bench_methods.py --lengths 16384 32768 --ratios 0.667 0.9 0.99 --out eval/results/methods_qwen2vl7b.json
     python eval/bench_methods.py --lengths 16384 --ratios 0.9 0.99 --methods dart visionzip vispruner divprune cdpruner
@@ -28,9 +32,9 @@ import json
 import torch
 
 from dash_vl import Halting
-from dash_vl.random_models import FAMILIES, full_size_config, random_model
 from dash_vl.encoder_evidence import VisualEvidence
 from dash_vl.methods import METHODS
+from dash_vl.random_models import FAMILIES, full_size_config, random_model
 from gpu_timing import add_timing_arguments, measure, print_table, report_run
 
 TEXT_AROUND = 64
@@ -97,10 +101,16 @@ def main() -> None:
                         if halting.engine.method.needs_vision_evidence:
                             halting.engine.evidence_recorder.remove()
                             halting.engine.evidence_recorder = GivenEvidence(length - 2 * TEXT_AROUND, args.unit, 80, device)
-                        result = measure(run, args.warmup, args.repeats)
+                        try:
+                            result = measure(run, args.warmup, args.repeats)
+                        except ValueError as error:
+                            rows.append(dict(T=length, batch=args.batch, method=method, ratio=ratio, error=str(error)))
+                            print(json.dumps(rows[-1]), flush=True)
+                            continue
                     report = halting.last_report
                     rows.append(dict(
-                        T=length, batch=args.batch, method=method, ratio=ratio, start_layer=report.start_layer,
+                        T=length, batch=args.batch, method=method, ratio=ratio,
+                        start_layer="/".join(map(str, report.decision_layers)),
                         kept=report.kept_tokens_per_layer[-1][0], relative_flops=report.relative_flops,
                         speedup=full["ms"] / result["ms"], **result,
                     ))

