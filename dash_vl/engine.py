@@ -675,14 +675,22 @@ class HaltingEngine:
             )
 
     def _layer_layouts(self, token_valid: torch.Tensor, compact: CompactCache | None) -> list[KeyLayout]:
-        """Per decoder layer, the key layout its prefill slots are in: the prompt's ``(batch, T)`` below ``l_s``,
-        the compact one from ``l_s`` (every layer the prompt's where nothing was halted). Layers given the same
-        object share their slot bookkeeping in the static layout."""
+        """Per decoder layer, the key layout its prefill slots are in: the prompt's ``(batch, T)`` before the
+        first decision layer, then each stage's compact one from its decision layer to the next (every layer
+        the prompt's where nothing was halted). Layers given the same object share their slot bookkeeping in
+        the static layout."""
         full = KeyLayout.sequence(token_valid, all_valid=None)
         if compact is None:
             return [full] * self.num_layers
-        late = KeyLayout(compact.slot_valid, compact.slot_positions, None, span=token_valid.shape[1])
-        return [full if index < self.start_layer else late for index in range(self.num_layers)]
+        span = token_valid.shape[1]
+        stage_layouts = {
+            id(stage): KeyLayout(stage.slot_valid, stage.slot_positions, None, span=span) for stage in compact.stages
+        }
+        layouts = []
+        for index in range(self.num_layers):
+            stage = compact.stage_of(index)
+            layouts.append(full if stage is None else stage_layouts[id(stage)])
+        return layouts
 
     def _lay_out_static(self, static_cache: Any, prefilled: Any, token_valid: torch.Tensor) -> None:
         """Decide the layer-by-layer static layout once, after the prefill into the dynamic ``prefilled``:

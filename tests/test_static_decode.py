@@ -28,7 +28,7 @@ from tests.test_host_waits import HOST_READS, HostReadCounter, OpCounter
 
 NEW_TOKENS = 6
 START_LAYER = 2
-CASES = [("dash", "halted"), ("fastv", "halted"), ("dash", "after_context")]
+CASES = [("dash", "halted"), ("fastv", "halted"), ("dash", "after_context"), ("pyramiddrop", "halted"), ("dash_multi", "halted")]
 
 
 def greedy(model, prompts: dict, cache_implementation: str | None, **options) -> object:
