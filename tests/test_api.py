@@ -51,10 +51,20 @@ def test_ask_with_halting_off_equals_plain_generate_on_two_images(saved_model, i
 def test_ask_about_video_frames_halts_video_tokens(saved_model):
     vlm = dash_vl.load(saved_model, ratio=0.75, scope="visual")
     frames = [random_image(seed, (112, 112)) for seed in range(4)]
+    if not vlm.adapter.takes_video:
+        pytest.skip(f"{type(vlm.model).__name__} takes no video")
     vlm.ask("What happens?", video=frames, max_new_tokens=2)
     report = vlm.last_report
     assert report.eligible_tokens[0] > 0
     assert report.prompt_tokens[0] - report.kept_tokens_per_layer[-1][0] == int(0.75 * report.eligible_tokens[0])
+
+
+def test_video_for_a_family_that_takes_none_is_a_clear_error(saved_model):
+    vlm = dash_vl.load(saved_model, ratio=0.5)
+    if vlm.adapter.takes_video:
+        pytest.skip(f"{type(vlm.model).__name__} takes videos")
+    with pytest.raises(ValueError, match="takes no video; give its frames as images"):
+        vlm.ask("What happens?", video=[random_image(seed, (112, 112)) for seed in range(4)], max_new_tokens=2)
 
 
 def test_image_that_cannot_be_opened_is_a_clear_error(saved_model, tmp_path):

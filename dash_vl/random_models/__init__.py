@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dash_vl.random_models import internvl, llava_onevision, qwen2_5_vl, qwen2_vl
+from dash_vl.random_models import internvl, llava, llava_next, llava_onevision, qwen2_5_vl, qwen2_vl
 from dash_vl.random_models.prompts import left_padded_batch
 from dash_vl.random_models.tokenizer import byte_level_tokenizer
 
@@ -23,7 +23,15 @@ FAMILIES: dict[str, ModuleType] = {
     "qwen2_5_vl": qwen2_5_vl,
     "llava_onevision": llava_onevision,
     "internvl": internvl,
+    "llava": llava,
+    "llava_next": llava_next,
 }
+
+
+def takes_video(name: str) -> bool:
+    """Whether family ``name``'s model takes videos (a family module says ``TAKES_VIDEO = False`` where not:
+    LLaVA-1.5, LLaVA-NeXT)."""
+    return getattr(family(name), "TAKES_VIDEO", True)
 
 
 def family(name: str) -> ModuleType:
@@ -128,5 +136,5 @@ def random_model(
 
 __all__ = [
     "FAMILIES", "VIDEO_PROMPT_FAMILIES", "byte_level_tokenizer", "family", "full_size_config", "long_prompt", "long_video_prompt",
-    "random_model", "tiny_config", "tiny_processor",
+    "random_model", "takes_video", "tiny_config", "tiny_processor",
 ]
