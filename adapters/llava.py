@@ -43,6 +43,13 @@ class LlavaAdapter(VisionLanguageAdapter):
         """The CLIP tower (``model.model.vision_tower``); units are its tiles, ``[CLS]`` never halted."""
         return ClipVisionAdapter(self.model.model.vision_tower)
 
+    def tokens_from_patches(self, modality: str, patches: torch.Tensor, arguments: dict[str, Any]) -> VisualEvidence:
+        """One unit per image, its patches in order (read where nothing is halted: at ρ > 0 VisionZip
+        selects before the projector, :meth:`select_before_projector`)."""
+        images = arguments["pixel_values"].shape[0]
+        unit = torch.arange(images, device=patches.device).repeat_interleave(patches.shape[0] // images)
+        return VisualEvidence(score=patches[:, 0], metric=patches[:, 1:], unit=unit)
+
     def select_before_projector(self, output: Any, patches: torch.Tensor, ratio: float) -> tuple[VisualEvidence, Any]:
         """Per image, the ``M`` official tokens through the projector in its first ``M`` features; the
         other features stay as they were and are marked not selected (the engine drops them)."""

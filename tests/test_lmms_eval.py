@@ -25,7 +25,7 @@ LIMIT = 4
 @pytest.fixture(scope="module")
 def saved_models(tmp_path_factory) -> dict[str, Path]:
     folders = {}
-    for family in ("qwen2_vl", "internvl"):
+    for family in ("qwen2_vl", "internvl", "llava"):
         folder = tmp_path_factory.mktemp(family)
         processor = tiny_processor(family)
         random_model(tiny_config(family, processor.tokenizer)).save_pretrained(folder)
@@ -67,7 +67,11 @@ def test_models_are_registered_through_the_entry_point(first_import):
 
 @pytest.mark.parametrize(
     "family,model,knobs",
-    [("qwen2_vl", "dash_qwen2_vl", dict(method="visionzip", ratio=0.5)), ("internvl", "dash_internvl", dict(method="dash", ratio=0.75))],
+    [
+        ("qwen2_vl", "dash_qwen2_vl", dict(method="visionzip", ratio=0.5)),
+        ("internvl", "dash_internvl", dict(method="dash", ratio=0.75)),
+        ("llava", "dash_llava", dict(method="visionzip", ratio=0.5)),  # VisionZip before the projector
+    ],
 )
 def test_cli_end_to_end_matches_the_python_api(saved_models, tmp_path, family, model, knobs):
     folder = saved_models[family]

@@ -76,7 +76,7 @@ def random_encoder_call(images: int, patches: int, heads: int = 4, width: int = 
     return logits.softmax(dim=-1), hidden, metric
 
 
-@pytest.mark.parametrize("ratio,dominant,contextual", [(0.889, 54, 10), (0.778, 108, 20), (0.667, 162, 30), (0.5, 252, 36)])
+@pytest.mark.parametrize("ratio,dominant,contextual", [(0.889, 54, 10), (0.778, 108, 20), (0.667, 162, 30), (0.5, 243, 45)])
 def test_rule_equals_the_official_code_on_576_patch_images(ratio, dominant, contextual):
     """The published settings (64 / 128 / 192 tokens of 576: 54 + 10, 108 + 20, 162 + 30) and ρ 0.5."""
     assert unit_budget(ratio, 576) == (dominant, contextual)
@@ -90,7 +90,7 @@ def test_rule_equals_the_official_code_on_576_patch_images(ratio, dominant, cont
 
 def test_rule_keeps_cls_alone_where_the_budget_is_one_token():
     attention, hidden, metric = random_encoder_call(images=1, patches=36)
-    produced = select_before_projector(hidden[0], attention[0, :, 0, 1:].sum(dim=0), metric[0, 1:], 0.99)
+    produced = select_before_projector(hidden[0], attention[0, :, 0, 1:].sum(dim=0), metric[0, 1:], 0.98)  # round(36 x 0.02) = 1
     assert torch.equal(produced, hidden[0, :1])
 
 
@@ -143,8 +143,7 @@ def official_prompt(model, inputs: dict, embeds: torch.Tensor, ratio: float) -> 
     return kept, merged
 
 
-@pytest.mark.parametrize("kind", ["image", "multi_image"])
-@pytest.mark.parametrize("ratio", [0.25, 0.5])
+@pytest.mark.parametrize("kind,ratio", [("image", 0.25), ("multi_image", 0.5)])
 def test_llava_visionzip_equals_the_official_code_through_the_model(kind, ratio):
     """Prefill logits and 16 greedy steps of the engine against the masking reference run on the
     official layout (two prompts, left-padded; one or two 36-patch images each)."""
