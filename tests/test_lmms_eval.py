@@ -70,7 +70,7 @@ def test_models_are_registered_through_the_entry_point(first_import):
     [
         ("qwen2_vl", "dash_qwen2_vl", dict(method="visionzip", ratio=0.5)),
         ("internvl", "dash_internvl", dict(method="dash", ratio=0.75)),
-        ("llava", "dash_llava", dict(method="visionzip", ratio=0.5)),  # VisionZip before the projector
+        pytest.param("llava", "dash_llava", dict(method="visionzip", ratio=0.5), marks=pytest.mark.slow),  # before the projector
     ],
 )
 def test_cli_end_to_end_matches_the_python_api(saved_models, tmp_path, family, model, knobs):
