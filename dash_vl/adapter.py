@@ -239,7 +239,7 @@ class VisionLanguageAdapter(ModelAdapter):
         """The adapter of the vision tower whose ``forward`` the encoder halting engine takes over."""
         raise NotImplementedError(
             f"{type(self).__name__} has no encoder adapter: encoder-side halting (vision_ratio) supports Qwen2-VL, "
-            "Qwen2.5-VL, LLaVA-OneVision and InternVL"
+            "Qwen2.5-VL, LLaVA-OneVision, InternVL, LLaVA-1.5 and LLaVA-NeXT"
         )
 
     def tokens_from_patches(self, modality: str, patches: torch.Tensor, arguments: dict[str, Any]) -> VisualEvidence:
