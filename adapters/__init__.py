@@ -7,11 +7,15 @@ from torch import nn
 from dash_vl.adapter import ModelAdapter
 from dash_vl.adapters.gemma3 import Gemma3TextAdapter
 from dash_vl.adapters.internvl import InternVLAdapter
+from dash_vl.adapters.llava import LlavaAdapter
+from dash_vl.adapters.llava_next import LlavaNextAdapter
 from dash_vl.adapters.llava_onevision import LlavaOnevisionAdapter
 from dash_vl.adapters.qwen2_vl import Qwen2VLAdapter
 from dash_vl.adapters.text_llm import CausalLMAdapter
 
-ADAPTERS: tuple[type[ModelAdapter], ...] = (Qwen2VLAdapter, LlavaOnevisionAdapter, InternVLAdapter, Gemma3TextAdapter, CausalLMAdapter)
+ADAPTERS: tuple[type[ModelAdapter], ...] = (
+    Qwen2VLAdapter, LlavaAdapter, LlavaNextAdapter, LlavaOnevisionAdapter, InternVLAdapter, Gemma3TextAdapter, CausalLMAdapter,
+)
 
 
 def adapter_class_for(model_type: str) -> type[ModelAdapter]:

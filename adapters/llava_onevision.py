@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from dash_vl import hf_compat
 from dash_vl.adapter import VisionLanguageAdapter
-from dash_vl.adapters.tiled_vision import SiglipVisionAdapter
+from dash_vl.adapters.tiled_vision import SiglipVisionAdapter, numbered_tiles, packed_evidence
 from dash_vl.encoder_adapter import EncoderAdapter
 from dash_vl.encoder_evidence import VisualEvidence
 
@@ -38,19 +38,14 @@ class LlavaOnevisionAdapter(VisionLanguageAdapter):
 
     def tokens_from_patches(self, modality: str, patches: torch.Tensor, arguments: dict[str, Any]) -> VisualEvidence:
         inner, config = self.model.model, self.model.config
-        side = config.vision_config.image_size // config.vision_config.patch_size
-        tiles = patches.view(-1, side * side, patches.shape[1])
-        tile_number = torch.arange(tiles.shape[0], device=tiles.device, dtype=tiles.dtype)
-        tiles = torch.cat([tiles, tile_number[:, None, None].expand(-1, side * side, 1)], dim=-1)
-        newline = torch.zeros(tiles.shape[-1], device=tiles.device, dtype=tiles.dtype)
-        newline[-1] = -1
+        tiles, newline = numbered_tiles(patches, config.vision_config.image_size // config.vision_config.patch_size)
         if modality == "video":
             samples = hf_compat.video_frames_argument(arguments).shape[0]
             frames = inner.apply_pooling(tiles).reshape(samples, -1, tiles.shape[-1])
             tokens = torch.cat([frames, newline.expand(samples, 1, -1)], dim=1).flatten(0, 1)
         else:
             tokens = torch.cat(self._packed_images(tiles, newline, arguments), dim=0)
-        return VisualEvidence(score=tokens[:, 0], metric=tokens[:, 1:-1], unit=tokens[:, -1].round().long())
+        return packed_evidence(tokens)
 
     def _packed_images(self, tiles: torch.Tensor, newline: torch.Tensor, arguments: dict[str, Any]) -> list[torch.Tensor]:
         """Per image, ``tiles`` ``(tiles, n, c)`` packed as ``get_image_features`` packs the features."""

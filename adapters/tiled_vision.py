@@ -1,10 +1,12 @@
 """The tile-batched vision towers for the encoder halting engine: SigLIP (LLaVA-OneVision's
-``vision_tower``) and InternViT (InternVL's ``vision_tower``).
+``vision_tower``), CLIP (LLaVA-1.5's and LLaVA-NeXT's) and InternViT (InternVL's); and the
+evidence of anyres-tiled images (LLaVA-NeXT, LLaVA-OneVision) carried through the model's packing.
 
-Both run a batch of equal tiles ``(tiles, n, width)`` (anyres tiles of an image, or video frames)
+All run a batch of equal tiles ``(tiles, n, width)`` (anyres tiles of an image, or video frames)
 with full attention within each tile and no rotary embeddings; the language model's features
 are read from the tower's ``hidden_states`` (``vision_feature_layer``) or its final state, so
-their outputs carry every block's states. InternViT's token 0 of each tile is ``[CLS]``, never halted.
+their outputs carry every block's states. CLIP's and InternViT's token 0 of each tile is
+``[CLS]``, never halted.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from torch import nn
 
 from dash_vl import hf_compat
 from dash_vl.encoder_adapter import EncoderLayout, TiledEncoderAdapter, as_tiles
+from dash_vl.encoder_evidence import VisualEvidence
 from dash_vl.prefill_flops import LayerShapes
 
 
@@ -65,6 +68,23 @@ class SiglipVisionAdapter(TiledEncoderAdapter):
         return hf_compat.vision_output(last, pooled, tuple(as_tiles(states, tiles) for states in layer_states))
 
 
+class ClipVisionAdapter(SiglipVisionAdapter):
+    """CLIP's vision model: SigLIP's blocks, a ``[CLS]`` token leading every tile and ``pre_layrnorm``
+    before block 0; ``post_layernorm`` acts on the pooled ``[CLS]`` only."""
+
+    has_cls = True
+
+    def embed(self, args: tuple, kwargs: dict[str, Any]) -> torch.Tensor:
+        return self.tower.pre_layrnorm(super().embed(args, kwargs))
+
+    def output(self, hidden_states: torch.Tensor, layout: EncoderLayout, layer_states: tuple[torch.Tensor, ...]) -> Any:
+        tiles = layout.segments[0]
+        last = as_tiles(hidden_states, tiles)
+        return hf_compat.vision_output(
+            last, self.tower.post_layernorm(last[:, 0]), tuple(as_tiles(states, tiles) for states in layer_states)
+        )
+
+
 class InternVisionAdapter(TiledEncoderAdapter):
     """InternViT: ``layernorm_before`` / ``attention`` scaled by ``lambda_1``, ``layernorm_after`` / ``mlp``
     scaled by ``lambda_2`` (layer scale), then ``layernorm``; a ``[CLS]`` token leads every tile."""
@@ -97,3 +117,28 @@ class InternVisionAdapter(TiledEncoderAdapter):
         tiles = layout.segments[0]
         last = self.tower.layernorm(as_tiles(hidden_states, tiles))
         return hf_compat.vision_output(last, None, tuple(as_tiles(states, tiles) for states in layer_states))
+
+
+def numbered_tiles(patches: torch.Tensor, side: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The evidence of anyres tiles, shaped for the model's own packing code to move it like features.
+
+    Args:
+        patches: ``(tiles * side * side, c)``, per patch of every tile (``[CLS]`` left out), in tile order.
+        side: patches along a tile's side.
+
+    Returns:
+        ``(tiles, side * side, c + 1)``: the patches with their tile number as the last channel, and the
+        ``(c + 1,)`` image-newline stand-in (zeros, tile number ``-1``: it carries no patch).
+    """
+    tiles = patches.view(-1, side * side, patches.shape[1])
+    tile_number = torch.arange(tiles.shape[0], device=tiles.device, dtype=tiles.dtype)
+    tiles = torch.cat([tiles, tile_number[:, None, None].expand(-1, side * side, 1)], dim=-1)
+    newline = torch.zeros(tiles.shape[-1], device=tiles.device, dtype=tiles.dtype)
+    newline[-1] = -1
+    return tiles, newline
+
+
+def packed_evidence(tokens: torch.Tensor) -> VisualEvidence:
+    """The evidence of ``tokens`` ``(N, 1 + m + 1)`` (score, metric, tile number, as
+    :func:`numbered_tiles` lays them out) after the model packed them into LLM token order."""
+    return VisualEvidence(score=tokens[:, 0], metric=tokens[:, 1:-1], unit=tokens[:, -1].round().long())

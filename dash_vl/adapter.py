@@ -186,14 +186,18 @@ class VisionLanguageAdapter(ModelAdapter):
     placeholders named by ``config.image_token_id`` / ``config.video_token_id`` (where present).
 
     :attr:`video_sampling` says how many frames the Python API takes from a video file for
-    the family (32 evenly spaced unless a family says otherwise).
+    the family (32 evenly spaced unless a family says otherwise); :attr:`takes_video` is False
+    for a family whose model takes none.
 
     For policies that read the vision encoder (VisionZip, see :mod:`dash_vl.vision_evidence`) a
     family names its feature functions (:attr:`feature_functions`), the attention module of the
     encoder's feature layer (:attr:`vision_feature_attention`), whether that encoder has a
     ``[CLS]`` token, how to get queries and keys from that module's inputs
     (:meth:`vision_segments`; the default fits encoders with ``q_proj`` / ``k_proj`` over a
-    batch of tiles) and how its patches become LLM visual tokens (:meth:`tokens_from_patches`).
+    batch of tiles) and how its patches become LLM visual tokens (:meth:`tokens_from_patches`);
+    or, where :attr:`selects_before_projector` (the encoder's patch states go straight to the
+    projector, LLaVA-1.5), how VisionZip's official rule replaces the features
+    (:meth:`select_before_projector`).
 
     For encoder-side halting (:mod:`dash_vl.encoder_halting`) a family names the adapter of its
     vision tower (:meth:`encoder_adapter`).
@@ -205,6 +209,8 @@ class VisionLanguageAdapter(ModelAdapter):
     visual_token_id_names: ClassVar[tuple[str, ...]] = ("image_token_id", "video_token_id")
     feature_functions: ClassVar[dict[str, str]] = {"image": "get_image_features", "video": "get_video_features"}
     vision_has_cls: ClassVar[bool] = False
+    selects_before_projector: ClassVar[bool] = False
+    takes_video: ClassVar[bool] = True
 
     @property
     def text_model(self) -> nn.Module:
@@ -252,7 +258,7 @@ class VisionLanguageAdapter(ModelAdapter):
         """The adapter of the vision tower whose ``forward`` the encoder halting engine takes over."""
         raise NotImplementedError(
             f"{type(self).__name__} has no encoder adapter: encoder-side halting (vision_ratio) supports Qwen2-VL, "
-            "Qwen2.5-VL, LLaVA-OneVision and InternVL"
+            "Qwen2.5-VL, LLaVA-OneVision, InternVL, LLaVA-1.5 and LLaVA-NeXT"
         )
 
     def tokens_from_patches(self, modality: str, patches: torch.Tensor, arguments: dict[str, Any]) -> VisualEvidence:
@@ -265,3 +271,16 @@ class VisionLanguageAdapter(ModelAdapter):
             arguments: the feature function's arguments by name.
         """
         raise NotImplementedError(f"{type(self).__name__} does not map encoder patches to visual tokens")
+
+    def select_before_projector(self, output: Any, patches: torch.Tensor, ratio: float) -> tuple[VisualEvidence, Any]:
+        """VisionZip's official rule inside one image feature call, before the projector.
+
+        Args:
+            output: what the feature function returned (the tower's hidden states and the features).
+            patches: ``(P, 1 + m)``, as in :meth:`tokens_from_patches`.
+            ratio: ρ.
+
+        Returns:
+            The evidence (``selected`` set) and the output with the selected tokens' features.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not run VisionZip before its projector")

@@ -136,12 +136,15 @@ class VisionLanguageModel:
         """The processor's left-padded batch (on the model's device) for ``queries``, chat template applied.
 
         Raises:
-            ValueError: on an empty question, or a batch where only some queries have a video.
+            ValueError: on an empty question, a video for a family that takes none (LLaVA-1.5,
+                LLaVA-NeXT), or a batch where only some queries have a video.
         """
         prompts, images, videos = [], [], []
         for query in queries:
             if not isinstance(query.question, str) or not query.question.strip():
                 raise ValueError("question must be a non-empty string")
+            if query.video is not None and not self.adapter.takes_video:
+                raise ValueError(f"{type(self.model).__name__} takes no video; give its frames as images")
             opened = [open_image(image) for image in query.images]
             frames = load_video(query.video, self.adapter.video_sampling) if query.video is not None else None
             content: list[dict[str, Any]] = [{"type": "image"} for _ in opened]

@@ -88,7 +88,7 @@ class DecisionProbe:
         attention_kwargs: the full-sequence ``attention_mask`` and ``position_embeddings`` of layer ``l_s``
             in ``layout``.
         layout: the layout layer ``l_s`` runs in; ``layout_states`` are ``hidden_states`` in it.
-        vision_evidence: the encoder's evidence over the prompt (score, metric, unit), where recorded.
+        vision_evidence: the encoder's evidence over the prompt (score, metric, unit, selected), where recorded.
         valid_counts: valid tokens per sample, on the host.
         positions: ``(batch, T)`` long, the prompt position of each slot.
         rotary: ``(cos, sin)`` of layer ``l_s``'s kind over the slots, ``(batch, T, head_dim)``.
@@ -108,7 +108,7 @@ class DecisionProbe:
         attention_kwargs: dict[str, Any],
         layout: TokenLayout,
         layout_states: torch.Tensor,
-        vision_evidence: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+        vision_evidence: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None,
         valid_counts: list[int],
         positions: torch.Tensor,
         rotary: tuple[torch.Tensor, torch.Tensor],
@@ -200,7 +200,7 @@ class DecisionProbe:
         # under a device_map the final norm may sit on another GPU than layer l_s
         return self.adapter.final_norm(self.hidden_states).to(self.hidden_states.device)
 
-    def vision_evidence(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def vision_evidence(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         if self._vision_evidence is None:
             raise ValueError("no vision-encoder evidence was recorded for this prompt")
         return self._vision_evidence

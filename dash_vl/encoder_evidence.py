@@ -34,9 +34,14 @@ class VisualEvidence:
         score: ``(N,)`` float32, dominance (higher means more attended in the encoder).
         metric: ``(N, m)`` float32, similarity metric.
         unit: ``(N,)`` long, the tile or frame the token belongs to (numbered within the call);
-            ``-1`` for layout tokens that carry no patch (LLaVA-OneVision's image newlines).
+            ``-1`` for layout tokens that carry no patch (LLaVA-OneVision's image newlines) and for
+            tokens the encoder call already decided on (``selected`` given).
+        selected: ``(N,)`` bool, where the feature function already ran VisionZip's official rule
+            before the projector (LLaVA-1.5): the tokens it kept, whose features carry the merge;
+            ``None`` where the policy selects.
     """
 
     score: torch.Tensor
     metric: torch.Tensor
     unit: torch.Tensor
+    selected: torch.Tensor | None = None

@@ -71,7 +71,7 @@ from dash_vl.selection import ActiveSet, compact_layout, require_eligible
 from dash_vl.static_slots import SLOT_ATTENTION, StaticSlots
 from dash_vl.vision_evidence import EvidenceRecorder, evidence_over_prompt
 
-Evidence = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+Evidence = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 UNSUPPORTED_OUTPUTS: tuple[str, ...] = ("output_attentions", "output_hidden_states")
 

@@ -64,6 +64,13 @@ class Halting:
             raise ValueError(f"vision_ratio needs a model with a vision encoder; {type(self.adapter.model).__name__} is text-only")
         return EncoderHaltingEngine(self.adapter.encoder_adapter(), self.config)
 
+    def _before_projector_ratio(self) -> float | None:
+        """The ratio at which the feature function runs the policy's rule before the projector, where the
+        policy and the family both do (VisionZip on LLaVA-1.5) and something is halted; else ``None``."""
+        if self.engine.method.selects_before_projector and self.adapter.selects_before_projector and self.config.ratio > 0:
+            return self.config.ratio
+        return None
+
     @property
     def encoder_reports(self) -> list[EncoderReport]:
         """One report per call of the vision tower since the halting was built (``vision_ratio`` set): the
@@ -127,7 +134,7 @@ class Halting:
         self._restore_compile = self._keep_generate_from_compiling()
         self._hook = self.adapter.prompt_module.register_forward_pre_hook(self._remember_input_ids, with_kwargs=True)
         if self.engine.method.needs_vision_evidence:
-            self.engine.evidence_recorder = EvidenceRecorder(self.adapter)
+            self.engine.evidence_recorder = EvidenceRecorder(self.adapter, self._before_projector_ratio())
             self.engine.evidence_recorder.install()
         if self.encoder_engine is not None:
             self.encoder_engine.adapter.tower.forward = self.encoder_engine.forward

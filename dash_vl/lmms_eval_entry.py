@@ -14,6 +14,8 @@ MODEL_CLASSES: dict[str, str] = {
     "dash_qwen2_vl": "DashQwen2VL",
     "dash_llava_onevision": "DashLlavaOnevision",
     "dash_internvl": "DashInternVL",
+    "dash_llava": "DashLlava",
+    "dash_llava_next": "DashLlavaNext",
 }
 """lmms-eval model name: class in :mod:`dash_vl.lmms_eval_models`."""
 

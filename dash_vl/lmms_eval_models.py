@@ -1,4 +1,5 @@
-"""lmms-eval models with halting: ``dash_qwen2_vl``, ``dash_llava_onevision``, ``dash_internvl``.
+"""lmms-eval models with halting: ``dash_qwen2_vl``, ``dash_llava_onevision``, ``dash_internvl``,
+``dash_llava`` (LLaVA-1.5), ``dash_llava_next`` (LLaVA-NeXT).
 
 Registered through the ``lmms_eval.models`` entry-point group (:mod:`dash_vl.lmms_eval_entry`), so after
 ``pip install -e ".[eval]"``::
@@ -219,4 +220,12 @@ class DashInternVL(HaltingModel):
     model_types = ("internvl",)
 
 
-__all__ = ["DashInternVL", "DashLlavaOnevision", "DashQwen2VL", "HaltingModel"]
+class DashLlava(HaltingModel):
+    model_types = ("llava",)
+
+
+class DashLlavaNext(HaltingModel):
+    model_types = ("llava_next",)
+
+
+__all__ = ["DashInternVL", "DashLlava", "DashLlavaNext", "DashLlavaOnevision", "DashQwen2VL", "HaltingModel"]

@@ -66,10 +66,15 @@ class EvidenceRecorder:
     ``get_video_features``) so that the evidence of a call is known to come from images or
     videos, and hooks the feature layer's attention. :meth:`take` hands the evidence of the
     prompt just encoded to the engine and forgets it.
+
+    With ``before_projector_ratio`` set, on a family whose features go from the encoder straight
+    to the projector (:meth:`VisionLanguageAdapter.select_before_projector`, LLaVA-1.5), the feature
+    function itself keeps and merges VisionZip's tokens at that ratio, and its evidence says which.
     """
 
-    def __init__(self, adapter: VisionLanguageAdapter) -> None:
+    def __init__(self, adapter: VisionLanguageAdapter, before_projector_ratio: float | None = None) -> None:
         self.adapter = adapter
+        self.before_projector_ratio = before_projector_ratio
         self.evidence: dict[str, list[VisualEvidence]] = {"image": [], "video": []}
         self._call: EvidenceCall | None = None
         self._handles: list[Any] = []
@@ -107,7 +112,11 @@ class EvidenceRecorder:
             finally:
                 call, self._call = self._call, None
             patches = torch.cat(call.patches, dim=0)
-            self.evidence[modality].append(self.adapter.tokens_from_patches(modality, patches, call.arguments))
+            if self.before_projector_ratio is not None:
+                evidence, output = self.adapter.select_before_projector(output, patches, self.before_projector_ratio)
+            else:
+                evidence = self.adapter.tokens_from_patches(modality, patches, call.arguments)
+            self.evidence[modality].append(evidence)
             return output
 
         return recording
@@ -124,7 +133,7 @@ class EvidenceRecorder:
 
 def evidence_over_prompt(
     evidence: dict[str, list[VisualEvidence]], input_ids: torch.Tensor, token_ids: dict[str, int | None]
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Lay the evidence out over the prompt, as the model scatters features into its placeholders.
 
     Args:
@@ -133,8 +142,10 @@ def evidence_over_prompt(
         token_ids: per modality, the placeholder token id.
 
     Returns:
-        ``score`` ``(batch, T)``, ``metric`` ``(batch, T, m)`` and ``unit`` ``(batch, T)`` long, with
-        units numbered across the whole prompt batch; non-visual positions have unit ``-1``.
+        ``score`` ``(batch, T)``, ``metric`` ``(batch, T, m)``, ``unit`` ``(batch, T)`` long, with
+        units numbered across the whole prompt batch (non-visual positions have unit ``-1``), and
+        ``selected`` ``(batch, T)`` bool, the tokens an encoder call already kept (all False where
+        the policy selects).
 
     Raises:
         ValueError: if the placeholders and the recorded evidence disagree in number.
@@ -145,6 +156,7 @@ def evidence_over_prompt(
     score = torch.zeros(batch, length, device=device)
     metric = torch.zeros(batch, length, metric_size, device=device)
     unit = torch.full((batch, length), -1, dtype=torch.long, device=device)
+    selected = torch.zeros(batch, length, dtype=torch.bool, device=device)
     offset = 0
     for modality, items in evidence.items():
         if not items:
@@ -163,4 +175,10 @@ def evidence_over_prompt(
         score[places] = torch.cat([item.score for item in items]).to(device)
         metric[places] = torch.cat([item.metric for item in items]).to(device)
         unit[places] = units
-    return score, metric, unit
+        selected[places] = torch.cat([selection_of(item) for item in items]).to(device)
+    return score, metric, unit, selected
+
+
+def selection_of(evidence: VisualEvidence) -> torch.Tensor:
+    """``(N,)`` bool: the tokens the encoder call kept (``evidence.selected``), all False where it kept none."""
+    return evidence.selected if evidence.selected is not None else torch.zeros_like(evidence.unit, dtype=torch.bool)

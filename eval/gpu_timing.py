@@ -66,14 +66,17 @@ def cache_bytes(cache) -> int:
     return sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
 
 
-def measure(run, warmup: int, repeats: int) -> dict:
-    """Median prefill ms, then one more run for peak memory (GiB) and KV-cache bytes (MiB)."""
-    milliseconds = cuda_median_ms(run, warmup, repeats)
-    torch.cuda.reset_peak_memory_stats()
+def measure(run, warmup: int, repeats: int, elapsed_ms: Callable[[Callable[[], object]], float] = cuda_elapsed_ms) -> dict:
+    """Median prefill ms (``elapsed_ms`` is the clock), then one more run for peak GPU memory (GiB; 0 on
+    the CPU) and KV-cache bytes (MiB)."""
+    milliseconds = cuda_medians_ms({"run": run}, warmup, repeats, elapsed_ms)["run"]
+    on_gpu = torch.cuda.is_available()
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats()
     output = run()
     return dict(
         ms=milliseconds,
-        peak_gib=torch.cuda.max_memory_allocated() / 2**30,
+        peak_gib=torch.cuda.max_memory_allocated() / 2**30 if on_gpu else 0.0,
         kv_mib=cache_bytes(output_cache(output)) / 2**20,
     )
 

@@ -9,11 +9,22 @@ import pytest
 from PIL import Image
 from torch import nn
 
-from dash_vl.random_models import FAMILIES, random_model, tiny_config, tiny_processor
+from dash_vl.random_models import FAMILIES, random_model, takes_video, tiny_config, tiny_processor
 
 FAMILY_NAMES: tuple[str, ...] = tuple(FAMILIES)
 QUESTIONS = ("What colour is the square in the middle?", "How many?")
 PROMPT_KINDS = ("image", "multi_image", "video")
+
+
+def family_kinds(kinds: tuple[str, ...], families: tuple[str, ...] = FAMILY_NAMES) -> list[tuple[str, str]]:
+    """``(family, kind)`` for every family and each of ``kinds`` its model takes (no video for LLaVA-1.5, LLaVA-NeXT)."""
+    return [(family, kind) for family in families for kind in kinds if kind != "video" or takes_video(family)]
+
+
+def skip_unless_taken(family: str, kind: str) -> None:
+    """Skip a test of a ``kind`` prompt on a family whose model does not take it (videos on LLaVA-1.5, LLaVA-NeXT)."""
+    if kind == "video" and not takes_video(family):
+        pytest.skip(f"{FAMILIES[family].MODEL_CLASS.__name__} takes no video")
 
 
 def random_image(seed: int, size: tuple[int, int]) -> Image.Image:

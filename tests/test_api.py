@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import AutoConfig
 
 import dash_vl
+from dash_vl.adapters import adapter_class_for
 from dash_vl.cli import main
 from dash_vl.media import FrameSampling, load_video
 from tests.conftest import FAMILY_NAMES, random_image
@@ -16,6 +18,15 @@ def saved_model(request, tmp_path_factory):
     directory = tmp_path_factory.mktemp(f"tiny-{request.param}")
     assert main(["make-random-model", str(directory), "--family", request.param]) == 0
     return directory
+
+
+@pytest.fixture
+def video_model(saved_model):
+    """``saved_model`` where its family takes videos; skipped for LLaVA-1.5 and LLaVA-NeXT."""
+    adapter = adapter_class_for(AutoConfig.from_pretrained(saved_model).model_type)
+    if not adapter.takes_video:
+        pytest.skip(f"{adapter.__name__} takes no video")
+    return saved_model
 
 
 @pytest.fixture(scope="module")
@@ -48,13 +59,21 @@ def test_ask_with_halting_off_equals_plain_generate_on_two_images(saved_model, i
     assert vlm.ask("Describe.", images=[image_path, images[1]], max_new_tokens=6) == expected
 
 
-def test_ask_about_video_frames_halts_video_tokens(saved_model):
-    vlm = dash_vl.load(saved_model, ratio=0.75, scope="visual")
+def test_ask_about_video_frames_halts_video_tokens(video_model):
+    vlm = dash_vl.load(video_model, ratio=0.75, scope="visual")
     frames = [random_image(seed, (112, 112)) for seed in range(4)]
     vlm.ask("What happens?", video=frames, max_new_tokens=2)
     report = vlm.last_report
     assert report.eligible_tokens[0] > 0
     assert report.prompt_tokens[0] - report.kept_tokens_per_layer[-1][0] == int(0.75 * report.eligible_tokens[0])
+
+
+def test_video_for_a_family_that_takes_none_is_a_clear_error(saved_model):
+    vlm = dash_vl.load(saved_model, ratio=0.5)
+    if vlm.adapter.takes_video:
+        pytest.skip(f"{type(vlm.model).__name__} takes videos")
+    with pytest.raises(ValueError, match="takes no video; give its frames as images"):
+        vlm.ask("What happens?", video=[random_image(seed, (112, 112)) for seed in range(4)], max_new_tokens=2)
 
 
 def test_image_that_cannot_be_opened_is_a_clear_error(saved_model, tmp_path):
@@ -102,25 +121,25 @@ def test_video_file_frames_follow_the_sampling_rule(tmp_path):
     assert len(load_video(path, FrameSampling("uniform", max_frames=3))) == 3
 
 
-def test_ask_about_a_video_file(saved_model, tmp_path):
+def test_ask_about_a_video_file(video_model, tmp_path):
     path = tmp_path / "clip.mp4"
     write_video(path)
-    vlm = dash_vl.load(saved_model, ratio=0.5, scope="visual")
+    vlm = dash_vl.load(video_model, ratio=0.5, scope="visual")
     assert isinstance(vlm.ask("What happens?", video=path, max_new_tokens=2), str)
     assert vlm.last_report.eligible_tokens[0] > 0
 
 
-def test_cli_ask_about_a_video_file(saved_model, tmp_path, capsys):
+def test_cli_ask_about_a_video_file(video_model, tmp_path, capsys):
     path = tmp_path / "clip.mp4"
     write_video(path)
-    assert main(["ask", str(saved_model), "--video", str(path), "-q", "What happens?", "--ratio", "0.5",
+    assert main(["ask", str(video_model), "--video", str(path), "-q", "What happens?", "--ratio", "0.5",
                  "--scope", "visual", "--max-new-tokens", "2"]) == 0
     assert "scope=visual" in capsys.readouterr().err
 
 
-def test_video_that_cannot_be_decoded_is_a_clear_error(saved_model, tmp_path):
+def test_video_that_cannot_be_decoded_is_a_clear_error(video_model, tmp_path):
     path = tmp_path / "broken.mp4"
     path.write_bytes(b"junk")
-    vlm = dash_vl.load(saved_model, ratio=0.5)
+    vlm = dash_vl.load(video_model, ratio=0.5)
     with pytest.raises(ValueError, match="cannot be decoded"):
         vlm.ask("What?", video=path)

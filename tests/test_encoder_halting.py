@@ -9,13 +9,14 @@ from functools import cache
 
 import pytest
 import torch
+from torch import nn
 from transformers import AutoModelForCausalLM, Qwen2Config
 
 from dash_vl import Halting, HaltingConfig
 from dash_vl.encoder_halting import keep_per_unit, recut_segments
 from dash_vl.hf_compat import qwen2_5_vl_window_index
 from dash_vl.random_models import random_model, tiny_config
-from tests.conftest import FAMILY_NAMES, processor_of, vl_inputs
+from tests.conftest import FAMILY_NAMES, processor_of, skip_unless_taken, vl_inputs
 from tests.encoder_reference import (
     frame_units,
     internvit_layer_by_hand,
@@ -86,6 +87,7 @@ def grid_of(call: tuple[tuple, dict]) -> torch.Tensor:
 
 
 def test_vision_ratio_zero_matches_unmodified_encoder_and_model(family, prompt_kind):
+    skip_unless_taken(family, prompt_kind[0])
     model = deep_tower_model(family)
     prompt = vl_inputs(processor_of(family), *reversed(prompt_kind))
     (args, kwargs), *_ = tower_calls(model, prompt)
@@ -149,6 +151,7 @@ def test_unknown_vision_rule_is_rejected():
 TILED = {
     "llava_onevision": (lambda tower: tower.encoder.layers, siglip_layer_by_hand, lambda tower: tower.post_layernorm, False),
     "internvl": (lambda tower: tower.encoder.layer, internvit_layer_by_hand, lambda tower: tower.layernorm, True),
+    "llava": (lambda tower: tower.encoder.layers, siglip_layer_by_hand, lambda tower: nn.Identity(), True),  # CLIP: no final norm on the patches
 }
 
 
@@ -159,6 +162,7 @@ def test_tiled_encoder_halting_matches_masking_reference(tiled_family, prompt_ki
     """SigLIP and InternViT: every block's states (``hidden_states``) and the final normed ones; units are
     tiles (video frames), InternViT's ``[CLS]`` never halted."""
     blocks_of, layer_by_hand, final_norm_of, has_cls = TILED[tiled_family]
+    skip_unless_taken(tiled_family, prompt_kind[0])
     model = deep_tower_model(tiled_family)
     tower = tower_of(model)
     call = tower_calls(model, vl_inputs(processor_of(tiled_family), *reversed(prompt_kind)))[0]
@@ -175,6 +179,7 @@ def test_tiled_encoder_halting_matches_masking_reference(tiled_family, prompt_ki
 
 
 def test_language_model_sees_every_visual_token(family, prompt_kind):
+    skip_unless_taken(family, prompt_kind[0])
     model = deep_tower_model(family)
     prompt = vl_inputs(processor_of(family), *reversed(prompt_kind))
     embeds = []

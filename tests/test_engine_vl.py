@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dash_vl import Halting
-from tests.conftest import FAMILY_NAMES, model_of, processor_of, vl_inputs
+from tests.conftest import FAMILY_NAMES, model_of, processor_of, skip_unless_taken, vl_inputs
 from tests.reference import (
     STEPS,
     MaskingReference,
@@ -34,6 +34,7 @@ def vl_model(request, family):
 @pytest.fixture(params=PROMPTS, ids=[f"{kind}-batch{batch}" for kind, batch in PROMPTS])
 def vl_prompt(request, family):
     kind, batch = request.param
+    skip_unless_taken(family, kind)
     return vl_inputs(processor_of(family), batch, kind)
 
 

@@ -28,7 +28,7 @@ LIMIT = 4
 @pytest.fixture(scope="module")
 def saved_models(tmp_path_factory) -> dict[str, Path]:
     folders = {}
-    for family in ("qwen2_vl", "internvl"):
+    for family in ("qwen2_vl", "internvl", "llava"):
         folder = tmp_path_factory.mktemp(family)
         processor = tiny_processor(family)
         random_model(tiny_config(family, processor.tokenizer)).save_pretrained(folder)
@@ -81,12 +81,18 @@ def test_models_are_registered_through_the_entry_point(first_import):
     )
     output = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert output.returncode == 0, output.stderr
-    assert output.stdout.split("\n")[:2] == ["['dash_internvl', 'dash_llava_onevision', 'dash_qwen2_vl']", "DashQwen2VL"]
+    assert output.stdout.split("\n")[:2] == [
+        "['dash_internvl', 'dash_llava', 'dash_llava_next', 'dash_llava_onevision', 'dash_qwen2_vl']", "DashQwen2VL"
+    ]
 
 
 @pytest.mark.parametrize(
     "family,model,knobs",
-    [("qwen2_vl", "dash_qwen2_vl", dict(method="visionzip", ratio=0.5)), ("internvl", "dash_internvl", dict(method="dash", ratio=0.75))],
+    [
+        ("qwen2_vl", "dash_qwen2_vl", dict(method="visionzip", ratio=0.5)),
+        ("internvl", "dash_internvl", dict(method="dash", ratio=0.75)),
+        pytest.param("llava", "dash_llava", dict(method="visionzip", ratio=0.5), marks=pytest.mark.slow),  # before the projector
+    ],
 )
 def test_cli_end_to_end_matches_the_python_api(saved_models, tmp_path, family, model, knobs):
     folder = saved_models[family]

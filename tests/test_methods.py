@@ -11,7 +11,7 @@ import torch
 
 from dash_vl import Halting
 from dash_vl.hf_compat import output_cache
-from tests.conftest import FAMILY_NAMES, four_image_prompt, model_of, processor_of, vl_inputs
+from tests.conftest import FAMILY_NAMES, family_kinds, four_image_prompt, model_of, processor_of, vl_inputs
 from tests.reference import (
     STEPS,
     MaskingReference,
@@ -22,7 +22,7 @@ from tests.reference import (
     language_model_of,
 )
 
-FAMILY_PROMPTS = [(family, kind) for family in FAMILY_NAMES for kind in ("image", "video")]
+FAMILY_PROMPTS = family_kinds(("image", "video"))
 
 
 def vl_case(family: str, kind: str) -> tuple:

@@ -14,7 +14,7 @@ from transformers import AttentionInterface
 from dash_vl import Halting
 from dash_vl.adapters import adapter_for
 from dash_vl.adapters.qwen2_vl import window_order
-from tests.conftest import FAMILY_NAMES, four_image_prompt, model_of, processor_of, vl_inputs
+from tests.conftest import FAMILY_NAMES, family_kinds, four_image_prompt, model_of, processor_of, vl_inputs
 from tests.reference import (
     STEPS,
     MaskingReference,
@@ -22,6 +22,8 @@ from tests.reference import (
     capture_language_model_inputs,
     generate,
 )
+
+CLIP_FAMILIES = ("llava", "llava_next")
 
 
 class AttentionRecorder:
@@ -42,12 +44,15 @@ class AttentionRecorder:
 
 
 def feature_attention(model, family: str) -> torch.nn.Module:
-    """The attention of the encoder layer the LLM reads (each family's feature layer is its last)."""
+    """The attention of the encoder layer the LLM reads (the last; the second-to-last on the LLaVA
+    families' CLIP towers, ``vision_feature_layer = -2``)."""
     inner = model.model
     if family.startswith("qwen"):
         return inner.visual.blocks[-1].attn
     if family == "llava_onevision":
         return inner.vision_tower.encoder.layers[-1].self_attn
+    if family in CLIP_FAMILIES:
+        return inner.vision_tower.encoder.layers[-2].self_attn
     return inner.vision_tower.encoder.layer[-1].attention
 
 
@@ -83,7 +88,7 @@ def encoder_evidence(model, family: str, inputs: dict) -> tuple[list[float], lis
     offset = 0
     for index, probs in enumerate(recorder.maps):
         n = probs.shape[-1]
-        if family == "internvl":  # [CLS] row, summed over heads, to the patches
+        if family in ("internvl", *CLIP_FAMILIES):  # [CLS] row, summed over heads, to the patches
             scores += probs[:, 0, 1:].sum(dim=0).tolist()
             metrics += list(keys[index][1:].float().mean(dim=1))
         else:  # received attention, mean over heads and queries
@@ -124,7 +129,7 @@ def token_evidence(model, family: str, modality: str, scores: list, metrics: lis
                     patches = [tile * per_tile + (2 * row + dr) * side + 2 * col + dc for dr in (0, 1) for dc in (0, 1)]
                     tokens.append((sum(scores[p] for p in patches) / 4, sum(metrics[p] for p in patches) / 4, tile))
         return tokens
-    # LLaVA-OneVision: the model's own packing / pooling moves the (score, metric, tile) channels
+    # LLaVA-OneVision, LLaVA-NeXT: the model's own packing / pooling moves the (score, metric, tile) channels
     from dash_vl.adapters import adapter_for
 
     patches = torch.cat([torch.tensor(scores)[:, None], torch.stack(metrics)], dim=1)
@@ -171,7 +176,8 @@ def visionzip_reference(model, family: str, inputs: dict, embeds: torch.Tensor, 
     return kept, merged
 
 
-FAMILY_PROMPTS = [(family, kind) for family in FAMILY_NAMES for kind in ("image", "video")]
+FAMILY_PROMPTS = family_kinds(("image", "video"), tuple(name for name in FAMILY_NAMES if name != "llava"))
+"""LLaVA-1.5 runs the official rule before its projector: ``tests/test_visionzip_clip.py``."""
 
 
 @pytest.mark.parametrize("family,kind", FAMILY_PROMPTS)

@@ -89,10 +89,11 @@ class DecisionInputs(Protocol):
     def normed_hidden_states(self) -> torch.Tensor:
         """``(batch, T, hidden)``: :attr:`hidden_states` through the model's final norm."""
 
-    def vision_evidence(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def vision_evidence(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The vision encoder's evidence laid over the prompt (see :mod:`dash_vl.vision_evidence`):
-        dominance ``(batch, T)``, similarity metric ``(batch, T, m)`` and tile/frame unit ``(batch, T)``
-        long (``-1`` off the visual tokens). Only for policies with ``needs_vision_evidence``."""
+        dominance ``(batch, T)``, similarity metric ``(batch, T, m)``, tile/frame unit ``(batch, T)``
+        long (``-1`` off the visual tokens) and the tokens an encoder call already selected
+        ``(batch, T)`` bool (VisionZip before the projector). Only for policies with ``needs_vision_evidence``."""
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,9 @@ class HaltingMethod(ABC):
 
     Subclasses set :attr:`placement`, :attr:`needs_block_update` (the MLP of layer ``l_s`` runs on
     all ``T`` tokens, which the FLOP count must know), :attr:`needs_vision_evidence` (the vision
-    encoder's attention is recorded while the prompt is encoded), :attr:`default_scope` and
+    encoder's attention is recorded while the prompt is encoded), :attr:`selects_before_projector`
+    (on a family whose encoder states go straight to the projector, the feature function runs the
+    policy's own rule on them, :func:`dash_vl.methods.visionzip.select_before_projector`), :attr:`default_scope` and
     :attr:`default_start_layer` (used where the config leaves ``scope`` / ``start_layer`` unset),
     :attr:`lowest_start_layer` (0 only for a policy that decides before the first layer),
     :attr:`supports_stages` (it can decide again over a compacted prompt) with
@@ -129,6 +132,7 @@ class HaltingMethod(ABC):
     placement: ClassVar[Placement] = "attention_update"
     needs_block_update: ClassVar[bool] = False
     needs_vision_evidence: ClassVar[bool] = False
+    selects_before_projector: ClassVar[bool] = False
     default_scope: ClassVar[str] = "all"
     default_start_layer: ClassVar[int | float] = 0.4
     lowest_start_layer: ClassVar[int] = 1

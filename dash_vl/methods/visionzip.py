@@ -14,13 +14,23 @@ the vision encoder) of ``n`` visual tokens, ``M = round(n (1 - ρ))`` tokens are
    most cosine-similar; a target's features become ``target + mean(joined)`` (the official
    sum, not an average including the target).
 
-Deviations, each forced by the families served here: the merge acts on the LLM's input
+On LLaVA-1.5 (a CLIP tower with ``[CLS]`` whose patch features go straight to the projector)
+the official rule runs as published, before the projector (:func:`select_before_projector`,
+called from the image feature function): ``[CLS]`` counts as one of the ``D`` dominant tokens
+(VisionZip's ``main.py`` passes ``dominant - 1`` to the encoder), the merge acts on the encoder
+states, and the image's tokens are laid out in the official order, ``[CLS]``, the dominant
+patches in patch order, then the contextual tokens, in the first ``M`` of the image's
+placeholders; the others are dropped.
+
+Elsewhere, deviations forced by the families' layouts: the merge acts on the LLM's input
 embeddings of the visual tokens (the projector output) rather than on the encoder states
 before the projector, because the 2 x 2 merger / pixel shuffle / anyres packing / video pooling
 of these families sit between the two; kept tokens stay in prompt order with their original
 position ids (M-RoPE included) instead of dominant-then-contextual order; layout tokens without
-a patch (LLaVA-OneVision's image newlines) are always dropped. The decision is made before
-layer 0, so every LLM layer runs on the retained tokens only.
+a patch (LLaVA-OneVision's and LLaVA-NeXT's image newlines) are always dropped. In every family
+kept tokens keep their original position ids (on LLaVA-1.5 the text after an image therefore
+sits ``n - M`` positions further from it than in the official code, which shortens the
+sequence). The decision is made before layer 0, so every LLM layer runs on the retained tokens only.
 """
 
 from __future__ import annotations
@@ -52,21 +62,24 @@ class VisionZip(BeforeLanguageModel):
     """Dominant plus contextual visual tokens per tile or frame, chosen and merged before the LLM."""
 
     needs_vision_evidence = True
+    selects_before_projector = True
 
     def keep(self, inputs: DecisionInputs, ratio: float) -> torch.Tensor:
         return self.decide(inputs, ratio).kept
 
     def decide(self, inputs: DecisionInputs, ratio: float) -> Decision:
-        score, metric, unit = inputs.vision_evidence()
+        score, metric, unit, selected = inputs.vision_evidence()
         unit = torch.where(inputs.eligible, unit, -1)
         states = inputs.hidden_states.clone()
-        kept = torch.zeros_like(inputs.eligible)
+        kept = inputs.eligible & selected  # tokens the encoder already selected and merged (LLaVA-1.5)
         for sample in range(unit.shape[0]):
             for number in unit[sample].unique().tolist():
                 if number < 0:
                     continue
                 positions = (unit[sample] == number).nonzero().flatten()
-                dominant, targets, others, slot = self._plan(score[sample, positions], metric[sample, positions], ratio)
+                dominant, targets, others, slot = plan_unit(
+                    score[sample, positions], metric[sample, positions], *unit_budget(ratio, positions.numel())
+                )
                 kept[sample, positions[dominant]] = True
                 kept[sample, positions[targets]] = True
                 if others.numel():
@@ -74,24 +87,51 @@ class VisionZip(BeforeLanguageModel):
                     states[sample, positions[targets]] += mean_by_slot(unit_states[others], slot, targets.numel())
         return Decision(kept=kept, states=states)
 
-    @staticmethod
-    def _plan(
-        score: torch.Tensor, metric: torch.Tensor, ratio: float
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One unit: ``score`` ``(n,)``, ``metric`` ``(n, m)``. Returns unit indices of the dominant
-        ``(D,)`` and target ``(C,)`` tokens, of the other tokens ``(R - C,)`` and the target slot
-        ``(R - C,)`` each of them joins."""
-        dominant_count, contextual_count = unit_budget(ratio, score.numel())
-        order = score.float().argsort(descending=True, stable=True)
-        dominant, rest = order[:dominant_count].sort().values, order[dominant_count:].sort().values
-        if contextual_count == 0:
-            return dominant, rest[:0], rest[:0], rest[:0]
-        is_target = torch.zeros_like(rest, dtype=torch.bool)
-        is_target[torch.arange(0, rest.numel(), max(1, rest.numel() // contextual_count))[:contextual_count]] = True
-        targets, others = rest[is_target], rest[~is_target]
-        directions = F.normalize(metric.float(), dim=-1)
-        slot = (directions[others] @ directions[targets].T).argmax(dim=1)
-        return dominant, targets, others, slot
+
+def plan_unit(
+    score: torch.Tensor, metric: torch.Tensor, dominant_count: int, contextual_count: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One unit: ``score`` ``(n,)``, ``metric`` ``(n, m)``. Returns unit indices of the ``dominant_count``
+    dominant ``(D,)`` and ``contextual_count`` target ``(C,)`` tokens, of the other tokens ``(R - C,)``
+    and the target slot ``(R - C,)`` each of them joins."""
+    order = score.float().argsort(descending=True, stable=True)
+    dominant, rest = order[:dominant_count].sort().values, order[dominant_count:].sort().values
+    if contextual_count == 0:
+        return dominant, rest[:0], rest[:0], rest[:0]
+    is_target = torch.zeros_like(rest, dtype=torch.bool)
+    is_target[torch.arange(0, rest.numel(), max(1, rest.numel() // contextual_count))[:contextual_count]] = True
+    targets, others = rest[is_target], rest[~is_target]
+    directions = F.normalize(metric.float(), dim=-1)
+    slot = (directions[others] @ directions[targets].T).argmax(dim=1)
+    return dominant, targets, others, slot
+
+
+def select_before_projector(
+    states: torch.Tensor, score: torch.Tensor, metric: torch.Tensor, ratio: float
+) -> torch.Tensor:
+    """VisionZip's official rule on one image's encoder states, before the projector (CLIP with ``[CLS]``).
+
+    Follows ``visionzip/clip_encoder.py`` (``CLIPVisionTower_VisionZip.forward``, lines 43-83) with
+    the budget of ``visionzip/main.py`` line 7 (``[CLS]`` is one of the dominant tokens): the
+    ``D - 1`` patches with the highest ``[CLS]`` attention and ``[CLS]`` itself, in patch order;
+    of the other ``R`` patches every ``max(1, R // C)``-th is a target (the first ``C``), each
+    remaining patch joins its most cosine-similar target, and a target becomes ``target +
+    mean(joined)``.
+
+    Args:
+        states: ``(1 + n, width)``, the feature layer's output, ``[CLS]`` first.
+        score: ``(n,)``, the ``[CLS]`` attention each patch gets at that layer, summed over heads.
+        metric: ``(n, m)``, each patch's key at that layer, averaged over heads.
+        ratio: ρ; ``M = round(n (1 - ρ))`` tokens are returned (see :func:`unit_budget`).
+
+    Returns:
+        ``(M, width)`` in ``states``' dtype: ``[CLS]``, the dominant patches, the contextual tokens.
+    """
+    dominant_count, contextual_count = unit_budget(ratio, score.numel())
+    patches = states[1:]
+    dominant, targets, others, slot = plan_unit(score, metric, dominant_count - 1, contextual_count)
+    contextual = patches[targets] + mean_by_slot(patches[others], slot, targets.numel())
+    return torch.cat([states[:1], patches[dominant], contextual])
 
 
 def mean_by_slot(states: torch.Tensor, slot: torch.Tensor, slots: int) -> torch.Tensor:

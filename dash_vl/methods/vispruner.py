@@ -72,7 +72,7 @@ class VisPruner(BeforeLanguageModel):
     needs_vision_evidence = True
 
     def keep(self, inputs: DecisionInputs, ratio: float) -> torch.Tensor:
-        score, _, unit = inputs.vision_evidence()
+        score, _, unit, _ = inputs.vision_evidence()
         unit = torch.where(inputs.eligible, unit, -1)
         kept = inputs.eligible & (unit < 0)  # layout tokens without a patch (newlines) stay
         for sample in range(unit.shape[0]):

@@ -18,9 +18,15 @@ if TYPE_CHECKING:
     from torch import nn
 
 FAMILIES: LazyRegistry = LazyRegistry({
-    name: f"dash_vl.random_models.{name}" for name in ("qwen2_vl", "qwen2_5_vl", "llava_onevision", "internvl")
+    name: f"dash_vl.random_models.{name}" for name in ("qwen2_vl", "qwen2_5_vl", "llava_onevision", "internvl", "llava", "llava_next")
 })
 """Family name → its module (imported on first use, so that listing the names imports no torch)."""
+
+
+def takes_video(name: str) -> bool:
+    """Whether family ``name``'s model takes videos (a family module says ``TAKES_VIDEO = False`` where not:
+    LLaVA-1.5, LLaVA-NeXT)."""
+    return getattr(family(name), "TAKES_VIDEO", True)
 
 
 def family(name: str) -> ModuleType:
@@ -142,5 +148,5 @@ def random_model(
 
 __all__ = [
     "FAMILIES", "VIDEO_PROMPT_FAMILIES", "byte_level_tokenizer", "family", "full_size_config", "long_prompt", "long_video_prompt",
-    "random_model", "tiny_config", "tiny_processor",
+    "random_model", "takes_video", "tiny_config", "tiny_processor",
 ]
