@@ -8,15 +8,15 @@ from dash_vl.lazy_registry import lazy_attributes
 from dash_vl.version import __version__
 
 __getattr__ = lazy_attributes(__name__, {
-    "Diagnosis": "dash_vl.diagnosis:Diagnosis",
-    "DiagnosisConfig": "dash_vl.diagnosis:DiagnosisConfig",
+    "Diagnosis": "dash_vl.diagnosis.run:Diagnosis",
+    "DiagnosisConfig": "dash_vl.diagnosis.run:DiagnosisConfig",
     "Halting": "dash_vl.halting:Halting",
     "HaltingConfig": "dash_vl.config:HaltingConfig",
     "HaltingReport": "dash_vl.report:HaltingReport",
     "VisionLanguageModel": "dash_vl.api:VisionLanguageModel",
-    "diagnose": "dash_vl.diagnosis:diagnose",
+    "diagnose": "dash_vl.diagnosis.run:diagnose",
     "load": "dash_vl.api:load",
-    "scenes_vlm": "dash_vl.scenes_vlm",
+    "scenes_vlm": "dash_vl.weights.scenes_vlm",
 })
 
 __all__ = [

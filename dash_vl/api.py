@@ -99,7 +99,7 @@ class VisionLanguageModel:
 
     def cache_options(self) -> dict[str, str]:
         """``generate``'s cache argument for halted answers: a static cache on a GPU where
-        ``compiled_decode`` is set (decode steps replayed as CUDA graphs, :mod:`dash_vl.decode_graph`),
+        ``compiled_decode`` is set (decode steps replayed as CUDA graphs, :mod:`dash_vl.engine.decode_graph`),
         else none (the dynamic cache)."""
         if self.halting is None or not self.halting.config.compiled_decode or self.model.device.type != "cuda":
             return {}

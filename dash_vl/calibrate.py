@@ -28,7 +28,7 @@ from transformers import PreTrainedTokenizerBase
 from dash_vl.calibrate_grid import DEFAULT_RATIOS, DEFAULT_START_LAYERS, QualityBudget
 from dash_vl.config import HaltingConfig
 from dash_vl.halting import Halting
-from dash_vl.longcontext import multifact_sample, passkey_sample
+from dash_vl.suites.retrieval import multifact_sample, passkey_sample
 
 __all__ = [
     "DEFAULT_RATIOS", "DEFAULT_START_LAYERS", "CalibrationPoint", "CalibrationPrompt", "CalibrationResult", "QualityBudget",
@@ -115,7 +115,7 @@ class CalibrationResult:
 def retrieval_prompts(
     tokenizer: PreTrainedTokenizerBase, count: int = 4, length: int = 1024, seed: int = 1234
 ) -> list[CalibrationPrompt]:
-    """Built-in prompts: pass-key and multi-fact contexts (:mod:`dash_vl.longcontext`, a seed of
+    """Built-in prompts: pass-key and multi-fact contexts (:mod:`dash_vl.suites.retrieval`, a seed of
     their own) whose continuation is the question and its answer sentence."""
     rng = random.Random(seed)
     prompts = []

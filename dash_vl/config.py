@@ -71,8 +71,8 @@ class HaltingConfig:
             no FLOPs before or after ``l_s``; a batch of equal lengths keeps the padded path.
             ``"always"``: every prefill runs packed. Outputs (logits ``(batch, T_max, V)``, left-padded,
             zeros on padding), KV cache layout and decoding are the same in every mode (decode
-            steps: :mod:`dash_vl.decode_kernels`).
-        vision_ratio: ``ρ_v`` in [0, 1), encoder-side halting (ViT-DASH, :mod:`dash_vl.encoder_halting`):
+            steps: :mod:`dash_vl.engine.decode_kernels`).
+        vision_ratio: ``ρ_v`` in [0, 1), encoder-side halting (ViT-DASH, :mod:`dash_vl.engine.vision_encoder`):
             the fraction of each unit's patches (an image or video frame; for tiled encoders a
             tile) halted inside the vision encoder at block ``l_v``; they keep their state and still
             reach the merger / projector, so the language model sees the same visual tokens.
@@ -86,7 +86,7 @@ class HaltingConfig:
             ``"random"``, a uniformly random set of the same size (seeded by ``seed``), the
             ablation that tells whether the score matters.
         compiled_decode: whether decode steps over a static KV cache (``generate(...,
-            cache_implementation="static")``, :mod:`dash_vl.static_slots`) run on a GPU as a CUDA graph
+            cache_implementation="static")``, :mod:`dash_vl.engine.static_slots`) run on a GPU as a CUDA graph
             captured at the second step (default ``True``); ``False`` runs them eagerly. With it set,
             :func:`dash_vl.load`'s answers, the CLI and the lmms-eval models generate with a static cache
             on a GPU; unset, with the dynamic cache and the engine's eager decode steps.

@@ -27,11 +27,11 @@ from torch import nn
 
 from dash_vl.adapters import adapter_for
 from dash_vl.config import HaltingConfig
-from dash_vl.encoder_halting import EncoderHaltingEngine, EncoderReport
-from dash_vl.engine import HaltingEngine
+from dash_vl.engine.vision_encoder import EncoderHaltingEngine, EncoderReport
+from dash_vl.engine.language_model import HaltingEngine
 from dash_vl.knobs import documented
 from dash_vl.report import HaltingReport
-from dash_vl.vision_evidence import EvidenceRecorder
+from dash_vl.engine.vision_evidence import EvidenceRecorder
 
 ENABLED: weakref.WeakKeyDictionary[nn.Module, Halting] = weakref.WeakKeyDictionary()
 """The language model of each model that runs under a :class:`Halting` now → that ``Halting``."""
@@ -156,7 +156,7 @@ class Halting:
 
     def _keep_generate_from_compiling(self) -> Callable[[], None]:
         """Stop ``generate`` from compiling the model's forward on a static cache (the engine owns the decoder
-        loop and records its own CUDA graphs, :mod:`dash_vl.decode_graph`); returns what restores the setting."""
+        loop and records its own CUDA graphs, :mod:`dash_vl.engine.decode_graph`); returns what restores the setting."""
         generation_config = getattr(self.adapter.model, "generation_config", None)
         if generation_config is None:
             return lambda: None

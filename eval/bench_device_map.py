@@ -4,10 +4,10 @@ Qwen2-VL-7B's shapes with random bf16 weights: the vision tower, embeddings and 
 the decoder layers on ``cuda:0``, the rest, the final norm and the LM head on ``cuda:1``
 (accelerate's hooks move activations between them). For each method the split model's
 last-token logits and kept count are compared with the single-GPU model's on the same prompt
-(one image, ``dash_vl.random_models.long_prompt``), and both whole-model forwards are timed (median of
+(one image, ``dash_vl.testing.long_prompt``), and both whole-model forwards are timed (median of
 ``--repeats`` after ``--warmup``, wall clock after ``cuda.synchronize`` on both devices).
 
-    python eval/bench_device_map.py --length 16384 --ratio 0.9 --out eval/results/device_map_qwen2vl7b.json
+    python eval/bench_device_map.py --length 16384 --ratio 0.9 --out eval/results/raw/device_map_qwen2vl7b.json
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 from accelerate import dispatch_model
 
 from dash_vl import Halting
-from dash_vl.random_models import full_size_config, long_prompt, random_model
+from dash_vl.testing import full_size_config, long_prompt, random_model
 from gpu_timing import add_timing_arguments, print_table, report_run
 
 

@@ -29,7 +29,7 @@ SDPA and FA4 and packed under Flex and FA4, against its prompts one by one under
 Random weights make greedy tokens near ties, so the decode agreement of two kernels (bf16 rounding
 apart) is low by nature; the same kernel must agree exactly.
 
-    python eval/bench_flash4.py --out eval/results/flash4_qwen2vl7b.json
+    python eval/bench_flash4.py --out eval/results/raw/flash4_qwen2vl7b.json
     python eval/bench_flash4.py --smoke       # tiny shapes on the CPU (FA4 rows then carry its import error)
     python eval/bench_flash4.py --profile fa4_packed   # where the packed batch's time goes at ratio 0
 """
@@ -48,7 +48,7 @@ from torch.profiler import ProfilerActivity, profile
 from bench_generate import halting_for
 from bench_packed import SMOKE_LENGTHS, Prompts, guarded_row, measure_modes, qwen2_vl_model, relative_error
 from dash_vl import Halting, hf_compat
-from dash_vl.random_models import long_prompt
+from dash_vl.testing import long_prompt
 from gpu_timing import add_timing_arguments, cuda_elapsed_ms, print_table, report_run
 
 KERNEL_IMPLEMENTATIONS = {"sdpa": "sdpa", "flex": "sdpa", "fa4": "flash_attention_4", "fa4_packed": "flash_attention_4"}

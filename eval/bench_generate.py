@@ -18,9 +18,9 @@ the unmodified model and every method at every ratio run ``model.generate`` gree
 * the crossover is the answer length past which a method's end-to-end time exceeds the
   unmodified model's (``never`` when its decode steps are not slower);
 * ``dash`` at ρ = 0 is the engine halting nothing: the unmodified model's work, with the engine's
-  decode kernels (``dash_vl.decode_kernels``), so the table shows what kernel choice alone buys;
+  decode kernels (``dash_vl.engine.decode_kernels``), so the table shows what kernel choice alone buys;
 * a halted setting decodes through the engine's SDPA decode kernels under every kernel (a
-  FlashAttention model too, ``dash_vl.decode_kernels``); ``--model-decode`` adds, under a
+  FlashAttention model too, ``dash_vl.engine.decode_kernels``); ``--model-decode`` adds, under a
   FlashAttention kernel, every halted setting decoding through that kernel (``decode = model``);
 * every ratio (×) is the unmodified model's time under the same kernel over the setting's; the
   ``vs first`` column compares with the unmodified model under the first kernel;
@@ -33,13 +33,13 @@ the unmodified model and every method at every ratio run ``model.generate`` gree
   eager one: the greedy tokens (``decode_agrees``, ``first_differing_step``) and the compiled logits
   teacher-forced on the eager tokens (``max_logit_diff``, over ``--check-tokens`` steps).
 
-    python eval/bench_generate.py --lengths 4096 16384 32768 --batch 1 --out eval/results/generate_qwen2vl7b_b1.json
+    python eval/bench_generate.py --lengths 4096 16384 32768 --batch 1 --out eval/results/raw/generate_qwen2vl7b_b1.json
     python eval/bench_generate.py --profile 32768 --methods dash --ratios 0.9   # where a decode step's time goes
     python eval/bench_generate.py --kernels sdpa flash_attention_4 --lengths 16384 --ratios 0.9 \
-        --mixed 16384 12288 8192 4096 --model-decode --out eval/results/generate_flash4_decode_qwen2vl7b.json
+        --mixed 16384 12288 8192 4096 --model-decode --out eval/results/raw/generate_flash4_decode_qwen2vl7b.json
     python eval/bench_generate.py --compiled --methods dash fastv --ratios 0.9 --lengths 4096 16384 32768 \
         --mixed 16384 12288 8192 4096 --new-tokens 128 --long 32768 --repeats 3 \
-        --out eval/results/generate_compiled_qwen2vl7b.json
+        --out eval/results/raw/generate_compiled_qwen2vl7b.json
 """
 
 from __future__ import annotations
@@ -58,10 +58,10 @@ import transformers
 from torch.profiler import ProfilerActivity, profile
 
 from dash_vl import Halting, hf_compat
-from dash_vl.masks import is_flash
+from dash_vl.engine.masks import is_flash
 from dash_vl.methods import METHODS
 from dash_vl.methods.pre_llm import BeforeLanguageModel
-from dash_vl.random_models import full_size_config, long_prompt, random_model
+from dash_vl.testing import full_size_config, long_prompt, random_model
 from gpu_timing import add_timing_arguments, print_table, report_run
 
 ANSWER_LENGTHS = (1, 16, 128, 512)
@@ -124,10 +124,10 @@ def timed_generate(model, inputs: dict, new_tokens: int, cache: str = "dynamic",
 
 Setting = tuple[str, str, float, str, str]
 """``(attention implementation, method, ratio, decode, cache)``; method ``"none"`` is the unmodified model;
-decode ``"engine"``: the engine's decode kernels (SDPA, :mod:`dash_vl.decode_kernels`), ``"model"``:
+decode ``"engine"``: the engine's decode kernels (SDPA, :mod:`dash_vl.engine.decode_kernels`), ``"model"``:
 the model's own implementation and PyTorch's choice (``decode_backends = None``); cache ``"dynamic"``:
 ``generate``'s default, ``"static"``: ``cache_implementation="static"`` (HF compiles the unmodified
-model's decode steps; under halting the engine replays its CUDA graphs, :mod:`dash_vl.decode_graph`)."""
+model's decode steps; under halting the engine replays its CUDA graphs, :mod:`dash_vl.engine.decode_graph`)."""
 
 
 def settings_of(

@@ -19,8 +19,8 @@ tokens of every sample, last-token logits). With ``--new-tokens N`` every mode i
 instead: ``generate`` of ``N`` greedy tokens (the prefill, then decoding through the engine), and the
 check compares the answers' tokens.
 
-    python eval/bench_image_batch.py --out eval/results/image_batch_qwen2vl7b.json
-    python eval/bench_image_batch.py --new-tokens 32 --out eval/results/image_batch_answers_qwen2vl7b.json
+    python eval/bench_image_batch.py --out eval/results/raw/image_batch_qwen2vl7b.json
+    python eval/bench_image_batch.py --new-tokens 32 --out eval/results/raw/image_batch_answers_qwen2vl7b.json
     python eval/bench_image_batch.py --smoke     # tiny model on the CPU, SDPA and Flex only
 """
 
@@ -37,7 +37,7 @@ import torch
 from bench_flash4 import KERNEL_ERRORS, PACKED_KERNELS, UNPACKED, kept_agreement, kept_of, kernel, version_of
 from bench_packed import guarded_row, measure_modes, qwen2_vl_model, relative_error
 from dash_vl import Halting
-from dash_vl.random_models import long_prompt, long_prompt_batch
+from dash_vl.testing import long_prompt, long_prompt_batch
 from gpu_timing import add_timing_arguments, print_table, report_run
 
 SMOKE_BATCH = [400, 330, 260, 200]

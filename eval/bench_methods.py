@@ -20,7 +20,7 @@ inputs are. The multi-stage methods decide at each of their layers (``l_s`` colu
 (pruned, one decision at 0.4) halts ``ρ`` of all tokens but its 64-token observation window. A
 setting a method refuses (e.g. a budget that keeps no token) is a row with its error.
 
-    python eval/bench_methods.py --lengths 16384 32768 --ratios 0.667 0.9 0.99 --out eval/results/methods_qwen2vl7b.json
+    python eval/bench_methods.py --lengths 16384 32768 --ratios 0.667 0.9 0.99 --out eval/results/raw/methods_qwen2vl7b.json
     python eval/bench_methods.py --lengths 16384 --ratios 0.9 0.99 --methods dart visionzip vispruner divprune cdpruner
 """
 
@@ -32,9 +32,9 @@ import json
 import torch
 
 from dash_vl import Halting
-from dash_vl.encoder_evidence import VisualEvidence
+from dash_vl.engine.encoder_evidence import VisualEvidence
 from dash_vl.methods import METHODS
-from dash_vl.random_models import FAMILIES, full_size_config, random_model
+from dash_vl.testing import FAMILIES, full_size_config, random_model
 from gpu_timing import add_timing_arguments, measure, print_table, report_run
 
 TEXT_AROUND = 64

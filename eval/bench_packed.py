@@ -27,7 +27,7 @@ setting taking turns (reverse order every other repeat); peak memory is one more
 About 3-4 minutes on one H200 with the defaults (most of it the unmodified padded batch and the
 first FlexAttention compiles).
 
-    python eval/bench_packed.py --out eval/results/packed_qwen2vl7b.json
+    python eval/bench_packed.py --out eval/results/raw/packed_qwen2vl7b.json
     python eval/bench_packed.py --smoke          # tiny shapes on the CPU: proves the script runs
 """
 
@@ -43,7 +43,7 @@ from contextlib import nullcontext
 import torch
 
 from bench_generate import halting_for, left_padding_mask
-from dash_vl.random_models import full_size_config, random_model, tiny_config, tiny_processor
+from dash_vl.testing import full_size_config, random_model, tiny_config, tiny_processor
 from gpu_timing import add_timing_arguments, cuda_elapsed_ms, cuda_medians_ms, host_elapsed_ms, print_table, report_run
 
 SMOKE_LENGTHS = (48, 36, 24, 12)

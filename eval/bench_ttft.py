@@ -3,8 +3,8 @@ every method (GPU).
 
 Random bf16 weights with the shapes of ``--family``'s public checkpoint (Qwen2-VL-7B-Instruct by
 default, Qwen2.5-VL-7B-Instruct, llava-onevision-qwen2-7b-ov-hf, InternVL3-8B-hf,
-llava-1.5-7b-hf, llava-v1.6-mistral-7b-hf: every family of ``dash_vl.random_models.FAMILIES``),
-SDPA, batch 1. The prompt (``dash_vl.random_models.long_prompt``) is 64 text tokens, the visual
+llava-1.5-7b-hf, llava-v1.6-mistral-7b-hf: every family of ``dash_vl.testing.FAMILIES``),
+SDPA, batch 1. The prompt (``dash_vl.testing.long_prompt``) is 64 text tokens, the visual
 tokens of one image (Qwen2-VL: one patch grid of ``≈ T - 130`` tokens), one video
 (LLaVA-OneVision: 196 tokens a frame; InternVL: 256 a frame plus its ``FrameN: <img>``/``</img>``
 text) or several images (LLaVA-1.5: 576 tokens a 336-px image, 28 images at T = 16 384;
@@ -16,7 +16,7 @@ call for peak GPU memory and the KV-cache bytes it leaves. VisionZip's encoder-s
 here (its recorder hooks the encoder; on LLaVA-1.5 it selects and merges before the projector),
 unlike in ``bench_methods.py``.
 
-    python eval/bench_ttft.py --family llava_onevision --lengths 4096 16384 --out eval/results/ttft_llava_onevision_7b.json
+    python eval/bench_ttft.py --family llava_onevision --lengths 4096 16384 --out eval/results/raw/ttft_llava_onevision_7b.json
     python eval/bench_ttft.py --family llava --smoke    # tiny model on the CPU, host clock: proves the script runs
 """
 
@@ -28,7 +28,7 @@ import json
 import torch
 
 from dash_vl import Halting
-from dash_vl.random_models import FAMILIES, full_size_config, long_prompt, random_model, tiny_config, tiny_processor
+from dash_vl.testing import FAMILIES, full_size_config, long_prompt, random_model, tiny_config, tiny_processor
 from gpu_timing import add_timing_arguments, cuda_elapsed_ms, host_elapsed_ms, measure, print_table, report_run
 
 SMOKE_LENGTH = 300

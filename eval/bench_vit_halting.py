@@ -3,10 +3,10 @@
 Random bf16 weights with a public checkpoint's shapes, SDPA (``--attention`` for another kernel), batch 1. ``--family qwen2_vl``
 (Qwen2-VL-7B-Instruct; ``qwen2_5_vl``: Qwen2.5-VL-7B's) takes one large image: the prompt of
 ``eval/bench_ttft.py`` (64 text tokens, the image's visual tokens, 64 text tokens;
-``dash_vl.random_models.long_prompt``) at ``--length`` tokens, by default 16 514: a 256 x 256 patch
+``dash_vl.testing.long_prompt``) at ``--length`` tokens, by default 16 514: a 256 x 256 patch
 grid, 65 536 ViT patches, 16 384 visual tokens. ``--family llava_onevision`` (llava-onevision-qwen2-7b-ov)
 and ``--family internvl`` (InternVL3-8B) take one video of ``--frames`` frames, by default 32, as
-their processors lay it out (``dash_vl.random_models.long_video_prompt``): LLaVA-OneVision 32 SigLIP
+their processors lay it out (``dash_vl.testing.long_video_prompt``): LLaVA-OneVision 32 SigLIP
 views of 27 x 27 = 729 patches (23 328 ViT patches), pooled to 196 tokens a frame plus one newline,
 6 273 visual tokens, 6 401 prompt tokens; InternVL 32 tiles of 448 px, 1 025 InternViT patches each
 ([CLS] included; 32 800 patches), 256 tokens a frame inside ``FrameN: <img>...</img>`` labels, 8 192
@@ -24,9 +24,9 @@ tower has one; no scoring, ``gpu_timing.ideal_encoder``), beside the linear boun
 (``gpu_timing.cuda_medians_ms``: CUDA events, warm-up, medians), so the ratios against the
 unmodified run come from one measurement.
 
-    python eval/bench_vit_halting.py --out eval/results/bench_vit_halting_h200.json
-    python eval/bench_vit_halting.py --family llava_onevision --out eval/results/bench_vit_halting_h200_llava_onevision.json
-    python eval/bench_vit_halting.py --family internvl --out eval/results/bench_vit_halting_h200_internvl.json
+    python eval/bench_vit_halting.py --out eval/results/raw/bench_vit_halting_h200.json
+    python eval/bench_vit_halting.py --family llava_onevision --out eval/results/raw/bench_vit_halting_h200_llava_onevision.json
+    python eval/bench_vit_halting.py --family internvl --out eval/results/raw/bench_vit_halting_h200_internvl.json
     python eval/bench_vit_halting.py --smoke [--family F]   # tiny shapes on the CPU: proves the script runs
     python eval/bench_vit_halting.py --family qwen2_5_vl --profile   # where each run's time goes (one profiled call each)
     python eval/bench_vit_halting.py --family qwen2_5_vl --attention flash_attention_4   # both towers under FA4
@@ -48,8 +48,8 @@ from torch.profiler import ProfilerActivity, profile
 
 from dash_vl import Halting, HaltingConfig
 from dash_vl.adapters import adapter_for
-from dash_vl.encoder_halting import keep_per_unit
-from dash_vl.random_models import (
+from dash_vl.engine.vision_encoder import keep_per_unit
+from dash_vl.testing import (
     FAMILIES, VIDEO_PROMPT_FAMILIES, full_size_config, long_prompt, long_video_prompt, random_model, tiny_config, tiny_processor,
 )
 from gpu_timing import (

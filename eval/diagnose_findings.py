@@ -4,14 +4,14 @@ and premise (b) again with the attention sinks left out.
     python eval/diagnose_findings.py smollm2 --prompts 10 --start-layers 3 6 9 12 15 18 21 24 27
     python eval/diagnose_findings.py scenes --prompts 40 --start-layers 1 2 3 4 5 6
 
-Each prompt is traced once (:func:`dash_vl.layer_trace.trace_prompt`, the prompts of
+Each prompt is traced once (:func:`dash_vl.diagnosis.layer_trace.trace_prompt`, the prompts of
 ``dash-vl diagnose``'s built-in suites); then per candidate ``l_s``: the mean relative position
 ``t / T`` of the tokens DASH halts at ρ = 0.5 against all eligible tokens, the visual share of
 the halted tokens and the mean row of the halted visual tokens (VL: their index among the
 prompt's visual tokens over the count, 0 the image's top row, 1 its bottom, for one image in
 raster order; 0.5 for an even spread), the share of the pass-key fact's tokens DASH halts
 (pass-key prompts: every token overlapping "The pass key is K. Remember it. K is the pass key.";
-a random set halts ρ of them on average), and :func:`dash_vl.diagnosis_stats.redundancy` on the full traces and on
+a random set halts ρ of them on average), and :func:`dash_vl.diagnosis.stats.redundancy` on the full traces and on
 traces without the sinks (their columns dropped: not eligible, their attention not counted;
 positions after them shift by one in the ``per_visible_query`` view).
 """
@@ -24,10 +24,10 @@ import torch
 
 from dash_vl.adapters import adapter_for
 from dash_vl.cli import load_for_diagnosis, start_layer
-from dash_vl.diagnosis import DiagnosisConfig
-from dash_vl.diagnosis_prompts import passkey_samples, scene_prompts, token_prompt
-from dash_vl.diagnosis_stats import eligible_tokens, redundancy, sinks
-from dash_vl.layer_trace import LayerTrace, trace_prompt
+from dash_vl.diagnosis.run import DiagnosisConfig
+from dash_vl.diagnosis.prompts import passkey_samples, scene_prompts, token_prompt
+from dash_vl.diagnosis.stats import eligible_tokens, redundancy, sinks
+from dash_vl.diagnosis.layer_trace import LayerTrace, trace_prompt
 from dash_vl.methods.base import halted_count, lowest
 
 

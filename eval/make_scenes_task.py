@@ -1,7 +1,7 @@
 """Write the documents of the offline lmms-eval tasks ``dash_scenes`` and ``dash_scenes_rounds``
 (held-out synthetic scenes).
 
-Each ``dash_scenes`` document holds a scene of ``dash_vl.scenes`` (split ``heldout``, so never
+Each ``dash_scenes`` document holds a scene of ``dash_vl.suites.scenes`` (split ``heldout``, so never
 seen in training), one question about it and its exact one-word answer; questions are balanced
 over ``--kinds``. With ``--rounds N`` each document instead holds one scene and 2 to N of its
 questions of ``--kinds``, which the multi-round task ``dash_scenes_rounds`` asks one per round.
@@ -22,8 +22,8 @@ import argparse
 import json
 from pathlib import Path
 
-from dash_vl.offline_tasks import TASKS_DIRECTORY as TASKS
-from dash_vl.scenes import QUESTION_KINDS, balanced_questions, scene_questions
+from dash_vl.integrations.lmms_eval.offline_tasks import TASKS_DIRECTORY as TASKS
+from dash_vl.suites.scenes import QUESTION_KINDS, balanced_questions, scene_questions
 
 TASK_FILE = TASKS / "dash_scenes" / "dash_scenes.jsonl"
 ROUNDS_TASK_FILE = TASKS / "dash_scenes_rounds" / "dash_scenes_rounds.jsonl"
@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="+", default=list(QUESTION_KINDS), choices=QUESTION_KINDS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rounds", type=int, default=None, help="write the multi-round task, up to this many questions a scene")
-    parser.add_argument("--output", type=Path, default=None, help="default: the task's file under dash_vl/lmms_eval_tasks")
+    parser.add_argument("--output", type=Path, default=None, help="default: the task's file under dash_vl/integrations/lmms_eval/tasks")
     args = parser.parse_args()
 
     kinds = tuple(args.kinds)

@@ -1,10 +1,10 @@
 """Paired accuracy tables from finished results files (``accuracy_*.jsonl``): each method against the
 unmodified model and against random halting at the same FLOPs (same decision layer, ratio and question
-protocol), as mean paired differences with 95 % bootstrap intervals (:mod:`dash_vl.paired_stats`) and the
+protocol), as mean paired differences with 95 % bootstrap intervals (:mod:`dash_vl.suites.paired_stats`) and the
 verdict they give; then DASH against random and against the inverted rule (``dash_highest``) per
 context length and code source. Nothing is measured again.
 
-    python eval/paired_tables.py eval/results/accuracy_code_qwen_coder.jsonl --score edit_similarity \\
+    python eval/paired_tables.py eval/results/raw/accuracy_code_qwen_coder.jsonl --score edit_similarity \\
         --output eval/results/accuracy_code_qwen_coder_paired.md
 
 Rows with per-prompt ``scores`` are paired prompt by prompt. Older rows hold only the mean of each
@@ -23,8 +23,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from dash_vl.paired_stats import RESAMPLES, SEED, PairedDifference, paired_difference
-from dash_vl.sweep import ResultStore
+from dash_vl.suites.paired_stats import RESAMPLES, SEED, PairedDifference, paired_difference
+from dash_vl.suites.sweep import ResultStore
 
 UNMODIFIED = "none"
 KEEP_MARGIN = 0.03
@@ -151,7 +151,7 @@ def report(rows: Sequence[dict], score: str) -> str:
     """Both tables under a line that says how the intervals were made."""
     parts = [
         f"Mean paired differences with 95 % percentile-bootstrap intervals ({RESAMPLES} resamples of the "
-        f"prompts, seed {SEED}; `dash_vl.paired_stats`). Verdicts come from the interval: *holds* above the "
+        f"prompts, seed {SEED}; `dash_vl.suites.paired_stats`). Verdicts come from the interval: *holds* above the "
         f"claim's threshold (0 against random; −{KEEP_MARGIN} against the unmodified model), *fails* below it, "
         "*undecided* across it. Where the rows hold only (task, length) means the units are those groups, "
         "weighted by prompt count: an interval too narrow, to be read as a lower bound of the uncertainty.",

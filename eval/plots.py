@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from dash_vl.sweep import pooled  # noqa: E402
+from dash_vl.suites.sweep import pooled  # noqa: E402
 
 
 def plot_lines(

@@ -9,7 +9,7 @@ Qwen2-VL-7B's attention shapes (28 query heads, 4 key/value heads, head dim 128,
 turns (:func:`gpu_timing.cuda_medians_ms`), in two memory layouts of the inputs: token-major, and
 head-major as HF's rotary leaves them. It checks the three agree to the last bit first.
 
-    python eval/probe_flash4_runs.py --out eval/results/probe_flash4_runs_h200.json
+    python eval/probe_flash4_runs.py --out eval/results/raw/probe_flash4_runs_h200.json
 """
 
 from __future__ import annotations

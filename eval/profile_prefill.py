@@ -30,12 +30,12 @@ from unittest.mock import patch
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-import dash_vl.engine
+import dash_vl.engine.language_model
 from dash_vl import Halting
-from dash_vl.decision import DecisionProbe
-from dash_vl.engine import HaltingEngine
+from dash_vl.engine.decision_inputs import DecisionProbe
+from dash_vl.engine.language_model import HaltingEngine
 from dash_vl.methods import halted_count
-from dash_vl.random_models import full_size_config, random_model
+from dash_vl.testing import full_size_config, random_model
 from gpu_timing import cuda_median_ms, ideal_prefill
 
 
@@ -117,12 +117,12 @@ def decision_step_timeline(engine: HaltingEngine, run: Callable[[], object], rep
     layers, start = engine.adapter.layers, engine.start_layer
     method_class = type(engine.method)
     traced_functions = [
-        (dash_vl.engine, "require_eligible", "require_eligible"),
+        (dash_vl.engine.language_model, "require_eligible", "require_eligible"),
         (DecisionProbe, "attention_update", "attention over all T"),
         (method_class, "decide", "policy decide (score + select)"),
-        (dash_vl.engine, "compact_layout", "compact_layout"),
+        (dash_vl.engine.language_model, "compact_layout", "compact_layout"),
         (HaltingEngine, "_finish_decision_layer", "rest of layer l_s (gathers, K/V cache, MLP)"),
-        (dash_vl.engine, "causal_mask", "causal_mask"),
+        (dash_vl.engine.language_model, "causal_mask", "causal_mask"),
         (engine.adapter, "position_embeddings", "rotary tables"),
         (HaltingEngine, "_report", "report (built when read)"),
     ]

@@ -7,9 +7,9 @@ Each cell answers the task's documents through the Python API (``eval/sweep_vl.p
 ratio=--dash-ratio`` (DASH's default decision layer) in the ``+ dash`` cells. The unmodified model
 and DASH alone are the references. Writes the JSON-lines rows and a markdown table beside them.
 
-    python eval/sweep_vit_halting.py --limit 100 --results eval/results/vit_halting_scenes_vlm.jsonl
+    python eval/sweep_vit_halting.py --limit 100 --results eval/results/raw/vit_halting_scenes_vlm.jsonl
     python eval/sweep_vit_halting.py --limit 100 --vision-rule random --vision-start-layers 3 \
-        --results eval/results/vit_halting_scenes_vlm_random.jsonl       # the score's ablation
+        --results eval/results/raw/vit_halting_scenes_vlm_random.jsonl       # the score's ablation
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import transformers
 
 from dash_vl.api import load
 from dash_vl.config import VISION_RULES, HaltingConfig
-from dash_vl.sweep import Cell, ResultStore, run_sweep, sweep_header, weights_fingerprint
+from dash_vl.suites.sweep import Cell, ResultStore, run_sweep, sweep_header, weights_fingerprint
 
 sys.path.insert(0, str(Path(__file__).parent))
 from sweep_vl import LocalTask, measure_cell  # noqa: E402

@@ -7,7 +7,7 @@ new token per batch, i.e. time to first token with the vision encoder; CUDA-sync
 GPU, after one warm-up batch) and peak GPU memory of the cell (``null`` on CPU). Ratio 0 is the unmodified model, run once.
 A setting a method refuses (e.g. a FastV budget that rounds to zero) is a row with ``error``.
 
-Tasks are the offline lmms-eval tasks shipped in ``dash_vl/lmms_eval_tasks/`` (their own ``utils`` render the
+Tasks are the offline lmms-eval tasks shipped in ``dash_vl/integrations/lmms_eval/tasks/`` (their own ``utils`` render the
 images and score the answers; prompts, metric and answer length come from their YAML), so the
 sweep needs no network:
 
@@ -33,8 +33,8 @@ from dash_vl.api import Query, VisionLanguageModel, load
 from dash_vl.config import SCOPES, HaltingConfig
 from dash_vl.halting import Halting
 from dash_vl.knobs import KNOBS
-from dash_vl.offline_tasks import task_folder
-from dash_vl.sweep import Cell, ResultStore, run_sweep, sweep_header, weights_fingerprint
+from dash_vl.integrations.lmms_eval.offline_tasks import task_folder
+from dash_vl.suites.sweep import Cell, ResultStore, run_sweep, sweep_header, weights_fingerprint
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -58,7 +58,7 @@ class LocalTask:
 
     @classmethod
     def load(cls, name: str, limit: int | None) -> LocalTask:
-        """``dash_vl/lmms_eval_tasks/<name>/``: ``<name>.jsonl`` documents, ``utils.py`` functions
+        """``dash_vl/integrations/lmms_eval/tasks/<name>/``: ``<name>.jsonl`` documents, ``utils.py`` functions
         ``<name>_doc_to_visual``, ``_doc_to_text``, ``_process_results`` (lmms-eval's names), and
         from ``<name>.yaml`` the default prompt kwargs, the first metric and ``max_new_tokens``."""
         folder = task_folder(name)

@@ -1,6 +1,6 @@
 """Train the small Qwen2-VL that ships with dash_vl on synthetic scenes (resumable), then score it.
 
-Each training example is one scene (``dash_vl.scenes``, split ``train``) and up to ``--turns``
+Each training example is one scene (``dash_vl.suites.scenes``, split ``train``) and up to ``--turns``
 of its questions as a multi-turn chat; the loss covers the answers and their ``<|im_end|>``.
 Scenes are drawn and processed by the real Qwen2-VL processor in DataLoader workers. The run
 stops after ``--steps`` optimizer steps or ``--minutes`` of wall time, whichever comes first,
@@ -32,10 +32,10 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from dash_vl.api import Query, VisionLanguageModel
 from dash_vl.hf_compat import vision_rotary
-from dash_vl.scenes import (
+from dash_vl.suites.scenes import (
     IMAGE_SIZE, MAX_OBJECTS, QUESTION_KINDS, Scene, SceneQuestion, balanced_questions, scene_questions,
 )
-from dash_vl.scenes_vlm import POST_PROMPT, build_processor, untrained_model
+from dash_vl.weights.scenes_vlm import POST_PROMPT, build_processor, untrained_model
 
 IGNORED = -100
 

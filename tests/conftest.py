@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from torch import nn
 
-from dash_vl.random_models import FAMILIES, random_model, takes_video, tiny_config, tiny_processor
+from dash_vl.testing import FAMILIES, random_model, takes_video, tiny_config, tiny_processor
 
 FAMILY_NAMES: tuple[str, ...] = tuple(FAMILIES)
 QUESTIONS = ("What colour is the square in the middle?", "How many?")

@@ -90,7 +90,7 @@ class DecisionInputs(Protocol):
         """``(batch, T, hidden)``: :attr:`hidden_states` through the model's final norm."""
 
     def vision_evidence(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The vision encoder's evidence laid over the prompt (see :mod:`dash_vl.vision_evidence`):
+        """The vision encoder's evidence laid over the prompt (see :mod:`dash_vl.engine.vision_evidence`):
         dominance ``(batch, T)``, similarity metric ``(batch, T, m)``, tile/frame unit ``(batch, T)``
         long (``-1`` off the visual tokens) and the tokens an encoder call already selected
         ``(batch, T)`` bool (VisionZip before the projector). Only for policies with ``needs_vision_evidence``."""

@@ -7,7 +7,7 @@ the vision encoder) of ``n`` visual tokens, ``M = round(n (1 - ρ))`` tokens are
 1. ``C = floor(10 M / 64)`` contextual and ``D = M - C`` dominant tokens (the official
    defaults 54 + 10 of 64, 108 + 20 of 128 and 162 + 30 of 192 all keep this split);
 2. dominant: the ``D`` tokens with the highest encoder attention (see
-   :mod:`dash_vl.vision_evidence`: ``[CLS]`` attention, or attention received where the
+   :mod:`dash_vl.engine.vision_evidence`: ``[CLS]`` attention, or attention received where the
    encoder has no ``[CLS]``);
 3. contextual: of the other ``R`` tokens in order, the targets are every ``max(1, R // C)``-th
    (the first ``C``); each remaining token joins the target whose metric (head-mean key) is the

@@ -24,10 +24,10 @@ token (the official indexing fails on both, which its settings, 576 patches and 
 of 4, never reach), and the
 scores and features are taken where the families served here have them:
 
-* scores: :mod:`dash_vl.vision_evidence`'s dominance, the ``[CLS]`` attention summed over heads
+* scores: :mod:`dash_vl.engine.vision_evidence`'s dominance, the ``[CLS]`` attention summed over heads
   (the same order as the official mean) where the tower has a ``[CLS]`` (CLIP, InternViT); where it
   has none (SigLIP in LLaVA-OneVision, the Qwen2-VL / Qwen2.5-VL ViT) the attention each patch
-  receives, averaged over heads and queries (the stand-in :mod:`dash_vl.vision_evidence` uses for
+  receives, averaged over heads and queries (the stand-in :mod:`dash_vl.engine.vision_evidence` uses for
   VisionZip on such towers); both averaged over
   the patches an LLM token merges (2 x 2 merger, pixel shuffle, anyres packing, video pooling);
 * features: the LLM's input embeddings of the visual tokens (the projector outputs), not the

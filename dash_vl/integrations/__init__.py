@@ -1,0 +1,1 @@
+"""dash_vl inside other tools' harnesses."""

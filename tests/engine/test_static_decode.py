@@ -1,0 +1,247 @@
+"""Decoding over a static KV cache under halting (``generate(cache_implementation="static")``).
+
+On the CPU the static steps run uncompiled; they must decode exactly what the engine's eager steps
+over the dynamic cache decode (float32: the same tokens, the same logits to rounding), for both
+halting protocols, a left-padded batch, M-RoPE (Qwen2-VL) and sliding windows; at ratio 0 they
+must match HF's own static path. The layout: per layer its prefill slots plus the static cache's
+room for new tokens (the full prompt below ``l_s``, the compact set from ``l_s``).
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from unittest.mock import PropertyMock, patch
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, Gemma3TextConfig, StaticCache
+
+from dash_vl import Halting, HaltingConfig
+from dash_vl.api import VisionLanguageModel
+from dash_vl.cli import build_parser
+from dash_vl.knobs import config_from_arguments
+from dash_vl.engine.language_model import HaltingEngine
+from dash_vl.hf_compat import CACHE_KEYWORD, output_cache
+from tests.conftest import model_of, vl_inputs
+from tests.engine.test_generate_contract import text_prompts, tiny_qwen2
+from tests.engine.test_host_waits import HOST_READS, HostReadCounter, OpCounter
+
+NEW_TOKENS = 6
+START_LAYER = 2
+CASES = [("dash", "halted"), ("fastv", "halted"), ("dash", "after_context"), ("pyramiddrop", "halted"), ("dash_multi", "halted")]
+
+
+def greedy(model, prompts: dict, cache_implementation: str | None, **options) -> object:
+    with torch.no_grad():
+        return model.generate(
+            **prompts, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False, output_logits=True,
+            return_dict_in_generate=True, cache_implementation=cache_implementation, **options,
+        )
+
+
+def assert_same_decoding(dynamic, static) -> None:
+    assert torch.equal(dynamic.sequences, static.sequences)
+    for eager_logits, static_logits in zip(dynamic.logits, static.logits, strict=True):
+        torch.testing.assert_close(static_logits, eager_logits, rtol=1e-5, atol=1e-5)
+
+
+def halted_on_both_caches(model, prompts: dict, question_tokens: int | None = None, **knobs) -> tuple[object, object]:
+    """The same halted ``generate`` over the dynamic cache and over a static one."""
+    outputs = []
+    for cache_implementation in (None, "static"):
+        halting = Halting(model, start_layer=START_LAYER, **knobs)
+        with ExitStack() as stack:
+            stack.enter_context(halting)
+            if question_tokens is not None:
+                stack.enter_context(halting.question_length(question_tokens))
+            outputs.append(greedy(model, prompts, cache_implementation))
+    return outputs[0], outputs[1]
+
+
+@pytest.mark.parametrize(("method", "question"), CASES, ids=["-".join(case) for case in CASES])
+def test_static_decoding_equals_eager_decoding_on_a_padded_image_batch(sdpa_model, processor, method, question):
+    """Qwen2-VL (M-RoPE), two left-padded image prompts, the visual tokens halted (``after_context``: the
+    last 4 tokens are the question)."""
+    prompts = vl_inputs(processor, 2)
+    question_tokens = 4 if question == "after_context" else None
+    dynamic, static = halted_on_both_caches(
+        sdpa_model, prompts, question_tokens, method=method, ratio=0.5, question=question
+    )
+    assert_same_decoding(dynamic, static)
+
+
+@pytest.mark.parametrize(("question", "implementation"), [("halted", "sdpa"), ("after_context", "sdpa"), ("halted", "eager")])
+def test_static_decoding_equals_eager_decoding_on_text_prompts(question, implementation):
+    """A text LLM, every token eligible, one prompt left-padded; ``after_context`` with a 5-token question; under
+    eager attention the prefill reads the prompt's padding from an additive mask."""
+    model = tiny_qwen2()
+    model.config._attn_implementation = implementation
+    dynamic, static = halted_on_both_caches(
+        model, text_prompts(), question_tokens=5 if question == "after_context" else None,
+        method="dash", ratio=0.5, scope="all", question=question,
+    )
+    assert_same_decoding(dynamic, static)
+
+
+def test_static_decoding_equals_eager_decoding_under_sliding_windows():
+    """Gemma-3's local layers (window 8, shorter than the prompt and than the kept set): the static steps mask
+    the window in the positions the slots hold."""
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(
+        vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16, max_position_embeddings=512, sliding_window=8,
+        layer_types=["sliding_attention", "full_attention"] * 2, pad_token_id=0, eos_token_id=1, bos_token_id=2,
+    )
+    config._attn_implementation = "sdpa"
+    model = AutoModelForCausalLM.from_config(config).eval()
+    dynamic, static = halted_on_both_caches(model, text_prompts(), method="dash", ratio=0.5, scope="all")
+    assert_same_decoding(dynamic, static)
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2"])
+def test_ratio_zero_on_a_static_cache_matches_hf_static(processor, family):
+    model = tiny_qwen2() if family == "qwen2" else model_of("qwen2_vl", "sdpa")
+    prompts = text_prompts() if family == "qwen2" else vl_inputs(processor, 2)
+    unmodified = greedy(model, prompts, "static")
+    with Halting(model, ratio=0.0):
+        halted = greedy(model, prompts, "static")
+    assert_same_decoding(unmodified, halted)
+
+
+def test_static_layout_gives_each_layer_its_prefill_slots_and_the_room_for_new_tokens(sdpa_model, processor):
+    """Layers ``< l_s`` hold ``T + room`` slots, layers ``>= l_s`` the compact width ``K + room``, ``room`` being what
+    the static cache was sized for after the prompt; the cache reports the prompt plus the tokens fed back."""
+    prompts = vl_inputs(processor, 2)
+    with Halting(sdpa_model, ratio=0.5, start_layer=START_LAYER) as halting:
+        output = greedy(sdpa_model, prompts, "static", max_cache_len=prompts["input_ids"].shape[1] + 10)
+    prompt_slots = prompts["input_ids"].shape[1]
+    compact_slots = max(halting.last_report.kept_tokens_per_layer[-1])
+    layers = len(halting.last_report.kept_tokens_per_layer)
+    cache = output_cache(output)
+    expected = [prompt_slots + 10] * START_LAYER + [compact_slots + 10] * (layers - START_LAYER)
+    assert [layer.keys.shape[2] for layer in cache.layers] == expected
+    assert int(cache.get_seq_length()) == prompt_slots + NEW_TOKENS - 1
+
+
+def prefilled_static_cache(model, prompts: dict, room: int) -> StaticCache:
+    cache = StaticCache(config=model.config, max_cache_len=prompts["input_ids"].shape[1] + room)
+    model(**prompts, **{CACHE_KEYWORD: cache})
+    return cache
+
+
+def test_several_new_tokens_in_one_call_on_a_static_cache_equal_the_dynamic_cache():
+    """A later call of three tokens at once (causal among them), then one more, as over the dynamic cache."""
+    model, prompts = tiny_qwen2(), text_prompts()
+    appended = torch.randint(3, 97, (2, 3), generator=torch.Generator().manual_seed(1))
+    logits = {}
+    with Halting(model, ratio=0.5, start_layer=START_LAYER, scope="all"), torch.no_grad():
+        for kind in ("dynamic", "static"):
+            cache = prefilled_static_cache(model, prompts, room=4) if kind == "static" else None
+            if cache is None:
+                cache = output_cache(model(**prompts))
+            mask = torch.cat([prompts["attention_mask"], torch.ones(2, 3, dtype=torch.long)], dim=1)
+            first = model(input_ids=appended, attention_mask=mask, **{CACHE_KEYWORD: cache}).logits
+            mask = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], dim=1)
+            second = model(input_ids=appended[:, :1], attention_mask=mask, **{CACHE_KEYWORD: cache}).logits
+            logits[kind] = (first, second)
+    for dynamic, static in zip(logits["dynamic"], logits["static"]):
+        torch.testing.assert_close(static, dynamic, rtol=1e-5, atol=1e-5)
+
+
+def test_writing_past_the_static_cache_room_is_an_error():
+    model, prompts = tiny_qwen2(), text_prompts()
+    with Halting(model, ratio=0.5, start_layer=START_LAYER, scope="all"), torch.no_grad():
+        cache = prefilled_static_cache(model, prompts, room=2)
+        model(input_ids=torch.full((2, 2), 5), **{CACHE_KEYWORD: cache})
+        with pytest.raises(ValueError, match="room for 2 new tokens"):
+            model(input_ids=torch.full((2, 1), 5), **{CACHE_KEYWORD: cache})
+
+
+def test_a_static_cache_filled_without_halting_is_refused():
+    model, prompts = tiny_qwen2(), text_prompts()
+    with torch.no_grad():
+        cache = prefilled_static_cache(model, prompts, room=4)
+        with Halting(model, ratio=0.5, start_layer=START_LAYER, scope="all"), pytest.raises(ValueError, match="empty static cache"):
+            model(input_ids=torch.full((2, 1), 5), **{CACHE_KEYWORD: cache})
+
+
+@pytest.mark.parametrize("method", ["dash", "fastv"])
+def test_static_decode_steps_read_nothing_to_the_host(sdpa_model, processor, method):
+    """Every later call over the static layout runs without a host read in dash_vl code (FastV included,
+    whose dynamic-cache steps read their padding once): what a CUDA graph needs."""
+    counter = HostReadCounter()
+    original = HaltingEngine._static_extend
+
+    def counted(engine, *args, **kwargs):
+        counter.counting = True
+        try:
+            return original(engine, *args, **kwargs)
+        finally:
+            counter.counting = False
+
+    calls = []
+    with ExitStack() as stack, Halting(sdpa_model, method=method, ratio=0.75, start_layer=2):
+        for name in HOST_READS:
+            stack.enter_context(patch.object(torch.Tensor, name, counter.wrap(name)))
+        stack.enter_context(patch.object(HaltingEngine, "_static_extend", lambda *a, **k: calls.append(1) or counted(*a, **k)))
+        greedy(sdpa_model, vl_inputs(processor, 2), "static")
+    assert len(calls) == NEW_TOKENS - 1
+    assert counter.places == []
+
+
+@pytest.mark.slow
+def test_a_static_decode_step_dispatches_the_same_operators_whatever_the_method(sdpa_model, processor):
+    """Fixed shapes: DASH and FastV dispatch the same operators per static step (their layouts differ in
+    lengths only, and FastV's padding is never read on the host)."""
+    prompts = vl_inputs(processor, 1)
+
+    def per_step(method: str) -> int:
+        counts = []
+        for new_tokens in (2, 4):
+            with ExitStack() as stack, torch.no_grad():
+                stack.enter_context(Halting(sdpa_model, method=method, ratio=0.75, start_layer=2))
+                counter = stack.enter_context(OpCounter())
+                sdpa_model.generate(
+                    **prompts, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                    cache_implementation="static", max_cache_len=prompts["input_ids"].shape[1] + 4,
+                )
+            counts.append(counter.count)
+        return counts[1] - counts[0]
+
+    dash, fastv = per_step("dash"), per_step("fastv")
+    assert dash == fastv > 0
+
+
+def test_halting_keeps_generate_from_compiling_and_restores_the_setting():
+    model = tiny_qwen2()
+    model.generation_config.disable_compile = False
+    with Halting(model, ratio=0.5):
+        assert model.generation_config.disable_compile is True
+    assert model.generation_config.disable_compile is False
+
+
+def test_compiled_decode_must_be_a_bool():
+    with pytest.raises(TypeError, match="compiled_decode must be a bool"):
+        HaltingConfig(compiled_decode="no")
+
+
+def test_answers_use_a_static_cache_on_a_gpu_unless_compiled_decode_is_off(sdpa_model, processor):
+    """``dash_vl.load``'s answers (and so the CLI and the lmms-eval models) generate with a static cache on a GPU."""
+    on_gpu = patch.object(type(sdpa_model), "device", new_callable=PropertyMock, return_value=torch.device("cuda"))
+    assert VisionLanguageModel(sdpa_model, processor, HaltingConfig(ratio=0.5)).cache_options() == {}
+    with on_gpu:
+        assert VisionLanguageModel(sdpa_model, processor, HaltingConfig(ratio=0.5)).cache_options() == {
+            "cache_implementation": "static"
+        }
+        assert VisionLanguageModel(sdpa_model, processor, HaltingConfig(ratio=0.5, compiled_decode=False)).cache_options() == {}
+
+
+def test_the_cli_and_lmms_eval_turn_compiled_decode_off():
+    args = build_parser().parse_args(["ask", "-q", "q", "--compiled-decode", "false"])
+    assert config_from_arguments(args).compiled_decode is False
+    assert config_from_arguments(build_parser().parse_args(["ask", "-q", "q"])).compiled_decode is True
+    lmms_eval_models = pytest.importorskip("dash_vl.integrations.lmms_eval.models")
+    args = {"method": "dash", "ratio": "0.5", "compiled_decode": "False"}
+    assert lmms_eval_models.halting_config(args).compiled_decode is False
+    with pytest.raises(ValueError, match="compiled_decode must be true or false"):
+        lmms_eval_models.halting_config({"method": "dash", "ratio": "0.5", "compiled_decode": "sometimes"})
