@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal
 
 from PIL import Image, UnidentifiedImageError
 
 from dash_vl.model_source import URL_PREFIXES
 
-ImageSource = Union[str, Path, Image.Image]
-VideoSource = Union[str, Path, list[Image.Image]]
+ImageSource = str | Path | Image.Image
+VideoSource = str | Path | list[Image.Image]
 
 
 def open_image(source: ImageSource) -> Image.Image:

@@ -327,7 +327,8 @@ def main() -> None:
                    for label, method, ratio in settings]
         print_table(batched, {
             "setting": "{setting}", "batch SDPA ms": "{batch_sdpa_ms:.1f}", "packed Flex ms": "{batch_flex_ms:.1f}",
-            "batch FA4 ms": "{batch_fa4_ms:.1f}", "packed FA4 ms": "{batch_fa4_packed_ms:.1f}", "one by one SDPA ms": "{one_sdpa_ms:.1f}", "one by one FA4 ms": "{one_fa4_ms:.1f}",
+            "batch FA4 ms": "{batch_fa4_ms:.1f}", "packed FA4 ms": "{batch_fa4_packed_ms:.1f}",
+            "one by one SDPA ms": "{one_sdpa_ms:.1f}", "one by one FA4 ms": "{one_fa4_ms:.1f}",
             "best one / Flex": "{best_one_over_batch_flex:.2f}", "best one / FA4 batch": "{best_one_over_batch_fa4:.2f}",
             "best one / FA4 packed": "{best_one_over_batch_fa4_packed:.2f}",
             "error": "{error}",

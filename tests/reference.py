@@ -37,7 +37,7 @@ class LanguageModelInputs:
     rope_ids: torch.Tensor
     valid: torch.Tensor
 
-    def prefix(self, length: int) -> "LanguageModelInputs":
+    def prefix(self, length: int) -> LanguageModelInputs:
         return LanguageModelInputs(
             self.embeds[:, :length], self.position_ids[..., :length], self.rope_ids[..., :length], self.valid[:, :length]
         )

@@ -78,7 +78,7 @@ def flash_text_model() -> torch.nn.Module:
 
 
 @pytest.mark.parametrize("method,ratio", [("dash", 0.0), ("dash", 0.5), ("random", 0.5)])
-def test_packed_flash_prefill_matches_padded_flash_engine(method, ratio, reference_flash_kernels, packed_calls):
+def test_packed_flash_prefill_matches_padded_flash_engine(method, ratio, reference_flash_kernels, packed_calls):  # noqa: F811 (the fixture)
     """Same kept set, logits and 16 decode steps as the padded engine under the same kernel; the packed
     layers went through the varlen function over the valid tokens, and never through FlexAttention."""
     model, prompts = flash_text_model(), ragged_prompts(TEXT_LENGTHS)

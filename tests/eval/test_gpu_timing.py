@@ -82,6 +82,7 @@ def test_ideal_encoder_of_a_tiled_tower_gives_its_last_states(family):
     assert len(ideal.hidden_states) == len(expected.hidden_states)
 
 
+@pytest.mark.slow
 def test_vit_halting_bench_runs_in_smoke_mode(tmp_path):
     script = Path(__file__).resolve().parents[2] / "eval" / "bench_vit_halting.py"
     out = tmp_path / "smoke.json"

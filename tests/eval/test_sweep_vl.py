@@ -11,6 +11,8 @@ import pytest
 
 from dash_vl.cli import main
 
+pytestmark = pytest.mark.slow  # runs eval/sweep_vl.py in a subprocess
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

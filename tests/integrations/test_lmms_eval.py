@@ -70,6 +70,7 @@ def test_tasks_folder_is_the_installed_package_data():
         assert f"test: {task}.jsonl" in text  # relative to the YAML, which lmms-eval resolves
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("first_import", ["lmms_eval.models", "dash_vl.integrations.lmms_eval.models"])
 def test_models_are_registered_through_the_entry_point(first_import):
     """In a fresh process, whichever module is imported first (dash_vl's models import lmms-eval's
@@ -86,6 +87,7 @@ def test_models_are_registered_through_the_entry_point(first_import):
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "family,model,knobs",
     [
@@ -119,6 +121,7 @@ def test_cli_end_to_end_matches_the_python_api(saved_models, tmp_path, family, m
         assert sample["filtered_resps"] == vlm.ask(question, images=dash_shapes_doc_to_visual(doc), max_new_tokens=8)
 
 
+@pytest.mark.slow
 def test_data_parallel_processes_answer_their_shards_as_one_process_does(saved_models, tmp_path):
     args = f"pretrained={saved_models['qwen2_vl']},dtype=float32,method=dash,ratio=0.5"
     answers = {}
@@ -133,6 +136,7 @@ def test_data_parallel_processes_answer_their_shards_as_one_process_does(saved_m
     assert answers[2] == answers[1]
 
 
+@pytest.mark.slow
 def test_shipped_scenes_model_scores_through_the_cli(tmp_path):
     """The trained model answers the first held-out ``dash_scenes`` questions exactly (all eight
     kinds, the relations and the written word included)."""
@@ -142,6 +146,7 @@ def test_shipped_scenes_model_scores_through_the_cli(tmp_path):
     assert results["results"]["dash_scenes"]["exact_match,none"] == 1.0
 
 
+@pytest.mark.slow
 def test_multi_round_task_asks_each_question_in_its_own_round(tmp_path):
     """``dash_scenes_rounds`` asks 2-4 questions of one scene, one per round; the trained model
     answers every round right, so each round must have seen its own question."""

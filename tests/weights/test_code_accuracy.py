@@ -22,6 +22,8 @@ from dash_vl.config import HaltingConfig
 from dash_vl.suites.prompt_scoring import answer_batch, mean_score
 from dash_vl.weights.qwen_coder import load_qwen_coder
 
+pytestmark = pytest.mark.slow  # trained weights: Qwen2.5-Coder on 512-token code
+
 NEW_TOKENS = 32
 
 

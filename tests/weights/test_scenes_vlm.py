@@ -113,6 +113,7 @@ def test_collate_pads_tokens_and_labels(chats):
         assert (batch["input_ids"][row, length:] == 7).all() and (batch["labels"][row, length:] == -100).all()
 
 
+@pytest.mark.slow
 def test_training_resumes_from_its_checkpoint(tmp_path):
     checkpoint, output = tmp_path / "state.pt", tmp_path / "model"
     common = [sys.executable, str(ROOT / "eval" / "train_scenes_vlm.py"), "--device", "cpu", "--checkpoint",
@@ -142,6 +143,7 @@ def test_focus_kinds_are_asked_first():
     assert asked_focus >= 3
 
 
+@pytest.mark.slow
 def test_training_starts_from_a_saved_model(tmp_path):
     output = tmp_path / "model"
     run = subprocess.run(

@@ -22,6 +22,8 @@ from dash_vl.suites.retrieval import retrieval_suite
 from dash_vl.suites.prompt_scoring import mean_score, answer_batch
 from dash_vl.weights.smollm2 import load_smollm2
 
+pytestmark = pytest.mark.slow  # trained weights: SmolLM2 on 1k-token prompts
+
 
 @pytest.fixture(scope="module")
 def smollm2():
