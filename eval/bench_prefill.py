@@ -15,7 +15,7 @@ For each prompt length T, the same run times:
 Each time is the median of ``--repeats`` CUDA-event timings after ``--warmup`` runs; ``ideal``,
 ``floor`` and ``dash`` take turns within every repeat, in reverse order every other repeat.
 
-    python eval/bench_prefill.py --lengths 4096 16384 32768 --ratios 0.667 0.9 0.96 0.99 --out eval/results/prefill.json
+    python eval/bench_prefill.py --lengths 4096 16384 32768 --ratios 0.667 0.9 0.96 0.99 --out eval/results/raw/prefill.json
 """
 
 from __future__ import annotations

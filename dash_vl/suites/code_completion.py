@@ -1,4 +1,4 @@
-"""LongBench-style code completion on real code nobody here wrote: the Python standard library or SymPy.
+"""LongBench-style code completion on real code, not code written for the tests: the Python standard library or SymPy.
 
 Two tasks, both next-line completion scored by edit similarity as LongBench scores LCC and
 RepoBench-P (the first generated line that holds no backtick, ``#`` or ``//``, compared with the

