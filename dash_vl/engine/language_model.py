@@ -3,7 +3,7 @@
 Why one module of this size: :class:`HaltingEngine` is a single loop (prefill before ``l_s``, the
 decision, the compact prefill after it, decoding on the split cache) whose steps share one state
 per prompt (layouts, caches, the pending reports); each piece that stands on its own already lives
-beside it in :mod:`dash_vl.engine` (decision inputs, active set, layouts and packing, layer inputs,
+beside it in ``dash_vl/engine/`` (decision inputs, active set, layouts and packing, layer inputs,
 masks, packed attention, decode kernels, FLOPs), so what is left here reads top to bottom as the
 loop itself.
 
