@@ -222,9 +222,9 @@ def diagnose(args: argparse.Namespace) -> None:
         raise ValueError("--image needs --query (the question about the image)")
     check_images(args.image, None)
     check_model_name(args.model)
+    from dash_vl.diagnosis.files import write_diagnosis
     from dash_vl.diagnosis.run import DiagnosisConfig
     from dash_vl.diagnosis.run import diagnose as run_diagnosis
-    from dash_vl.diagnosis.files import write_diagnosis
 
     config = DiagnosisConfig(
         start_layers=tuple(args.start_layers), ratio=args.ratio, scope=args.scope, margin=args.margin,

@@ -27,11 +27,11 @@ from torch import nn
 
 from dash_vl.adapters import adapter_for
 from dash_vl.config import HaltingConfig
-from dash_vl.engine.vision_encoder import EncoderHaltingEngine, EncoderReport
 from dash_vl.engine.language_model import HaltingEngine
+from dash_vl.engine.vision_encoder import EncoderHaltingEngine, EncoderReport
+from dash_vl.engine.vision_evidence import EvidenceRecorder
 from dash_vl.knobs import documented
 from dash_vl.report import HaltingReport
-from dash_vl.engine.vision_evidence import EvidenceRecorder
 
 ENABLED: weakref.WeakKeyDictionary[nn.Module, Halting] = weakref.WeakKeyDictionary()
 """The language model of each model that runs under a :class:`Halting` now → that ``Halting``."""

@@ -31,11 +31,11 @@ from pathlib import Path
 import torch
 
 from dash_vl.suites.code_completion import CODE_SOURCES, CODE_TASKS, code_suite, source_root
-from dash_vl.weights.gemma3 import load_gemma3
 from dash_vl.suites.prompt_scoring import answer_batch, batches
+from dash_vl.suites.sweep import Cell, ResultStore, run_sweep, sweep_header, weights_fingerprint
+from dash_vl.weights.gemma3 import load_gemma3
 from dash_vl.weights.qwen_coder import load_qwen_coder, load_qwen_coder_15b
 from dash_vl.weights.smollm2 import load_smollm2
-from dash_vl.suites.sweep import Cell, ResultStore, run_sweep, sweep_header, weights_fingerprint
 
 sys.path.insert(0, str(Path(__file__).parent))
 

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from dash_vl.suites.retrieval import TASKS, retrieval_suite
 from dash_vl.suites.prompt_scoring import answer_batch, batches
-from dash_vl.weights.smollm2 import load_smollm2
+from dash_vl.suites.retrieval import TASKS, retrieval_suite
 from dash_vl.suites.sweep import Cell, ResultStore, run_sweep, sweep_header, weights_fingerprint
+from dash_vl.weights.smollm2 import load_smollm2
 
 sys.path.insert(0, str(Path(__file__).parent))
 

@@ -26,11 +26,17 @@ import json
 import torch
 
 from dash_vl import Halting
+from dash_vl.engine.active_set import compact_layout
 from dash_vl.methods import DeltaAttention, halted_count
 from dash_vl.testing import full_size_config, random_model
-from dash_vl.engine.active_set import compact_layout
 from gpu_timing import (
-    add_timing_arguments, FixedDecisionInputs, cuda_median_ms, cuda_medians_ms, floor_prefill, ideal_prefill, print_table,
+    FixedDecisionInputs,
+    add_timing_arguments,
+    cuda_median_ms,
+    cuda_medians_ms,
+    floor_prefill,
+    ideal_prefill,
+    print_table,
     report_run,
 )
 

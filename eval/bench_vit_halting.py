@@ -50,10 +50,23 @@ from dash_vl import Halting, HaltingConfig
 from dash_vl.adapters import adapter_for
 from dash_vl.engine.vision_encoder import keep_per_unit
 from dash_vl.testing import (
-    FAMILIES, VIDEO_PROMPT_FAMILIES, full_size_config, long_prompt, long_video_prompt, random_model, tiny_config, tiny_processor,
+    FAMILIES,
+    VIDEO_PROMPT_FAMILIES,
+    full_size_config,
+    long_prompt,
+    long_video_prompt,
+    random_model,
+    tiny_config,
+    tiny_processor,
 )
 from gpu_timing import (
-    add_timing_arguments, cuda_elapsed_ms, cuda_medians_ms, host_elapsed_ms, ideal_encoder, print_table, report_run,
+    add_timing_arguments,
+    cuda_elapsed_ms,
+    cuda_medians_ms,
+    host_elapsed_ms,
+    ideal_encoder,
+    print_table,
+    report_run,
 )
 
 SMOKE_LENGTH = 258  # 121 visual tokens: a 22 x 22 patch grid

@@ -14,8 +14,9 @@ from datetime import date
 
 import torch
 import transformers
-from dash_vl.engine.decision_inputs import KeyValueCapture
+
 from dash_vl.adapters.encoder_base import EncoderAdapter
+from dash_vl.engine.decision_inputs import KeyValueCapture
 from dash_vl.engine.vision_encoder import recut_segments
 from dash_vl.hf_compat import cache_argument, new_cache, output_cache
 

@@ -116,8 +116,8 @@ def length_table(rows: Sequence[dict], score: str) -> str:
     rule, with their intervals."""
     found = settings(rows)
     lines = [
-        f"| source | question | l_s | ρ | rel. FLOPs | length | units | unmodified | dash | random | dash_highest "
-        f"| dash − unmodified [95 % CI] | dash − random [95 % CI] | dash − dash_highest [95 % CI] |",
+        "| source | question | l_s | ρ | rel. FLOPs | length | units | unmodified | dash | random | dash_highest "
+        "| dash − unmodified [95 % CI] | dash − random [95 % CI] | dash − dash_highest [95 % CI] |",
         "|" + "---|" * 14,
     ]
     for key in sorted(found, key=lambda k: (k[0], k[1], str(k[3]).zfill(3), k[4])):

@@ -32,8 +32,8 @@ import torch
 from dash_vl.api import Query, VisionLanguageModel, load
 from dash_vl.config import SCOPES, HaltingConfig
 from dash_vl.halting import Halting
-from dash_vl.knobs import KNOBS
 from dash_vl.integrations.lmms_eval.offline_tasks import task_folder
+from dash_vl.knobs import KNOBS
 from dash_vl.suites.sweep import Cell, ResultStore, run_sweep, sweep_header, weights_fingerprint
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -33,7 +33,13 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from dash_vl.api import Query, VisionLanguageModel
 from dash_vl.hf_compat import vision_rotary
 from dash_vl.suites.scenes import (
-    IMAGE_SIZE, MAX_OBJECTS, QUESTION_KINDS, Scene, SceneQuestion, balanced_questions, scene_questions,
+    IMAGE_SIZE,
+    MAX_OBJECTS,
+    QUESTION_KINDS,
+    Scene,
+    SceneQuestion,
+    balanced_questions,
+    scene_questions,
 )
 from dash_vl.weights.scenes_vlm import POST_PROMPT, build_processor, untrained_model
 

@@ -7,7 +7,13 @@ import torch
 from torch import nn
 
 from dash_vl import Halting
-from tests.reference import STEPS, MaskingReference, assert_engine_matches_reference, capture_language_model_inputs, generate
+from tests.reference import (
+    STEPS,
+    MaskingReference,
+    assert_engine_matches_reference,
+    capture_language_model_inputs,
+    generate,
+)
 
 PROMPT_LENGTH = 40
 LEFT_PADDING = 11

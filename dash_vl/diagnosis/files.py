@@ -13,7 +13,13 @@ from typing import Any
 
 from dash_vl.diagnosis.run import Diagnosis, DiagnosisConfig
 from dash_vl.diagnosis.stats import (
-    HaltedShare, LaterLayerAttention, LayerConvergence, LayerModality, Redundancy, Sink, SinkDecision,
+    HaltedShare,
+    LaterLayerAttention,
+    LayerConvergence,
+    LayerModality,
+    Redundancy,
+    Sink,
+    SinkDecision,
 )
 
 CSV_COLUMNS: tuple[str, ...] = ("section", "start_layer", "layer", "group", "statistic", "value")

@@ -24,10 +24,18 @@ from tqdm import tqdm
 
 from dash_vl.adapters import adapter_for
 from dash_vl.config import SCOPES, HaltingConfig, Scope
-from dash_vl.diagnosis.stats import (
-    ATTENTION_VIEWS, LayerConvergence, LayerModality, Redundancy, Sink, convergence, modality, redundancy, sinks,
-)
 from dash_vl.diagnosis.layer_trace import trace_prompt
+from dash_vl.diagnosis.stats import (
+    ATTENTION_VIEWS,
+    LayerConvergence,
+    LayerModality,
+    Redundancy,
+    Sink,
+    convergence,
+    modality,
+    redundancy,
+    sinks,
+)
 from dash_vl.engine.masks import check_implementation
 from dash_vl.version import __version__
 

@@ -64,19 +64,19 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 from dash_vl import hf_compat
 from dash_vl.adapters.base import ModelAdapter
 from dash_vl.config import HaltingConfig
+from dash_vl.engine.active_set import ActiveSet, compact_layout, require_eligible
 from dash_vl.engine.decision_inputs import DecisionProbe, KeyRecorder, PreviousLayer
 from dash_vl.engine.decode_graph import DecodeGraph
 from dash_vl.engine.decode_kernels import DECODE_SDPA_BACKENDS, decode_attention_kernels, decode_implementation
-from dash_vl.engine.packed_attention import PACKED_ATTENTION
 from dash_vl.engine.layer_inputs import KeyLayout, LayerInputs
-from dash_vl.engine.masks import check_implementation, is_flash
-from dash_vl.methods import METHODS, Decision
 from dash_vl.engine.layouts import Packing, PaddedLayout, TokenLayout, run_starts
+from dash_vl.engine.masks import check_implementation, is_flash
+from dash_vl.engine.packed_attention import PACKED_ATTENTION
 from dash_vl.engine.prefill_flops import DecisionLayerWork, LayerShapes, prefill_flops
-from dash_vl.report import HaltingReport
-from dash_vl.engine.active_set import ActiveSet, compact_layout, require_eligible
 from dash_vl.engine.static_slots import SLOT_ATTENTION, StaticSlots
 from dash_vl.engine.vision_evidence import EvidenceRecorder, evidence_over_prompt
+from dash_vl.methods import METHODS, Decision
+from dash_vl.report import HaltingReport
 
 Evidence = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 

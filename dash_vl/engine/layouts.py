@@ -23,9 +23,9 @@ import torch
 from torch.nn.attention.flex_attention import BlockMask
 
 from dash_vl.adapters.base import ModelAdapter
-from dash_vl.engine.packed_attention import document_causal_mask
 from dash_vl.engine.layer_inputs import KeyLayout, LayerInputs
 from dash_vl.engine.masks import is_flash
+from dash_vl.engine.packed_attention import document_causal_mask
 
 
 class TokenLayout(Protocol):

@@ -28,10 +28,10 @@ from typing import Any
 
 import torch
 
-from dash_vl.config import HaltingConfig
 from dash_vl.adapters.encoder_base import EncoderAdapter, EncoderLayout
-from dash_vl.methods.base import halted_count
+from dash_vl.config import HaltingConfig
 from dash_vl.engine.prefill_flops import LayerShapes
+from dash_vl.methods.base import halted_count
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,9 @@ import torch
 from transformers import Qwen2VLForConditionalGeneration, Qwen2VLProcessor
 
 from dash_vl.model_source import SCENES_DIRECTORY
+from dash_vl.suites.scenes import COLOURS, IMAGE_SIZE, NUMBERS, SHAPES, WORDS, scene_questions
 from dash_vl.testing import qwen2_vl
 from dash_vl.testing.tokenizer import bpe_tokenizer
-from dash_vl.suites.scenes import COLOURS, IMAGE_SIZE, NUMBERS, SHAPES, WORDS, scene_questions
 
 SHIPPED_DIRECTORY: Path = SCENES_DIRECTORY
 VOCAB_SIZE = 640

@@ -8,8 +8,8 @@ import torch
 
 from dash_vl import Halting
 from dash_vl.api import VisionLanguageModel
-from dash_vl.testing import random_model, tiny_config
 from dash_vl.engine.vision_evidence import EvidenceRecorder
+from dash_vl.testing import random_model, tiny_config
 from tests.conftest import processor_of, vl_inputs
 
 

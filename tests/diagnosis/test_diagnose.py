@@ -13,13 +13,13 @@ from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen3
 
 import dash_vl
 from dash_vl.adapters import adapter_for
-from dash_vl.diagnosis.attention_received import attention_received
 from dash_vl.cli import main
-from dash_vl.diagnosis.run import Diagnosis, DiagnosisConfig
+from dash_vl.diagnosis.attention_received import attention_received
 from dash_vl.diagnosis.files import CSV_COLUMNS, read_diagnosis, write_diagnosis
-from dash_vl.diagnosis.prompts import passkey_samples
-from dash_vl.diagnosis.stats import ATTENTION_VIEWS, attention_view, redundancy, sinks
 from dash_vl.diagnosis.layer_trace import LayerTrace, trace_prompt, tracing
+from dash_vl.diagnosis.prompts import passkey_samples
+from dash_vl.diagnosis.run import Diagnosis, DiagnosisConfig
+from dash_vl.diagnosis.stats import ATTENTION_VIEWS, attention_view, redundancy, sinks
 from tests.conftest import model_of, processor_of, random_image, vl_inputs
 
 SIZES = dict(

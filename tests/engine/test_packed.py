@@ -10,11 +10,11 @@ from torch.nn.attention.flex_attention import create_block_mask
 from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config
 
 from dash_vl import Halting, HaltingConfig, hf_compat
-from dash_vl.engine.packed_attention import PACKED_ATTENTION, document_causal_mask, packed_attention
 from dash_vl.engine.layouts import Packing, run_starts
+from dash_vl.engine.packed_attention import PACKED_ATTENTION, document_causal_mask, packed_attention
 from tests.conftest import FAMILY_NAMES, model_of, processor_of, vl_inputs
-from tests.reference import capture_language_model_inputs, generate
 from tests.engine.test_engine_text_llm import SIZES
+from tests.reference import capture_language_model_inputs, generate
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*flex_attention called without torch.compile")
 

@@ -16,8 +16,14 @@ import transformers.modeling_flash_attention_utils as flash_utils
 
 from dash_vl import Halting
 from dash_vl.engine.decode_kernels import DECODE_SDPA_BACKENDS
+from tests.engine.test_packed import (  # noqa: F401 (fixture)
+    TEXT_LENGTHS,
+    assert_packed_matches_padded,
+    packed_calls,
+    ragged_prompts,
+    text_model,
+)
 from tests.reference import generate
-from tests.engine.test_packed import TEXT_LENGTHS, assert_packed_matches_padded, packed_calls, ragged_prompts, text_model  # noqa: F401 (fixture)
 
 
 def reference_flash(query, key, value, causal: bool = True, softmax_scale: float | None = None, **_) -> torch.Tensor:

@@ -7,8 +7,8 @@ import torch
 
 from dash_vl import Halting
 from dash_vl.engine import language_model as engine_module
-from tests.reference import generate
 from tests.engine.test_packed import TEXT_LENGTHS, ragged_prompts, text_model
+from tests.reference import generate
 
 QUESTION_TOKENS = 4
 

@@ -12,7 +12,13 @@ from transformers import AutoModelForCausalLM, Gemma3TextConfig, MistralConfig, 
 
 from dash_vl.engine.masks import sliding_window_mask
 from tests.reference import MaskingReference
-from tests.text_cases import PROMPT_LENGTH, all_but_last, assert_matches_reference, assert_ratio_zero_matches_unmodified, text_prompts
+from tests.text_cases import (
+    PROMPT_LENGTH,
+    all_but_last,
+    assert_matches_reference,
+    assert_ratio_zero_matches_unmodified,
+    text_prompts,
+)
 
 WINDOW = 8
 SIZES = dict(

@@ -15,17 +15,16 @@ from transformers import AutoModelForCausalLM, Gemma3TextConfig, Qwen2Config, Qw
 
 from dash_vl import Halting, HaltingConfig, hf_compat
 from tests.conftest import FAMILY_NAMES, model_of, processor_of, vl_inputs
+from tests.engine.stage_reference import StagedMaskingReference
+from tests.engine.test_engine_gemma3 import CONFIG as GEMMA3
+from tests.engine.test_engine_text_llm import SIZES
 from tests.reference import (
     STEPS,
     assert_engine_matches_reference,
     capture_language_model_inputs,
     eligible_tokens,
     generate,
-    language_model_of,
 )
-from tests.engine.stage_reference import StagedMaskingReference
-from tests.engine.test_engine_gemma3 import CONFIG as GEMMA3
-from tests.engine.test_engine_text_llm import SIZES
 from tests.text_cases import all_but_last, text_prompts
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*flex_attention called without torch.compile")

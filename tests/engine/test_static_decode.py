@@ -19,9 +19,9 @@ from transformers import AutoModelForCausalLM, Gemma3TextConfig, StaticCache
 from dash_vl import Halting, HaltingConfig
 from dash_vl.api import VisionLanguageModel
 from dash_vl.cli import build_parser
-from dash_vl.knobs import config_from_arguments
 from dash_vl.engine.language_model import HaltingEngine
 from dash_vl.hf_compat import CACHE_KEYWORD, output_cache
+from dash_vl.knobs import config_from_arguments
 from tests.conftest import model_of, vl_inputs
 from tests.engine.test_generate_contract import text_prompts, tiny_qwen2
 from tests.engine.test_host_waits import HOST_READS, HostReadCounter, OpCounter

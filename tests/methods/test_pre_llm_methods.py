@@ -13,10 +13,10 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 from dash_vl import Halting
 from dash_vl.methods.vispruner import important_and_diverse
 from tests.conftest import FAMILY_NAMES, model_of, processor_of, vl_inputs
-from tests.reference import MaskingReference, capture_language_model_inputs, eligible_tokens
-from tests.methods.test_methods import check_against
 from tests.engine.test_packed import TEXT_FAMILIES, text_model
+from tests.methods.test_methods import check_against
 from tests.methods.test_visionzip import encoder_evidence, token_evidence
+from tests.reference import MaskingReference, capture_language_model_inputs, eligible_tokens
 
 PRE_LLM_METHODS = ("vispruner", "divprune", "cdpruner")
 RATIO = 0.5

@@ -13,8 +13,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_tasks_and_scenes_model_are_package_data():
-    from dash_vl.model_source import SCENES_DIRECTORY
     from dash_vl.integrations.lmms_eval.offline_tasks import TASKS_DIRECTORY
+    from dash_vl.model_source import SCENES_DIRECTORY
 
     patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["dash_vl"]
     package = ROOT / "dash_vl"

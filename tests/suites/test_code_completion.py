@@ -5,8 +5,17 @@ from __future__ import annotations
 import pytest
 
 from dash_vl.suites.code_completion import (
-    INSTRUCTION, MIN_FILL, QUESTION, SKIPPED_FOLDERS, CodeSample, code_suite, edit_similarity, library_files,
-    source_root, standard_library, statement_starts,
+    INSTRUCTION,
+    MIN_FILL,
+    QUESTION,
+    SKIPPED_FOLDERS,
+    CodeSample,
+    code_suite,
+    edit_similarity,
+    library_files,
+    source_root,
+    standard_library,
+    statement_starts,
 )
 from tests.conftest import processor_of
 

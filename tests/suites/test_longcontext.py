@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from dash_vl.suites.prompt_scoring import answer_batch, batches, mean_score
 from dash_vl.suites.retrieval import INSTRUCTION, TASKS, RetrievalSample, retrieval_suite
-from dash_vl.suites.prompt_scoring import mean_score, answer_batch, batches
 from tests.conftest import processor_of
 
 

@@ -9,8 +9,17 @@ from pathlib import Path
 import pytest
 
 from dash_vl.suites.scenes import (
-    BACKGROUND_BLUE, BACKGROUND_RANGE, COLOURS, IMAGE_SIZE, NUMBERS, QUESTION_KINDS, Scene, balanced_questions,
-    first_word, scene_questions, scene_rng,
+    BACKGROUND_BLUE,
+    BACKGROUND_RANGE,
+    COLOURS,
+    IMAGE_SIZE,
+    NUMBERS,
+    QUESTION_KINDS,
+    Scene,
+    balanced_questions,
+    first_word,
+    scene_questions,
+    scene_rng,
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "eval"))

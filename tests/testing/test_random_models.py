@@ -8,7 +8,14 @@ import torch
 
 from dash_vl import Halting
 from dash_vl.testing import (
-    VIDEO_PROMPT_FAMILIES, family as family_module, full_size_config, long_prompt, long_prompt_batch, long_video_prompt,
+    VIDEO_PROMPT_FAMILIES,
+    full_size_config,
+    long_prompt,
+    long_prompt_batch,
+    long_video_prompt,
+)
+from dash_vl.testing import (
+    family as family_module,
 )
 from tests.conftest import FAMILY_NAMES, model_of
 

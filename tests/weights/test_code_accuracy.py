@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import pytest
 
-from dash_vl.suites.code_completion import code_suite
 from dash_vl.config import HaltingConfig
+from dash_vl.suites.code_completion import code_suite
 from dash_vl.suites.prompt_scoring import answer_batch, mean_score
 from dash_vl.weights.qwen_coder import load_qwen_coder
 

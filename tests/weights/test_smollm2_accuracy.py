@@ -18,8 +18,8 @@ import pytest
 
 from dash_vl.calibrate import QualityBudget, calibrate, retrieval_prompts
 from dash_vl.config import HaltingConfig
+from dash_vl.suites.prompt_scoring import answer_batch, mean_score
 from dash_vl.suites.retrieval import retrieval_suite
-from dash_vl.suites.prompt_scoring import mean_score, answer_batch
 from dash_vl.weights.smollm2 import load_smollm2
 
 pytestmark = pytest.mark.slow  # trained weights: SmolLM2 on 1k-token prompts
