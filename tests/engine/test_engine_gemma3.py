@@ -25,7 +25,7 @@ CONFIG = dict(
 )
 AFTER_GLOBAL, AFTER_LOCAL = 1, 2  # decision layers whose layer l_s - 1 is global / local
 SCORED = {"dash": "delta_attention", "dash_block": "delta_block", "dash_highest": "highest", "random": "random"}
-LAYER_INPUT = ("fastv", "dart")
+LAYER_INPUT = ("fastv", "dart", "dart_prompt_order")
 CHECKED_IN_TEST_STAGES = ("dash_multi", "snapkv")  # on Gemma-3 in tests/engine/test_stages.py
 
 
@@ -106,22 +106,28 @@ def test_fastv_matches_eager_attention_reference(model, eager_twin, prompts, sta
     assert_matches_reference(model, prompts, reference, method="fastv", scope="all", ratio=0.9, start_layer=start_layer)
 
 
+@pytest.mark.parametrize("method", ["dart", "dart_prompt_order"])
 @pytest.mark.parametrize("start_layer", [AFTER_GLOBAL, AFTER_LOCAL])
-def test_dart_runs_its_kept_tokens_like_the_masking_reference(model, prompts, start_layer):
+def test_dart_runs_its_kept_tokens_like_the_masking_reference(model, prompts, start_layer, method):
     """DART's own rule is checked on the VL families; here its kept set, whatever it is, runs as the reference runs it."""
     positions = capture_language_model_inputs(model, prompts).position_ids  # DART's key norms depend on them
-    with Halting(model, method="dart", scope="all", ratio=0.5, start_layer=start_layer) as halting, torch.no_grad():
+    with Halting(model, method=method, scope="all", ratio=0.5, start_layer=start_layer) as halting, torch.no_grad():
         model(**prompts, position_ids=positions)
     kept = torch.zeros_like(prompts["attention_mask"], dtype=torch.bool)
     for b, positions in enumerate(halting.last_report.kept_positions):
         kept[b, positions] = True
     assert kept.sum() < prompts["attention_mask"].sum()
     reference = MaskingReference(model, 0.5, start_layer, kept, given_active=kept)
-    assert_matches_reference(model, prompts, reference, method="dart", scope="all", ratio=0.5, start_layer=start_layer)
+    assert_matches_reference(model, prompts, reference, method=method, scope="all", ratio=0.5, start_layer=start_layer)
 
 
 def test_every_method_but_the_vision_encoder_ones_is_checked_here(model):
-    vision_only = {name for name, method in METHODS.items() if method.needs_vision_evidence or name == "pyramiddrop"}
+    from dash_vl.methods.pre_llm import BeforeLanguageModel
+
+    vision_only = {
+        name for name, method in METHODS.items()
+        if method.needs_vision_evidence or issubclass(method, BeforeLanguageModel) or name == "pyramiddrop"
+    }
     assert set(SCORED) | set(LAYER_INPUT) | set(CHECKED_IN_TEST_STAGES) == set(METHODS) - vision_only
     for name in vision_only:
         with pytest.raises(ValueError, match="scope='visual' needs a model with visual tokens"):

@@ -16,12 +16,22 @@ def test_tasks_and_scenes_model_are_package_data():
     from dash_vl.integrations.lmms_eval.offline_tasks import TASKS_DIRECTORY
     from dash_vl.model_source import SCENES_DIRECTORY
 
-    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["dash_vl"]
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     package = ROOT / "dash_vl"
-    shipped = {path.relative_to(package) for path in package.glob("*/**/*") if path.is_file() and "__pycache__" not in path.parts}
-    data = {path for path in shipped if path.parts[0] in (TASKS_DIRECTORY.name, SCENES_DIRECTORY.name)}
-    assert {"dash_scenes", "dash_scenes_rounds", "dash_shapes"} <= {path.parts[1] for path in data if len(path.parts) > 2}
-    unmatched = [str(path) for path in data if not any(path.match(pattern) for pattern in patterns)]
+    data = {
+        path for folder in (TASKS_DIRECTORY, SCENES_DIRECTORY) for path in folder.glob("**/*")
+        if path.is_file() and "__pycache__" not in path.parts
+    }
+    assert {"dash_scenes", "dash_scenes_rounds", "dash_shapes"} <= {path.parent.name for path in data}
+
+    def packaged(path: Path) -> bool:
+        for name, patterns in package_data.items():
+            owner = package.joinpath(*name.split(".")[1:])
+            if owner in path.parents and any(path.relative_to(owner).match(pattern) for pattern in patterns):
+                return True
+        return False
+
+    unmatched = [str(path.relative_to(package)) for path in data if not packaged(path)]
     assert unmatched == []
 
 
