@@ -35,8 +35,8 @@ from dataclasses import dataclass
 
 import torch
 
-from dash_vl.methods.base import Decision, DecisionInputs, question_after_visual
-from dash_vl.methods.pre_llm import BeforeLanguageModel, retained_count
+from dash_vl.methods.base import DecisionInputs, question_after_visual
+from dash_vl.methods.pre_llm import PerPromptSelection
 
 
 def instruction_relevance(visual: torch.Tensor, instruction: torch.Tensor) -> torch.Tensor:
@@ -72,20 +72,11 @@ def conditional_dpp(features: torch.Tensor, relevance: torch.Tensor, count: int)
 
 
 @dataclass(frozen=True)
-class CDPruner(BeforeLanguageModel):
+class CDPruner(PerPromptSelection):
     """Keep the visual tokens of each prompt that a DPP conditioned on the instruction picks."""
 
-    def keep(self, inputs: DecisionInputs, ratio: float) -> torch.Tensor:
-        return self.decide(inputs, ratio).kept
-
-    def decide(self, inputs: DecisionInputs, ratio: float) -> Decision:
-        kept = torch.zeros_like(inputs.eligible)
-        counts = []
-        for sample, total in enumerate(inputs.eligible_counts):
-            counts.append(retained_count(ratio, total, f"sample {sample}"))
-            eligible, embeds = inputs.eligible[sample], inputs.hidden_states[sample]
-            question = question_after_visual(eligible, inputs.valid[sample])
-            positions = eligible.nonzero().flatten()
-            relevance = instruction_relevance(embeds[positions], embeds[question])
-            kept[sample, positions[conditional_dpp(embeds[positions], relevance, counts[-1])]] = True
-        return Decision(kept=kept, kept_counts=counts)
+    def select(self, inputs: DecisionInputs, sample: int, positions: torch.Tensor, count: int) -> torch.Tensor:
+        embeds = inputs.hidden_states[sample]
+        question = question_after_visual(inputs.eligible[sample], inputs.valid[sample])
+        relevance = instruction_relevance(embeds[positions], embeds[question])
+        return conditional_dpp(embeds[positions], relevance, count)

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
-from dash_vl.methods.base import Decision, DecisionInputs
-from dash_vl.methods.pre_llm import BeforeLanguageModel, retained_count
+from dash_vl.methods.base import DecisionInputs
+from dash_vl.methods.pre_llm import PerPromptSelection
 
 
 def cosine_distances(features: torch.Tensor) -> torch.Tensor:
@@ -56,18 +56,8 @@ def max_min_diverse(distances: torch.Tensor, count: int) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class DivPrune(BeforeLanguageModel):
+class DivPrune(PerPromptSelection):
     """Keep the most diverse visual tokens of each prompt (greedy max-min cosine distance)."""
 
-    def keep(self, inputs: DecisionInputs, ratio: float) -> torch.Tensor:
-        return self.decide(inputs, ratio).kept
-
-    def decide(self, inputs: DecisionInputs, ratio: float) -> Decision:
-        kept = torch.zeros_like(inputs.eligible)
-        counts = []
-        for sample, total in enumerate(inputs.eligible_counts):
-            counts.append(retained_count(ratio, total, f"sample {sample}"))
-            positions = inputs.eligible[sample].nonzero().flatten()
-            picks = max_min_diverse(cosine_distances(inputs.hidden_states[sample, positions]), counts[-1])
-            kept[sample, positions[picks]] = True
-        return Decision(kept=kept, kept_counts=counts)
+    def select(self, inputs: DecisionInputs, sample: int, positions: torch.Tensor, count: int) -> torch.Tensor:
+        return max_min_diverse(cosine_distances(inputs.hidden_states[sample, positions]), count)

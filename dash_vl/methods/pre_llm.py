@@ -8,7 +8,11 @@ outputs on the visual tokens) and, where they need it, the vision encoder's evid
 
 from __future__ import annotations
 
-from dash_vl.methods.base import HaltingMethod, MethodKnobs
+from abc import abstractmethod
+
+import torch
+
+from dash_vl.methods.base import Decision, DecisionInputs, HaltingMethod, MethodKnobs
 
 
 class BeforeLanguageModel(HaltingMethod):
@@ -27,6 +31,28 @@ class BeforeLanguageModel(HaltingMethod):
         if config.scope != "visual":
             raise ValueError(f"{name} reduces visual tokens only: scope must be 'visual', got {config.scope!r}")
         return cls()
+
+
+class PerPromptSelection(BeforeLanguageModel):
+    """A pre-LLM policy that keeps, per prompt, ``round(E (1 - ρ))`` of its ``E`` visual tokens as
+    :meth:`select` picks them (DivPrune, CDPruner)."""
+
+    def keep(self, inputs: DecisionInputs, ratio: float) -> torch.Tensor:
+        return self.decide(inputs, ratio).kept
+
+    def decide(self, inputs: DecisionInputs, ratio: float) -> Decision:
+        kept = torch.zeros_like(inputs.eligible)
+        counts = []
+        for sample, total in enumerate(inputs.eligible_counts):
+            counts.append(retained_count(ratio, total, f"sample {sample}"))
+            positions = inputs.eligible[sample].nonzero().flatten()
+            kept[sample, positions[self.select(inputs, sample, positions, counts[-1])]] = True
+        return Decision(kept=kept, kept_counts=counts)
+
+    @abstractmethod
+    def select(self, inputs: DecisionInputs, sample: int, positions: torch.Tensor, count: int) -> torch.Tensor:
+        """``(count,)`` long indices into ``positions`` (sample ``sample``'s visual tokens, ``(E,)`` ascending
+        prompt indices) of the tokens kept."""
 
 
 def retained_count(ratio: float, tokens: int, where: str) -> int:
