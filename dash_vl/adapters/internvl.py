@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from dash_vl.adapters.base import VisionLanguageAdapter
-from dash_vl.adapters.tiled_vision import InternVisionAdapter
 from dash_vl.adapters.encoder_base import EncoderAdapter
+from dash_vl.adapters.tiled_vision import InternVisionAdapter
 from dash_vl.engine.encoder_evidence import VisualEvidence
 
 

@@ -16,10 +16,11 @@ from typing import Any
 
 import torch
 from torch import nn
+
 from dash_vl import hf_compat
 from dash_vl.adapters.base import VisionLanguageAdapter
-from dash_vl.adapters.tiled_vision import SiglipVisionAdapter, numbered_tiles, packed_evidence
 from dash_vl.adapters.encoder_base import EncoderAdapter
+from dash_vl.adapters.tiled_vision import SiglipVisionAdapter, numbered_tiles, packed_evidence
 from dash_vl.engine.encoder_evidence import VisualEvidence
 
 

@@ -13,8 +13,8 @@ import torch
 
 from dash_vl import hf_compat
 from dash_vl.adapters.base import VisionLanguageAdapter
-from dash_vl.adapters.qwen_vision import Qwen2_5VisionAdapter, Qwen2VisionAdapter
 from dash_vl.adapters.encoder_base import EncoderAdapter
+from dash_vl.adapters.qwen_vision import Qwen2_5VisionAdapter, Qwen2VisionAdapter
 from dash_vl.engine.encoder_evidence import SegmentAttention, VisualEvidence
 from dash_vl.media import FrameSampling
 
