@@ -186,19 +186,7 @@ def test_visionzip_matches_reference_rule(family, kind, ratio):
     model, inputs = model_of(family, "sdpa"), vl_inputs(processor_of(family), 2, kind)
     lm_inputs = capture_language_model_inputs(model, inputs)
     kept, merged = visionzip_reference(model, family, inputs, lm_inputs.embeds, ratio)
-    lm_inputs.embeds = merged
-    reference = MaskingReference(model, ratio, 0, kept, given_active=kept)
-    with torch.no_grad():
-        expected_logits = model.lm_head(reference.prefill(lm_inputs))
-    expected_tokens, expected_step_logits = reference.greedy(expected_logits[:, -1], STEPS)
-    with Halting(model, method="visionzip", ratio=ratio) as halting:
-        with torch.no_grad():
-            logits = model(**inputs, position_ids=lm_inputs.position_ids).logits
-        report = halting.last_report
-        produced = generate(model, inputs)
-    assert_engine_matches_reference(
-        report, reference, inputs["attention_mask"].bool(), logits, expected_logits, produced, expected_tokens, expected_step_logits, STEPS
-    )
+    assert_visionzip_runs_like_reference(model, inputs, lm_inputs, kept, merged, ratio)
 
 
 @pytest.fixture(scope="module")
@@ -262,3 +250,22 @@ def test_llava_onevision_video_evidence_reads_frames_under_either_argument_name(
     assert older.score.shape == (2 * (3 * 4 + 1),)  # 3 frames of 2 x 2 pooled tokens and a newline, per video
     for field in ("score", "metric", "unit"):
         assert torch.equal(getattr(older, field), getattr(newer, field))
+
+
+def assert_visionzip_runs_like_reference(model, inputs: dict, lm_inputs, kept: torch.Tensor, merged: torch.Tensor, ratio: float):
+    """The engine under VisionZip keeps ``kept`` (``(batch, T)`` bool) and runs like the masking reference fed the
+    ``merged`` input embeddings: prefill logits and ``STEPS`` greedy decode steps. Returns the halting report."""
+    lm_inputs.embeds = merged
+    reference = MaskingReference(model, ratio, 0, kept, given_active=kept)
+    with torch.no_grad():
+        expected_logits = model.lm_head(reference.prefill(lm_inputs))
+    expected_tokens, expected_step_logits = reference.greedy(expected_logits[:, -1], STEPS)
+    with Halting(model, method="visionzip", ratio=ratio) as halting:
+        with torch.no_grad():
+            logits = model(**inputs, position_ids=lm_inputs.position_ids).logits
+        report = halting.last_report
+        produced = generate(model, inputs)
+    assert_engine_matches_reference(
+        report, reference, inputs["attention_mask"].bool(), logits, expected_logits, produced, expected_tokens, expected_step_logits, STEPS
+    )
+    return report

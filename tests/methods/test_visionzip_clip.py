@@ -14,13 +14,8 @@ import torch
 from dash_vl import Halting
 from dash_vl.methods.visionzip import select_before_projector, unit_budget
 from tests.conftest import model_of, processor_of, vl_inputs
-from tests.reference import (
-    STEPS,
-    MaskingReference,
-    assert_engine_matches_reference,
-    capture_language_model_inputs,
-    generate,
-)
+from tests.methods.test_visionzip import assert_visionzip_runs_like_reference
+from tests.reference import capture_language_model_inputs
 
 
 def official_visionzip(
@@ -150,20 +145,8 @@ def test_llava_visionzip_equals_the_official_code_through_the_model(kind, ratio)
     model, inputs = model_of("llava", "sdpa"), vl_inputs(processor_of("llava"), 2, kind)
     lm_inputs = capture_language_model_inputs(model, inputs)
     kept, merged = official_prompt(model, inputs, lm_inputs.embeds, ratio)
-    lm_inputs.embeds = merged
-    reference = MaskingReference(model, ratio, 0, kept, given_active=kept)
-    with torch.no_grad():
-        expected_logits = model.lm_head(reference.prefill(lm_inputs))
-    expected_tokens, expected_step_logits = reference.greedy(expected_logits[:, -1], STEPS)
-    with Halting(model, method="visionzip", ratio=ratio) as halting:
-        with torch.no_grad():
-            logits = model(**inputs, position_ids=lm_inputs.position_ids).logits
-        report = halting.last_report
-        produced = generate(model, inputs)
+    report = assert_visionzip_runs_like_reference(model, inputs, lm_inputs, kept, merged, ratio)
     assert report.kept_positions == [row.nonzero().flatten().tolist() for row in kept]
-    assert_engine_matches_reference(
-        report, reference, inputs["attention_mask"].bool(), logits, expected_logits, produced, expected_tokens, expected_step_logits, STEPS
-    )
 
 
 def test_llava_visionzip_at_ratio_zero_leaves_the_features_alone():
