@@ -23,6 +23,7 @@ from tests.engine.test_packed import (  # noqa: F401 (fixture)
     ragged_prompts,
     text_model,
 )
+from tests.engine.test_static_decode import assert_same_decoding, halted_on_both_caches
 from tests.reference import generate
 
 
@@ -129,3 +130,15 @@ def test_flash_model_decodes_through_sdpa(packing, reference_flash_kernels):
     assert torch.equal(produced[DECODE_SDPA_BACKENDS].sequences, produced[None].sequences)
     for routed, flash in zip(produced[DECODE_SDPA_BACKENDS].logits, produced[None].logits, strict=True):
         torch.testing.assert_close(routed, flash, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("packing", ["off", "ragged"])
+def test_flash_model_static_decoding_equals_its_eager_decoding(packing, reference_flash_kernels):
+    """A FlashAttention model on the static path (``cache_implementation="static"``): after a padded or a
+    packed flash prefill of a ragged batch, the static steps decode the same tokens and step logits as the
+    engine's eager steps over the dynamic cache."""
+    dynamic, static = halted_on_both_caches(
+        flash_text_model(), ragged_prompts(TEXT_LENGTHS), method="dash", ratio=0.5, scope="all", packing=packing
+    )
+    assert VARLEN_CALLS or FLASH_QUERY_LENGTHS, "the prefill made no flash call"
+    assert_same_decoding(dynamic, static)
