@@ -1,7 +1,7 @@
 """Accuracy of encoder-side halting (ViT-DASH) on an offline VL task: ``ρ_v`` × ``l_v``, alone and
 with DASH in the language model, resumable.
 
-Each cell answers the task's documents through the Python API (``eval/sweep_vl.py``'s
+Each cell answers the task's documents through the Python API (``eval/vl_task_cells.py``'s
 ``measure_cell``: score, kept LM tokens, relative LM FLOPs, latency) with
 ``HaltingConfig(vision_ratio=ρ_v, vision_start_layer=l_v)``, and with ``method="dash",
 ratio=--dash-ratio`` (DASH's default decision layer) in the ``+ dash`` cells. The unmodified model
@@ -28,7 +28,7 @@ from dash_vl.config import VISION_RULES, HaltingConfig
 from dash_vl.suites.sweep import Cell, ResultStore, run_sweep, sweep_header, weights_fingerprint
 
 sys.path.insert(0, str(Path(__file__).parent))
-from sweep_vl import LocalTask, measure_cell  # noqa: E402
+from vl_task_cells import LocalTask, measure_cell  # noqa: E402
 
 NO_LM = "none"
 
