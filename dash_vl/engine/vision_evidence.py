@@ -8,8 +8,8 @@ attention segment (one tile or one frame),
 
 * the dominance score of every patch: the attention the ``[CLS]`` query pays it, summed over
   heads, where the encoder has a ``[CLS]`` token; otherwise the attention it receives,
-  averaged over heads and over all queries (the adaptation VisionZip documents for
-  encoders without ``[CLS]``, such as SigLIP and the Qwen2-VL ViT);
+  averaged over heads and over all queries (dash_vl's adaptation for encoders without
+  ``[CLS]``, such as SigLIP and the Qwen2-VL ViT: VisionZip's official code covers CLIP only);
 * the similarity metric: its key, averaged over heads.
 
 Attention is computed in query chunks from the queries and keys, so no ``n x n`` matrix of a
