@@ -86,6 +86,9 @@ def report(store: ResultStore, results: str, title: str) -> None:
         row["label"] = f"{row['method']} ({row['scope']})"
     reference = next((row["score"] for row in rows if row["method"] == UNMODIFIED), None)
     halted = [row for row in rows if row["method"] != UNMODIFIED]
+    if not halted:
+        print("no halted cell measured (only ratio 0 or refused settings): no plots", file=sys.stderr)
+        return
     plot_lines(halted, "ratio", "score", "label", "task", stem + "_ratio.png", title, reference=reference)
     plot_lines(halted, "relative_flops", "score", "label", "task", stem + "_flops.png", title, reference=reference)
     plot_lines(halted, "prefill_ms", "score", "label", "task", stem + "_latency.png", title, reference=reference)
