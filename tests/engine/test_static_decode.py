@@ -365,3 +365,10 @@ def test_recorded_graphs_decode_what_the_dynamic_cache_decodes_in_every_call_on_
         for eager_logits, static_logits in zip(dynamic.logits, static.logits, strict=True):
             torch.testing.assert_close(static_logits, eager_logits, rtol=1e-4, atol=1e-4)
     assert decoders[0] is decoders[1] is not decoders[2]
+
+
+def test_beam_search_on_a_static_cache_is_an_error():
+    model, prompts = tiny_qwen2(), text_prompts()
+    with Halting(model, ratio=0.5, start_layer=START_LAYER, scope="all"), torch.no_grad():
+        with pytest.raises(ValueError, match="beam search on a static cache"):
+            model.generate(**prompts, max_new_tokens=3, num_beams=2, do_sample=False, cache_implementation="static")
