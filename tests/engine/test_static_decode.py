@@ -372,3 +372,12 @@ def test_beam_search_on_a_static_cache_is_an_error():
     with Halting(model, ratio=0.5, start_layer=START_LAYER, scope="all"), torch.no_grad():
         with pytest.raises(ValueError, match="beam search on a static cache"):
             model.generate(**prompts, max_new_tokens=3, num_beams=2, do_sample=False, cache_implementation="static")
+
+
+def test_resetting_a_static_cache_laid_out_while_halting_is_an_error():
+    """HF's pattern of reusing one StaticCache by ``reset()`` would feed the next prompt to the engine as new tokens."""
+    model, prompts = tiny_qwen2(), text_prompts()
+    with Halting(model, ratio=0.5, start_layer=START_LAYER, scope="all"), torch.no_grad():
+        cache = prefilled_static_cache(model, prompts, room=2)
+        with pytest.raises(ValueError, match="cannot be reset"):
+            cache.reset()
