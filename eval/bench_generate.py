@@ -40,7 +40,8 @@ the unmodified model and every method at every ratio run ``model.generate`` gree
 * ``--eager-new-tokens`` gives the dynamic-cache settings (``hf_default``, ``_eager``) shorter answers than
   the static-cache ones (their decode steps are 3-4× slower, so they cost most of a run): their rows then
   report end to end up to that length only, and longer answers compare with ``hf_static`` alone;
-* with ``--out`` the JSON is rewritten after every prompt, so a run cut short keeps the prompts it finished.
+* with ``--out`` the JSON is rewritten after each prompt's checks (under ``meta.checks``) and after every
+  repeat, so a run cut short keeps what it finished.
 
     python eval/bench_generate.py --lengths 4096 16384 32768 --batch 1 --out eval/results/raw/generate_qwen2vl7b_b1.json
     python eval/bench_generate.py --profile 32768 --methods dash --ratios 0.9   # where a decode step's time goes
@@ -202,9 +203,12 @@ def run_setting(model, setting: Setting, run: Callable[[], Any], packing: str = 
         return run()
 
 
-def measure(model, inputs: dict, settings: list[Setting], new_tokens: int, eager_new_tokens: int, args) -> dict:
+def measure(
+    model, inputs: dict, settings: list[Setting], new_tokens: int, eager_new_tokens: int, args,
+    on_repeat: Callable[[dict], None] = lambda times: None,
+) -> dict:
     """Per setting: every repeat's token times (ms), the settings taking turns; ``new_tokens`` on a static
-    cache (sized for them), ``eager_new_tokens`` on the dynamic one."""
+    cache (sized for them), ``eager_new_tokens`` on the dynamic one. ``on_repeat`` gets the times after each repeat."""
     cache_length = inputs["input_ids"].shape[1] + new_tokens
 
     def tokens_of(setting: Setting) -> int:
@@ -219,6 +223,7 @@ def measure(model, inputs: dict, settings: list[Setting], new_tokens: int, eager
             times[setting].append(run_setting(
                 model, setting, lambda: timed_generate(model, inputs, tokens_of(setting), setting[4], cache_length), args.packing
             ))
+        on_repeat(times)
     return times
 
 
@@ -390,7 +395,7 @@ def main() -> None:
         kernels=args.kernels, batch=args.batch, image=args.image, mixed=args.mixed, packing=args.packing,
         model_decode=args.model_decode, new_tokens=args.new_tokens, eager_new_tokens=args.eager_new_tokens, long=args.long,
         long_new_tokens=args.long_new_tokens, compiled=args.compiled, check_tokens=args.check_tokens, warmup=args.warmup,
-        repeats=args.repeats,
+        repeats=args.repeats, checks={},
     )
     with torch.no_grad():
         for lengths, make_inputs in prompts:
@@ -402,15 +407,17 @@ def main() -> None:
                 setting: decode_agreement(model, inputs, setting, min(args.check_tokens, new_tokens), args.packing, cache_length)
                 for setting in settings if args.compiled and setting[4] == "static"
             }
-            print(json.dumps({setting_name(setting): check for setting, check in checks.items()}), flush=True)
-            times = measure(model, inputs, settings, new_tokens, eager_new_tokens, args)
-            answers = tuple(length for length in ANSWER_LENGTHS if length <= new_tokens)
-            found = summary_rows(times, lengths, inputs["input_ids"].shape[0], answers)
-            for setting, row in zip(times, found):
-                row.update(checks.get(setting, {}))
-            rows += found
-            if args.out:
-                write_rows(rows, args.out, **meta)
+            meta["checks"][str(lengths)] = {setting_name(setting): check for setting, check in checks.items()}
+            print(json.dumps(meta["checks"][str(lengths)]), flush=True)
+            shape = (lengths, inputs["input_ids"].shape[0], tuple(length for length in ANSWER_LENGTHS if length <= new_tokens))
+
+            def save(times: dict | None = None, shape: tuple = shape, checks: dict = checks) -> None:
+                if args.out:
+                    write_rows(rows + (checked_rows(times, *shape, checks, echo=False) if times else []), args.out, **meta)
+
+            save()
+            rows += checked_rows(measure(model, inputs, settings, new_tokens, eager_new_tokens, args, on_repeat=save), *shape, checks)
+            save()
             del inputs
             torch.cuda.empty_cache()
 
@@ -428,11 +435,23 @@ def main() -> None:
     report_run(rows, args.out, **meta)
 
 
+def checked_rows(
+    times: dict[Setting, list[list[float]]], lengths: int | str, batch: int, answer_lengths: tuple[int, ...], checks: dict,
+    echo: bool = True,
+) -> list[dict]:
+    """:func:`summary_rows` with each compiled setting's ``checks`` (:func:`decode_agreement`) added to its row."""
+    rows = summary_rows(times, lengths, batch, answer_lengths, echo)
+    for setting, row in zip(times, rows):
+        row.update(checks.get(setting, {}))
+    return rows
+
+
 def summary_rows(
-    times: dict[Setting, list[list[float]]], lengths: int | str, batch: int, answer_lengths: tuple[int, ...]
+    times: dict[Setting, list[list[float]]], lengths: int | str, batch: int, answer_lengths: tuple[int, ...], echo: bool = True
 ) -> list[dict]:
     """One row per setting: its times and its ratios against the unmodified model under the same kernel and
-    under the first; where the unmodified model ran on both caches, against the faster of the two for each metric."""
+    under the first; where the unmodified model ran on both caches, against the faster of the two for each metric
+    (each row printed as JSON with ``echo``)."""
     first_kernel = next(iter(times))[0]
     unmodified: dict[str, list[dict]] = {}
     for setting, token_times in times.items():
@@ -461,7 +480,8 @@ def summary_rows(
         point = crossover(row, full)
         row["crossover_tokens"] = None if point is None else round(point)
         rows.append(row)
-        print(json.dumps(row), flush=True)
+        if echo:
+            print(json.dumps(row), flush=True)
     return rows
 
 
