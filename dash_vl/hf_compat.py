@@ -143,6 +143,18 @@ class EngineStaticLayer(StaticLayer):
         self.k_head_dim, self.v_head_dim = keys.shape[-1], values.shape[-1]
         self.is_initialized = True
 
+    def reset(self) -> None:
+        """Refused: the engine's steps would take the next prompt for new tokens of the last one (a new
+        ``StaticCache`` is laid out anew; ``generate`` makes one every call)."""
+        raise ValueError("a static cache laid out while halting cannot be reset; use a new StaticCache for the next prompt")
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        """Refused: beam search would rebind this layer to reordered copies while the engine's steps go on
+        reading and writing its own buffers."""
+        raise ValueError(
+            "beam search on a static cache is not supported while halting; generate without cache_implementation"
+        )
+
 
 def install_static_layers(cache: Any, keys: list[torch.Tensor], values: list[torch.Tensor], filled: list[torch.Tensor]) -> None:
     """Make static ``cache``'s layer ``i`` hold ``keys[i]`` / ``values[i]`` ``(batch, kv_heads, L_i, head_dim)``

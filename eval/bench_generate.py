@@ -33,22 +33,35 @@ the unmodified model and every method at every ratio run ``model.generate`` gree
   eager one: the greedy tokens (``decode_agrees``, ``first_differing_step``) and the compiled logits
   teacher-forced on the eager tokens (``max_logit_diff``, over ``--check-tokens`` steps); ``hf_static``
   is checked against ``hf_default`` the same way, the control that shows how far bf16 rounding alone
-  moves HF's own compiled decoding on the same prompt.
+  moves HF's own compiled decoding on the same prompt;
+* every setting keeps one ``Halting`` for all its calls, as a user's ``dash_vl.load`` model or ``with halting:``
+  block does, so a compiled setting records its CUDA graph in its first call of a prompt shape and replays
+  it in every later one (:mod:`dash_vl.engine.static_decoder`), as HF static compiles once per shape;
+* ``--eager-new-tokens`` gives the dynamic-cache settings (``hf_default``, ``_eager``) shorter answers than
+  the static-cache ones (their decode steps are 3-4× slower, so they cost most of a run): their rows then
+  report end to end up to that length only, and longer answers compare with ``hf_static`` alone;
+* with ``--out`` the JSON is rewritten after each prompt's checks (under ``meta.checks``) and after every
+  repeat, so a run cut short keeps what it finished.
 
     python eval/bench_generate.py --lengths 4096 16384 32768 --batch 1 --out eval/results/raw/generate_qwen2vl7b_b1.json
     python eval/bench_generate.py --profile 32768 --methods dash --ratios 0.9   # where a decode step's time goes
     python eval/bench_generate.py --kernels sdpa flash_attention_4 --lengths 16384 --ratios 0.9 \
         --mixed 16384 12288 8192 4096 --model-decode --out eval/results/raw/generate_flash4_decode_qwen2vl7b.json
     python eval/bench_generate.py --compiled --methods dash fastv --ratios 0.9 --lengths 4096 16384 32768 \
-        --mixed 16384 12288 8192 4096 --new-tokens 128 --long 32768 --repeats 3 \
-        --out eval/results/raw/generate_compiled_qwen2vl7b.json
+        --mixed 16384 12288 8192 4096 --new-tokens 512 --eager-new-tokens 128 --repeats 2 \
+        --out eval/results/raw/generate_compiled_n512_qwen2vl7b.json
+    python eval/bench_generate.py --compiled --image --lengths 16384 --ratios 0.9 \
+        --methods dash fastv visionzip vispruner divprune cdpruner --new-tokens 512 --eager-new-tokens 128 \
+        --out eval/results/raw/generate_compiled_image_qwen2vl7b.json
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -64,7 +77,7 @@ from dash_vl.engine.masks import is_flash
 from dash_vl.methods import METHODS
 from dash_vl.methods.pre_llm import BeforeLanguageModel
 from dash_vl.testing import full_size_config, long_prompt, random_model
-from gpu_timing import add_timing_arguments, print_table, report_run
+from gpu_timing import add_timing_arguments, print_table, report_run, write_rows
 
 ANSWER_LENGTHS = (1, 16, 128, 512)
 
@@ -175,26 +188,42 @@ def halting_for(model, method: str, ratio: float, decode: str = "engine", **knob
     return halting
 
 
+@functools.cache
+def setting_halting(model, setting: Setting, packing: str) -> Halting | None:
+    """The setting's one :func:`halting_for`, kept for all its calls (its static layout and CUDA graph with it)."""
+    _, method, ratio, decode, _ = setting
+    return halting_for(model, method, ratio, decode, packing=packing)
+
+
 def run_setting(model, setting: Setting, run: Callable[[], Any], packing: str = "off") -> Any:
     """``run()`` with the language tower under the setting's kernel, halting (``packing`` for a halted batch) and decode."""
-    kernel, method, ratio, decode, _ = setting
-    halting = halting_for(model, method, ratio, decode, packing=packing)
+    kernel = setting[0]
+    halting = setting_halting(model, setting, packing)
     with hf_compat.attention_implementation(model.model.language_model.config, kernel), halting or nullcontext():
         return run()
 
 
-def measure(model, inputs: dict, settings: list[Setting], new_tokens: int, args) -> dict:
-    """Per setting: every repeat's token times (ms), the settings taking turns."""
+def measure(
+    model, inputs: dict, settings: list[Setting], new_tokens: int, eager_new_tokens: int, args,
+    on_repeat: Callable[[dict], None] = lambda times: None,
+) -> dict:
+    """Per setting: every repeat's token times (ms), the settings taking turns; ``new_tokens`` on a static
+    cache (sized for them), ``eager_new_tokens`` on the dynamic one. ``on_repeat`` gets the times after each repeat."""
     cache_length = inputs["input_ids"].shape[1] + new_tokens
+
+    def tokens_of(setting: Setting) -> int:
+        return new_tokens if setting[4] == "static" else eager_new_tokens
+
     for setting in settings:
         for _ in range(args.warmup):
-            run_setting(model, setting, lambda: timed_generate(model, inputs, min(new_tokens, 8), setting[4], cache_length), args.packing)
+            run_setting(model, setting, lambda: timed_generate(model, inputs, min(tokens_of(setting), 8), setting[4], cache_length), args.packing)
     times: dict[Setting, list[list[float]]] = {setting: [] for setting in settings}
     for repeat in range(args.repeats):
         for setting in settings if repeat % 2 == 0 else reversed(settings):
-            times[setting].append(
-                run_setting(model, setting, lambda: timed_generate(model, inputs, new_tokens, setting[4], cache_length), args.packing)
-            )
+            times[setting].append(run_setting(
+                model, setting, lambda: timed_generate(model, inputs, tokens_of(setting), setting[4], cache_length), args.packing
+            ))
+        on_repeat(times)
     return times
 
 
@@ -226,11 +255,13 @@ def decode_agreement(model, inputs: dict, compiled: Setting, new_tokens: int, pa
 
 
 def summary_row(token_times: list[list[float]], answer_lengths: tuple[int, ...]) -> dict:
+    """TTFT, the median decode step and end to end at each of ``answer_lengths`` the runs reached (ms)."""
     ttft = statistics.median(run[0] for run in token_times)
     steps = [later - earlier for run in token_times for earlier, later in zip(run, run[1:])]
     row = dict(ttft_ms=ttft, ms_per_token=statistics.median(steps) if steps else float("nan"))
     for length in answer_lengths:
-        row[f"e2e_{length}_ms"] = statistics.median(run[length - 1] for run in token_times)
+        if length <= min(len(run) for run in token_times):
+            row[f"e2e_{length}_ms"] = statistics.median(run[length - 1] for run in token_times)
     return row
 
 
@@ -333,6 +364,8 @@ def main() -> None:
     parser.add_argument("--long", type=int, nargs="*", default=[], metavar="T",
                         help="lengths of --lengths whose answers are --long-new-tokens long instead")
     parser.add_argument("--long-new-tokens", type=int, default=max(ANSWER_LENGTHS))
+    parser.add_argument("--eager-new-tokens", type=int, default=None,
+                        help="answer length of the dynamic-cache settings (hf_default, _eager); default: as the static ones")
     parser.add_argument("--compiled", action="store_true",
                         help="HF default and HF static, and every halted setting eager and compiled (static cache)")
     parser.add_argument("--check-tokens", type=int, default=64, help="greedy tokens of each compiled-vs-eager check")
@@ -357,22 +390,34 @@ def main() -> None:
     if args.mixed:
         prompts.append(("+".join(map(str, args.mixed)), lambda: mixed_prompt(args.mixed, device)))
     rows = []
+    meta = dict(
+        model="Qwen2-VL-7B shapes, random bf16" + (", whole model" if args.image else ""), command=" ".join(sys.argv),
+        kernels=args.kernels, batch=args.batch, image=args.image, mixed=args.mixed, packing=args.packing,
+        model_decode=args.model_decode, new_tokens=args.new_tokens, eager_new_tokens=args.eager_new_tokens, long=args.long,
+        long_new_tokens=args.long_new_tokens, compiled=args.compiled, check_tokens=args.check_tokens, warmup=args.warmup,
+        repeats=args.repeats, checks={},
+    )
     with torch.no_grad():
         for lengths, make_inputs in prompts:
             inputs = make_inputs()
             new_tokens = args.long_new_tokens if lengths in args.long else args.new_tokens
+            eager_new_tokens = min(new_tokens, args.eager_new_tokens or new_tokens)
             cache_length = inputs["input_ids"].shape[1] + new_tokens
             checks = {  # before the timing: a compiled setting that disagrees shows at once
                 setting: decode_agreement(model, inputs, setting, min(args.check_tokens, new_tokens), args.packing, cache_length)
                 for setting in settings if args.compiled and setting[4] == "static"
             }
-            print(json.dumps({setting_name(setting): check for setting, check in checks.items()}), flush=True)
-            times = measure(model, inputs, settings, new_tokens, args)
-            answers = tuple(length for length in ANSWER_LENGTHS if length <= new_tokens)
-            found = summary_rows(times, lengths, inputs["input_ids"].shape[0], answers)
-            for setting, row in zip(times, found):
-                row.update(checks.get(setting, {}))
-            rows += found
+            meta["checks"][str(lengths)] = {setting_name(setting): check for setting, check in checks.items()}
+            print(json.dumps(meta["checks"][str(lengths)]), flush=True)
+            shape = (lengths, inputs["input_ids"].shape[0], tuple(length for length in ANSWER_LENGTHS if length <= new_tokens))
+
+            def save(times: dict | None = None, shape: tuple = shape, checks: dict = checks) -> None:
+                if args.out:
+                    write_rows(rows + (checked_rows(times, *shape, checks, echo=False) if times else []), args.out, **meta)
+
+            save()
+            rows += checked_rows(measure(model, inputs, settings, new_tokens, eager_new_tokens, args, on_repeat=save), *shape, checks)
+            save()
             del inputs
             torch.cuda.empty_cache()
 
@@ -387,25 +432,35 @@ def main() -> None:
     if args.compiled:
         columns.update(agrees="{decode_agrees}", **{"max |Δlogit|": "{max_logit_diff:.3f}", "first diff": "{first_differing_step}"})
     print_table([dict(row, crossover_tokens=row["crossover_tokens"] or "never") for row in rows], columns)
-    report_run(
-        rows, args.out, model="Qwen2-VL-7B shapes, random bf16", kernels=args.kernels, batch=args.batch, image=args.image,
-        mixed=args.mixed, packing=args.packing, model_decode=args.model_decode, new_tokens=args.new_tokens, long=args.long,
-        long_new_tokens=args.long_new_tokens, compiled=args.compiled, check_tokens=args.check_tokens, warmup=args.warmup,
-        repeats=args.repeats,
-    )
+    report_run(rows, args.out, **meta)
+
+
+def checked_rows(
+    times: dict[Setting, list[list[float]]], lengths: int | str, batch: int, answer_lengths: tuple[int, ...], checks: dict,
+    echo: bool = True,
+) -> list[dict]:
+    """:func:`summary_rows` with each compiled setting's ``checks`` (:func:`decode_agreement`) added to its row."""
+    rows = summary_rows(times, lengths, batch, answer_lengths, echo)
+    for setting, row in zip(times, rows):
+        row.update(checks.get(setting, {}))
+    return rows
 
 
 def summary_rows(
-    times: dict[Setting, list[list[float]]], lengths: int | str, batch: int, answer_lengths: tuple[int, ...]
+    times: dict[Setting, list[list[float]]], lengths: int | str, batch: int, answer_lengths: tuple[int, ...], echo: bool = True
 ) -> list[dict]:
     """One row per setting: its times and its ratios against the unmodified model under the same kernel and
-    under the first; where the unmodified model ran on both caches, against the faster of the two for each metric."""
+    under the first; where the unmodified model ran on both caches, against the faster of the two for each metric
+    (each row printed as JSON with ``echo``)."""
     first_kernel = next(iter(times))[0]
     unmodified: dict[str, list[dict]] = {}
     for setting, token_times in times.items():
         if setting[1] == "none":
             unmodified.setdefault(setting[0], []).append(summary_row(token_times, answer_lengths))
-    full_of = {kernel: {name: min(row[name] for row in found) for name in found[0]} for kernel, found in unmodified.items()}
+    full_of = {
+        kernel: {name: min(row[name] for row in found if name in row) for name in set().union(*found)}
+        for kernel, found in unmodified.items()
+    }
     rows = []
     for setting, token_times in times.items():
         kernel, method, ratio, decode, cache = setting
@@ -417,13 +472,16 @@ def summary_rows(
         row["ttft_speedup"] = full["ttft_ms"] / row["ttft_ms"]
         row["decode_ratio"] = row["ms_per_token"] / full["ms_per_token"]
         for answer in answer_lengths:
-            row[f"e2e_{answer}_speedup"] = full[f"e2e_{answer}_ms"] / row[f"e2e_{answer}_ms"]
+            if f"e2e_{answer}_ms" in row:
+                row[f"e2e_{answer}_speedup"] = full[f"e2e_{answer}_ms"] / row[f"e2e_{answer}_ms"]
         last = answer_lengths[-1]
-        row[f"e2e_{last}_vs_first"] = full_of[first_kernel][f"e2e_{last}_ms"] / row[f"e2e_{last}_ms"]
+        if f"e2e_{last}_ms" in row:
+            row[f"e2e_{last}_vs_first"] = full_of[first_kernel][f"e2e_{last}_ms"] / row[f"e2e_{last}_ms"]
         point = crossover(row, full)
         row["crossover_tokens"] = None if point is None else round(point)
         rows.append(row)
-        print(json.dumps(row), flush=True)
+        if echo:
+            print(json.dumps(row), flush=True)
     return rows
 
 

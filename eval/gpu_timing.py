@@ -7,6 +7,7 @@ import argparse
 import json
 import platform
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -170,17 +171,38 @@ class FixedDecisionInputs:
         return self.update
 
 
-def report_run(rows: list[dict], out: str | None, **settings: object) -> None:
-    """Print the run's metadata (GPU, versions, date and ``settings``) as JSON, and write it with
-    ``rows`` to ``out`` when given."""
-    meta = dict(
-        gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else "none (CPU)", torch=torch.__version__, transformers=transformers.__version__,
-        python=platform.python_version(), date=str(date.today()), **settings,
+def driver_version() -> str | None:
+    """The NVIDIA driver's version as ``nvidia-smi`` reports it; ``None`` where there is none."""
+    try:
+        found = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return found.stdout.strip().splitlines()[0] if found.stdout.strip() else None
+
+
+def run_metadata(**settings: object) -> dict:
+    """What a results file states beside its rows: GPU, driver, versions, date and the run's ``settings``."""
+    return dict(
+        gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else "none (CPU)", driver=driver_version(),
+        torch=torch.__version__, transformers=transformers.__version__, python=platform.python_version(),
+        date=str(date.today()), **settings,
     )
-    print(json.dumps(meta))
+
+
+def write_rows(rows: list[dict], out: str, **settings: object) -> None:
+    """Write ``rows`` with :func:`run_metadata` to the JSON file ``out`` (again after each part of a run, so a
+    run cut short keeps what it finished)."""
+    with open(out, "w") as handle:
+        json.dump(dict(meta=run_metadata(**settings), rows=rows), handle, indent=1)
+
+
+def report_run(rows: list[dict], out: str | None, **settings: object) -> None:
+    """Print the run's metadata (:func:`run_metadata`) as JSON, and write it with ``rows`` to ``out`` when given."""
+    print(json.dumps(run_metadata(**settings)))
     if out:
-        with open(out, "w") as handle:
-            json.dump(dict(meta=meta, rows=rows), handle, indent=1)
+        write_rows(rows, out, **settings)
 
 
 def add_timing_arguments(parser: argparse.ArgumentParser, warmup: int = 2, repeats: int = 5) -> None:

@@ -32,6 +32,11 @@ class DecodeGraph:
         with torch.cuda.graph(self.graph):
             self.output = step(self.hidden, self.rope_ids)
 
+    @staticmethod
+    def supported(device: torch.device) -> bool:
+        """Whether steps on ``device`` can be recorded (CUDA devices)."""
+        return device.type == "cuda"
+
     def fits(self, hidden: torch.Tensor, rope_ids: torch.Tensor) -> bool:
         """Whether a call's inputs have the recorded shapes and dtypes."""
         return (hidden.shape, hidden.dtype, rope_ids.shape) == (self.hidden.shape, self.hidden.dtype, self.rope_ids.shape)

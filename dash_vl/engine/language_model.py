@@ -43,6 +43,8 @@ as above; then the layer-by-layer layout is decided once: layer ``i`` gets stati
 prefill slots plus the new tokens the cache was sized for (:mod:`dash_vl.engine.static_slots`), and every
 later call has fixed shapes and no host read. On a GPU, with ``config.compiled_decode``, a one-token
 step is captured as a CUDA graph at the second step and replayed after (:mod:`dash_vl.engine.decode_graph`).
+The engine keeps its latest layout and graph: a later ``generate`` call of the same shape refills those
+buffers in place and replays that graph from its first step (:mod:`dash_vl.engine.static_decoder`).
 
 Each layer gets the mask and rotary embeddings of its kind (``config.layer_types``,
 :mod:`dash_vl.engine.layer_inputs`): a sliding-window layer's window is measured in the sequence
@@ -73,6 +75,7 @@ from dash_vl.engine.layouts import Packing, PaddedLayout, TokenLayout, run_start
 from dash_vl.engine.masks import check_implementation, is_flash
 from dash_vl.engine.packed_attention import PACKED_ATTENTION
 from dash_vl.engine.prefill_flops import DecisionLayerWork, LayerShapes, prefill_flops
+from dash_vl.engine.static_decoder import StaticDecoder, storage_of
 from dash_vl.engine.static_slots import SLOT_ATTENTION, StaticSlots
 from dash_vl.engine.vision_evidence import EvidenceRecorder, evidence_over_prompt
 from dash_vl.methods import METHODS, Decision
@@ -264,10 +267,10 @@ class HaltingEngine:
         """SDPA backends of decode steps on a GPU, where a FlashAttention model decodes through SDPA too
         (:mod:`dash_vl.engine.decode_kernels`); ``None``: the model's own implementation and PyTorch's choice."""
         self._compact: weakref.WeakKeyDictionary[Any, CompactCache] = weakref.WeakKeyDictionary()
-        self._static: weakref.WeakKeyDictionary[Any, StaticSlots] = weakref.WeakKeyDictionary()
-        """Per static cache after its prefill, the layout of its buffers."""
-        self._graphs: weakref.WeakKeyDictionary[Any, DecodeGraph | None] = weakref.WeakKeyDictionary()
-        """Per static cache, its captured one-token step; ``None`` after the eager first step (the warm-up)."""
+        self._static: weakref.WeakKeyDictionary[Any, StaticDecoder] = weakref.WeakKeyDictionary()
+        """Per static cache after its prefill, the decoder whose buffers it was laid out in."""
+        self._decoder: StaticDecoder | None = None
+        """The latest static layout and its recorded step, for the next prefill of the same signature."""
 
     @property
     def reports(self) -> list[HaltingReport]:
@@ -305,10 +308,12 @@ class HaltingEngine:
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         hidden = self.adapter.embed(input_ids) if inputs_embeds is None else inputs_embeds
         batch_size, new_len = hidden.shape[:2]
-        slots = self._static.get(cache) if cache is not None else None
-        if slots is not None:
+        decoder = self._static.get(cache) if cache is not None else None
+        if decoder is not None:
+            decoder.check_serves(cache)
+            slots = decoder.slots
             rope_ids = self.adapter.rope_position_ids(position_ids, batch_size, new_len, slots.span + slots.written, hidden.device)
-            return hf_compat.model_output(self._static_extend(hidden, rope_ids, cache, slots), cache)
+            return hf_compat.model_output(self._static_extend(hidden, rope_ids, decoder), cache)
         static_cache = cache if hf_compat.is_static_cache(cache) else None
         if static_cache is not None:  # the prefill fills a dynamic cache; the static layout follows it
             self._check_static_decoding(static_cache)
@@ -702,30 +707,47 @@ class HaltingEngine:
     def _lay_out_static(self, static_cache: Any, prefilled: Any, token_valid: torch.Tensor) -> None:
         """Decide the layer-by-layer static layout once, after the prefill into the dynamic ``prefilled``:
         layer ``i`` gets buffers of its ``P_i`` prefill slots plus the new tokens ``static_cache`` was sized
-        for, filled from ``prefilled``, and ``static_cache``'s layers hold them (``token_valid``: ``(batch, T)``)."""
+        for, filled from ``prefilled``, and ``static_cache``'s layers hold them (``token_valid``: ``(batch, T)``).
+
+        Where the latest layout has the same signature (:meth:`StaticSlots.signature` and the addresses of the
+        language model's weights), its buffers take this prefill in place and keep their recorded step;
+        otherwise they are freed first and new ones are laid out."""
         span = token_valid.shape[1]
         capacity = hf_compat.static_capacity(static_cache) - span
         layouts = self._layer_layouts(token_valid, self._compact.pop(prefilled, None))
-        slots = StaticSlots(prefilled, layouts, self.adapter.layer_windows, span, capacity)
-        hf_compat.install_static_layers(static_cache, slots.keys, slots.values, slots.counters())
-        self._static[static_cache] = slots
+        text_model = self.adapter.text_model
+        signature = (
+            StaticSlots.signature(prefilled, layouts, span, capacity),
+            storage_of([*text_model.parameters(), *text_model.buffers()]),
+        )
+        decoder = self._decoder
+        if decoder is not None and decoder.signature == signature:
+            decoder.slots.refill(prefilled, layouts)
+            decoder.serve(static_cache)
+        else:
+            self._decoder = None  # the previous layout's buffers and graph go before new ones are allocated
+            slots = StaticSlots(prefilled, layouts, self.adapter.layer_windows, span, capacity)
+            decoder = self._decoder = StaticDecoder(signature, slots, static_cache)
+        hf_compat.install_static_layers(static_cache, decoder.slots.keys, decoder.slots.values, decoder.slots.counters())
+        self._static[static_cache] = decoder
 
-    def _static_extend(self, hidden: torch.Tensor, rope_ids: torch.Tensor, cache: Any, slots: StaticSlots) -> torch.Tensor:
+    def _static_extend(self, hidden: torch.Tensor, rope_ids: torch.Tensor, decoder: StaticDecoder) -> torch.Tensor:
         """New tokens ``(batch, Q, D)`` through every layer over the static layout; returns the final states
         after the norm. On a GPU with ``config.compiled_decode``, one-token steps run as a CUDA graph: the
-        first eagerly (the warm-up), the second records the graph, every later one replays it."""
+        decoder's first eagerly (the warm-up), the second records the graph, every later one replays it,
+        in later ``generate`` calls of the same signature too."""
+        slots = decoder.slots
         slots.reserve(hidden.shape[1])
-        if not self.config.compiled_decode or hidden.device.type != "cuda":
+        if not self.config.compiled_decode or hidden.shape[1] != 1 or not DecodeGraph.supported(hidden.device):
             return self._static_step(hidden, rope_ids, slots)
-        if cache not in self._graphs:
-            self._graphs[cache] = None
+        if decoder.graph is None:
+            if not decoder.warmed:
+                decoder.warmed = True
+                return self._static_step(hidden, rope_ids, slots)
+            decoder.graph = DecodeGraph(lambda states, ids: self._static_step(states, ids, slots), hidden, rope_ids)
+        if not decoder.graph.fits(hidden, rope_ids):
             return self._static_step(hidden, rope_ids, slots)
-        graph = self._graphs[cache]
-        if graph is None:
-            graph = self._graphs[cache] = DecodeGraph(lambda states, ids: self._static_step(states, ids, slots), hidden, rope_ids)
-        if not graph.fits(hidden, rope_ids):
-            return self._static_step(hidden, rope_ids, slots)
-        return graph(hidden, rope_ids)
+        return decoder.graph(hidden, rope_ids)
 
     def _static_step(self, hidden: torch.Tensor, rope_ids: torch.Tensor, slots: StaticSlots) -> torch.Tensor:
         """One call's device work over the static layout: ``hidden`` ``(batch, Q, D)`` and its rotary ids

@@ -113,25 +113,11 @@ class StaticSlots:
     def __init__(
         self, cache: Any, layouts: list[KeyLayout], windows: tuple[int | None, ...], span: int, capacity: int
     ) -> None:
-        groups: dict[int, int] = {}
-        self.groups: list[SlotGroup] = []
-        self.layer_groups: list[int] = []
-        self.keys: list[torch.Tensor] = []
-        self.values: list[torch.Tensor] = []
-        for index, layout in enumerate(layouts):
-            if id(layout) not in groups:
-                groups[id(layout)] = len(self.groups)
-                self.groups.append(SlotGroup.of(layout, capacity))
-            group = self.groups[groups[id(layout)]]
-            self.layer_groups.append(groups[id(layout)])
-            keys, values = hf_compat.cached_keys_values(cache, index)
-            if keys.shape[2] != group.prompt_slots:
-                raise ValueError(
-                    f"layer {index} cached {keys.shape[2]} slots, its layout has {group.prompt_slots}: a static cache "
-                    "needs every slot of every layer"
-                )
-            self.keys.append(self._buffer(keys, capacity))
-            self.values.append(self._buffer(values, capacity))
+        self.layer_groups, distinct = self._group_layers(layouts)
+        self.groups = [SlotGroup.of(layout, capacity) for layout in distinct]
+        prefill = self._prefill_slots(cache, layouts)
+        self.keys = [self._buffer(keys, capacity) for keys, _ in prefill]
+        self.values = [self._buffer(values, capacity) for _, values in prefill]
         self.windows = windows
         self.span = span
         self.capacity = capacity
@@ -141,6 +127,66 @@ class StaticSlots:
         self.step = torch.zeros((), dtype=torch.long, device=device)
         """New tokens written so far, on the device (the graphs advance it)."""
         self._slots: list[torch.Tensor] = []
+
+    @staticmethod
+    def _group_layers(layouts: list[KeyLayout]) -> tuple[list[int], list[KeyLayout]]:
+        """Per layer, the index of its layout among the distinct ones (by identity, first use first); those layouts."""
+        indices: dict[int, int] = {}
+        distinct: list[KeyLayout] = []
+        for layout in layouts:
+            if id(layout) not in indices:
+                indices[id(layout)] = len(distinct)
+                distinct.append(layout)
+        return [indices[id(layout)] for layout in layouts], distinct
+
+    @staticmethod
+    def _prefill_slots(cache: Any, layouts: list[KeyLayout]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer, its cached keys and values ``(batch, kv_heads, P_i, head_dim)``.
+
+        Raises:
+            ValueError: where a layer's cache does not hold its layout's slots.
+        """
+        cached = [hf_compat.cached_keys_values(cache, index) for index in range(len(layouts))]
+        for index, ((keys, _), layout) in enumerate(zip(cached, layouts)):
+            if keys.shape[2] != layout.valid.shape[1]:
+                raise ValueError(
+                    f"layer {index} cached {keys.shape[2]} slots, its layout has {layout.valid.shape[1]}: a static cache "
+                    "needs every slot of every layer"
+                )
+        return cached
+
+    @classmethod
+    def signature(cls, cache: Any, layouts: list[KeyLayout], span: int, capacity: int) -> tuple:
+        """What fixes the buffers' shapes and a step's recorded work, for a prefill into ``cache`` over
+        ``layouts`` (as in the constructor): the prompt's width, the room for new tokens, which layers share a
+        layout, and every layer's cached keys' and values' shape, dtype and device. Two prefills of one
+        signature can share one set of buffers (:meth:`refill`) and one recorded step."""
+        layer_groups, _ = cls._group_layers(layouts)
+        cached = tuple(
+            (tuple(part.shape), part.dtype, part.device)
+            for index in range(len(layouts))
+            for part in hf_compat.cached_keys_values(cache, index)
+        )
+        return span, capacity, tuple(layer_groups), cached
+
+    def refill(self, cache: Any, layouts: list[KeyLayout]) -> None:
+        """Lay out a new prefill (``cache`` over ``layouts``, of this object's :meth:`signature`) in these
+        buffers, in place: its slots first, the room after them emptied, no new token written. Every
+        tensor a recorded step reads stays the same object."""
+        _, distinct = self._group_layers(layouts)
+        for group, layout in zip(self.groups, distinct, strict=True):
+            group.valid.zero_()
+            group.positions.zero_()
+            group.valid[:, : group.prompt_slots] = layout.valid
+            group.positions[:, : group.prompt_slots] = layout.positions
+            group.filled.fill_(group.prompt_slots)
+        prefill = self._prefill_slots(cache, layouts)
+        for buffers, parts in zip((self.keys, self.values), zip(*prefill)):
+            for buffer, part in zip(buffers, parts):
+                buffer[:, :, : part.shape[2]] = part
+                buffer[:, :, part.shape[2] :] = 0
+        self.step.zero_()
+        self.written = 0
 
     @staticmethod
     def _buffer(prefill: torch.Tensor, capacity: int) -> torch.Tensor:

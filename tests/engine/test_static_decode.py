@@ -245,3 +245,139 @@ def test_the_cli_and_lmms_eval_turn_compiled_decode_off():
     assert lmms_eval_models.halting_config(args).compiled_decode is False
     with pytest.raises(ValueError, match="compiled_decode must be true or false"):
         lmms_eval_models.halting_config({"method": "dash", "ratio": "0.5", "compiled_decode": "sometimes"})
+
+
+class EagerGraph:
+    """Stands in for :class:`~dash_vl.engine.decode_graph.DecodeGraph` on the CPU: it keeps the step and input buffers
+    of its own as a recorded graph does, and each replay runs the recorded step on those buffers, so a step
+    replayed over buffers that another prompt left would decode wrong tokens. Counts what it records and replays."""
+
+    recorded = 0
+    replayed = 0
+
+    @staticmethod
+    def supported(device: torch.device) -> bool:
+        return True
+
+    def __init__(self, step, hidden: torch.Tensor, rope_ids: torch.Tensor) -> None:
+        self.step, self.hidden, self.rope_ids = step, hidden.clone(), rope_ids.clone()
+        EagerGraph.recorded += 1
+
+    def fits(self, hidden: torch.Tensor, rope_ids: torch.Tensor) -> bool:
+        return hidden.shape == self.hidden.shape and rope_ids.shape == self.rope_ids.shape
+
+    def __call__(self, hidden: torch.Tensor, rope_ids: torch.Tensor) -> torch.Tensor:
+        self.hidden.copy_(hidden)
+        self.rope_ids.copy_(rope_ids)
+        EagerGraph.replayed += 1
+        return self.step(self.hidden, self.rope_ids).clone()
+
+
+@pytest.fixture
+def eager_graphs():
+    """Decode steps recorded and replayed as on a GPU, by :class:`EagerGraph`."""
+    EagerGraph.recorded = EagerGraph.replayed = 0
+    with patch("dash_vl.engine.language_model.DecodeGraph", EagerGraph):
+        yield EagerGraph
+
+
+def other_text_prompts() -> dict:
+    """:func:`text_prompts`' shapes and padding, other tokens."""
+    prompts = text_prompts()
+    prompts["input_ids"] = torch.randint(3, 97, prompts["input_ids"].shape, generator=torch.Generator().manual_seed(7))
+    prompts["input_ids"][prompts["attention_mask"] == 0] = 0
+    return prompts
+
+
+def dynamic_cache_answer(model, prompts: dict) -> object:
+    with Halting(model, ratio=0.5, start_layer=START_LAYER, scope="all"):
+        return greedy(model, prompts, None)
+
+
+def test_a_later_generate_of_the_same_shape_reuses_the_layout_and_replays_its_graph_from_the_first_step(eager_graphs):
+    """The second call lays its prompt out in the first call's buffers and replays the recorded step at every
+    step (none eager, none recorded), and still decodes what the dynamic cache decodes for its own prompt."""
+    model = tiny_qwen2()
+    halting = Halting(model, ratio=0.5, start_layer=START_LAYER, scope="all")
+    answers = []
+    for prompts in (text_prompts(), other_text_prompts()):
+        with halting:
+            answers.append(greedy(model, prompts, "static"))
+        if len(answers) == 1:
+            first_decoder = halting.engine._decoder
+    assert halting.engine._decoder is first_decoder
+    assert eager_graphs.recorded == 1
+    assert eager_graphs.replayed == (NEW_TOKENS - 2) + (NEW_TOKENS - 1)  # the first call: one eager step, then replays
+    assert_same_decoding(dynamic_cache_answer(model, text_prompts()), answers[0])
+    assert_same_decoding(dynamic_cache_answer(model, other_text_prompts()), answers[1])
+
+
+@pytest.mark.parametrize("change", ["room", "batch", "weights"])
+def test_a_later_generate_of_another_shape_or_weights_lays_out_and_records_anew(eager_graphs, change):
+    """Another room for new tokens, another batch, or weights moved to new memory: new buffers, a new recording,
+    and the answer of the dynamic cache."""
+    model = tiny_qwen2()
+    halting = Halting(model, ratio=0.5, start_layer=START_LAYER, scope="all")
+    with halting:
+        greedy(model, text_prompts(), "static")
+    first_decoder = halting.engine._decoder
+    prompts, options = text_prompts(), {}
+    if change == "room":
+        options["max_cache_len"] = prompts["input_ids"].shape[1] + NEW_TOKENS + 3
+    if change == "batch":
+        prompts = {name: tensor[:1] for name, tensor in prompts.items()}
+    if change == "weights":
+        projection = model.model.layers[-1].mlp.down_proj
+        projection.weight.data = projection.weight.data.clone()
+    with halting:
+        second = greedy(model, prompts, "static", **options)
+    assert halting.engine._decoder is not first_decoder
+    assert eager_graphs.recorded == 2
+    assert_same_decoding(dynamic_cache_answer(model, prompts), second)
+
+
+def test_decoding_on_a_static_cache_whose_buffers_a_later_prompt_took_over_is_an_error(eager_graphs):
+    model, prompts = tiny_qwen2(), text_prompts()
+    with Halting(model, ratio=0.5, start_layer=START_LAYER, scope="all"), torch.no_grad():
+        earlier = output_cache(greedy(model, prompts, "static"))
+        latest = output_cache(greedy(model, other_text_prompts(), "static"))
+        assert latest is not earlier
+        with pytest.raises(ValueError, match="now hold a later prompt"):
+            model(input_ids=torch.full((2, 1), 5), **{CACHE_KEYWORD: earlier})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs are recorded on a GPU")
+def test_recorded_graphs_decode_what_the_dynamic_cache_decodes_in_every_call_on_a_gpu():
+    """Real CUDA graphs (float32): a first call records, a second of the same shape replays that graph over its own
+    prompt, a third with more room records anew; each answers what the dynamic cache answers."""
+    model = tiny_qwen2().cuda()
+    prompts = [{name: tensor.cuda() for name, tensor in found.items()} for found in (text_prompts(), other_text_prompts())]
+    halting = Halting(model, ratio=0.5, start_layer=START_LAYER, scope="all")
+    room = prompts[0]["input_ids"].shape[1] + NEW_TOKENS
+    decoders = []
+    for found, cache_len in ((prompts[0], room), (prompts[1], room), (prompts[1], room + 3)):
+        with halting:
+            static = greedy(model, found, "static", max_cache_len=cache_len)
+            decoders.append(halting.engine._decoder)
+            dynamic = greedy(model, found, None)
+        assert decoders[-1].graph is not None
+        assert torch.equal(dynamic.sequences, static.sequences)
+        for eager_logits, static_logits in zip(dynamic.logits, static.logits, strict=True):
+            torch.testing.assert_close(static_logits, eager_logits, rtol=1e-4, atol=1e-4)
+    assert decoders[0] is decoders[1] is not decoders[2]
+
+
+def test_beam_search_on_a_static_cache_is_an_error():
+    model, prompts = tiny_qwen2(), text_prompts()
+    with Halting(model, ratio=0.5, start_layer=START_LAYER, scope="all"), torch.no_grad():
+        with pytest.raises(ValueError, match="beam search on a static cache"):
+            model.generate(**prompts, max_new_tokens=3, num_beams=2, do_sample=False, cache_implementation="static")
+
+
+def test_resetting_a_static_cache_laid_out_while_halting_is_an_error():
+    """HF's pattern of reusing one StaticCache by ``reset()`` would feed the next prompt to the engine as new tokens."""
+    model, prompts = tiny_qwen2(), text_prompts()
+    with Halting(model, ratio=0.5, start_layer=START_LAYER, scope="all"), torch.no_grad():
+        cache = prefilled_static_cache(model, prompts, room=2)
+        with pytest.raises(ValueError, match="cannot be reset"):
+            cache.reset()
