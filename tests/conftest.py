@@ -16,6 +16,26 @@ QUESTIONS = ("What colour is the square in the middle?", "How many?")
 PROMPT_KINDS = ("image", "multi_image", "video")
 
 
+REPRESENTATIVE_AXES = ("family", "method")
+"""The contributor's loop (``python -m pytest -m "not slow"``) runs, of each parametrised test, the first case
+not already slow for every family and every method it is parametrised over; the rest of its product (other
+prompt shapes, ratios, kernels, scopes, batches) is marked slow at collection. CI runs every case."""
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Marks the cases of a parametrised test beyond its representative ones (:data:`REPRESENTATIVE_AXES`) slow."""
+    representatives = set()
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is None or item.get_closest_marker("slow"):
+            continue
+        case = (item.nodeid.split("[")[0], *(repr(callspec.params.get(axis)) for axis in REPRESENTATIVE_AXES))
+        if case in representatives:
+            item.add_marker(pytest.mark.slow)
+        representatives.add(case)
+
+
 def family_kinds(kinds: tuple[str, ...], families: tuple[str, ...] = FAMILY_NAMES) -> list[tuple[str, str]]:
     """``(family, kind)`` for every family and each of ``kinds`` its model takes (no video for LLaVA-1.5, LLaVA-NeXT)."""
     return [(family, kind) for family in families for kind in kinds if kind != "video" or takes_video(family)]
