@@ -52,7 +52,8 @@ class ActiveSequenceReference:
 
     def run_prompt(self, inputs: LanguageModelInputs, b: int, steps: int) -> PromptResult:
         valid = inputs.valid[b].nonzero().flatten()
-        hidden, rope_ids = inputs.embeds[b : b + 1, valid], inputs.rope_ids[..., b : b + 1, valid]
+        rope_rows = inputs.rope_ids if inputs.rope_ids.ndim == 3 else inputs.rope_ids[None].expand(3, -1, -1)
+        hidden, rope_ids = inputs.embeds[b : b + 1, valid], rope_rows[:, b : b + 1, valid]
         layers, start, cache = self.lm.layers, self.start_layer, DynamicCache(config=self.lm.config)
         kinds = self.lm.config.layer_types
         with torch.no_grad():

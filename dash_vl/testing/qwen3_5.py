@@ -3,9 +3,9 @@
 Qwen3.5's language model is hybrid: ``config.layer_types`` mixes gated-delta-net
 ``"linear_attention"`` layers with gated ``"full_attention"`` layers (one in every
 ``full_attention_interval``). The tiny model alternates them (interval 2), so both kinds sit at
-and around the decision layers the tests use. Its processor is Qwen3-VL's (16-px patches,
-Qwen2-VL's image processor) with the byte-level tokenizer; images only here (Qwen3-VL's video
-layout writes per-frame timestamps, which these tests do not cover).
+and around the decision layers the tests use. Its processor is Qwen3-VL's (Qwen3.5 has none of
+its own) on Qwen2-VL's image and video processors with 16-px patches and the byte-level
+tokenizer; the engine's tests use images.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration, Qwen3VL
 from dash_vl.testing import qwen2_vl
 
 MODEL_CLASS = Qwen3_5ForConditionalGeneration
-TAKES_VIDEO = False
 
 PATCH = 16
 

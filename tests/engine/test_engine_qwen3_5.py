@@ -12,6 +12,7 @@ from dash_vl.methods import METHODS
 from tests.active_sequence_reference import ActiveSequenceReference, assert_engine_matches
 from tests.conftest import model_of, processor_of, vl_inputs
 from tests.reference import STEPS, capture_language_model_inputs, eligible_tokens, generate
+from tests.text_cases import assert_ratio_zero_matches_unmodified, text_prompts
 
 FAMILY = "qwen3_5"
 LINEAR_LAYER, FULL_LAYER = 2, 1
@@ -151,22 +152,59 @@ def test_static_cache_is_refused(model, padded_batch):
         model.generate(**padded_batch, max_new_tokens=2, do_sample=False, cache_implementation="static")
 
 
-def test_encoder_halting_is_refused(model, padded_batch):
-    with Halting(model, ratio=0.5, vision_ratio=0.5), pytest.raises(NotImplementedError, match="encoder-side halting"):
-        with torch.no_grad():
-            model(**padded_batch)
+def test_encoder_halting_is_refused(model):
+    with pytest.raises(NotImplementedError, match="Qwen3_5Adapter has no encoder adapter"):
+        Halting(model, ratio=0.5, vision_ratio=0.5)
+
+
+ATTENTION_READERS = {"snapkv": dict(start_layer=3), "pyramiddrop": dict(start_layer=1, stage_layers=(3, 5))}
+"""Methods that read attention weights at their decision layers, placed on the tiny model's full-attention
+layers (their defaults fall on linear ones); FastV's default K = 2 reads full-attention layer 1."""
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_every_method_runs_on_one_image(model, method):
-    """Every method prefills and decodes a one-image prompt at its default decision layers, or says why not."""
+def test_every_method_halts_one_image(model, method):
+    """Every method prefills and decodes a one-image prompt (its default layers, or :data:`ATTENTION_READERS`')."""
     prompt = vl_inputs(processor_of(FAMILY), 1, "image")
-    try:
-        with Halting(model, method=method, ratio=0.5) as halting:
-            produced = model.generate(**prompt, max_new_tokens=2, do_sample=False)
-    except ValueError as error:
-        assert "linear-attention" in str(error)
-        return
+    with Halting(model, method=method, ratio=0.5, **ATTENTION_READERS.get(method, {})) as halting:
+        produced = model.generate(**prompt, max_new_tokens=2, do_sample=False)
     assert produced.shape[1] == prompt["input_ids"].shape[1] + 2
     assert halting.last_report.kept_tokens_per_layer[-1][0] < prompt["input_ids"].shape[1]
+
+
+@pytest.mark.parametrize("method", sorted(ATTENTION_READERS))
+def test_attention_readers_on_linear_layers_are_refused(model, method):
+    prompt = vl_inputs(processor_of(FAMILY), 1, "image")
+    with Halting(model, method=method, ratio=0.5), torch.no_grad():
+        with pytest.raises(ValueError, match="linear-attention \\(gated delta net\\) layer"):
+            model(**prompt)
+
+
+@pytest.fixture(scope="module")
+def text_model():
+    """``Qwen3_5ForCausalLM`` with the tiny model's layers (linear and full attention alternating)."""
+    from transformers import Qwen3_5ForCausalLM, Qwen3_5TextConfig
+
+    config = Qwen3_5TextConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=16, vocab_size=97, pad_token_id=0, eos_token_id=1, bos_token_id=2, full_attention_interval=2,
+        linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5},
+    )
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    return Qwen3_5ForCausalLM(config).eval()
+
+
+def test_text_model_ratio_zero_matches_unmodified_model(text_model):
+    assert_ratio_zero_matches_unmodified(text_model, text_prompts(2))
+
+
+@pytest.mark.slow
+def test_text_model_dash_matches_reference(text_model):
+    prompts = text_prompts(2)
+    eligible = prompts["attention_mask"].bool().clone()
+    eligible[:, -1] = False
+    reference = ActiveSequenceReference(text_model, 0.5, LINEAR_LAYER, eligible)
+    assert_matches_reference(text_model, prompts, reference, ratio=0.5, start_layer=LINEAR_LAYER)

@@ -17,7 +17,7 @@ from dash_vl.testing import (
 from dash_vl.testing import (
     family as family_module,
 )
-from tests.conftest import FAMILY_NAMES, model_of
+from tests.conftest import ALL_FAMILY_NAMES, model_of
 
 VISUAL_IDS = ("image_token_id", "video_token_id")
 
@@ -27,7 +27,7 @@ def visual_count(config, input_ids: torch.Tensor) -> int:
     return int(torch.isin(input_ids, torch.tensor(ids)).sum())
 
 
-@pytest.mark.parametrize("family", FAMILY_NAMES)
+@pytest.mark.parametrize("family", ALL_FAMILY_NAMES)
 def test_tiny_model_runs_a_long_prompt_and_halts_its_visual_tokens(family):
     model = model_of(family, "sdpa")
     prompt = long_prompt(family, model.config, 300, torch.device("cpu"), torch.float32)
