@@ -44,6 +44,12 @@ prefill slots plus the new tokens the cache was sized for (:mod:`dash_vl.engine.
 later call has fixed shapes and no host read. On a GPU, with ``config.compiled_decode``, a one-token
 step is captured as a CUDA graph at the second step and replayed after (:mod:`dash_vl.engine.decode_graph`).
 
+A linear-attention layer (``"linear_attention"``: a recurrent token mixer, Qwen3.5's gated delta
+net) caches a convolution window and a recurrent state, not keys; from ``l_s`` on it runs on the
+active tokens only, so that state is the active sequence's. At a linear decision layer the mixer
+runs over all ``T`` for the score alone and the whole layer then on the active tokens
+(:meth:`HaltingEngine._finishes`). Packing and the static cache are refused on such models.
+
 Each layer gets the mask and rotary embeddings of its kind (``config.layer_types``,
 :mod:`dash_vl.engine.layer_inputs`): a sliding-window layer's window is measured in the sequence
 positions its key slots hold, in the full-length and in the compact layout alike, and over the
