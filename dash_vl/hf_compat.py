@@ -179,9 +179,11 @@ def cached_keys_values(cache: Any, layer_index: int) -> tuple[torch.Tensor, torc
 
 def cached_length(cache: Any, layer_index: int) -> int:
     """How many key slots layer ``layer_index`` of ``cache`` holds: all it was given, or only the latest
-    ``sliding_window - 1`` in a sliding-window layer (``DynamicSlidingWindowLayer``)."""
+    ``sliding_window - 1`` in a sliding-window layer (``DynamicSlidingWindowLayer``); none in a
+    linear-attention layer (``LinearAttentionLayer``: a recurrent and a convolution state, no keys)."""
     layer = cache.layers[layer_index]
-    return layer.keys.shape[-2] if layer.is_initialized else 0
+    keys = getattr(layer, "keys", None)
+    return keys.shape[-2] if keys is not None and layer.is_initialized else 0
 
 
 def model_output(last_hidden_state: torch.Tensor, cache: Any) -> BaseModelOutputWithPast:

@@ -34,6 +34,9 @@ class ModelAdapter:
     model_types: ClassVar[tuple[str, ...]] = ()
     auto_class: ClassVar[str] = "AutoModelForCausalLM"
     has_visual_tokens: ClassVar[bool] = False
+    layer_kinds: ClassVar[tuple[str, ...]] = ATTENTION_KINDS
+    """The kinds of decoder layer (``config.layer_types`` values) the family's adapter runs; a family with
+    ``"linear_attention"`` layers (recurrent token mixers, Qwen3.5) adds it."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -67,7 +70,8 @@ class ModelAdapter:
 
     @cached_property
     def layer_types(self) -> tuple[str, ...]:
-        """The attention kind of every decoder layer: ``"full_attention"`` or ``"sliding_attention"``.
+        """The kind of every decoder layer: ``"full_attention"``, ``"sliding_attention"`` or, where the
+        family has them (:attr:`layer_kinds`), ``"linear_attention"``.
 
         ``config.layer_types`` where the config has it (Gemma-3, Qwen2, ...); else every layer is
         sliding where ``config.sliding_window`` is set (Mistral), as HF's own cache reads it.
@@ -80,10 +84,15 @@ class ModelAdapter:
         if types is None:
             kind = "full_attention" if getattr(config, "sliding_window", None) is None else "sliding_attention"
             types = [kind] * len(self.layers)
-        unsupported = sorted(set(types) - set(ATTENTION_KINDS))
+        unsupported = sorted(set(types) - set(self.layer_kinds))
         if unsupported:
-            raise ValueError(f"dash_vl cannot mask layers of kind {unsupported}; it supports {ATTENTION_KINDS}")
+            raise ValueError(f"dash_vl cannot mask layers of kind {unsupported}; it supports {self.layer_kinds}")
         return tuple(types)
+
+    @property
+    def has_linear_layers(self) -> bool:
+        """Whether some decoder layer mixes tokens with a recurrence (``"linear_attention"``), not attention."""
+        return "linear_attention" in self.layer_types
 
     @property
     def sliding_window(self) -> int | None:
@@ -171,14 +180,21 @@ class ModelAdapter:
         heads = projection(normed).view(*normed.shape[:-1], -1, layer.self_attn.head_dim)
         if head_norm is not None:
             heads = head_norm(heads)
-        heads = heads.transpose(1, 2)
-        cos, sin = (part.unsqueeze(1) for part in position_embeddings)
-        first, second = heads.chunk(2, dim=-1)
-        return heads * cos + torch.cat([-second, first], dim=-1) * sin
+        return rotated(heads.transpose(1, 2), position_embeddings)
 
     def feed_forward(self, layer: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
         """The rest of the layer after the attention residual: ``h + mlp(norm(h))``."""
         return hidden_states + layer.mlp(layer.post_attention_layernorm(hidden_states))
+
+
+def rotated(heads: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """``heads`` ``(batch, heads, S, head_dim)`` with the rotary ``(cos, sin)`` (``(batch, S, rotary_dim)``)
+    applied to their first ``rotary_dim`` channels (all of them but where the family rotates part of each head)."""
+    cos, sin = (part.unsqueeze(1) for part in position_embeddings)
+    rotary_dim = cos.shape[-1]
+    turned, kept = heads[..., :rotary_dim], heads[..., rotary_dim:]
+    first, second = turned.chunk(2, dim=-1)
+    return torch.cat([turned * cos + torch.cat([-second, first], dim=-1) * sin, kept], dim=-1)
 
 
 class VisionLanguageAdapter(ModelAdapter):

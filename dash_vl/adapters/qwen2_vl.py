@@ -12,16 +12,15 @@ from typing import Any
 import torch
 
 from dash_vl import hf_compat
-from dash_vl.adapters.base import VisionLanguageAdapter
+from dash_vl.adapters.base import ModelAdapter, VisionLanguageAdapter
 from dash_vl.adapters.encoder_base import EncoderAdapter
 from dash_vl.adapters.qwen_vision import Qwen2_5VisionAdapter, Qwen2VisionAdapter
 from dash_vl.engine.encoder_evidence import SegmentAttention, VisualEvidence
 from dash_vl.media import FrameSampling
 
 
-class Qwen2VLAdapter(VisionLanguageAdapter):
-    model_types = ("qwen2_vl", "qwen2_5_vl")
-    video_sampling = FrameSampling("qwen", max_frames=64, fps=2.0)
+class MRopeIds(ModelAdapter):
+    """Rotary ids of a Qwen M-RoPE language model: three rows (temporal, height, width)."""
 
     def rope_position_ids(
         self, position_ids: torch.Tensor | None, batch_size: int, seq_len: int, past_len: int, device: torch.device
@@ -33,6 +32,11 @@ class Qwen2VLAdapter(VisionLanguageAdapter):
         if position_ids.shape[0] == 4:
             return position_ids[1:]
         return position_ids
+
+
+class Qwen2VLAdapter(MRopeIds, VisionLanguageAdapter):
+    model_types = ("qwen2_vl", "qwen2_5_vl")
+    video_sampling = FrameSampling("qwen", max_frames=64, fps=2.0)
 
     @property
     def vision_feature_attention(self) -> torch.nn.Module:

@@ -27,10 +27,11 @@ class KeyValueCapture:
 
     The decision layer attends over all ``T`` tokens but caches only the active ones, so the
     engine takes the keys (rotary already applied) and values from here and gathers them.
+    ``None`` where the layer is a linear-attention layer (it has none, and is not given this cache).
     """
 
-    key: torch.Tensor
-    value: torch.Tensor
+    key: torch.Tensor | None = None
+    value: torch.Tensor | None = None
 
     def update(self, key: torch.Tensor, value: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
         self.key, self.value = key, value
@@ -40,9 +41,10 @@ class KeyValueCapture:
 class KeyRecorder:
     """Stands in for the cache in one layer's call: passes everything on to ``cache`` and keeps the keys
     its ``update`` returns, i.e. every key the layer attended over, also where the cache layer
-    itself keeps only the latest slots of a sliding window."""
+    itself keeps only the latest slots of a sliding window; ``None`` after a linear-attention layer,
+    which updates its recurrent state through the cache and has no keys."""
 
-    keys: torch.Tensor
+    keys: torch.Tensor | None = None
 
     def __init__(self, cache: Any) -> None:
         self.cache = cache
@@ -63,14 +65,15 @@ class PreviousLayer:
 
     Attributes:
         hidden_states: ``(batch, T, hidden)`` entering it.
-        keys: ``(batch, kv_heads, T, head_dim)``, rotary applied: every key it attended over.
+        keys: ``(batch, kv_heads, T, head_dim)``, rotary applied: every key it attended over; ``None`` where
+            it is a linear-attention layer.
         position_embeddings: ``(cos, sin)`` of its kind of layer over the prompt (a family may give
             each kind its own rotary).
         window: its sliding window where it is a ``"sliding_attention"`` layer; ``None`` for full attention.
     """
 
     hidden_states: torch.Tensor
-    keys: torch.Tensor
+    keys: torch.Tensor | None
     position_embeddings: tuple[torch.Tensor, torch.Tensor]
     window: int | None
 
@@ -144,8 +147,9 @@ class DecisionProbe:
             self._layout_update = self.adapter.attention_update(
                 self.layer, self.layout_states, **hf_compat.cache_argument(self.capture), **self.attention_kwargs
             )
-            self.capture.key = self.layout.unpack_heads(self.capture.key)
-            self.capture.value = self.layout.unpack_heads(self.capture.value)
+            if self.capture.key is not None:
+                self.capture.key = self.layout.unpack_heads(self.capture.key)
+                self.capture.value = self.layout.unpack_heads(self.capture.value)
             self._attention_update = self.layout.unpack(self._layout_update)
         return self._attention_update
 
@@ -161,6 +165,12 @@ class DecisionProbe:
             raise ValueError(
                 f"this method reads layer {self.layer_index - 1}, before its decision layer {self.layer_index}, which "
                 "did not run on these tokens: it needs start_layer >= 1 and no two decision layers in a row"
+            )
+        if self.previous.keys is None:
+            raise ValueError(
+                f"this method reads the attention of layer {self.layer_index - 1}, before its decision layer "
+                f"{self.layer_index}, and that layer is a linear-attention layer, which has none; choose a start_layer "
+                "right after a full-attention layer (config.layer_types)"
             )
         # under a device_map layer l_s - 1 may sit on another GPU than layer l_s
         return self.previous.keys.to(self.hidden_states.device)

@@ -46,6 +46,12 @@ step is captured as a CUDA graph at the second step and replayed after (:mod:`da
 The engine keeps its latest layout and graph: a later ``generate`` call of the same shape refills those
 buffers in place and replays that graph from its first step (:mod:`dash_vl.engine.static_decoder`).
 
+A linear-attention layer (``"linear_attention"``: a recurrent token mixer, Qwen3.5's gated delta
+net) caches a convolution window and a recurrent state, not keys; from ``l_s`` on it runs on the
+active tokens only, so that state is the active sequence's. At a linear decision layer the mixer
+runs over all ``T`` for the score alone and the whole layer then on the active tokens
+(:meth:`HaltingEngine._finishes`). Packing and the static cache are refused on such models.
+
 Each layer gets the mask and rotary embeddings of its kind (``config.layer_types``,
 :mod:`dash_vl.engine.layer_inputs`): a sliding-window layer's window is measured in the sequence
 positions its key slots hold, in the full-length and in the compact layout alike, and over the
@@ -241,6 +247,11 @@ class HaltingEngine:
     def __init__(self, adapter: ModelAdapter, config: HaltingConfig) -> None:
         check_implementation(adapter.attn_implementation)
         adapter.layer_types  # refuses layer kinds the engine cannot mask, before any call
+        if config.packing != "off" and adapter.has_linear_layers:
+            raise ValueError(
+                f"packing={config.packing!r} is not supported on {type(adapter.model).__name__}: its linear-attention "
+                "layers run HF's PyTorch gated delta rule, which takes no sequence boundaries; use packing='off'"
+            )
         if config.scope == "visual" and not adapter.has_visual_tokens:
             raise ValueError(
                 f"scope='visual' needs a model with visual tokens; {type(adapter.model).__name__} is text-only"
@@ -447,7 +458,7 @@ class HaltingEngine:
                 compact_stages.append(CompactStage(
                     layer_index, stage.keys.valid, stage.keys.positions, None if compact_valid is None else not compact_valid
                 ))
-                first = layer_index + 1 if self._finishes_decision_layer else layer_index
+                first = layer_index + 1 if self._finishes(layer_index) else layer_index
             states, _ = self._layers(states, inputs, stage.layout, working_cache, first, self.num_layers)
         if cache is not None:
             self._compact[cache] = CompactCache(compact_stages, prompt_padded=min(valid_counts) < seq_len)
@@ -507,9 +518,8 @@ class HaltingEngine:
         if last == first:
             return states, None
         rotary = tuple(layout.unpack(part) for part in inputs.position_embeddings(self.adapter.layer_types[last - 1]))
-        previous = PreviousLayer(
-            layout.unpack(entering), layout.unpack_heads(recorder.keys), rotary, self.adapter.layer_windows[last - 1]
-        )
+        keys = None if recorder.keys is None else layout.unpack_heads(recorder.keys)
+        previous = PreviousLayer(layout.unpack(entering), keys, rotary, self.adapter.layer_windows[last - 1])
         return states, previous
 
     def _decision_probe(
@@ -566,11 +576,12 @@ class HaltingEngine:
         )
         return active, active_counts
 
-    @property
-    def _finishes_decision_layer(self) -> bool:
-        """Whether layer ``l_s``'s attention runs over all ``T`` tokens before the decision and the rest of
-        the layer over the active ones (placement ``"attention_update"``), so the compact layers follow it."""
-        return self.method.placement == "attention_update"
+    def _finishes(self, layer_index: int) -> bool:
+        """Whether decision layer ``layer_index``'s attention runs over all ``T`` tokens before the decision and
+        the rest of the layer over the active ones (placement ``"attention_update"``), so the compact layers
+        follow it. Not at a linear-attention layer: its mixer runs over all ``T`` for the score only, and the
+        whole layer then runs on the active tokens, so that its recurrent state is theirs alone."""
+        return self.method.placement == "attention_update" and self.adapter.layer_types[layer_index] != "linear_attention"
 
     def _compact_states(
         self, probe: DecisionProbe, decision: Decision, active: ActiveSet, cache: Any, layout: TokenLayout
@@ -578,7 +589,7 @@ class HaltingEngine:
         """The active tokens' states where the compact layers take over, in ``layout`` (``(batch, K, D)``
         padded, ``(1, N', D)`` packed): leaving ``l_s`` where its attention ran on all ``T`` (placement
         ``"attention_update"``), else entering it (as the policy changed them, where it did)."""
-        if self._finishes_decision_layer:
+        if self._finishes(probe.layer_index):
             return self._finish_decision_layer(probe, active, cache, layout)
         entering = probe.hidden_states if decision.states is None else decision.states
         return layout.pack(gather_tokens(entering, active.index, dim=1))
@@ -678,6 +689,12 @@ class HaltingEngine:
     def _check_static_decoding(self, cache: Any) -> None:
         """Refuse a static ``cache`` where its layout cannot hold: one already written (outside the engine), or
         decoder layers on several devices (a graph records one device's work)."""
+        if self.adapter.has_linear_layers:
+            raise ValueError(
+                f"a static cache while halting is not supported on {type(self.adapter.model).__name__}: its "
+                "linear-attention layers keep a recurrent state the static layout does not hold; generate without "
+                "cache_implementation"
+            )
         hf_compat.static_capacity(cache)
         devices = {next(layer.parameters()).device for layer in self.adapter.layers}
         if len(devices) > 1:

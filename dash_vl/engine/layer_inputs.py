@@ -9,6 +9,11 @@ and global rope bases, see :meth:`dash_vl.adapters.base.ModelAdapter.position_em
 HF's sliding-window cache layers keep only the latest ``sliding_window - 1`` slots, so such a
 layer attends over the trailing slots of the layout, not all of it: the caller says how many
 keys each layer attends over. Masks and rotary embeddings are built once per distinct kind.
+
+A ``"linear_attention"`` layer (a recurrent token mixer, Qwen3.5's gated delta net) takes no key
+mask: as in HF, its ``attention_mask`` is the ``(batch, Q)`` padding mask of the queries, with
+which the layer zeroes padding slots before they reach its state; ``None`` where nothing is
+padding or the call has one query (a generated token).
 """
 
 from __future__ import annotations
@@ -80,15 +85,22 @@ class LayerInputs:
         of the layout (all of them by default)."""
         layer_type = self.adapter.layer_types[index]
         key_length = self.layout.valid.shape[1] if key_length is None else key_length
-        return dict(
-            attention_mask=self._mask(self.windows[index], key_length), position_embeddings=self.position_embeddings(layer_type)
-        )
+        mask = self._padding() if layer_type == "linear_attention" else self._mask(self.windows[index], key_length)
+        return dict(attention_mask=mask, position_embeddings=self.position_embeddings(layer_type))
 
     def position_embeddings(self, layer_type: str) -> RotaryEmbeddings:
         """``(cos, sin)`` of the queries for layers of kind ``layer_type``."""
         if layer_type not in self._rotary:
             self._rotary[layer_type] = self.adapter.position_embeddings(self.hidden, self.rope_ids, layer_type)
         return self._rotary[layer_type]
+
+    def _padding(self) -> torch.Tensor | None:
+        """The ``(batch, Q)`` bool padding mask of the queries for a linear-attention layer; ``None`` where
+        the host knows none is padding or there is one query."""
+        query_length = self.hidden.shape[1]
+        if query_length == 1 or self.layout.all_valid:
+            return None
+        return self.layout.valid[:, -query_length:]
 
     def _mask(self, window: int | None, key_length: int) -> torch.Tensor | None:
         """The mask of a layer with sliding window ``window`` (``None``: full attention) over the last

@@ -39,10 +39,12 @@ def tiny_processor(
     min_pixels: int = 56 * 56,
     max_pixels: int = 224 * 224,
     tokenizer: PreTrainedTokenizerFast | None = None,
+    patch_size: int = 14,
 ) -> Any:
     """The real Qwen2-VL image and video processors and chat layout with ``tokenizer`` (default: a
-    byte-level one holding :data:`SPECIAL_TOKENS`); images are resized to ``min_pixels``–``max_pixels``."""
-    sizes = dict(min_pixels=min_pixels, max_pixels=max_pixels, patch_size=14, merge_size=2, temporal_patch_size=2)
+    byte-level one holding :data:`SPECIAL_TOKENS`); images are resized to ``min_pixels``–``max_pixels``
+    and cut into ``patch_size`` patches."""
+    sizes = dict(min_pixels=min_pixels, max_pixels=max_pixels, patch_size=patch_size, merge_size=2, temporal_patch_size=2)
     return processor_class(
         image_processor=Qwen2VLImageProcessorPil(**sizes),
         tokenizer=tokenizer or byte_level_tokenizer(SPECIAL_TOKENS),
@@ -62,10 +64,11 @@ def tiny_config(
 ) -> Any:
     """A Qwen2-VL (or ``config_class``) with the ``text`` shapes, a 2-block ViT and merger (or
     ``vision``), special ids from ``tokenizer``; ``mrope_section`` (temporal, height, width rotary
-    pairs) must sum to half the head size (default: head size 16)."""
+    pairs) must sum to half the head size (default: head size 16), unless ``text`` brings its own
+    ``rope_parameters``."""
     ids = token_ids(tokenizer, SPECIAL_TOKENS)
     rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": list(mrope_section)}
-    text = dict(text, rope_parameters=rope)
+    text = {"rope_parameters": rope, **text}
     vision = vision or dict(depth=2, embed_dim=32, hidden_size=text["hidden_size"], num_heads=4, mlp_ratio=2)
     return config_class(
         text_config=text,

@@ -83,7 +83,7 @@ def test_models_are_registered_through_the_entry_point(first_import):
     output = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert output.returncode == 0, output.stderr
     assert output.stdout.split("\n")[:2] == [
-        "['dash_internvl', 'dash_llava', 'dash_llava_next', 'dash_llava_onevision', 'dash_qwen2_vl']", "DashQwen2VL"
+        "['dash_internvl', 'dash_llava', 'dash_llava_next', 'dash_llava_onevision', 'dash_qwen2_vl', 'dash_qwen3_5']", "DashQwen2VL"
     ]
 
 

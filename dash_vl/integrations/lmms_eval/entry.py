@@ -16,6 +16,7 @@ MODEL_CLASSES: dict[str, str] = {
     "dash_internvl": "DashInternVL",
     "dash_llava": "DashLlava",
     "dash_llava_next": "DashLlavaNext",
+    "dash_qwen3_5": "DashQwen3_5",
 }
 """lmms-eval model name: class in :mod:`dash_vl.integrations.lmms_eval.models`."""
 

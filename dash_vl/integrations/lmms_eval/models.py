@@ -1,5 +1,5 @@
 """lmms-eval models with halting: ``dash_qwen2_vl``, ``dash_llava_onevision``, ``dash_internvl``,
-``dash_llava`` (LLaVA-1.5), ``dash_llava_next`` (LLaVA-NeXT).
+``dash_llava`` (LLaVA-1.5), ``dash_llava_next`` (LLaVA-NeXT), ``dash_qwen3_5`` (Qwen3.5).
 
 Registered through the ``lmms_eval.models`` entry-point group (:mod:`dash_vl.integrations.lmms_eval.entry`), so after
 ``pip install -e ".[eval]"``::
@@ -228,4 +228,8 @@ class DashLlavaNext(HaltingModel):
     model_types = ("llava_next",)
 
 
-__all__ = ["DashInternVL", "DashLlava", "DashLlavaNext", "DashLlavaOnevision", "DashQwen2VL", "HaltingModel"]
+class DashQwen3_5(HaltingModel):
+    model_types = ("qwen3_5",)
+
+
+__all__ = ["DashInternVL", "DashLlava", "DashLlavaNext", "DashLlavaOnevision", "DashQwen2VL", "DashQwen3_5", "HaltingModel"]

@@ -1,0 +1,210 @@
+"""The engine on a tiny random Qwen3.5 (linear-attention and full-attention layers alternating): equal to
+HF with nothing halted; otherwise equal to the active-sequence reference, in which halted tokens leave
+the linear layers' recurrent and convolution states from ``l_s`` on; what it cannot run is refused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dash_vl import Halting
+from dash_vl.methods import METHODS
+from tests.active_sequence_reference import ActiveSequenceReference, assert_engine_matches
+from tests.conftest import model_of, processor_of, vl_inputs
+from tests.reference import STEPS, capture_language_model_inputs, eligible_tokens, generate
+from tests.text_cases import assert_ratio_zero_matches_unmodified, text_prompts
+
+FAMILY = "qwen3_5"
+LINEAR_LAYER, FULL_LAYER = 2, 1
+"""Decision layers of the tiny model: layer 2 mixes with a gated delta net, layer 1 attends."""
+
+
+@pytest.fixture(scope="module")
+def model():
+    return model_of(FAMILY, "sdpa")
+
+
+@pytest.fixture(scope="module")
+def padded_batch():
+    """Two prompts of one image each, of different sizes: left-padded."""
+    return vl_inputs(processor_of(FAMILY), 2, "image")
+
+
+def test_layers_of_both_kinds(model):
+    assert set(model.config.text_config.layer_types[:3]) == {"linear_attention", "full_attention"}
+    assert model.config.text_config.layer_types[LINEAR_LAYER] == "linear_attention"
+    assert model.config.text_config.layer_types[FULL_LAYER] == "full_attention"
+
+
+def assert_ratio_zero_identical(model, prompt) -> None:
+    with torch.no_grad():
+        expected_logits = model(**prompt).logits
+    expected = generate(model, prompt)
+    with Halting(model, ratio=0.0):
+        with torch.no_grad():
+            logits = model(**prompt).logits
+        produced = generate(model, prompt)
+    valid = prompt["attention_mask"].bool()
+    assert torch.equal(logits[valid], expected_logits[valid])
+    assert torch.equal(produced.sequences, expected.sequences)
+    for step, expected_step in zip(produced.logits, expected.logits):
+        assert torch.equal(step, expected_step)
+
+
+def test_ratio_zero_matches_unmodified_model(model, padded_batch):
+    assert_ratio_zero_identical(model, padded_batch)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["image", "multi_image"])
+def test_ratio_zero_matches_unmodified_eager_model(kind):
+    assert_ratio_zero_identical(model_of(FAMILY, "eager"), vl_inputs(processor_of(FAMILY), 1, kind))
+
+
+def engine_run(model, prompt, **knobs):
+    with Halting(model, **knobs) as halting:
+        with torch.no_grad():
+            logits = model(**prompt).logits
+        report = halting.last_report
+        produced = generate(model, prompt)
+    return report, logits, produced
+
+
+def assert_matches_reference(model, prompt, reference: ActiveSequenceReference, **knobs) -> None:
+    results = reference.run(capture_language_model_inputs(model, prompt), STEPS)
+    report, logits, produced = engine_run(model, prompt, **knobs)
+    assert_engine_matches(report, results, prompt["attention_mask"].bool(), logits, produced, STEPS)
+
+
+@pytest.mark.slow
+def test_reference_with_nothing_halted_matches_unmodified_model(model, padded_batch):
+    """Guards the reference: at ratio 0 (every token active) it reproduces HF's prefill and greedy decoding."""
+    reference = ActiveSequenceReference(model, 0.0, LINEAR_LAYER, eligible_tokens(model, padded_batch, "all", "halted"))
+    results = reference.run(capture_language_model_inputs(model, padded_batch), STEPS)
+    with torch.no_grad():
+        expected_logits = model(**padded_batch).logits
+    expected = generate(model, padded_batch)
+    for b, result in enumerate(results):
+        positions = padded_batch["attention_mask"][b].bool().nonzero().flatten()
+        torch.testing.assert_close(result.logits, expected_logits[b, positions], rtol=1e-5, atol=1e-5)
+        assert torch.equal(result.tokens, expected.sequences[b, -STEPS:])
+
+
+def test_dash_at_a_linear_layer_matches_reference(model, padded_batch):
+    """Left-padded batch: from the linear decision layer on, each prompt's recurrence holds its active tokens only."""
+    reference = ActiveSequenceReference(model, 0.5, LINEAR_LAYER, eligible_tokens(model, padded_batch, "all", "halted"))
+    assert_matches_reference(model, padded_batch, reference, ratio=0.5, start_layer=LINEAR_LAYER, scope="all")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind,batch", [("image", 2), ("multi_image", 1)])
+def test_dash_at_a_full_attention_layer_matches_reference(model, kind, batch):
+    prompt = vl_inputs(processor_of(FAMILY), batch, kind)
+    reference = ActiveSequenceReference(model, 0.75, FULL_LAYER, eligible_tokens(model, prompt, "visual", "halted"))
+    assert_matches_reference(model, prompt, reference, ratio=0.75, start_layer=FULL_LAYER, scope="visual")
+
+
+@pytest.mark.slow
+def test_dash_with_two_images_at_a_linear_layer_matches_reference(model):
+    prompt = vl_inputs(processor_of(FAMILY), 1, "multi_image")
+    reference = ActiveSequenceReference(model, 0.5, LINEAR_LAYER, eligible_tokens(model, prompt, "all", "protected"))
+    assert_matches_reference(model, prompt, reference, ratio=0.5, start_layer=LINEAR_LAYER, question="protected")
+
+
+def fastv_kept(prompt, ratio: float, layer: int) -> torch.Tensor:
+    """FastV's rule on HF's eager attention maps (recorded for the full-attention layers only): keep the
+    ``round(N (1 - ratio))`` visual tokens the last token attends to most in layer ``layer - 1``."""
+    eager = model_of(FAMILY, "eager")
+    with torch.no_grad():
+        attentions = eager(**prompt, output_attentions=True).attentions
+    full_layers = [i for i, kind in enumerate(eager.config.text_config.layer_types) if kind == "full_attention"]
+    received = attentions[full_layers.index(layer - 1)].mean(dim=1)[:, -1, :]
+    eligible = eligible_tokens(eager, prompt, "visual", "halted")
+    kept = prompt["attention_mask"].bool() & ~eligible
+    for b in range(kept.shape[0]):
+        candidates = eligible[b].nonzero().flatten()
+        top = received[b, candidates].topk(round(candidates.numel() * (1 - ratio))).indices
+        kept[b, candidates[top]] = True
+    return kept
+
+
+@pytest.mark.slow
+def test_fastv_matches_reference_on_its_kept_tokens(model, padded_batch):
+    """FastV at K = 2 reads full-attention layer 1 and decides entering linear layer 2."""
+    kept = fastv_kept(padded_batch, 0.5, LINEAR_LAYER)
+    reference = ActiveSequenceReference(model, 0.5, LINEAR_LAYER, kept, given_active=kept)
+    assert_matches_reference(model, padded_batch, reference, method="fastv", ratio=0.5, start_layer=LINEAR_LAYER)
+
+
+def test_fastv_after_a_linear_layer_is_refused(model, padded_batch):
+    with Halting(model, method="fastv", ratio=0.5, start_layer=3), torch.no_grad():
+        with pytest.raises(ValueError, match="layer 2, .* linear-attention layer"):
+            model(**padded_batch)
+
+
+def test_packing_is_refused(model):
+    with pytest.raises(ValueError, match="packing='ragged' is not supported on Qwen3_5ForConditionalGeneration"):
+        Halting(model, ratio=0.5, packing="ragged")
+
+
+def test_static_cache_is_refused(model, padded_batch):
+    with Halting(model, ratio=0.5, start_layer=LINEAR_LAYER), pytest.raises(ValueError, match="static cache .* recurrent state"):
+        model.generate(**padded_batch, max_new_tokens=2, do_sample=False, cache_implementation="static")
+
+
+def test_encoder_halting_is_refused(model):
+    with pytest.raises(NotImplementedError, match="Qwen3_5Adapter has no encoder adapter"):
+        Halting(model, ratio=0.5, vision_ratio=0.5)
+
+
+ATTENTION_READERS = {"snapkv": dict(start_layer=3), "pyramiddrop": dict(start_layer=1, stage_layers=(3, 5))}
+"""Methods that read attention weights at their decision layers, placed on the tiny model's full-attention
+layers (their defaults fall on linear ones); FastV's default K = 2 reads full-attention layer 1."""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_halts_one_image(model, method):
+    """Every method prefills and decodes a one-image prompt (its default layers, or :data:`ATTENTION_READERS`')."""
+    prompt = vl_inputs(processor_of(FAMILY), 1, "image")
+    with Halting(model, method=method, ratio=0.5, **ATTENTION_READERS.get(method, {})) as halting:
+        produced = model.generate(**prompt, max_new_tokens=2, do_sample=False)
+    assert produced.shape[1] == prompt["input_ids"].shape[1] + 2
+    assert halting.last_report.kept_tokens_per_layer[-1][0] < prompt["input_ids"].shape[1]
+
+
+@pytest.mark.parametrize("method", sorted(ATTENTION_READERS))
+def test_attention_readers_on_linear_layers_are_refused(model, method):
+    prompt = vl_inputs(processor_of(FAMILY), 1, "image")
+    with Halting(model, method=method, ratio=0.5), torch.no_grad():
+        with pytest.raises(ValueError, match="linear-attention \\(gated delta net\\) layer"):
+            model(**prompt)
+
+
+@pytest.fixture(scope="module")
+def text_model():
+    """``Qwen3_5ForCausalLM`` with the tiny model's layers (linear and full attention alternating)."""
+    from transformers import Qwen3_5ForCausalLM, Qwen3_5TextConfig
+
+    config = Qwen3_5TextConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=16, vocab_size=97, pad_token_id=0, eos_token_id=1, bos_token_id=2, full_attention_interval=2,
+        linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5},
+    )
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    return Qwen3_5ForCausalLM(config).eval()
+
+
+def test_text_model_ratio_zero_matches_unmodified_model(text_model):
+    assert_ratio_zero_matches_unmodified(text_model, text_prompts(2))
+
+
+@pytest.mark.slow
+def test_text_model_dash_matches_reference(text_model):
+    prompts = text_prompts(2)
+    eligible = prompts["attention_mask"].bool().clone()
+    eligible[:, -1] = False
+    reference = ActiveSequenceReference(text_model, 0.5, LINEAR_LAYER, eligible)
+    assert_matches_reference(text_model, prompts, reference, ratio=0.5, start_layer=LINEAR_LAYER)
