@@ -66,7 +66,7 @@ class Halting:
 
     def _before_projector_ratio(self) -> float | None:
         """The ratio at which the feature function runs the policy's rule before the projector, where the
-        policy and the family both do (VisionZip on LLaVA-1.5) and something is halted; else ``None``."""
+        policy and the family both do (VisionZip on LLaVA-1.5 and LLaVA-NeXT) and something is halted; else ``None``."""
         if self.engine.method.selects_before_projector and self.adapter.selects_before_projector and self.config.ratio > 0:
             return self.config.ratio
         return None

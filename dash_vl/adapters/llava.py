@@ -50,19 +50,46 @@ class LlavaAdapter(VisionLanguageAdapter):
         unit = torch.arange(images, device=patches.device).repeat_interleave(patches.shape[0] // images)
         return VisualEvidence(score=patches[:, 0], metric=patches[:, 1:], unit=unit)
 
-    def select_before_projector(self, output: Any, patches: torch.Tensor, ratio: float) -> tuple[VisualEvidence, Any]:
-        """Per image, the ``M`` official tokens through the projector in its first ``M`` features; the
-        other features stay as they were and are marked not selected (the engine drops them)."""
-        states = output.hidden_states[self.model.config.vision_feature_layer]  # (images, 1 + n, width)
-        images, length = states.shape[0], states.shape[1] - 1
-        patches = patches.view(images, length, -1)
+    def tile_counts(self, arguments: dict[str, Any]) -> list[int]:
+        """Encoder tiles of each image of one image feature call: one each."""
+        return [1] * arguments["pixel_values"].shape[0]
+
+    def official_layout(
+        self, tokens: torch.Tensor, dominant: torch.Tensor, image: int, arguments: dict[str, Any]
+    ) -> torch.Tensor:
+        """One image's VisionZip tokens in the official order: ``tokens`` ``(tiles, M, hidden)`` (after the
+        projector), ``dominant`` ``(tiles, D - 1)``; here the one tile's tokens, ``(M, hidden)``."""
+        return tokens[0]
+
+    def select_before_projector(
+        self, output: Any, patches: torch.Tensor, ratio: float, arguments: dict[str, Any]
+    ) -> tuple[VisualEvidence, Any]:
+        """Per image, the official tokens of its tiles through the projector, in the official layout
+        (:meth:`official_layout`), in its first features; the other features stay as they were and
+        are marked not selected (the engine drops them).
+
+        Raises:
+            ValueError: if an image's official tokens outnumber its placeholders (LLaVA-NeXT at a low ρ).
+        """
+        states = output.hidden_states[self.model.config.vision_feature_layer]  # (tiles, 1 + n, width)
+        tiles, length = states.shape[0], states.shape[1] - 1
+        patches = patches.view(tiles, length, -1)
+        per_tile = [select_before_projector(states[t], patches[t, :, 0], patches[t, :, 1:], ratio) for t in range(tiles)]
+        tokens = self.model.model.multi_modal_projector(torch.stack([official for official, _ in per_tile]))
+        dominant = torch.stack([indices for _, indices in per_tile])
+        counts = self.tile_counts(arguments)
         features, selected = [], []
-        for image in range(images):
-            tokens = select_before_projector(states[image], patches[image, :, 0], patches[image, :, 1:], ratio)
+        for image, (image_tokens, image_dominant) in enumerate(zip(tokens.split(counts), dominant.split(counts))):
+            laid_out = self.official_layout(image_tokens, image_dominant, image, arguments)
             image_features = output.pooler_output[image].clone()
-            image_features[: tokens.shape[0]] = self.model.model.multi_modal_projector(tokens)
+            if laid_out.shape[0] > image_features.shape[0]:
+                raise ValueError(
+                    f"VisionZip's official layout gives image {image} {laid_out.shape[0]} tokens but the prompt holds "
+                    f"{image_features.shape[0]} placeholders for it; raise the ratio above {ratio}"
+                )
+            image_features[: laid_out.shape[0]] = laid_out
             features.append(image_features)
-            selected.append(torch.arange(length, device=states.device) < tokens.shape[0])
+            selected.append(torch.arange(image_features.shape[0], device=states.device) < laid_out.shape[0])
         output.pooler_output = features
         selected = torch.cat(selected)
         nothing = torch.zeros(selected.shape[0], 1, device=selected.device)

@@ -37,7 +37,7 @@ class VisualEvidence:
             ``-1`` for layout tokens that carry no patch (LLaVA-OneVision's image newlines) and for
             tokens the encoder call already decided on (``selected`` given).
         selected: ``(N,)`` bool, where the feature function already ran VisionZip's official rule
-            before the projector (LLaVA-1.5): the tokens it kept, whose features carry the merge;
+            before the projector (LLaVA-1.5, LLaVA-NeXT): the tokens it kept, whose features carry the merge;
             ``None`` where the policy selects.
     """
 

@@ -68,7 +68,7 @@ class EvidenceRecorder:
     prompt just encoded to the engine and forgets it.
 
     With ``before_projector_ratio`` set, on a family whose features go from the encoder straight
-    to the projector (:meth:`VisionLanguageAdapter.select_before_projector`, LLaVA-1.5), the feature
+    to the projector (:meth:`VisionLanguageAdapter.select_before_projector`, LLaVA-1.5 and LLaVA-NeXT), the feature
     function itself keeps and merges VisionZip's tokens at that ratio, and its evidence says which.
     """
 
@@ -113,7 +113,9 @@ class EvidenceRecorder:
                 call, self._call = self._call, None
             patches = torch.cat(call.patches, dim=0)
             if self.before_projector_ratio is not None:
-                evidence, output = self.adapter.select_before_projector(output, patches, self.before_projector_ratio)
+                evidence, output = self.adapter.select_before_projector(
+                    output, patches, self.before_projector_ratio, call.arguments
+                )
             else:
                 evidence = self.adapter.tokens_from_patches(modality, patches, call.arguments)
             self.evidence[modality].append(evidence)

@@ -176,8 +176,8 @@ def visionzip_reference(model, family: str, inputs: dict, embeds: torch.Tensor, 
     return kept, merged
 
 
-FAMILY_PROMPTS = family_kinds(("image", "video"), tuple(name for name in FAMILY_NAMES if name != "llava"))
-"""LLaVA-1.5 runs the official rule before its projector: ``tests/methods/test_visionzip_clip.py``."""
+FAMILY_PROMPTS = family_kinds(("image", "video"), tuple(name for name in FAMILY_NAMES if name not in CLIP_FAMILIES))
+"""LLaVA-1.5 and LLaVA-NeXT run the official rule before their projector: ``tests/methods/test_visionzip_clip.py``."""
 
 
 @pytest.mark.parametrize("family,kind", FAMILY_PROMPTS)
