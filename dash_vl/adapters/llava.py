@@ -5,8 +5,9 @@ px; the ``[CLS]`` token is left out, ``vision_feature_select_strategy = "default
 ids are 1-D and kept per token.
 
 The vision encoder has a ``[CLS]`` token and its feature layer's patch states go through the
-projector and nothing else, so VisionZip runs its official rule as published, before the
-projector (:func:`dash_vl.methods.visionzip.select_before_projector`). Units are images.
+projector and nothing else, so VisionZip and VisPruner run their official rules as published,
+before the projector (``select_before_projector`` of :mod:`dash_vl.methods.visionzip` and
+:mod:`dash_vl.methods.vispruner`, through :meth:`LlavaAdapter.place_before_projector`). Units are images.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from dash_vl.adapters.base import VisionLanguageAdapter
 from dash_vl.adapters.encoder_base import EncoderAdapter
 from dash_vl.adapters.tiled_vision import ClipVisionAdapter
 from dash_vl.engine.encoder_evidence import VisualEvidence
-from dash_vl.methods.visionzip import select_before_projector
 
 
 class LlavaAdapter(VisionLanguageAdapter):
@@ -44,52 +44,53 @@ class LlavaAdapter(VisionLanguageAdapter):
         return ClipVisionAdapter(self.model.model.vision_tower)
 
     def tokens_from_patches(self, modality: str, patches: torch.Tensor, arguments: dict[str, Any]) -> VisualEvidence:
-        """One unit per image, its patches in order (read where nothing is halted: at ρ > 0 VisionZip
-        selects before the projector, :meth:`select_before_projector`)."""
+        """One unit per image, its patches in order (read where nothing is halted: at ρ > 0 VisionZip and
+        VisPruner select before the projector, :meth:`place_before_projector`)."""
         images = arguments["pixel_values"].shape[0]
         unit = torch.arange(images, device=patches.device).repeat_interleave(patches.shape[0] // images)
         return VisualEvidence(score=patches[:, 0], metric=patches[:, 1:], unit=unit)
+
+    @property
+    def tile_side(self) -> int:
+        """Patches along a tile's side (24 at 336 px)."""
+        vision = self.model.config.vision_config
+        return vision.image_size // vision.patch_size
+
+    def tile_states(self, output: Any) -> torch.Tensor:
+        """``(tiles, 1 + n, width)``: the feature layer's states of one image feature call, ``[CLS]`` first."""
+        return output.hidden_states[self.model.config.vision_feature_layer]
+
+    def project(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``(..., width)`` encoder states through the projector, ``(..., hidden)``."""
+        return self.model.model.multi_modal_projector(tokens)
 
     def tile_counts(self, arguments: dict[str, Any]) -> list[int]:
         """Encoder tiles of each image of one image feature call: one each."""
         return [1] * arguments["pixel_values"].shape[0]
 
-    def official_layout(
-        self, tokens: torch.Tensor, dominant: torch.Tensor, image: int, arguments: dict[str, Any]
-    ) -> torch.Tensor:
-        """One image's VisionZip tokens in the official order: ``tokens`` ``(tiles, M, hidden)`` (after the
-        projector), ``dominant`` ``(tiles, D - 1)``; here the one tile's tokens, ``(M, hidden)``."""
-        return tokens[0]
+    def crop_columns(self, image: int, arguments: dict[str, Any]) -> int | None:
+        """Crops per grid row of image ``image`` after its base view; ``None``: the image is one view."""
+        return None
 
-    def select_before_projector(
-        self, output: Any, patches: torch.Tensor, ratio: float, arguments: dict[str, Any]
-    ) -> tuple[VisualEvidence, Any]:
-        """Per image, the official tokens of its tiles through the projector, in the official layout
-        (:meth:`official_layout`), in its first features; the other features stay as they were and
-        are marked not selected (the engine drops them).
+    def place_before_projector(self, output: Any, images: list[torch.Tensor], policy: str) -> tuple[VisualEvidence, Any]:
+        """Each image's tokens ``images[i]`` ``(K_i, hidden)`` (a policy's official tokens after the projector,
+        in its official order) in the image's first ``K_i`` features; the other features stay as they were
+        and are marked not selected (the engine drops them).
 
         Raises:
-            ValueError: if an image's official tokens outnumber its placeholders (LLaVA-NeXT at a low ρ).
+            ValueError: if an image's tokens outnumber its placeholders (LLaVA-NeXT at a low ρ).
         """
-        states = output.hidden_states[self.model.config.vision_feature_layer]  # (tiles, 1 + n, width)
-        tiles, length = states.shape[0], states.shape[1] - 1
-        patches = patches.view(tiles, length, -1)
-        per_tile = [select_before_projector(states[t], patches[t, :, 0], patches[t, :, 1:], ratio) for t in range(tiles)]
-        tokens = self.model.model.multi_modal_projector(torch.stack([official for official, _ in per_tile]))
-        dominant = torch.stack([indices for _, indices in per_tile])
-        counts = self.tile_counts(arguments)
         features, selected = [], []
-        for image, (image_tokens, image_dominant) in enumerate(zip(tokens.split(counts), dominant.split(counts))):
-            laid_out = self.official_layout(image_tokens, image_dominant, image, arguments)
+        for image, tokens in enumerate(images):
             image_features = output.pooler_output[image].clone()
-            if laid_out.shape[0] > image_features.shape[0]:
+            if tokens.shape[0] > image_features.shape[0]:
                 raise ValueError(
-                    f"VisionZip's official layout gives image {image} {laid_out.shape[0]} tokens but the prompt holds "
-                    f"{image_features.shape[0]} placeholders for it; raise the ratio above {ratio}"
+                    f"{policy}'s official layout gives image {image} {tokens.shape[0]} tokens but the prompt holds "
+                    f"{image_features.shape[0]} placeholders for it; raise the ratio"
                 )
-            image_features[: laid_out.shape[0]] = laid_out
+            image_features[: tokens.shape[0]] = tokens.to(image_features.dtype)
             features.append(image_features)
-            selected.append(torch.arange(image_features.shape[0], device=states.device) < laid_out.shape[0])
+            selected.append(torch.arange(image_features.shape[0], device=tokens.device) < tokens.shape[0])
         output.pooler_output = features
         selected = torch.cat(selected)
         nothing = torch.zeros(selected.shape[0], 1, device=selected.device)

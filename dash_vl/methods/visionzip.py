@@ -16,7 +16,7 @@ the vision encoder) of ``n`` visual tokens, ``M = round(n (1 - ρ))`` tokens are
 
 On LLaVA-1.5 and LLaVA-NeXT (CLIP towers with ``[CLS]`` whose patch states go straight to the
 projector) the official rule runs as published, before the projector, on every encoder tile
-(:func:`select_before_projector`, called from the image feature function): ``[CLS]`` counts as one
+(:func:`official_tile_tokens`, called from the image feature function): ``[CLS]`` counts as one
 of the ``D`` dominant tokens (VisionZip's ``main.py`` passes ``dominant - 1`` to the encoder), the
 merge acts on the encoder states, and each tile yields ``M`` tokens, ``[CLS]``, the dominant patches
 in patch order, then the contextual tokens. An image's tokens fill the first of its placeholders
@@ -38,12 +38,16 @@ before layer 0, so every LLM layer runs on the retained tokens only.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
 from dash_vl.methods.base import Decision, DecisionInputs
-from dash_vl.methods.pre_llm import BeforeLanguageModel, retained_count
+from dash_vl.methods.pre_llm import BeforeLanguageModel, crop_grid_order, retained_count
+
+if TYPE_CHECKING:
+    from dash_vl.engine.encoder_evidence import PatchesToProjector, VisualEvidence
 
 CONTEXTUAL_PER_64 = 10
 
@@ -68,6 +72,27 @@ class VisionZip(BeforeLanguageModel):
 
     def keep(self, inputs: DecisionInputs, ratio: float) -> torch.Tensor:
         return self.decide(inputs, ratio).kept
+
+    def select_before_projector(
+        self, adapter: PatchesToProjector, output: Any, patches: torch.Tensor, arguments: dict[str, Any], ratio: float
+    ) -> tuple[VisualEvidence, Any]:
+        """The official tokens of every tile (:func:`official_tile_tokens`) through the projector, an image's
+        in the official layout (its one tile's; :func:`official_anyres_layout` on LLaVA-NeXT)."""
+        states = adapter.tile_states(output)
+        tiles, length = states.shape[0], states.shape[1] - 1
+        patches = patches.view(tiles, length, -1)
+        per_tile = [official_tile_tokens(states[t], patches[t, :, 0], patches[t, :, 1:], ratio) for t in range(tiles)]
+        tokens = adapter.project(torch.stack([official for official, _ in per_tile]))
+        dominant = torch.stack([indices for _, indices in per_tile])
+        images = []
+        counts = adapter.tile_counts(arguments)
+        for image, (image_tokens, image_dominant) in enumerate(zip(tokens.split(counts), dominant.split(counts))):
+            columns = adapter.crop_columns(image, arguments)
+            if columns is None:
+                images.append(image_tokens[0])
+            else:
+                images.append(official_anyres_layout(image_tokens, image_dominant, columns, adapter.tile_side))
+        return adapter.place_before_projector(output, images, "VisionZip")
 
     def decide(self, inputs: DecisionInputs, ratio: float) -> Decision:
         score, metric, unit, selected = inputs.vision_evidence()
@@ -108,7 +133,7 @@ def plan_unit(
     return dominant, targets, others, slot
 
 
-def select_before_projector(
+def official_tile_tokens(
     states: torch.Tensor, score: torch.Tensor, metric: torch.Tensor, ratio: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """VisionZip's official rule on one tile's encoder states, before the projector (CLIP with ``[CLS]``).
@@ -137,34 +162,28 @@ def select_before_projector(
     return torch.cat([states[:1], patches[dominant], contextual]), dominant
 
 
-def official_anyres_layout(
-    base: torch.Tensor, crops: torch.Tensor, dominant: torch.Tensor, columns: int, side: int
-) -> torch.Tensor:
+def official_anyres_layout(tokens: torch.Tensor, dominant: torch.Tensor, columns: int, side: int) -> torch.Tensor:
     """One anyres image's tokens in the order of VisionZip's LLaVA-NeXT code
     (``visionzip/llava_arch.py``, ``prepare_inputs_labels_for_multimodal_visionzip`` lines 107-121 and
     ``restore_image_features_sorted`` lines 42-80): the base view's ``M`` tokens as the encoder gave
-    them; then every crop's dominant patches in raster order over the whole crop grid (rows of
-    ``side`` patches across all crops of a tile row, lines 49-75; no unpadding and no newline, the
-    official function builds the newline but never uses it, lines 66-67); then each crop's ``[CLS]``
-    token (line 77); then each crop's contextual tokens, crop after crop (line 76).
+    them; then every crop's dominant patches in raster order over the whole crop grid (lines 49-75;
+    no unpadding and no newline, the official function builds the newline but never uses it, lines
+    66-67); then each crop's ``[CLS]`` token (line 77); then each crop's contextual tokens, crop after
+    crop (line 76).
 
     Args:
-        base: ``(M, hidden)``, the base view's tokens (:func:`select_before_projector`'s order).
-        crops: ``(crops, M, hidden)``, the crops' tokens, crops in row-major grid order.
-        dominant: ``(crops, D - 1)`` long, each crop's dominant patch indices, ascending.
+        tokens: ``(tiles, M, hidden)``, the base view's then the crops' tokens (:func:`official_tile_tokens`'s
+            order), crops in row-major grid order.
+        dominant: ``(tiles, D - 1)`` long, each tile's dominant patch indices, ascending.
         columns: crops per grid row.
         side: patches along a tile's side.
 
     Returns:
-        ``(M (1 + crops), hidden)``.
+        ``(M tiles, hidden)``.
     """
-    kept = dominant.shape[1]
-    crop = torch.arange(crops.shape[0], device=dominant.device)[:, None]
-    row = crop // columns * side + dominant // side
-    column = crop % columns * side + dominant % side
-    raster = (row * columns * side + column).flatten()
-    dominant_tokens = crops[:, 1 : 1 + kept].flatten(0, 1)[raster.argsort()]
-    return torch.cat([base, dominant_tokens, crops[:, 0], crops[:, 1 + kept :].flatten(0, 1)])
+    crops, kept = tokens[1:], dominant.shape[1]
+    dominant_tokens = crops[:, 1 : 1 + kept].flatten(0, 1)[crop_grid_order(dominant[1:], columns, side)]
+    return torch.cat([tokens[0], dominant_tokens, crops[:, 0], crops[:, 1 + kept :].flatten(0, 1)])
 
 
 def mean_by_slot(states: torch.Tensor, slot: torch.Tensor, slots: int) -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch
 
 from dash_vl import Halting
 from dash_vl.hf_compat import anyres_grid_shape, anyres_tile_count
-from dash_vl.methods.visionzip import select_before_projector, unit_budget
+from dash_vl.methods.visionzip import official_tile_tokens, unit_budget
 from tests.conftest import model_of, processor_of, vl_inputs
 from tests.methods.test_visionzip import assert_visionzip_runs_like_reference
 from tests.reference import capture_language_model_inputs
@@ -106,7 +106,7 @@ def test_rule_equals_the_official_code_on_576_patch_images(ratio, dominant, cont
     attention, hidden, metric = random_encoder_call(images=3, patches=576)
     expected, all_indices = official_visionzip(attention, hidden, metric, dominant, contextual)
     for image in range(3):
-        produced, kept = select_before_projector(hidden[image], attention[image, :, 0, 1:].sum(dim=0), metric[image, 1:], ratio)
+        produced, kept = official_tile_tokens(hidden[image], attention[image, :, 0, 1:].sum(dim=0), metric[image, 1:], ratio)
         assert produced.shape == (dominant + contextual, hidden.shape[-1])
         torch.testing.assert_close(produced, expected[image], rtol=1e-6, atol=1e-6)
         assert kept.tolist() == sorted((all_indices[image, 1:] - 1).tolist())
@@ -114,7 +114,7 @@ def test_rule_equals_the_official_code_on_576_patch_images(ratio, dominant, cont
 
 def test_rule_keeps_cls_alone_where_the_budget_is_one_token():
     attention, hidden, metric = random_encoder_call(images=1, patches=36)
-    produced, _ = select_before_projector(hidden[0], attention[0, :, 0, 1:].sum(dim=0), metric[0, 1:], 0.98)  # round(36 x 0.02) = 1
+    produced, _ = official_tile_tokens(hidden[0], attention[0, :, 0, 1:].sum(dim=0), metric[0, 1:], 0.98)  # round(36 x 0.02) = 1
     assert torch.equal(produced, hidden[0, :1])
 
 
@@ -144,17 +144,23 @@ class FeatureLayerRecorder:
         return output.attentions[-2], output.hidden_states[-2], self.keys[-1]
 
 
+def encoder_tiles(model, inputs: dict) -> tuple[torch.Tensor, list[int]]:
+    """The tiles the tower encodes ``(tiles, 3, H, W)`` and each image's count (LLaVA-NeXT: its base
+    view and crops, padding tiles left out; LLaVA-1.5: one)."""
+    pixels = inputs["pixel_values"]
+    if pixels.dim() == 4:
+        return pixels, [1] * pixels.shape[0]
+    config = model.config
+    counts = [anyres_tile_count(size, config.image_grid_pinpoints, config.vision_config.image_size) for size in inputs["image_sizes"]]
+    return torch.cat([image[:count] for image, count in zip(pixels, counts)]), counts
+
+
 def official_image_tokens(model, inputs: dict, ratio: float) -> list[torch.Tensor]:
     """Per image, its official tokens through the projector in the official order: LLaVA-1.5's
     ``[CLS]``, dominant, contextual; LLaVA-NeXT's base view, then ``restore_image_features_sorted`` of
-    its crops (``llava_arch.py`` lines 107-121; an image of one tile: its tokens and the newline)."""
-    pixels, sizes = inputs["pixel_values"], inputs.get("image_sizes")
-    if pixels.dim() == 5:  # LLaVA-NeXT: each image's tiles, padding tiles left out
-        counts = [anyres_tile_count(size, model.config.image_grid_pinpoints, model.config.vision_config.image_size)
-                  for size in sizes]
-        pixels = torch.cat([image[:count] for image, count in zip(pixels, counts)])
-    else:
-        counts = [1] * pixels.shape[0]
+    its crops (``llava_arch.py`` lines 107-121; HF's LLaVA-NeXT always has a crop)."""
+    pixels, counts = encoder_tiles(model, inputs)
+    sizes = inputs.get("image_sizes")
     attention, hidden, metric = FeatureLayerRecorder(model)(pixels)
     dominant, contextual = unit_budget(ratio, hidden.shape[1] - 1)
     with torch.no_grad():
@@ -162,10 +168,8 @@ def official_image_tokens(model, inputs: dict, ratio: float) -> list[torch.Tenso
         tokens = model.model.multi_modal_projector(tokens)
     images = []
     for image, (image_feature, keep_idxs) in enumerate(zip(tokens.split(counts), keep_idx.split(counts))):
-        if image_feature.shape[0] == 1 and sizes is None:
+        if sizes is None:
             images.append(image_feature[0])
-        elif image_feature.shape[0] == 1:
-            images.append(torch.cat((image_feature[0], model.model.image_newline[None])))
         else:
             num_patch_height, num_patch_width = anyres_grid_shape(
                 sizes[image], model.config.image_grid_pinpoints, model.config.vision_config.image_size
@@ -179,7 +183,12 @@ def official_image_tokens(model, inputs: dict, ratio: float) -> list[torch.Tenso
 def official_prompt(model, inputs: dict, embeds: torch.Tensor, ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Kept ``(B, T)`` bool and the LLM input embeddings with each image's official tokens in its first
     placeholders (:func:`official_image_tokens`)."""
-    images = official_image_tokens(model, inputs, ratio)
+    return placed_in_first_placeholders(model, inputs, embeds, official_image_tokens(model, inputs, ratio))
+
+
+def placed_in_first_placeholders(model, inputs: dict, embeds: torch.Tensor, images: list[torch.Tensor]) -> tuple:
+    """Kept ``(B, T)`` bool (the text and each image's first ``K_i`` placeholders) and ``embeds`` with
+    ``images[i]`` ``(K_i, hidden)`` there."""
     image_id = model.config.image_token_id
     kept = inputs["attention_mask"].bool() & (inputs["input_ids"] != image_id)
     merged = embeds.clone()
