@@ -49,8 +49,8 @@ class RandomHalting(ScoredHalting):
         return cls(seed=config.seed)
 
     def scores(self, inputs: DecisionInputs) -> torch.Tensor:
-        scores = torch.zeros(inputs.valid.shape)
-        valid = inputs.valid.cpu()
-        for sample, count in enumerate(inputs.valid_counts):
-            scores[sample, valid[sample]] = torch.rand(count, generator=torch.Generator().manual_seed(self.seed))
-        return scores.to(inputs.valid.device)
+        draws = torch.zeros(len(inputs.valid_counts), max(inputs.valid_counts, default=0) + 1)
+        for sample, count in enumerate(inputs.valid_counts):  # drawn on the host; no read from the device
+            draws[sample, 1 : count + 1] = torch.rand(count, generator=torch.Generator().manual_seed(self.seed))
+        rank = inputs.valid.long().cumsum(dim=1) * inputs.valid  # 1, 2, ... over valid slots, 0 on padding
+        return draws.to(inputs.valid.device).gather(1, rank)
