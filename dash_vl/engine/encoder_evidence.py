@@ -37,9 +37,9 @@ class VisualEvidence:
         unit: ``(N,)`` long, the tile or frame the token belongs to (numbered within the call);
             ``-1`` for layout tokens that carry no patch (LLaVA-OneVision's image newlines) and for
             tokens the encoder call already decided on (``selected`` given).
-        selected: ``(N,)`` bool, where the feature function already ran VisionZip's official rule
-            before the projector (LLaVA-1.5, LLaVA-NeXT): the tokens it kept, whose features carry the merge;
-            ``None`` where the policy selects.
+        selected: ``(N,)`` bool, where the feature function already ran the policy's official rule
+            before the projector (VisionZip, VisPruner on LLaVA-1.5, LLaVA-NeXT): the tokens it kept,
+            whose features it replaced; ``None`` where the policy selects.
     """
 
     score: torch.Tensor

@@ -96,7 +96,7 @@ class DecisionInputs(Protocol):
         """The vision encoder's evidence laid over the prompt (see :mod:`dash_vl.engine.vision_evidence`):
         dominance ``(batch, T)``, similarity metric ``(batch, T, m)``, tile/frame unit ``(batch, T)``
         long (``-1`` off the visual tokens) and the tokens an encoder call already selected
-        ``(batch, T)`` bool (VisionZip before the projector). Only for policies with ``needs_vision_evidence``."""
+        ``(batch, T)`` bool (a policy's rule before the projector). Only for policies with ``needs_vision_evidence``."""
 
 
 @dataclass(frozen=True)
