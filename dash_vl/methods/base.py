@@ -156,6 +156,13 @@ class HaltingMethod(ABC):
         """The decision for one prompt; by default :meth:`keep` with the states left as they are."""
         return Decision(kept=self.keep(inputs, ratio))
 
+    def scoring_queries(self) -> int:
+        """Query rows whose attention the policy computes at a decision layer with that layer's own
+        projections over the tokens active before it (the last rows of them), for the FLOP count; 0
+        where it computes none (the default: DASH scores the layer's own output, FastV and DART read
+        layer ``l_s - 1``'s cached keys)."""
+        return 0
+
     def select_before_projector(
         self, adapter: PatchesToProjector, output: Any, patches: torch.Tensor, arguments: dict[str, Any], ratio: float
     ) -> tuple[VisualEvidence, Any]:
