@@ -129,7 +129,8 @@ class HaltingMethod(ABC):
     :attr:`lowest_start_layer` (0 only for a policy that decides before the first layer),
     :attr:`supports_stages` (it can decide again over a compacted prompt) with
     :attr:`default_stage_layers`, and implement :meth:`keep` (or :meth:`decide`, to change the kept
-    tokens' states too).
+    tokens' states too); :meth:`scoring_queries` tells the FLOP count of attention the policy computes
+    itself at a decision layer.
     """
 
     placement: ClassVar[Placement] = "attention_update"
