@@ -63,7 +63,7 @@ class HaltingConfig:
             appended uncompressed, attending to the reduced cache.
             The question is the text after the last visual token, unless the caller gives its
             length with :meth:`dash_vl.Halting.question_length`.
-        seed: seed of the ``"random"`` method's generator (the same on every prompt).
+        seed: seed of the ``"random"`` method's generator (restarted on every prompt, batched or not).
         packing: how a prefill lays out its batch for the decoder layers (``docs/packed.md``).
             ``"off"`` (default): left-padded ``(batch, T_max)``, today's path. ``"ragged"``: a batch
             whose prompts differ in length runs packed, its valid tokens laid end to end with one

@@ -17,6 +17,7 @@ exception too, restores the model's own forwards and removes every hook.
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,7 +30,7 @@ from dash_vl.adapters import adapter_for
 from dash_vl.config import HaltingConfig
 from dash_vl.engine.language_model import HaltingEngine
 from dash_vl.engine.vision_encoder import EncoderHaltingEngine, EncoderReport
-from dash_vl.engine.vision_evidence import EvidenceRecorder
+from dash_vl.engine.vision_evidence import BeforeProjector, EvidenceRecorder
 from dash_vl.knobs import documented
 from dash_vl.report import HaltingReport
 
@@ -64,11 +65,13 @@ class Halting:
             raise ValueError(f"vision_ratio needs a model with a vision encoder; {type(self.adapter.model).__name__} is text-only")
         return EncoderHaltingEngine(self.adapter.encoder_adapter(), self.config)
 
-    def _before_projector_ratio(self) -> float | None:
-        """The ratio at which the feature function runs the policy's rule before the projector, where the
-        policy and the family both do (VisionZip on LLaVA-1.5) and something is halted; else ``None``."""
-        if self.engine.method.selects_before_projector and self.adapter.selects_before_projector and self.config.ratio > 0:
-            return self.config.ratio
+    def _before_projector(self) -> BeforeProjector | None:
+        """The policy's rule for the feature function to run before the projector at the config's ratio, where
+        the policy and the family both do (VisionZip and VisPruner on LLaVA-1.5 and LLaVA-NeXT) and something
+        is halted; else ``None``."""
+        method = self.engine.method
+        if method.selects_before_projector and self.adapter.selects_before_projector and self.config.ratio > 0:
+            return functools.partial(method.select_before_projector, self.adapter, ratio=self.config.ratio)
         return None
 
     @property
@@ -134,7 +137,7 @@ class Halting:
         self._restore_compile = self._keep_generate_from_compiling()
         self._hook = self.adapter.prompt_module.register_forward_pre_hook(self._remember_input_ids, with_kwargs=True)
         if self.engine.method.needs_vision_evidence:
-            self.engine.evidence_recorder = EvidenceRecorder(self.adapter, self._before_projector_ratio())
+            self.engine.evidence_recorder = EvidenceRecorder(self.adapter, self._before_projector())
             self.engine.evidence_recorder.install()
         if self.encoder_engine is not None:
             self.encoder_engine.adapter.tower.forward = self.encoder_engine.forward

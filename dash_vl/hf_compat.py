@@ -38,6 +38,7 @@ from torch import nn
 from transformers import AttentionInterface
 from transformers.cache_utils import DynamicCache, StaticLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling
+from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape
 from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
 from transformers.utils.generic import get_max_seqlen
 from transformers.vision_utils import get_vision_attention_seqlens, get_vision_position_ids
@@ -281,6 +282,13 @@ def video_frames_argument(arguments: dict[str, Any]) -> torch.Tensor:
 def anyres_tile_count(image_size: Any, grid_pinpoints: list, tile_size: int) -> int:
     """Tiles (base view included) that LLaVA-OneVision's anyres cuts an image of ``image_size`` into."""
     return image_size_to_num_patches(image_size, grid_pinpoints, tile_size)
+
+
+def anyres_grid_shape(image_size: Any, grid_pinpoints: list, tile_size: int) -> tuple[int, int]:
+    """``(rows, columns)`` of the crops (base view excluded) that LLaVA-NeXT's anyres cuts an image of
+    ``image_size`` ``(height, width)`` into, as its ``pack_image_features`` lays them out."""
+    rows, columns = get_anyres_image_grid_shape(image_size, grid_pinpoints, tile_size)
+    return int(rows), int(columns)
 
 
 def flash_attention_available(attn_implementation: str) -> bool:

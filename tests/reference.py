@@ -205,7 +205,9 @@ class MaskingReference:
     def decide(self, update: torch.Tensor, block_delta: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Active ``(B, T)`` after halting the ``floor(ratio * E)`` lowest-scoring eligible tokens, one by one."""
         batch, seq_len = valid.shape
-        random_scores = torch.rand((batch, seq_len), generator=torch.Generator().manual_seed(0))
+        random_scores = torch.zeros(batch, seq_len)
+        for b in range(batch):  # per prompt, over its valid tokens in order
+            random_scores[b, valid[b]] = torch.rand(int(valid[b].sum()), generator=torch.Generator().manual_seed(0))
         active = valid.clone()
         for b in range(batch):
             candidates = [t for t in range(seq_len) if self.eligible[b, t]]

@@ -211,9 +211,10 @@ class VisionLanguageAdapter(ModelAdapter):
     ``[CLS]`` token, how to get queries and keys from that module's inputs
     (:meth:`vision_segments`; the default fits encoders with ``q_proj`` / ``k_proj`` over a
     batch of tiles) and how its patches become LLM visual tokens (:meth:`tokens_from_patches`);
-    or, where :attr:`selects_before_projector` (the encoder's patch states go straight to the
-    projector, LLaVA-1.5), how VisionZip's official rule replaces the features
-    (:meth:`select_before_projector`).
+    where :attr:`selects_before_projector` (the encoder's patch states go straight to the
+    projector, LLaVA-1.5 and LLaVA-NeXT) the family also implements
+    :class:`~dash_vl.engine.encoder_evidence.PatchesToProjector`, through which VisionZip and VisPruner
+    run their official rules before the projector.
 
     For encoder-side halting (:mod:`dash_vl.engine.vision_encoder`) a family names the adapter of its
     vision tower (:meth:`encoder_adapter`).
@@ -287,16 +288,3 @@ class VisionLanguageAdapter(ModelAdapter):
             arguments: the feature function's arguments by name.
         """
         raise NotImplementedError(f"{type(self).__name__} does not map encoder patches to visual tokens")
-
-    def select_before_projector(self, output: Any, patches: torch.Tensor, ratio: float) -> tuple[VisualEvidence, Any]:
-        """VisionZip's official rule inside one image feature call, before the projector.
-
-        Args:
-            output: what the feature function returned (the tower's hidden states and the features).
-            patches: ``(P, 1 + m)``, as in :meth:`tokens_from_patches`.
-            ratio: ρ.
-
-        Returns:
-            The evidence (``selected`` set) and the output with the selected tokens' features.
-        """
-        raise NotImplementedError(f"{type(self).__name__} does not run VisionZip before its projector")

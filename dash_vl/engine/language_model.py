@@ -267,7 +267,8 @@ class HaltingEngine:
         self.layer_windows = adapter.layer_windows
         """Per layer, its sliding window in positions (``None``: full attention), for the FLOP count."""
         self.decision_work = DecisionLayerWork(
-            attends_all=self.method.placement != "layer_input", mlp_on_all=self.method.needs_block_update
+            attends_all=self.method.placement != "layer_input", mlp_on_all=self.method.needs_block_update,
+            scoring_queries=self.method.scoring_queries(),
         )
         self._reports: list[HaltingReport] = []
         self._pending_reports: list[PendingReport] = []

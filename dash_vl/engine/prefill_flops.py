@@ -62,6 +62,12 @@ class LayerShapes:
         """Scores and weighted values over ``pairs`` query-key pairs, every query head."""
         return 4.0 * self.heads * self.head_dim * pairs
 
+    def scoring_flops(self, keys: int, queries: int, pairs: int) -> float:
+        """A policy's own attention scores at a decision layer: K projections for ``keys`` tokens, Q
+        projections for ``queries`` rows, and their scores over ``pairs`` query-key pairs (no values)."""
+        projections = 2.0 * self.hidden * self.head_dim * (keys * self.kv_heads + queries * self.heads)
+        return projections + 2.0 * self.heads * self.head_dim * pairs
+
     def layer_flops(self, queries: int, pairs: int, mlp_tokens: int | None = None) -> float:
         """One layer: projections for ``queries`` tokens, attention over ``pairs`` query-key pairs,
         MLP for ``mlp_tokens`` (default: the queries)."""
@@ -92,10 +98,14 @@ class DecisionLayerWork:
         attends_all: its attention runs over every context token (DASH scores its output), not
             only the kept ones (a decision made on the layer's input).
         mlp_on_all: its MLP runs over every context token too (a whole-block score).
+        scoring_queries: the last query rows of the tokens active before the decision whose attention
+            the policy computes with the layer's own projections over those tokens (PyramidDrop 1,
+            SnapKV its observation window; 0: none).
     """
 
     attends_all: bool
     mlp_on_all: bool
+    scoring_queries: int = 0
 
 
 def prefill_flops(
@@ -135,11 +145,16 @@ def prefill_flops(
         unmodified.append(shapes.layer_flops(len(context), pairs[0, window]) + question_flops[0, window])
         stage = stage_of_layer[layer]
         after = len(token_sets[stage])
-        if stage > 0 and layer == decision_layers[stage - 1] and decision.attends_all:
+        deciding = stage > 0 and layer == decision_layers[stage - 1]
+        if deciding and decision.attends_all:
             before = len(token_sets[stage - 1])
             mlp_tokens = before if decision.mlp_on_all else after
             work = shapes.layer_flops(before, pairs[stage - 1, window], mlp_tokens=mlp_tokens)
         else:
             work = shapes.layer_flops(after, pairs[stage, window])
+        if deciding and decision.scoring_queries:
+            keys = token_sets[stage - 1]
+            rows = keys[-decision.scoring_queries :]
+            work += shapes.scoring_flops(len(keys), len(rows), attended_pairs(keys, rows, window))
         halted.append(work + question_flops[stage, window])
     return halted, unmodified

@@ -33,6 +33,10 @@ from dash_vl.engine.encoder_evidence import SegmentAttention, VisualEvidence
 
 QUERY_CHUNK = 1024
 
+BeforeProjector = Callable[[Any, torch.Tensor, dict[str, Any]], tuple[VisualEvidence, Any]]
+"""A policy's rule run inside a feature call: ``(output, patches, arguments) -> (evidence, output)``, with
+``patches`` ``(P, 1 + m)`` as :meth:`VisionLanguageAdapter.tokens_from_patches` takes them."""
+
 
 def patch_scores(segment: SegmentAttention, has_cls: bool) -> torch.Tensor:
     """``(n,)`` float32 dominance of the segment's tokens (``(n - 1,)``, patches only, with ``[CLS]``).
@@ -67,14 +71,15 @@ class EvidenceRecorder:
     videos, and hooks the feature layer's attention. :meth:`take` hands the evidence of the
     prompt just encoded to the engine and forgets it.
 
-    With ``before_projector_ratio`` set, on a family whose features go from the encoder straight
-    to the projector (:meth:`VisionLanguageAdapter.select_before_projector`, LLaVA-1.5), the feature
-    function itself keeps and merges VisionZip's tokens at that ratio, and its evidence says which.
+    With ``before_projector`` given (the policy's :meth:`~dash_vl.methods.base.HaltingMethod.select_before_projector`
+    at the config's ratio, on a family whose features go from the encoder straight to the projector:
+    LLaVA-1.5 and LLaVA-NeXT), the feature function itself runs the policy's rule on each call's
+    output and patch evidence, and its evidence says which tokens it kept.
     """
 
-    def __init__(self, adapter: VisionLanguageAdapter, before_projector_ratio: float | None = None) -> None:
+    def __init__(self, adapter: VisionLanguageAdapter, before_projector: BeforeProjector | None = None) -> None:
         self.adapter = adapter
-        self.before_projector_ratio = before_projector_ratio
+        self.before_projector = before_projector
         self.evidence: dict[str, list[VisualEvidence]] = {"image": [], "video": []}
         self._call: EvidenceCall | None = None
         self._handles: list[Any] = []
@@ -112,8 +117,8 @@ class EvidenceRecorder:
             finally:
                 call, self._call = self._call, None
             patches = torch.cat(call.patches, dim=0)
-            if self.before_projector_ratio is not None:
-                evidence, output = self.adapter.select_before_projector(output, patches, self.before_projector_ratio)
+            if self.before_projector is not None:
+                evidence, output = self.before_projector(output, patches, call.arguments)
             else:
                 evidence = self.adapter.tokens_from_patches(modality, patches, call.arguments)
             self.evidence[modality].append(evidence)

@@ -3,8 +3,9 @@
 * ``dash_block``: score by the whole block's update ``‖h_{l_s+1} - h_{l_s}‖₂`` (attention and MLP,
   the MLP run on all ``T`` tokens) instead of the attention update alone.
 * ``dash_highest``: halt the tokens with the *highest* ``Δattn`` (the rule inverted).
-* ``random``: halt uniformly random eligible tokens (``torch.rand`` from a CPU generator seeded
-  with the config's ``seed`` on every prompt, so runs are reproducible).
+* ``random``: halt uniformly random eligible tokens (per prompt, ``torch.rand`` over its tokens from a
+  CPU generator seeded with the config's ``seed``, so a prompt halts the same tokens alone or in any
+  batch, padded or packed).
 """
 
 from __future__ import annotations
@@ -36,7 +37,10 @@ class HighestDeltaAttention(ScoredHalting):
 
 @dataclass(frozen=True)
 class RandomHalting(ScoredHalting):
-    """Keep-scores ``torch.rand((batch, T), generator=torch.Generator().manual_seed(seed))``."""
+    """Keep-scores drawn per prompt: its ``n`` valid tokens, in prompt order, get
+    ``torch.rand(n, generator=torch.Generator().manual_seed(seed))`` (padding gets 0). The draw depends on
+    the seed and the prompt's length only (prompts of one length draw the same scores); at a later
+    decision it restarts over the tokens still active."""
 
     seed: int = 0
 
@@ -45,5 +49,8 @@ class RandomHalting(ScoredHalting):
         return cls(seed=config.seed)
 
     def scores(self, inputs: DecisionInputs) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(self.seed)
-        return torch.rand(inputs.valid.shape, generator=generator).to(inputs.valid.device)
+        draws = torch.zeros(len(inputs.valid_counts), max(inputs.valid_counts, default=0) + 1)
+        for sample, count in enumerate(inputs.valid_counts):  # drawn on the host; no read from the device
+            draws[sample, 1 : count + 1] = torch.rand(count, generator=torch.Generator().manual_seed(self.seed))
+        rank = inputs.valid.long().cumsum(dim=1) * inputs.valid  # 1, 2, ... over valid slots, 0 on padding
+        return draws.to(inputs.valid.device).gather(1, rank)

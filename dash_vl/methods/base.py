@@ -20,9 +20,12 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 import torch
+
+if TYPE_CHECKING:
+    from dash_vl.engine.encoder_evidence import PatchesToProjector, VisualEvidence
 
 Placement = Literal["attention_update", "layer_input"]
 
@@ -93,7 +96,7 @@ class DecisionInputs(Protocol):
         """The vision encoder's evidence laid over the prompt (see :mod:`dash_vl.engine.vision_evidence`):
         dominance ``(batch, T)``, similarity metric ``(batch, T, m)``, tile/frame unit ``(batch, T)``
         long (``-1`` off the visual tokens) and the tokens an encoder call already selected
-        ``(batch, T)`` bool (VisionZip before the projector). Only for policies with ``needs_vision_evidence``."""
+        ``(batch, T)`` bool (a policy's rule before the projector). Only for policies with ``needs_vision_evidence``."""
 
 
 @dataclass(frozen=True)
@@ -121,12 +124,13 @@ class HaltingMethod(ABC):
     all ``T`` tokens, which the FLOP count must know), :attr:`needs_vision_evidence` (the vision
     encoder's attention is recorded while the prompt is encoded), :attr:`selects_before_projector`
     (on a family whose encoder states go straight to the projector, the feature function runs the
-    policy's own rule on them, :func:`dash_vl.methods.visionzip.select_before_projector`), :attr:`default_scope` and
+    policy's own rule on them, :meth:`select_before_projector`), :attr:`default_scope` and
     :attr:`default_start_layer` (used where the config leaves ``scope`` / ``start_layer`` unset),
     :attr:`lowest_start_layer` (0 only for a policy that decides before the first layer),
     :attr:`supports_stages` (it can decide again over a compacted prompt) with
     :attr:`default_stage_layers`, and implement :meth:`keep` (or :meth:`decide`, to change the kept
-    tokens' states too).
+    tokens' states too); :meth:`scoring_queries` tells the FLOP count of attention the policy computes
+    itself at a decision layer.
     """
 
     placement: ClassVar[Placement] = "attention_update"
@@ -152,6 +156,32 @@ class HaltingMethod(ABC):
     def decide(self, inputs: DecisionInputs, ratio: float) -> Decision:
         """The decision for one prompt; by default :meth:`keep` with the states left as they are."""
         return Decision(kept=self.keep(inputs, ratio))
+
+    def scoring_queries(self) -> int:
+        """Query rows whose attention the policy computes at a decision layer with that layer's own
+        projections over the tokens active before it (the last rows of them), for the FLOP count; 0
+        where it computes none (the default: DASH scores the layer's own output, FastV and DART read
+        layer ``l_s - 1``'s cached keys)."""
+        return 0
+
+    def select_before_projector(
+        self, adapter: PatchesToProjector, output: Any, patches: torch.Tensor, arguments: dict[str, Any], ratio: float
+    ) -> tuple[VisualEvidence, Any]:
+        """The policy's rule inside one image feature call of ``adapter``'s model, before the projector (only
+        where :attr:`selects_before_projector` and the family's ``selects_before_projector``).
+
+        Args:
+            adapter: the model's adapter.
+            output: what the feature function returned (the tower's hidden states and the features).
+            patches: ``(P, 1 + m)``: dominance then metric of every patch, ``[CLS]`` left out, encoder order.
+            arguments: the feature function's arguments by name.
+            ratio: ρ.
+
+        Returns:
+            The evidence over the call's visual tokens (``selected``: those kept) and the output with the
+            features the LLM is to receive.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not select before the projector")
 
 
 class ScoredHalting(HaltingMethod):

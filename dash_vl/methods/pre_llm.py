@@ -55,6 +55,17 @@ class PerPromptSelection(BeforeLanguageModel):
         prompt indices) of the tokens kept."""
 
 
+def crop_grid_order(patches: torch.Tensor, columns: int, side: int) -> torch.Tensor:
+    """``(crops * k,)`` long: the order that lays the patches ``patches`` ``(crops, k)`` (patch indices within
+    each crop of an anyres grid with ``columns`` crops per row, crops in row-major order, ``side``
+    patches a crop side) out in raster order over the whole grid, as LLaVA-NeXT's official code flattens
+    its crop features (``permute(0, 2, 1, 3, 4).flatten(0, 3)``); indices into ``patches.flatten()``."""
+    crop = torch.arange(patches.shape[0], device=patches.device)[:, None]
+    row = crop // columns * side + patches // side
+    column = crop % columns * side + patches % side
+    return (row * columns * side + column).flatten().argsort()
+
+
 def retained_count(ratio: float, tokens: int, where: str) -> int:
     """``round(tokens (1 - ratio))``, the tokens retained of ``tokens`` visual tokens (Python's rounding).
 

@@ -27,7 +27,7 @@ the one image block of a LLaVA-1.5 prompt); kept tokens keep their original rota
 included) where the official code renumbers positions ``0..n-1`` after each drop (line 1446) and
 shifts decode positions to match (lines 1261-1267); the scores stay float32 (the official code
 casts the probabilities back to the model's dtype before the head mean, line 1397). The scoring
-work (keys of layer ``l`` over the tokens still active, one query row) is not in the FLOP count.
+work (keys of layer ``l`` over the tokens still active, one query row) is in the FLOP count.
 """
 
 from __future__ import annotations
@@ -67,6 +67,9 @@ class PyramidDrop(HaltingMethod):
     default_start_layer = 0.25
     supports_stages = True
     default_stage_layers = (0.5, 0.75)
+
+    def scoring_queries(self) -> int:
+        return 1
 
     def keep(self, inputs: DecisionInputs, ratio: float) -> torch.Tensor:
         return self.decide(inputs, ratio).kept

@@ -31,7 +31,7 @@ The decision is made on layer ``l``'s input (placement ``"layer_input"``): the t
 longer run layer ``l`` or any later one (kvpress compresses layer ``l``'s cache after its
 attention ran over all tokens and keeps every hidden state; a pruner drops the tokens). At a
 later stage (``stage_layers``) the same rule runs over the tokens still active, pooled in prompt
-order. The scoring work (keys of layer ``l``, ``W`` query rows) is not in the FLOP count.
+order. The scoring work (keys of layer ``l``, ``W`` query rows) is in the FLOP count.
 """
 
 from __future__ import annotations
@@ -61,6 +61,9 @@ class SnapKV(ScoredHalting):
     @classmethod
     def from_config(cls, config: MethodKnobs) -> SnapKV:
         return cls(window=config.observation_window)
+
+    def scoring_queries(self) -> int:
+        return self.window
 
     def scores(self, inputs: DecisionInputs) -> torch.Tensor:
         shortest = min(inputs.valid_counts)

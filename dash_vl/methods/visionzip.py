@@ -14,34 +14,40 @@ the vision encoder) of ``n`` visual tokens, ``M = round(n (1 - ρ))`` tokens are
    most cosine-similar; a target's features become ``target + mean(joined)`` (the official
    sum, not an average including the target).
 
-On LLaVA-1.5 (a CLIP tower with ``[CLS]`` whose patch features go straight to the projector)
-the official rule runs as published, before the projector (:func:`select_before_projector`,
-called from the image feature function): ``[CLS]`` counts as one of the ``D`` dominant tokens
-(VisionZip's ``main.py`` passes ``dominant - 1`` to the encoder), the merge acts on the encoder
-states, and the image's tokens are laid out in the official order, ``[CLS]``, the dominant
-patches in patch order, then the contextual tokens, in the first ``M`` of the image's
-placeholders; the others are dropped.
+On LLaVA-1.5 and LLaVA-NeXT (CLIP towers with ``[CLS]`` whose patch states go straight to the
+projector) the official rule runs as published, before the projector, on every encoder tile
+(:func:`official_tile_tokens`, called from the image feature function): ``[CLS]`` counts as one
+of the ``D`` dominant tokens (VisionZip's ``main.py`` passes ``dominant - 1`` to the encoder), the
+merge acts on the encoder states, and each tile yields ``M`` tokens, ``[CLS]``, the dominant patches
+in patch order, then the contextual tokens. An image's tokens fill the first of its placeholders
+in the official layout, the others are dropped: on LLaVA-1.5 its one tile's tokens; on LLaVA-NeXT
+the layout of ``visionzip/llava_arch.py`` (:func:`official_anyres_layout`), with no unpadding and
+no image newlines between the crops.
 
 Elsewhere, deviations forced by the families' layouts: the merge acts on the LLM's input
 embeddings of the visual tokens (the projector output) rather than on the encoder states
 before the projector, because the 2 x 2 merger / pixel shuffle / anyres packing / video pooling
 of these families sit between the two; kept tokens stay in prompt order with their original
 position ids (M-RoPE included) instead of dominant-then-contextual order; layout tokens without
-a patch (LLaVA-OneVision's and LLaVA-NeXT's image newlines) are always dropped. In every family
-kept tokens keep their original position ids (on LLaVA-1.5 the text after an image therefore
-sits ``n - M`` positions further from it than in the official code, which shortens the
-sequence). The decision is made before layer 0, so every LLM layer runs on the retained tokens only.
+a patch (LLaVA-OneVision's image newlines) are always dropped. In every family kept tokens keep
+their original position ids (on LLaVA-1.5 and LLaVA-NeXT the text after an image therefore sits
+further from it than in the official code, which shortens the sequence). The decision is made
+before layer 0, so every LLM layer runs on the retained tokens only.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
 from dash_vl.methods.base import Decision, DecisionInputs
-from dash_vl.methods.pre_llm import BeforeLanguageModel, retained_count
+from dash_vl.methods.pre_llm import BeforeLanguageModel, crop_grid_order, retained_count
+
+if TYPE_CHECKING:
+    from dash_vl.engine.encoder_evidence import PatchesToProjector, VisualEvidence
 
 CONTEXTUAL_PER_64 = 10
 
@@ -66,6 +72,27 @@ class VisionZip(BeforeLanguageModel):
 
     def keep(self, inputs: DecisionInputs, ratio: float) -> torch.Tensor:
         return self.decide(inputs, ratio).kept
+
+    def select_before_projector(
+        self, adapter: PatchesToProjector, output: Any, patches: torch.Tensor, arguments: dict[str, Any], ratio: float
+    ) -> tuple[VisualEvidence, Any]:
+        """The official tokens of every tile (:func:`official_tile_tokens`) through the projector, an image's
+        in the official layout (its one tile's; :func:`official_anyres_layout` on LLaVA-NeXT)."""
+        states = adapter.tile_states(output)
+        tiles, length = states.shape[0], states.shape[1] - 1
+        patches = patches.view(tiles, length, -1)
+        per_tile = [official_tile_tokens(states[t], patches[t, :, 0], patches[t, :, 1:], ratio) for t in range(tiles)]
+        tokens = adapter.project(torch.stack([official for official, _ in per_tile]))
+        dominant = torch.stack([indices for _, indices in per_tile])
+        images = []
+        counts = adapter.tile_counts(arguments)
+        for image, (image_tokens, image_dominant) in enumerate(zip(tokens.split(counts), dominant.split(counts))):
+            columns = adapter.crop_columns(image, arguments)
+            if columns is None:
+                images.append(image_tokens[0])
+            else:
+                images.append(official_anyres_layout(image_tokens, image_dominant, columns, adapter.tile_side))
+        return adapter.place_before_projector(output, images, "VisionZip")
 
     def decide(self, inputs: DecisionInputs, ratio: float) -> Decision:
         score, metric, unit, selected = inputs.vision_evidence()
@@ -106,10 +133,10 @@ def plan_unit(
     return dominant, targets, others, slot
 
 
-def select_before_projector(
+def official_tile_tokens(
     states: torch.Tensor, score: torch.Tensor, metric: torch.Tensor, ratio: float
-) -> torch.Tensor:
-    """VisionZip's official rule on one image's encoder states, before the projector (CLIP with ``[CLS]``).
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """VisionZip's official rule on one tile's encoder states, before the projector (CLIP with ``[CLS]``).
 
     Follows ``visionzip/clip_encoder.py`` (``CLIPVisionTower_VisionZip.forward``, lines 43-83) with
     the budget of ``visionzip/main.py`` line 7 (``[CLS]`` is one of the dominant tokens): the
@@ -125,13 +152,38 @@ def select_before_projector(
         ratio: ρ; ``M = round(n (1 - ρ))`` tokens are returned (see :func:`unit_budget`).
 
     Returns:
-        ``(M, width)`` in ``states``' dtype: ``[CLS]``, the dominant patches, the contextual tokens.
+        ``(M, width)`` in ``states``' dtype: ``[CLS]``, the ``D - 1`` dominant patches, the ``C``
+        contextual tokens; and the dominant patches' indices ``(D - 1,)`` ascending (``[CLS]`` not counted).
     """
     dominant_count, contextual_count = unit_budget(ratio, score.numel())
     patches = states[1:]
     dominant, targets, others, slot = plan_unit(score, metric, dominant_count - 1, contextual_count)
     contextual = patches[targets] + mean_by_slot(patches[others], slot, targets.numel())
-    return torch.cat([states[:1], patches[dominant], contextual])
+    return torch.cat([states[:1], patches[dominant], contextual]), dominant
+
+
+def official_anyres_layout(tokens: torch.Tensor, dominant: torch.Tensor, columns: int, side: int) -> torch.Tensor:
+    """One anyres image's tokens in the order of VisionZip's LLaVA-NeXT code
+    (``visionzip/llava_arch.py``, ``prepare_inputs_labels_for_multimodal_visionzip`` lines 107-121 and
+    ``restore_image_features_sorted`` lines 42-80): the base view's ``M`` tokens as the encoder gave
+    them; then every crop's dominant patches in raster order over the whole crop grid (lines 49-75;
+    no unpadding and no newline, the official function builds the newline but never uses it, lines
+    66-67); then each crop's ``[CLS]`` token (line 77); then each crop's contextual tokens, crop after
+    crop (line 76).
+
+    Args:
+        tokens: ``(tiles, M, hidden)``, the base view's then the crops' tokens (:func:`official_tile_tokens`'s
+            order), crops in row-major grid order.
+        dominant: ``(tiles, D - 1)`` long, each tile's dominant patch indices, ascending.
+        columns: crops per grid row.
+        side: patches along a tile's side.
+
+    Returns:
+        ``(M tiles, hidden)``.
+    """
+    crops, kept = tokens[1:], dominant.shape[1]
+    dominant_tokens = crops[:, 1 : 1 + kept].flatten(0, 1)[crop_grid_order(dominant[1:], columns, side)]
+    return torch.cat([tokens[0], dominant_tokens, crops[:, 0], crops[:, 1 + kept :].flatten(0, 1)])
 
 
 def mean_by_slot(states: torch.Tensor, slot: torch.Tensor, slots: int) -> torch.Tensor:

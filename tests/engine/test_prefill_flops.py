@@ -1,5 +1,6 @@
 """The FLOP count behind ``HaltingReport.relative_flops``: query-key pairs as a mask allows them,
-and a halted prefill of a model with sliding-window layers counted pair by pair."""
+a halted prefill of a model with sliding-window layers counted pair by pair, and the scoring work
+of policies that score with the decision layer's own projections."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from transformers import AutoModelForCausalLM, Gemma3TextConfig
 from dash_vl import Halting
 from dash_vl.engine.prefill_flops import LayerShapes, attended_pairs
 from tests.engine.test_engine_gemma3 import CONFIG
+from tests.engine.test_stages import text_model
 from tests.text_cases import text_prompts
 
 
@@ -64,3 +66,28 @@ def test_relative_flops_of_a_sliding_window_model_counts_windowed_pairs(method):
         )
     assert math.isclose(report.relative_flops, halted / full, rel_tol=1e-12)
     assert not math.isclose(full, windowless, rel_tol=1e-3)  # the window binds on these prompts
+
+
+@pytest.mark.parametrize("method,queries", [("snapkv", 4), ("pyramiddrop", 1)])
+def test_scoring_work_of_a_policy_that_scores_with_the_decision_layer_is_counted(method, queries):
+    """SnapKV (a window of 4 rows) and PyramidDrop (the last row) score the tokens active before each of
+    their two decisions with the decision layer's own projections: those K and Q projections and the
+    rows' scores are counted at the decision layer, over the layers' work on the kept tokens."""
+    model, prompts = text_model("qwen2"), text_prompts(2)
+    knobs = dict(observation_window=queries) if method == "snapkv" else {}
+    with Halting(model, method=method, ratio=0.5, start_layer=1, stage_layers=(3,), scope="all", **knobs) as halting:
+        with torch.no_grad():
+            model(**prompts)
+    report, shapes = halting.last_report, halting.engine.shapes
+    halted = full = 0.0
+    for valid, *kept in zip(prompts["attention_mask"].bool(), *report.kept_positions_per_stage):
+        context = valid.nonzero().flatten()
+        sets = [context] + [torch.tensor(stage) for stage in kept]
+        for layer, stage in enumerate([0, 1, 1, 2, 2]):
+            full += layer_flops_by_mask(shapes, context, None, len(context))
+            halted += layer_flops_by_mask(shapes, sets[stage], None, len(sets[stage]))
+            if layer in (1, 3):
+                before = sets[stage - 1]
+                projections = 2.0 * shapes.hidden * shapes.head_dim * (len(before) * shapes.kv_heads + queries * shapes.heads)
+                halted += projections + 2.0 * shapes.heads * shapes.head_dim * pairs_by_mask(before, before[-queries:], None)
+    assert math.isclose(report.relative_flops, halted / full, rel_tol=1e-12)

@@ -12,6 +12,8 @@ import torch
 from dash_vl import Halting
 from dash_vl.hf_compat import output_cache
 from tests.conftest import FAMILY_NAMES, family_kinds, four_image_prompt, model_of, processor_of, vl_inputs
+from tests.engine.test_engine_text_llm import SIZES
+from tests.engine.test_packed import text_model
 from tests.reference import (
     STEPS,
     MaskingReference,
@@ -57,6 +59,31 @@ def test_ablation_matches_masking_reference(family, kind, method, score):
     model, inputs = vl_case(family, kind)
     reference = MaskingReference(model, 0.75, 2, eligible_tokens(model, inputs, "all", "halted"), score=score)
     check_against(reference, model, inputs, method=method, ratio=0.75, start_layer=2)
+
+
+def test_random_halts_the_same_tokens_of_a_prompt_alone_and_in_differently_composed_batches():
+    """A 23-token prompt alone, then in a left-padded batch of 2 and another of 4 (longer and shorter
+    prompts around it, so it sits in another row under other padding): the same tokens are halted,
+    counted from its first token; a different seed halts others."""
+    model = text_model("qwen2")
+    generator = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(3, SIZES["vocab_size"], (length,), generator=generator) for length in (23, 31, 9, 40)]
+
+    def kept_of_first_prompt(order: list[int], seed: int = 0) -> list[int]:
+        width = max(prompts[i].numel() for i in order)
+        ids = torch.zeros(len(order), width, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, i in enumerate(order):
+            ids[row, width - prompts[i].numel():], mask[row, width - prompts[i].numel():] = prompts[i], 1
+        with Halting(model, method="random", ratio=0.5, start_layer=2, seed=seed) as halting, torch.no_grad():
+            model(input_ids=ids, attention_mask=mask)
+        row = order.index(0)
+        return [t - (width - prompts[0].numel()) for t in halting.last_report.kept_positions[row]]
+
+    alone = kept_of_first_prompt([0])
+    assert kept_of_first_prompt([1, 0]) == alone
+    assert kept_of_first_prompt([2, 3, 0, 1]) == alone
+    assert kept_of_first_prompt([0], seed=1) != alone
 
 
 # --- FastV ------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 visual tokens that a literal re-reading of each official code keeps (one unpadded prompt, as the
 official code runs), its prefill logits and 16 decode steps equal the masking reference over them;
 a padded or packed batch decides as each prompt alone; text-only models are refused. VisPruner's
-selection equals its official code on a tiny CLIP tower with ``[CLS]``."""
+selection equals its official code on a tiny CLIP tower with ``[CLS]``, and on LLaVA-1.5 and
+LLaVA-NeXT the whole model runs the official code's tokens in its layout."""
 
 from __future__ import annotations
 
@@ -11,11 +12,18 @@ import torch
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from dash_vl import Halting
+from dash_vl.hf_compat import anyres_grid_shape
 from dash_vl.methods.vispruner import important_and_diverse
 from tests.conftest import FAMILY_NAMES, model_of, processor_of, vl_inputs
 from tests.engine.test_packed import TEXT_FAMILIES, text_model
 from tests.methods.test_methods import check_against
-from tests.methods.test_visionzip import encoder_evidence, token_evidence
+from tests.methods.test_visionzip import (
+    CLIP_FAMILIES,
+    assert_visionzip_runs_like_reference,
+    encoder_evidence,
+    token_evidence,
+)
+from tests.methods.test_visionzip_clip import FeatureLayerRecorder, encoder_tiles, placed_in_first_placeholders
 from tests.reference import MaskingReference, capture_language_model_inputs, eligible_tokens
 
 PRE_LLM_METHODS = ("vispruner", "divprune", "cdpruner")
@@ -114,9 +122,60 @@ def official_kept(method: str, model, family: str, inputs: dict) -> torch.Tensor
     return kept
 
 
+def vispruner_official_layout(model, inputs: dict, ratio: float) -> list[torch.Tensor]:
+    """Per image, the LLM input tokens of Theia-4869/VisPruner's ``llava/model/llava_arch.py`` as written:
+    ``encode_images`` (lines 141-186) on every tile, with the ``[CLS]`` attention of ``attentions[-2]``
+    averaged over heads and the patch states ``hidden_states[-2][:, 1:]`` (``clip_encoder.py`` lines
+    37-43), the selection through :func:`vispruner_official`, the projector after it; then the layout:
+    ``flat`` for LLaVA-1.5 (lines 209-212), the ``spatial`` branch for LLaVA-NeXT (line 207 strips
+    ``_unpad``; lines 213-224 and 245-252)."""
+    pixels, counts = encoder_tiles(model, inputs)
+    attentions, hidden_states, _ = FeatureLayerRecorder(model)(pixels)
+    image_features, image_attentions = hidden_states[:, 1:], attentions[:, :, 0, 1:].mean(dim=1)
+    B, N, _ = image_features.shape
+    visual_token_num = round(N * (1 - RATIO))
+    index_masks = torch.zeros(B, N, dtype=torch.bool)
+    for tile in range(B):
+        index_masks[tile, vispruner_official(image_attentions[tile].tolist(), image_features[tile], visual_token_num)] = True
+    with torch.no_grad():
+        image_features = model.model.multi_modal_projector(image_features)
+    image_features, index_masks = torch.split(image_features, counts), torch.split(index_masks, counts)
+    if "image_sizes" not in inputs:  # flat
+        return [x.flatten(0, 1)[m.flatten(0, 1)] for x, m in zip(image_features, index_masks)]
+    config, images = model.config, []
+    height = width = config.vision_config.image_size // config.vision_config.patch_size
+    for image_idx, (image_feature, index_mask) in enumerate(zip(image_features, index_masks)):
+        base_image_feature, base_index_mask = image_feature[0], index_mask[0]
+        image_feature, index_mask = image_feature[1:], index_mask[1:]
+        num_patch_height, num_patch_width = anyres_grid_shape(
+            inputs["image_sizes"][image_idx], config.image_grid_pinpoints, config.vision_config.image_size
+        )
+        image_feature = image_feature.view(num_patch_height, num_patch_width, height, width, -1)
+        index_mask = index_mask.view(num_patch_height, num_patch_width, height, width)
+        image_feature = image_feature.permute(0, 2, 1, 3, 4).contiguous().flatten(0, 3)
+        index_mask = index_mask.permute(0, 2, 1, 3).contiguous().flatten(0, 3)
+        images.append(torch.cat((base_image_feature[base_index_mask], image_feature[index_mask]), dim=0))
+    return images
+
+
+@pytest.mark.parametrize("family,kind", [
+    ("llava", "image"), ("llava_next", "image"), pytest.param("llava_next", "multi_image", marks=pytest.mark.slow),
+])
+def test_vispruner_on_clip_towers_equals_the_official_code_through_the_model(family, kind):
+    """Two left-padded prompts: the engine keeps each image's first placeholders, which carry the official
+    code's tokens in its layout, and runs like the masking reference fed them (prefill and 16 decode steps)."""
+    model, inputs = model_of(family, "sdpa"), vl_inputs(processor_of(family), 2, kind)
+    lm_inputs = capture_language_model_inputs(model, inputs)
+    kept, merged = placed_in_first_placeholders(model, inputs, lm_inputs.embeds, vispruner_official_layout(model, inputs, RATIO))
+    report = assert_visionzip_runs_like_reference(model, inputs, lm_inputs, kept, merged, RATIO, method="vispruner")
+    assert report.kept_positions == [row.nonzero().flatten().tolist() for row in kept]
+
+
 @pytest.mark.parametrize("family", FAMILY_NAMES)
 @pytest.mark.parametrize("method", PRE_LLM_METHODS)
 def test_pre_llm_method_matches_official_rule(method, family):
+    if method == "vispruner" and family in CLIP_FAMILIES:
+        pytest.skip("VisPruner on CLIP towers runs before the projector: test_vispruner_on_clip_towers_...")
     model, inputs = model_of(family, "sdpa"), vl_inputs(processor_of(family), 1, "image")
     kept = official_kept(method, model, family, inputs)
     assert int(kept.sum()) < int(inputs["attention_mask"].sum())

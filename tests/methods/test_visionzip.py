@@ -176,8 +176,8 @@ def visionzip_reference(model, family: str, inputs: dict, embeds: torch.Tensor, 
     return kept, merged
 
 
-FAMILY_PROMPTS = family_kinds(("image", "video"), tuple(name for name in FAMILY_NAMES if name != "llava"))
-"""LLaVA-1.5 runs the official rule before its projector: ``tests/methods/test_visionzip_clip.py``."""
+FAMILY_PROMPTS = family_kinds(("image", "video"), tuple(name for name in FAMILY_NAMES if name not in CLIP_FAMILIES))
+"""LLaVA-1.5 and LLaVA-NeXT run the official rule before their projector: ``tests/methods/test_visionzip_clip.py``."""
 
 
 @pytest.mark.parametrize("family,kind", FAMILY_PROMPTS)
@@ -252,15 +252,18 @@ def test_llava_onevision_video_evidence_reads_frames_under_either_argument_name(
         assert torch.equal(getattr(older, field), getattr(newer, field))
 
 
-def assert_visionzip_runs_like_reference(model, inputs: dict, lm_inputs, kept: torch.Tensor, merged: torch.Tensor, ratio: float):
-    """The engine under VisionZip keeps ``kept`` (``(batch, T)`` bool) and runs like the masking reference fed the
-    ``merged`` input embeddings: prefill logits and ``STEPS`` greedy decode steps. Returns the halting report."""
+def assert_visionzip_runs_like_reference(
+    model, inputs: dict, lm_inputs, kept: torch.Tensor, merged: torch.Tensor, ratio: float, method: str = "visionzip"
+):
+    """The engine under VisionZip (or ``method``) keeps ``kept`` (``(batch, T)`` bool) and runs like the masking
+    reference fed the ``merged`` input embeddings: prefill logits and ``STEPS`` greedy decode steps. Returns the
+    halting report."""
     lm_inputs.embeds = merged
     reference = MaskingReference(model, ratio, 0, kept, given_active=kept)
     with torch.no_grad():
         expected_logits = model.lm_head(reference.prefill(lm_inputs))
     expected_tokens, expected_step_logits = reference.greedy(expected_logits[:, -1], STEPS)
-    with Halting(model, method="visionzip", ratio=ratio) as halting:
+    with Halting(model, method=method, ratio=ratio) as halting:
         with torch.no_grad():
             logits = model(**inputs, position_ids=lm_inputs.position_ids).logits
         report = halting.last_report

@@ -1,10 +1,10 @@
-"""VisionZip on LLaVA-1.5 (a CLIP tower with ``[CLS]``) equals a line-by-line re-reading of the
-official code (dvlab-research/VisionZip at 3151f6d, ``visionzip/clip_encoder.py``
+"""VisionZip on LLaVA-1.5 and LLaVA-NeXT (CLIP towers with ``[CLS]``) equals a line-by-line re-reading
+of the official code (dvlab-research/VisionZip at 3151f6d, ``visionzip/clip_encoder.py``
 ``CLIPVisionTower_VisionZip.forward`` lines 43-83, with the budget of ``visionzip/main.py`` line 7
-and the key metric of ``visionzip/utils.py`` ``CLIPAttention_forward`` lines 23-24 and 89): first
-the rule alone on random encoder tensors, then the whole tiny model, whose language model must
-see ``[CLS]``, the dominant and the contextual tokens through the projector, in that order, in
-the first placeholders of each image."""
+and the key metric of ``visionzip/utils.py`` ``CLIPAttention_forward`` lines 23-24 and 89; for
+LLaVA-NeXT the anyres layout of ``visionzip/llava_arch.py`` lines 42-80 and 107-128): first the rule
+alone on random encoder tensors, then the whole tiny model, whose language model must see each
+image's official tokens through the projector, in the official order, in its first placeholders."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from dash_vl import Halting
-from dash_vl.methods.visionzip import select_before_projector, unit_budget
+from dash_vl.hf_compat import anyres_grid_shape, anyres_tile_count
+from dash_vl.methods.visionzip import official_tile_tokens, unit_budget
 from tests.conftest import model_of, processor_of, vl_inputs
 from tests.methods.test_visionzip import assert_visionzip_runs_like_reference
 from tests.reference import capture_language_model_inputs
@@ -20,9 +21,10 @@ from tests.reference import capture_language_model_inputs
 
 def official_visionzip(
     attn_weights: torch.Tensor, hidden_states: torch.Tensor, metric: torch.Tensor, dominant: int, contextual: int
-) -> torch.Tensor:
-    """The official tokens ``(B, dominant + contextual, D)`` of a batch of images, as the official code
-    computes them, step by step (the line numbers are ``clip_encoder.py``'s).
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The official tokens ``(B, dominant + contextual, D)`` of a batch of images and their ``all_indices``
+    ``(B, dominant)`` (``[CLS]`` then the dominant patches + 1), as the official code computes them, step
+    by step (the line numbers are ``clip_encoder.py``'s).
 
     Args:
         attn_weights: ``(B, heads, 1 + n, 1 + n)``, the softmaxed attention of ``layers[-2]`` (line 43).
@@ -58,7 +60,33 @@ def official_visionzip(
     aggregated_hidden = torch.bmm(assign_one_hot.transpose(1, 2), hidden_filtered[:, is_other, :]) / counts
     # lines 78-83: target + mean(group), after the dominant tokens
     contextual_tokens = hidden_filtered[:, target_indices, :] + aggregated_hidden
-    return torch.cat([dominant_tokens, contextual_tokens], dim=1)
+    return torch.cat([dominant_tokens, contextual_tokens], dim=1), all_indices
+
+
+def restore_image_features_sorted(image_feature: torch.Tensor, cur_keep_idx: torch.Tensor, width: int, height: int,
+                                  side: int) -> torch.Tensor:
+    """``visionzip/llava_arch.py`` lines 42-80 as written, with the tile side ``side`` for its 24
+    (and ``side * side`` for its 576); the unused newline of lines 66-67 left out."""
+    num_img, total_patches, feature_dim = image_feature.shape
+    num_keep = cur_keep_idx.shape[1]
+    num_extra = total_patches - num_keep
+    cur_keep_idx_sorted, _ = cur_keep_idx.sort(dim=1)
+    cur_keep_idx_sorted_restore = cur_keep_idx_sorted[:, 1:] - 1
+    restored_features = torch.zeros((num_img, side * side, feature_dim), dtype=image_feature.dtype)
+    mask = torch.zeros(num_img, side * side, dtype=torch.bool)
+    mask.scatter_(1, cur_keep_idx_sorted_restore, True)
+    kept_features = image_feature[:, 1:num_keep, :]
+    restored_features[mask] = kept_features.reshape(-1, feature_dim)
+    assert width * height == restored_features.shape[0]
+    restored_features = restored_features.view(height, width, side, side, feature_dim)
+    restored_features = restored_features.permute(0, 2, 1, 3, 4).contiguous()
+    restored_features = restored_features.view(height, side, width * side, feature_dim)
+    grid_with_newline = restored_features.view(height * side, width * side, feature_dim)
+    mask = mask.view(height, width, side, side).permute(0, 2, 1, 3).contiguous().view(height * side, width * side)
+    image_feature_select = grid_with_newline[mask]
+    raw_img_feature_merge = image_feature[:, -num_extra:, ].reshape(-1, feature_dim)
+    cls_img_feature_merge = image_feature[:, 0, ]
+    return torch.cat([image_feature_select, cls_img_feature_merge, raw_img_feature_merge])
 
 
 def random_encoder_call(images: int, patches: int, heads: int = 4, width: int = 16, seed: int = 0) -> tuple:
@@ -76,16 +104,17 @@ def test_rule_equals_the_official_code_on_576_patch_images(ratio, dominant, cont
     """The published settings (64 / 128 / 192 tokens of 576: 54 + 10, 108 + 20, 162 + 30) and ρ 0.5."""
     assert unit_budget(ratio, 576) == (dominant, contextual)
     attention, hidden, metric = random_encoder_call(images=3, patches=576)
-    expected = official_visionzip(attention, hidden, metric, dominant, contextual)
+    expected, all_indices = official_visionzip(attention, hidden, metric, dominant, contextual)
     for image in range(3):
-        produced = select_before_projector(hidden[image], attention[image, :, 0, 1:].sum(dim=0), metric[image, 1:], ratio)
+        produced, kept = official_tile_tokens(hidden[image], attention[image, :, 0, 1:].sum(dim=0), metric[image, 1:], ratio)
         assert produced.shape == (dominant + contextual, hidden.shape[-1])
         torch.testing.assert_close(produced, expected[image], rtol=1e-6, atol=1e-6)
+        assert kept.tolist() == sorted((all_indices[image, 1:] - 1).tolist())
 
 
 def test_rule_keeps_cls_alone_where_the_budget_is_one_token():
     attention, hidden, metric = random_encoder_call(images=1, patches=36)
-    produced = select_before_projector(hidden[0], attention[0, :, 0, 1:].sum(dim=0), metric[0, 1:], 0.98)  # round(36 x 0.02) = 1
+    produced, _ = official_tile_tokens(hidden[0], attention[0, :, 0, 1:].sum(dim=0), metric[0, 1:], 0.98)  # round(36 x 0.02) = 1
     assert torch.equal(produced, hidden[0, :1])
 
 
@@ -115,34 +144,80 @@ class FeatureLayerRecorder:
         return output.attentions[-2], output.hidden_states[-2], self.keys[-1]
 
 
-def official_prompt(model, inputs: dict, embeds: torch.Tensor, ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Kept ``(B, T)`` bool and the LLM input embeddings with each image's official tokens, through the
-    projector, in its first ``M`` placeholders (the official layout: ``[CLS]``, dominant, contextual)."""
-    attention, hidden, metric = FeatureLayerRecorder(model)(inputs["pixel_values"])
-    patches = hidden.shape[1] - 1
-    dominant, contextual = unit_budget(ratio, patches)
+def encoder_tiles(model, inputs: dict) -> tuple[torch.Tensor, list[int]]:
+    """The tiles the tower encodes ``(tiles, 3, H, W)`` and each image's count (LLaVA-NeXT: its base
+    view and crops, padding tiles left out; LLaVA-1.5: one)."""
+    pixels = inputs["pixel_values"]
+    if pixels.dim() == 4:
+        return pixels, [1] * pixels.shape[0]
+    config = model.config
+    counts = [anyres_tile_count(size, config.image_grid_pinpoints, config.vision_config.image_size) for size in inputs["image_sizes"]]
+    return torch.cat([image[:count] for image, count in zip(pixels, counts)]), counts
+
+
+def official_image_tokens(model, inputs: dict, ratio: float) -> list[torch.Tensor]:
+    """Per image, its official tokens through the projector in the official order: LLaVA-1.5's
+    ``[CLS]``, dominant, contextual; LLaVA-NeXT's base view, then ``restore_image_features_sorted`` of
+    its crops (``llava_arch.py`` lines 107-121; HF's LLaVA-NeXT always has a crop)."""
+    pixels, counts = encoder_tiles(model, inputs)
+    sizes = inputs.get("image_sizes")
+    attention, hidden, metric = FeatureLayerRecorder(model)(pixels)
+    dominant, contextual = unit_budget(ratio, hidden.shape[1] - 1)
     with torch.no_grad():
-        tokens = model.model.multi_modal_projector(official_visionzip(attention, hidden, metric, dominant, contextual))
+        tokens, keep_idx = official_visionzip(attention, hidden, metric, dominant, contextual)
+        tokens = model.model.multi_modal_projector(tokens)
+    images = []
+    for image, (image_feature, keep_idxs) in enumerate(zip(tokens.split(counts), keep_idx.split(counts))):
+        if sizes is None:
+            images.append(image_feature[0])
+        else:
+            num_patch_height, num_patch_width = anyres_grid_shape(
+                sizes[image], model.config.image_grid_pinpoints, model.config.vision_config.image_size
+            )
+            side = model.config.vision_config.image_size // model.config.vision_config.patch_size
+            crops = restore_image_features_sorted(image_feature[1:], keep_idxs[1:], num_patch_width, num_patch_height, side)
+            images.append(torch.cat((image_feature[0], crops)))
+    return images
+
+
+def official_prompt(model, inputs: dict, embeds: torch.Tensor, ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Kept ``(B, T)`` bool and the LLM input embeddings with each image's official tokens in its first
+    placeholders (:func:`official_image_tokens`)."""
+    return placed_in_first_placeholders(model, inputs, embeds, official_image_tokens(model, inputs, ratio))
+
+
+def placed_in_first_placeholders(model, inputs: dict, embeds: torch.Tensor, images: list[torch.Tensor]) -> tuple:
+    """Kept ``(B, T)`` bool (the text and each image's first ``K_i`` placeholders) and ``embeds`` with
+    ``images[i]`` ``(K_i, hidden)`` there."""
     image_id = model.config.image_token_id
     kept = inputs["attention_mask"].bool() & (inputs["input_ids"] != image_id)
     merged = embeds.clone()
-    image = 0
-    for b in range(kept.shape[0]):
-        places = (inputs["input_ids"][b] == image_id).nonzero().flatten().tolist()
-        for start in range(0, len(places), patches):
-            first = places[start : start + dominant + contextual]
-            kept[b, first] = True
-            merged[b, first] = tokens[image]
-            image += 1
-    assert image == hidden.shape[0]
+    lengths = [image.shape[0] for image in capture_image_features(model, inputs)]
+    places = [(b, t) for b, t in (inputs["input_ids"] == image_id).nonzero().tolist()]
+    for tokens, start in zip(images, [sum(lengths[:i]) for i in range(len(lengths))]):
+        for (b, t), token in zip(places[start : start + tokens.shape[0]], tokens):
+            kept[b, t] = True
+            merged[b, t] = token
+    assert len(images) == len(lengths) and sum(lengths) == len(places)
     return kept, merged
 
 
-@pytest.mark.parametrize("kind,ratio", [("image", 0.25), ("multi_image", 0.5)])
-def test_llava_visionzip_equals_the_official_code_through_the_model(kind, ratio):
+def capture_image_features(model, inputs: dict) -> list[torch.Tensor]:
+    """The unmodified model's features per image (one per image, placeholders in prompt order)."""
+    arguments = {name: inputs[name] for name in ("pixel_values", "image_sizes") if name in inputs}
+    with torch.no_grad():
+        return list(model.model.get_image_features(**arguments).pooler_output)
+
+
+@pytest.mark.parametrize("family,kind,ratio", [
+    ("llava", "image", 0.25), ("llava", "multi_image", 0.5), ("llava_next", "image", 0.25),
+    pytest.param("llava_next", "multi_image", 0.5, marks=pytest.mark.slow),
+])
+def test_visionzip_equals_the_official_code_through_the_model(family, kind, ratio):
     """Prefill logits and 16 greedy steps of the engine against the masking reference run on the
-    official layout (two prompts, left-padded; one or two 36-patch images each)."""
-    model, inputs = model_of("llava", "sdpa"), vl_inputs(processor_of("llava"), 2, kind)
+    official layout (two prompts, left-padded; one or two images each: 36-patch images on LLaVA-1.5,
+    anyres images of 16-patch tiles on LLaVA-NeXT)."""
+    model, inputs = model_of(family, "sdpa"), vl_inputs(processor_of(family), 2, kind)
     lm_inputs = capture_language_model_inputs(model, inputs)
     kept, merged = official_prompt(model, inputs, lm_inputs.embeds, ratio)
     report = assert_visionzip_runs_like_reference(model, inputs, lm_inputs, kept, merged, ratio)
@@ -157,3 +232,11 @@ def test_llava_visionzip_at_ratio_zero_leaves_the_features_alone():
             logits = model(**inputs).logits
     valid = inputs["attention_mask"].bool()
     assert torch.equal(logits[valid], expected[valid])
+
+
+def test_llava_next_visionzip_refuses_a_ratio_whose_official_tokens_outnumber_the_placeholders():
+    """The 112 x 168 image (five 16-patch tiles, 70 placeholders after unpadding) at ρ 0.05: five
+    tiles of round(16 x 0.95) = 15 official tokens do not fit."""
+    model, inputs = model_of("llava_next", "sdpa"), vl_inputs(processor_of("llava_next"), 1, "image", first=1)
+    with Halting(model, method="visionzip", ratio=0.05), pytest.raises(ValueError, match="75 tokens but the prompt holds 70"):
+        model(**inputs)
