@@ -64,8 +64,16 @@ def cuda_median_ms(run: Callable[[], object], warmup: int, repeats: int) -> floa
 
 
 def cache_bytes(cache) -> int:
-    """Bytes held by a DynamicCache's keys and values, all layers."""
-    return sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
+    """Bytes held by a DynamicCache, all layers: keys and values, and a linear-attention layer's
+    convolution and recurrent states (Qwen3.5's gated delta nets)."""
+    total = 0
+    for layer in cache.layers:
+        for name in ("keys", "values"):
+            tensor = getattr(layer, name, None)
+            total += tensor.nbytes if isinstance(tensor, torch.Tensor) else 0
+        for name in ("conv_states", "recurrent_states"):
+            total += sum(state.nbytes for state in getattr(layer, name, {}).values() if state is not None)
+    return total
 
 
 def measure(run, warmup: int, repeats: int, elapsed_ms: Callable[[Callable[[], object]], float] = cuda_elapsed_ms) -> dict:

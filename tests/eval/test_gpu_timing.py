@@ -18,7 +18,7 @@ from dash_vl.adapters import adapter_for
 from tests.conftest import model_of, processor_of, vl_inputs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "eval"))
-from gpu_timing import floor_prefill, ideal_prefill  # noqa: E402
+from gpu_timing import cache_bytes, floor_prefill, ideal_prefill  # noqa: E402
 
 TOKENS = 40
 START = 2
@@ -90,3 +90,13 @@ def test_vit_halting_bench_runs_in_smoke_mode(tmp_path):
     subprocess.run(command, check=True, capture_output=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     rows = json.loads(out.read_text())["rows"]
     assert {row["setting"] for row in rows if row["part"] == "encoder"} >= {"none", "vit 0.9", "ideal 0.9"}
+
+
+def test_cache_bytes_counts_keys_values_and_linear_attention_states():
+    """A DynamicCache of full-attention layers (keys, values) and linear-attention layers (convolution and
+    recurrent states per state index, some not yet set)."""
+    from types import SimpleNamespace
+
+    full = SimpleNamespace(keys=torch.zeros(1, 2, 5, 4), values=torch.zeros(1, 2, 5, 4))
+    linear = SimpleNamespace(conv_states={0: torch.zeros(1, 8, 4)}, recurrent_states={0: torch.zeros(1, 2, 4, 4), 1: None})
+    assert cache_bytes(SimpleNamespace(layers=[full, linear])) == 4 * (40 + 40 + 32 + 32)
