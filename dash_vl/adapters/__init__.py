@@ -11,10 +11,12 @@ from dash_vl.adapters.llava import LlavaAdapter
 from dash_vl.adapters.llava_next import LlavaNextAdapter
 from dash_vl.adapters.llava_onevision import LlavaOnevisionAdapter
 from dash_vl.adapters.qwen2_vl import Qwen2VLAdapter
+from dash_vl.adapters.qwen3_vl import Qwen3VLAdapter
 from dash_vl.adapters.text_llm import CausalLMAdapter
 
 ADAPTERS: tuple[type[ModelAdapter], ...] = (
-    Qwen2VLAdapter, LlavaAdapter, LlavaNextAdapter, LlavaOnevisionAdapter, InternVLAdapter, Gemma3TextAdapter, CausalLMAdapter,
+    Qwen2VLAdapter, Qwen3VLAdapter, LlavaAdapter, LlavaNextAdapter, LlavaOnevisionAdapter, InternVLAdapter, Gemma3TextAdapter,
+    CausalLMAdapter,
 )
 
 

@@ -18,7 +18,9 @@ if TYPE_CHECKING:
     from torch import nn
 
 FAMILIES: LazyRegistry = LazyRegistry({
-    name: f"dash_vl.testing.{name}" for name in ("qwen2_vl", "qwen2_5_vl", "llava_onevision", "internvl", "llava", "llava_next")
+    name: f"dash_vl.testing.{name}" for name in (
+        "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava_onevision", "internvl", "llava", "llava_next",
+    )
 })
 """Family name → its module (imported on first use, so that listing the names imports no torch)."""
 
