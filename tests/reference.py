@@ -32,7 +32,8 @@ class LanguageModelInputs:
     ``embeds`` ``(B, T, D)``; ``position_ids`` as handed over (``(4, B, T)`` for Qwen2-VL under
     generate, ``(B, T)`` for text LLMs); ``rope_ids`` the rotary ids (``(3, B, T)`` or ``(B, T)``);
     ``valid`` ``(B, T)`` bool; ``deepstack`` Qwen3-VL's DeepStack terms: per layer ``i`` a ``(B, T, D)``
-    tensor added to the output of layer ``i`` (empty for other models).
+    tensor added to the output of layer ``i`` (empty for other models), and ``deepstack_kwargs`` the
+    keywords that carried them to the language model.
     """
 
     embeds: torch.Tensor
@@ -40,6 +41,7 @@ class LanguageModelInputs:
     rope_ids: torch.Tensor
     valid: torch.Tensor
     deepstack: list[torch.Tensor] = field(default_factory=list)
+    deepstack_kwargs: dict = field(default_factory=dict)
 
     def prefix(self, length: int) -> LanguageModelInputs:
         return LanguageModelInputs(
@@ -99,7 +101,8 @@ def capture_language_model_inputs(model, inputs: dict) -> LanguageModelInputs:
     rope_ids = position_ids[1:] if position_ids.ndim == 3 and position_ids.shape[0] == 4 else position_ids
     mask = prefill.get("attention_mask")
     valid = torch.ones(embeds.shape[:2], dtype=torch.bool) if mask is None else mask.bool()
-    return LanguageModelInputs(embeds, position_ids, rope_ids, valid, deepstack_terms(prefill, embeds))
+    deepstack_kwargs = {name: prefill[name] for name in ("visual_pos_masks", "deepstack_visual_embeds") if prefill.get(name) is not None}
+    return LanguageModelInputs(embeds, position_ids, rope_ids, valid, deepstack_terms(prefill, embeds), deepstack_kwargs)
 
 
 def deepstack_terms(prefill: dict, embeds: torch.Tensor) -> list[torch.Tensor]:

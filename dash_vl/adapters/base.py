@@ -241,6 +241,12 @@ class VisionLanguageAdapter(ModelAdapter):
         return mask
 
     @property
+    def video_processor_arguments(self, frame_counts: list[int]) -> dict[str, Any]:
+        """Keywords for the processor's call on videos already sampled by :attr:`video_sampling`
+        (``frame_counts``: frames of each). Default: none."""
+        return {}
+
+    @property
     def vision_feature_attention(self) -> nn.Module:
         """The self-attention module of the vision encoder layer whose output the LLM receives."""
         raise NotImplementedError(f"{type(self).__name__} does not expose its vision encoder's attention")

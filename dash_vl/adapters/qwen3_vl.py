@@ -21,6 +21,10 @@ the visual positions (``visual_pos_masks``) after each of its first decoder laye
   kept token's own features; VisionZip's merged contextual tokens take the features of the
   placeholder they occupy.
 
+Videos through ``ask``: the frames sampled by :attr:`video_sampling` (qwen-vl-utils' rule, 2 frames a
+second) go to the processor as they are, with timestamps at that rate
+(:meth:`video_processor_arguments`).
+
 Encoder-side halting (``vision_ratio``) is refused: the DeepStack mergers read intermediate ViT
 blocks, where halted patches would need a definition of their own.
 """
@@ -52,6 +56,14 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
             layer: torch.zeros_like(hidden_states).masked_scatter(mask, feature.to(hidden_states.device, hidden_states.dtype))
             for layer, feature in enumerate(features)
         })
+
+    def video_processor_arguments(self, frame_counts: list[int]) -> dict[str, Any]:
+        """The frames stay as sampled (``do_sample_frames=False``: Qwen3-VL's video processor would sample
+        again), taken as :attr:`video_sampling`'s ``fps`` frames a second for the ``<t seconds>`` timestamps
+        the processor writes before each frame pair."""
+        fps = self.video_sampling.fps
+        metadata = [{"total_num_frames": count, "fps": fps, "frames_indices": list(range(count))} for count in frame_counts]
+        return {"do_sample_frames": False, "video_metadata": metadata}
 
     def encoder_adapter(self) -> EncoderAdapter:
         raise NotImplementedError(

@@ -10,10 +10,10 @@ import dash_vl
 from dash_vl.adapters import adapter_class_for
 from dash_vl.cli import main
 from dash_vl.media import FrameSampling, load_video
-from tests.conftest import FAMILY_NAMES, random_image
+from tests.conftest import ALL_FAMILY_NAMES, random_image
 
 
-@pytest.fixture(scope="module", params=FAMILY_NAMES)
+@pytest.fixture(scope="module", params=ALL_FAMILY_NAMES)
 def saved_model(request, tmp_path_factory):
     directory = tmp_path_factory.mktemp(f"tiny-{request.param}")
     assert main(["make-random-model", str(directory), "--family", request.param]) == 0

@@ -17,7 +17,7 @@ from dash_vl.testing import (
 from dash_vl.testing import (
     family as family_module,
 )
-from tests.conftest import FAMILY_NAMES, model_of
+from tests.conftest import ALL_FAMILY_NAMES, model_of
 
 VISUAL_IDS = ("image_token_id", "video_token_id")
 
@@ -27,7 +27,7 @@ def visual_count(config, input_ids: torch.Tensor) -> int:
     return int(torch.isin(input_ids, torch.tensor(ids)).sum())
 
 
-@pytest.mark.parametrize("family", FAMILY_NAMES)
+@pytest.mark.parametrize("family", ALL_FAMILY_NAMES)
 def test_tiny_model_runs_a_long_prompt_and_halts_its_visual_tokens(family):
     model = model_of(family, "sdpa")
     prompt = long_prompt(family, model.config, 300, torch.device("cpu"), torch.float32)
@@ -42,14 +42,17 @@ def test_tiny_model_runs_a_long_prompt_and_halts_its_visual_tokens(family):
 
 @pytest.mark.parametrize(
     "family, per_unit, units_field",
-    [("qwen2_vl", None, None), ("llava_onevision", 196, "pixel_values_videos"), ("internvl", 256, "pixel_values")],
+    [
+        ("qwen2_vl", None, None), ("qwen3_vl", None, None), ("llava_onevision", 196, "pixel_values_videos"),
+        ("internvl", 256, "pixel_values"),
+    ],
 )
 def test_full_size_prompt_has_the_checkpoints_tokens_per_frame(family, per_unit, units_field):
     config = full_size_config(family, num_layers=1)
     prompt = long_prompt(family, config, 4096, torch.device("cpu"), torch.bfloat16)
     length, visual = prompt["input_ids"].shape[1], visual_count(config, prompt["input_ids"])
     assert 4096 - 300 <= length <= 4096
-    if family == "qwen2_vl":  # one image; 2 x 2 patches a token
+    if family.startswith("qwen"):  # one image; 2 x 2 patches a token
         assert visual == prompt["pixel_values"].shape[0] // 4 == int(prompt["image_grid_thw"].prod()) // 4
     else:  # one video; LLaVA-OV adds one newline token after it
         frames = prompt[units_field].shape[-4]

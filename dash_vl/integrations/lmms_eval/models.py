@@ -1,5 +1,5 @@
-"""lmms-eval models with halting: ``dash_qwen2_vl``, ``dash_llava_onevision``, ``dash_internvl``,
-``dash_llava`` (LLaVA-1.5), ``dash_llava_next`` (LLaVA-NeXT).
+"""lmms-eval models with halting: ``dash_qwen2_vl``, ``dash_qwen3_vl``, ``dash_llava_onevision``,
+``dash_internvl``, ``dash_llava`` (LLaVA-1.5), ``dash_llava_next`` (LLaVA-NeXT).
 
 Registered through the ``lmms_eval.models`` entry-point group (:mod:`dash_vl.integrations.lmms_eval.entry`), so after
 ``pip install -e ".[eval]"``::
@@ -212,6 +212,10 @@ class DashQwen2VL(HaltingModel):
     model_types = ("qwen2_vl", "qwen2_5_vl")
 
 
+class DashQwen3VL(HaltingModel):
+    model_types = ("qwen3_vl",)
+
+
 class DashLlavaOnevision(HaltingModel):
     model_types = ("llava_onevision",)
 
@@ -228,4 +232,4 @@ class DashLlavaNext(HaltingModel):
     model_types = ("llava_next",)
 
 
-__all__ = ["DashInternVL", "DashLlava", "DashLlavaNext", "DashLlavaOnevision", "DashQwen2VL", "HaltingModel"]
+__all__ = ["DashInternVL", "DashLlava", "DashLlavaNext", "DashLlavaOnevision", "DashQwen2VL", "DashQwen3VL", "HaltingModel"]
