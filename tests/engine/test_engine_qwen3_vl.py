@@ -151,6 +151,18 @@ def test_snapkv_matches_kvpress_rule():
     )
 
 
+@pytest.mark.parametrize("question", ["halted", pytest.param("after_context", marks=slow)])
+def test_static_decoding_equals_eager_decoding(question):
+    """DASH at ``l_s = 2``, the last DeepStack layer (``after_context``: the last 4 tokens, text, appended after the
+    halted context)."""
+    from tests.engine.test_static_decode import assert_same_decoding, halted_on_both_caches
+
+    model, inputs = case()
+    question_tokens = 4 if question == "after_context" else None
+    dynamic, static = halted_on_both_caches(model, inputs, question_tokens, ratio=0.5, question=question)
+    assert_same_decoding(dynamic, static)
+
+
 def test_encoder_halting_is_refused_with_a_reason():
     model, inputs = case()
     with pytest.raises(NotImplementedError, match="DeepStack"):

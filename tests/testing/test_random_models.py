@@ -89,7 +89,7 @@ def test_video_prompt_of_an_image_family_is_a_clear_error():
         long_video_prompt("qwen2_vl", full_size_config("qwen2_vl", num_layers=1), 4, torch.device("cpu"), torch.float32)
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 def test_image_prompt_batch_gives_each_prompt_its_logits_alone(family):
     model = model_of(family, "sdpa")
     cpu, lengths = torch.device("cpu"), [300, 180]
