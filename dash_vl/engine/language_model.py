@@ -24,6 +24,10 @@ Prefill (empty cache):
     over the tokens still active, in the same way: each stage's layers run on and cache that
     stage's active tokens (:class:`CompactStage`), so layers cache different lengths.
 
+What a model adds to the residual stream between its layers (Qwen3-VL's DeepStack features,
+:mod:`dash_vl.engine.residual_additions`) is added after its layer to the tokens that layer ran on, in
+their layout; halted tokens, frozen, receive none.
+
 At ratio 0 nothing halts, so no decision is made: every layer runs on every prompt token (packed
 where packing is on) and caches all of them, as the model itself does.
 
