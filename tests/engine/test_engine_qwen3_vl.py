@@ -3,8 +3,8 @@ and 2 (as the 8B checkpoint does): equal to HF with nothing halted, equal to the
 (which adds the same features to every token and freezes halted ones) with a decision after, at and
 inside the DeepStack layers, for every prompt shape with DASH and FastV and for every method once.
 
-Lean by design (CI's budget): the shared matrices leave this family out (``tests.conftest.OWN_SUITE_FAMILIES``),
-and all but one case of each kind here are marked ``slow``."""
+Lean by design (CI's budget): the shared matrices leave this family out (``tests.conftest.OWN_SUITE_FAMILIES``);
+the whole file takes about 30 s on 2 CPU cores."""
 
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ from tests.reference import MaskingReference, capture_language_model_inputs, eli
 
 FAMILY = "qwen3_vl"
 DEEPSTACK_LAYERS = 3
-slow = pytest.mark.slow
 
 
 def case(kind: str = "image", batch: int = 2, attn_implementation: str = "sdpa") -> tuple:
@@ -37,10 +36,7 @@ def test_tiny_model_adds_deepstack_features_after_three_layers():
 
 @pytest.mark.parametrize(
     "kind,batch,attn_implementation",
-    [
-        ("image", 1, "sdpa"), ("image", 2, "eager"),
-        pytest.param("multi_image", 2, "sdpa", marks=slow), pytest.param("video", 2, "sdpa", marks=slow),
-    ],
+    [("image", 1, "sdpa"), ("image", 2, "eager"), ("multi_image", 2, "sdpa"), ("video", 2, "sdpa")],
 )
 def test_ratio_zero_matches_unmodified_model(kind, batch, attn_implementation):
     model, inputs = case(kind, batch, attn_implementation)
@@ -62,9 +58,9 @@ def test_ratio_zero_matches_unmodified_model(kind, batch, attn_implementation):
     "kind,start_layer,scope",
     [
         ("image", 1, "all"),  # inside: layer 1's and 2's features go to the active tokens only
-        pytest.param("image", 3, "visual", marks=slow),  # after the last DeepStack layer: the decision sees what HF computes
-        pytest.param("multi_image", 2, "all", marks=slow),  # at the last one: its features follow the decision
-        pytest.param("video", 2, "visual", marks=slow),
+        ("image", 3, "visual"),  # after the last DeepStack layer: the decision sees what HF computes
+        ("multi_image", 2, "all"),  # at the last one: its features follow the decision
+        ("video", 2, "visual"),
     ],
 )
 def test_dash_matches_masking_reference(kind, start_layer, scope):
@@ -73,7 +69,7 @@ def test_dash_matches_masking_reference(kind, start_layer, scope):
     check_against(reference, model, inputs, ratio=0.5, start_layer=start_layer, scope=scope)
 
 
-@pytest.mark.parametrize("kind", ["image", pytest.param("video", marks=slow)])
+@pytest.mark.parametrize("kind", ["image", "video"])
 def test_fastv_at_k_2_inside_deepstack_matches_eager_attention_reference(kind):
     """FastV's ``K = 2`` decides on layer 1's attention (after two DeepStack terms) before layer 2 (the third)."""
     model, inputs = case(kind)
@@ -82,7 +78,7 @@ def test_fastv_at_k_2_inside_deepstack_matches_eager_attention_reference(kind):
 
 
 @pytest.mark.filterwarnings("ignore:.*flex_attention called without torch.compile")
-@pytest.mark.parametrize("method,start_layer", [pytest.param("dash", 1, marks=slow), ("fastv", 2)])
+@pytest.mark.parametrize("method,start_layer", [("dash", 1), ("fastv", 2)])
 def test_packed_prefill_matches_padded(method, start_layer, packed_calls):  # noqa: F811 (the fixture)
     model, inputs = case()
     assert_packed_matches_padded(
@@ -93,24 +89,20 @@ def test_packed_prefill_matches_padded(method, start_layer, packed_calls):  # no
 # --- every other method once, on a left-padded batch of two images (batch 1 where its test reads one prompt) --
 
 
-@pytest.mark.parametrize(
-    "method,score",
-    [pytest.param("dash_block", "delta_block", marks=slow), ("dash_highest", "highest"), pytest.param("random", "random", marks=slow)],
-)
+@pytest.mark.parametrize("method,score", [("dash_block", "delta_block"), ("dash_highest", "highest"), ("random", "random")])
 def test_ablation_matches_masking_reference(method, score):
     model, inputs = case()
     reference = MaskingReference(model, 0.75, 1, eligible_tokens(model, inputs, "all", "halted"), score=score)
     check_against(reference, model, inputs, method=method, ratio=0.75, start_layer=1)
 
 
-@pytest.mark.parametrize("method,order", [pytest.param("dart", "official", marks=slow), ("dart_prompt_order", "prompt")])
+@pytest.mark.parametrize("method,order", [("dart", "official"), ("dart_prompt_order", "prompt")])
 def test_dart_matches_reference_rule(method, order):
     model, inputs = case()
     kept = dart_kept(model, inputs, 0.5, layer=2, order=order)
     check_against(MaskingReference(model, 0.5, 2, kept, given_active=kept), model, inputs, method=method, ratio=0.5)
 
 
-@slow
 @pytest.mark.parametrize("method", ["vispruner", "divprune", "cdpruner"])
 def test_pre_llm_method_matches_official_rule(method):
     """Decided before layer 0: the kept tokens take their own DeepStack features in every DeepStack layer."""
@@ -119,7 +111,6 @@ def test_pre_llm_method_matches_official_rule(method):
     check_against(MaskingReference(model, 0.5, 0, kept, given_active=kept), model, inputs, method=method, ratio=0.5)
 
 
-@slow
 def test_visionzip_matches_reference_rule():
     model, inputs = case("video")
     lm_inputs = capture_language_model_inputs(model, inputs)
@@ -141,7 +132,6 @@ def test_pyramiddrop_matches_the_official_rule_at_batch_one():
     stages.check_against(reference, model, inputs, method="pyramiddrop", ratio=0.5)
 
 
-@slow
 def test_snapkv_matches_kvpress_rule():
     model, inputs = case()
     eligible = eligible_tokens(model, inputs, "all", "halted")
@@ -151,7 +141,7 @@ def test_snapkv_matches_kvpress_rule():
     )
 
 
-@pytest.mark.parametrize("question", ["halted", pytest.param("after_context", marks=slow)])
+@pytest.mark.parametrize("question", ["halted", "after_context"])
 def test_static_decoding_equals_eager_decoding(question):
     """DASH at ``l_s = 2``, the last DeepStack layer (``after_context``: the last 4 tokens, text, appended after the
     halted context)."""
