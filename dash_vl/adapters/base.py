@@ -240,7 +240,6 @@ class VisionLanguageAdapter(ModelAdapter):
                 mask |= input_ids == token_id
         return mask
 
-    @property
     def video_processor_arguments(self, frame_counts: list[int]) -> dict[str, Any]:
         """Keywords for the processor's call on videos already sampled by :attr:`video_sampling`
         (``frame_counts``: frames of each). Default: none."""
