@@ -164,12 +164,14 @@ class VisionLanguageModel:
         if videos and len(videos) != len(queries):
             raise ValueError("in one batch either every query has a video or none has")
         self.processor.tokenizer.padding_side = "left"
+        video_arguments = self.adapter.video_processor_arguments([len(frames) for frames in videos]) if videos else {}
         return self.processor(
             text=prompts,
             images=images if any(images) else None,
             videos=videos or None,
             padding=True,
             return_tensors="pt",
+            **video_arguments,
         ).to(self.model.device)
 
 

@@ -3,11 +3,11 @@ every method (GPU).
 
 Random bf16 weights with the shapes of ``--family``'s public checkpoint (Qwen2-VL-7B-Instruct by
 default, Qwen2.5-VL-7B-Instruct, llava-onevision-qwen2-7b-ov-hf, InternVL3-8B-hf,
-llava-1.5-7b-hf, llava-v1.6-mistral-7b-hf, Qwen3.5-27B's language model: every family of
+llava-1.5-7b-hf, llava-v1.6-mistral-7b-hf, Qwen3-VL-8B-Instruct, Qwen3.5-27B's language model: every family of
 ``dash_vl.testing.FAMILIES``),
 SDPA, batch 1. The prompt (``dash_vl.testing.long_prompt``) is 64 text tokens, the visual
-tokens of one image (Qwen2-VL: one patch grid of ``≈ T - 130`` tokens), one video
-(Qwen3.5 as Qwen2-VL; LLaVA-OneVision: 196 tokens a frame; InternVL: 256 a frame plus its ``FrameN: <img>``/``</img>``
+tokens of one image (Qwen2-VL, Qwen3-VL, Qwen3.5: one patch grid of ``≈ T - 130`` tokens), one video
+(LLaVA-OneVision: 196 tokens a frame; InternVL: 256 a frame plus its ``FrameN: <img>``/``</img>``
 text) or several images (LLaVA-1.5: 576 tokens a 336-px image, 28 images at T = 16 384;
 LLaVA-NeXT: 2 928 a 672 x 672 image of five CLIP tiles, five images and text up to T) with random
 pixels, and 64 or more text tokens. One timed call is the model's forward with

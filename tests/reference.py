@@ -4,7 +4,9 @@ It shares no code with the engine: it calls the HF decoder layers one by one ove
 tokens with explicit 4-D masks, a full KV cache in every layer, and per-sample Python loops
 for the halting decision. Halted tokens are frozen by overwriting their states after every
 layer from ``l_s`` on, and hidden as keys from layers ``> l_s`` (and from layer ``l_s`` in
-later calls, whose cache at ``l_s`` the engine keeps compact).
+later calls, whose cache at ``l_s`` the engine keeps compact). Qwen3-VL's DeepStack terms are
+added to every token after their layers, before halted tokens are overwritten: a halted token
+keeps its state entering ``l_s`` and so none of the later terms.
 
 Sliding-window layers (``config.layer_types``, or every layer where only ``config.sliding_window``
 is set) mask keys ``sliding_window`` or more sequence indices back; the reference's cache keeps
@@ -29,17 +31,22 @@ class LanguageModelInputs:
 
     ``embeds`` ``(B, T, D)``; ``position_ids`` as handed over (``(4, B, T)`` for Qwen2-VL under
     generate, ``(B, T)`` for text LLMs); ``rope_ids`` the rotary ids (``(3, B, T)`` or ``(B, T)``);
-    ``valid`` ``(B, T)`` bool.
+    ``valid`` ``(B, T)`` bool; ``deepstack`` Qwen3-VL's DeepStack terms: per layer ``i`` a ``(B, T, D)``
+    tensor added to the output of layer ``i`` (empty for other models), and ``deepstack_kwargs`` the
+    keywords that carried them to the language model.
     """
 
     embeds: torch.Tensor
     position_ids: torch.Tensor
     rope_ids: torch.Tensor
     valid: torch.Tensor
+    deepstack: list[torch.Tensor] = field(default_factory=list)
+    deepstack_kwargs: dict = field(default_factory=dict)
 
     def prefix(self, length: int) -> LanguageModelInputs:
         return LanguageModelInputs(
-            self.embeds[:, :length], self.position_ids[..., :length], self.rope_ids[..., :length], self.valid[:, :length]
+            self.embeds[:, :length], self.position_ids[..., :length], self.rope_ids[..., :length], self.valid[:, :length],
+            [term[:, :length] for term in self.deepstack],
         )
 
 
@@ -94,7 +101,29 @@ def capture_language_model_inputs(model, inputs: dict) -> LanguageModelInputs:
     rope_ids = position_ids[1:] if position_ids.ndim == 3 and position_ids.shape[0] == 4 else position_ids
     mask = prefill.get("attention_mask")
     valid = torch.ones(embeds.shape[:2], dtype=torch.bool) if mask is None else mask.bool()
-    return LanguageModelInputs(embeds, position_ids, rope_ids, valid)
+    deepstack_kwargs = {name: prefill[name] for name in ("visual_pos_masks", "deepstack_visual_embeds") if prefill.get(name) is not None}
+    return LanguageModelInputs(embeds, position_ids, rope_ids, valid, deepstack_terms(prefill, embeds), deepstack_kwargs)
+
+
+def deepstack_terms(prefill: dict, embeds: torch.Tensor) -> list[torch.Tensor]:
+    """Qwen3-VL's DeepStack features as ``(B, T, D)`` terms, written position by position: the ``r``-th
+    visual position in row-major order (``visual_pos_masks``) takes row ``r`` of each layer's features."""
+    features = prefill.get("deepstack_visual_embeds")
+    if features is None:
+        return []
+    positions = prefill["visual_pos_masks"].nonzero().tolist()
+    terms = []
+    for feature in features:
+        term = torch.zeros_like(embeds)
+        for row, (b, t) in enumerate(positions):
+            term[b, t] = feature[row]
+        terms.append(term)
+    return terms
+
+
+def with_deepstack(inputs: LanguageModelInputs, index: int, hidden: torch.Tensor) -> torch.Tensor:
+    """``hidden`` leaving layer ``index`` plus that layer's DeepStack term, where it has one."""
+    return hidden + inputs.deepstack[index] if index < len(inputs.deepstack) else hidden
 
 
 @dataclass
@@ -167,6 +196,7 @@ class MaskingReference:
                 hidden = layers[index](
                     hidden, attention_mask=full[index], position_embeddings=rope[index], **cache_argument(self.cache)
                 )
+                hidden = with_deepstack(inputs, index, hidden)
             frozen = hidden
             if self.given_active is not None:
                 active = valid & self.given_active
@@ -174,14 +204,14 @@ class MaskingReference:
             else:
                 update, hidden = self.split_layer(start, hidden, full[start], rope[start])
                 active = self.decide(update, hidden - frozen, valid)
-                hidden = torch.where(active[..., None], hidden, frozen)
+                hidden = torch.where(active[..., None], with_deepstack(inputs, start, hidden), frozen)
                 first_later = start + 1
             late = self.masks(seq_len, valid & active)
             for index in range(first_later, len(layers)):
                 hidden = layers[index](
                     hidden, attention_mask=late[index], position_embeddings=rope[index], **cache_argument(self.cache)
                 )
-                hidden = torch.where(active[..., None], hidden, frozen)
+                hidden = torch.where(active[..., None], with_deepstack(inputs, index, hidden), frozen)
         self.active = active
         self.key_valid, self.key_active = valid, valid & active
         largest = inputs.rope_ids.amax(dim=-1)

@@ -12,11 +12,12 @@ from dash_vl.adapters.llava_next import LlavaNextAdapter
 from dash_vl.adapters.llava_onevision import LlavaOnevisionAdapter
 from dash_vl.adapters.qwen2_vl import Qwen2VLAdapter
 from dash_vl.adapters.qwen3_5 import Qwen3_5Adapter, Qwen3_5TextAdapter
+from dash_vl.adapters.qwen3_vl import Qwen3VLAdapter
 from dash_vl.adapters.text_llm import CausalLMAdapter
 
 ADAPTERS: tuple[type[ModelAdapter], ...] = (
-    Qwen2VLAdapter, LlavaAdapter, LlavaNextAdapter, LlavaOnevisionAdapter, InternVLAdapter, Qwen3_5Adapter, Gemma3TextAdapter,
-    Qwen3_5TextAdapter, CausalLMAdapter,
+    Qwen2VLAdapter, Qwen3VLAdapter, LlavaAdapter, LlavaNextAdapter, LlavaOnevisionAdapter, InternVLAdapter, Qwen3_5Adapter,
+    Gemma3TextAdapter, Qwen3_5TextAdapter, CausalLMAdapter,
 )
 
 

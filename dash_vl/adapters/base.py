@@ -18,6 +18,7 @@ from torch import nn
 
 from dash_vl.adapters.encoder_base import EncoderAdapter
 from dash_vl.engine.encoder_evidence import SegmentAttention, VisualEvidence
+from dash_vl.engine.residual_additions import ResidualAdditions
 from dash_vl.media import FrameSampling
 
 ATTENTION_KINDS: tuple[str, ...] = ("full_attention", "sliding_attention")
@@ -143,6 +144,15 @@ class ModelAdapter:
         """``(batch, T)`` bool, True on visual tokens; ``None`` when the family has none."""
         return None
 
+    def residual_additions(self, hidden_states: torch.Tensor, forward_kwargs: dict[str, Any]) -> ResidualAdditions:
+        """What the model adds to the residual stream after some decoder layers, outside them, for the new
+        tokens ``hidden_states`` ``(batch, T, D)``; the keywords that carry it are taken out of
+        ``forward_kwargs`` (those the outer model passed its language model's ``forward``).
+
+        Default: nothing (:class:`~dash_vl.engine.residual_additions.ResidualAdditions` is empty).
+        """
+        return ResidualAdditions()
+
     def attention_update(self, layer: nn.Module, hidden_states: torch.Tensor, **attention_kwargs: Any) -> torch.Tensor:
         """The attention sub-layer's output ``U`` (``(batch, T, hidden)``, before the residual add)."""
         normed = layer.input_layernorm(hidden_states)
@@ -246,6 +256,11 @@ class VisionLanguageAdapter(ModelAdapter):
             if token_id is not None:
                 mask |= input_ids == token_id
         return mask
+
+    def video_processor_arguments(self, frame_counts: list[int]) -> dict[str, Any]:
+        """Keywords for the processor's call on videos already sampled by :attr:`video_sampling`
+        (``frame_counts``: frames of each). Default: none."""
+        return {}
 
     @property
     def vision_feature_attention(self) -> nn.Module:

@@ -3,7 +3,8 @@
 :func:`trace_prompt` installs a per-layer loop in place of the language model's ``forward``
 (as :class:`dash_vl.Halting` installs the engine), calls the whole model once, and restores
 the model's own ``forward``. Each layer runs through the adapter exactly as HF runs it
-(attention sub-layer, residual add, feed-forward); nothing is halted. Per layer it records
+(attention sub-layer, residual add, feed-forward, then what the model adds after it: Qwen3-VL's
+DeepStack features); nothing is halted. Per layer it records
 the attention update's norm, the residual stream's norm, and the attention each key receives
 from all queries and from the last one, computed from the layer's own queries
 (:meth:`ModelAdapter.attention_queries`) and the keys the layer computed (``k_proj``, ``k_norm``
@@ -72,6 +73,7 @@ class LayerTracer:
         if hf_compat.pop_cache(kwargs) is not None:
             raise ValueError("the diagnosis traces a prefill from scratch; pass no KV cache")
         hidden = self.adapter.embed(input_ids) if inputs_embeds is None else inputs_embeds
+        additions = self.adapter.residual_additions(hidden, kwargs)
         batch_size, seq_len = hidden.shape[:2]
         if batch_size != 1:
             raise ValueError(f"the diagnosis traces one prompt at a time; got a batch of {batch_size}")
@@ -91,7 +93,7 @@ class LayerTracer:
             last_query.append(attention_received(queries[0, :, -1:], capture.key[0], first_query=seq_len - 1).cpu())
             delta_attn.append(update[0].float().norm(dim=-1).cpu())
             hidden_norm.append(hidden[0].float().norm(dim=-1).cpu())
-            hidden = self.adapter.feed_forward(layer, hidden + update)
+            hidden = additions.after(index, self.adapter.feed_forward(layer, hidden + update))
         self.records.append(tuple(torch.stack(rows) for rows in (delta_attn, hidden_norm, received, last_query)))
         return hf_compat.model_output(self.adapter.final_norm(hidden), None)
 

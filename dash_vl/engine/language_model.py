@@ -24,6 +24,10 @@ Prefill (empty cache):
     over the tokens still active, in the same way: each stage's layers run on and cache that
     stage's active tokens (:class:`CompactStage`), so layers cache different lengths.
 
+What a model adds to the residual stream between its layers (Qwen3-VL's DeepStack features,
+:mod:`dash_vl.engine.residual_additions`) is added after its layer to the tokens that layer ran on, in
+their layout; halted tokens, frozen, receive none.
+
 At ratio 0 nothing halts, so no decision is made: every layer runs on every prompt token (packed
 where packing is on) and caches all of them, as the model itself does.
 
@@ -81,6 +85,7 @@ from dash_vl.engine.layouts import Packing, PaddedLayout, TokenLayout, run_start
 from dash_vl.engine.masks import check_implementation, is_flash
 from dash_vl.engine.packed_attention import PACKED_ATTENTION
 from dash_vl.engine.prefill_flops import DecisionLayerWork, LayerShapes, prefill_flops
+from dash_vl.engine.residual_additions import ResidualAdditions
 from dash_vl.engine.static_decoder import StaticDecoder, storage_of
 from dash_vl.engine.static_slots import SLOT_ATTENTION, StaticSlots
 from dash_vl.engine.vision_evidence import EvidenceRecorder, evidence_over_prompt
@@ -189,6 +194,7 @@ class StageTokens:
         layout: the layout the layers run them in (padded, or packed).
         rope_ids: ``(..., batch, K)`` their rotary ids, padded layout.
         eligible: ``(batch, K)`` bool, those the policy may still halt.
+        additions: what the model adds to their residual stream after some layers (DeepStack), padded layout.
         valid_counts, eligible_counts: per sample, on the host (empty after the last decision).
     """
 
@@ -196,6 +202,7 @@ class StageTokens:
     layout: TokenLayout
     rope_ids: torch.Tensor
     eligible: torch.Tensor
+    additions: ResidualAdditions
     valid_counts: list[int]
     eligible_counts: list[int]
 
@@ -319,10 +326,16 @@ class HaltingEngine:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         hidden = self.adapter.embed(input_ids) if inputs_embeds is None else inputs_embeds
+        additions = self.adapter.residual_additions(hidden, kwargs)
         batch_size, new_len = hidden.shape[:2]
         decoder = self._static.get(cache) if cache is not None else None
         if decoder is not None:
             decoder.check_serves(cache)
+            if additions:
+                raise ValueError(
+                    "a decode step over a static cache cannot add visual features (DeepStack) to its tokens; "
+                    "generate without cache_implementation"
+                )
             slots = decoder.slots
             rope_ids = self.adapter.rope_position_ids(position_ids, batch_size, new_len, slots.span + slots.written, hidden.device)
             return hf_compat.model_output(self._static_extend(hidden, rope_ids, decoder), cache)
@@ -342,9 +355,9 @@ class HaltingEngine:
 
         if past_len == 0:
             prompt_ids = input_ids if input_ids is not None else self.prompt_input_ids
-            hidden = self._prefill(hidden, token_valid, rope_ids, cache, prompt_ids)
+            hidden = self._prefill(hidden, token_valid, rope_ids, cache, prompt_ids, additions)
         else:
-            hidden = self._extend(hidden, token_valid, rope_ids, cache, self._compact.get(cache))
+            hidden = self._extend(hidden, token_valid, rope_ids, cache, self._compact.get(cache), additions)
         if static_cache is not None:
             self._lay_out_static(static_cache, cache, token_valid)
             cache = static_cache
@@ -358,6 +371,7 @@ class HaltingEngine:
         rope_ids: torch.Tensor,
         cache: Any,
         prompt_ids: torch.Tensor | None,
+        additions: ResidualAdditions,
     ) -> torch.Tensor:
         """Halting prefill of ``hidden`` ``(batch, T, D)``; returns final states ``(batch, T, D)``."""
         seq_len = hidden.shape[1]
@@ -366,7 +380,7 @@ class HaltingEngine:
         eligible = self._eligible(visual, token_valid, question)
         evidence = self._vision_evidence(prompt_ids)
         if self.config.question != "after_context":
-            hidden, actives = self._halting_pass(hidden, token_valid, rope_ids, cache, eligible, evidence)
+            hidden, actives = self._halting_pass(hidden, token_valid, rope_ids, cache, eligible, additions, evidence)
             self._pending_reports.append(PendingReport.queue(token_valid, eligible, actives, question_len=0))
             return hidden
         if cache is None:
@@ -378,9 +392,12 @@ class HaltingEngine:
             evidence = tuple(part[:, :context_len] for part in evidence)
         context, actives = self._halting_pass(
             hidden[:, :context_len], token_valid[:, :context_len], rope_ids[..., :context_len], cache,
-            eligible[:, :context_len], evidence,
+            eligible[:, :context_len], additions.tokens(0, context_len), evidence,
         )
-        tail = self._extend(hidden[:, context_len:], token_valid, rope_ids[..., context_len:], cache, self._compact.get(cache))
+        tail = self._extend(
+            hidden[:, context_len:], token_valid, rope_ids[..., context_len:], cache, self._compact.get(cache),
+            additions.tokens(context_len, seq_len),
+        )
         self._pending_reports.append(
             PendingReport.queue(
                 token_valid[:, :context_len], eligible[:, :context_len], actives, question_len=seq_len - context_len
@@ -403,7 +420,7 @@ class HaltingEngine:
 
     def _halting_pass(
         self, hidden: torch.Tensor, token_valid: torch.Tensor, rope_ids: torch.Tensor, cache: Any, eligible: torch.Tensor,
-        evidence: Evidence | None = None,
+        additions: ResidualAdditions, evidence: Evidence | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Layers ``[0, L)`` over a prompt, halting at each decision layer; returns ``(batch, T, D)`` and,
         per decision, the tokens active after it, ``(batch, T)`` bool. At ratio 0 nothing halts and no
@@ -413,7 +430,8 @@ class HaltingEngine:
         Each decision (one per entry of :attr:`decision_layers`) is made over the tokens the layers
         before it ran on; the tokens it keeps are gathered into a compact left-padded layout that
         the layers up to the next decision run on and cache. Halted tokens keep the state they had
-        entering their decision layer.
+        entering their decision layer. ``additions`` (DeepStack's visual features) are added after
+        their layers to the tokens those layers run on, gathered with the active ones.
 
         The host reads the per-sample token counts once, before the first layer; after that it
         never waits for the GPU where the policy reports its kept counts (DASH does), so the
@@ -435,16 +453,16 @@ class HaltingEngine:
         full = full_layout.inputs(self.adapter, states, full_layout.pack_ids(rope_ids))
         if self.config.ratio == 0:  # nothing halts: every layer as the model runs it, no decision
             with self._packed_attention() if packed else nullcontext():
-                states = self._every_layer(states, full, full_layout.cache(cache))
+                states = self._every_layer(states, full, full_layout, cache, additions)
             return full_layout.unpack(states), [token_valid] * len(self.decision_layers)
         working_cache = cache if cache is not None else hf_compat.new_cache(self.adapter.text_config)
-        stage = StageTokens(full_keys, full_layout, rope_ids, eligible, valid_counts, eligible_counts)
+        stage = StageTokens(full_keys, full_layout, rope_ids, eligible, additions, valid_counts, eligible_counts)
         inputs, first = full, 0
         frozen: list[tuple[torch.Tensor, ActiveSet]] = []
         compact_stages: list[CompactStage] = []
         with self._packed_attention() if packed else nullcontext():
             for number, layer_index in enumerate(self.decision_layers):
-                states, previous = self._layers(states, inputs, stage.layout, working_cache, first, layer_index)
+                states, previous = self._layers(states, inputs, stage, working_cache, first, layer_index)
                 probe = self._decision_probe(
                     states, previous, stage, inputs, layer_index, number, eligible_counts,
                     evidence if number == 0 else None,
@@ -453,6 +471,8 @@ class HaltingEngine:
                 active, active_counts = self._active_tokens(probe, decision, stage.valid_counts)
                 stage = self._next_stage(stage, probe, decision, active, active_counts, packed, seq_len)
                 states = self._compact_states(probe, decision, active, working_cache, stage.layout)
+                if self._finishes(layer_index):
+                    states = stage.additions.after(layer_index, states, stage.layout)
                 inputs = stage.layout.inputs(self.adapter, states, stage.layout.pack_ids(stage.rope_ids))
                 frozen.append((probe.hidden_states, active))
                 compact_valid = stage.keys.all_valid
@@ -460,7 +480,7 @@ class HaltingEngine:
                     layer_index, stage.keys.valid, stage.keys.positions, None if compact_valid is None else not compact_valid
                 ))
                 first = layer_index + 1 if self._finishes(layer_index) else layer_index
-            states, _ = self._layers(states, inputs, stage.layout, working_cache, first, self.num_layers)
+            states, _ = self._layers(states, inputs, stage, working_cache, first, self.num_layers)
         if cache is not None:
             self._compact[cache] = CompactCache(compact_stages, prompt_padded=min(valid_counts) < seq_len)
         final = stage.layout.unpack(states)
@@ -487,35 +507,43 @@ class HaltingEngine:
         layout = layout_of(packed, keys, active_counts, left_padded=True)
         rope_ids = gather_tokens(stage.rope_ids.to(active.index.device), active.index, dim=-1)
         eligible = gather_tokens(probe.eligible & decision.kept, active.index, dim=1) & active.slot_valid
+        additions = stage.additions.gathered(active)
         if probe.stage == len(self.decision_layers) - 1:
-            return StageTokens(keys, layout, rope_ids, eligible, [], [])
+            return StageTokens(keys, layout, rope_ids, eligible, additions, [], [])
         valid_counts = active_counts if active_counts is not None else active.slot_valid.sum(dim=1).tolist()
         eligible_counts = decision.kept_counts if decision.kept_counts is not None else eligible.sum(dim=1).tolist()
-        return StageTokens(keys, layout, rope_ids, eligible, valid_counts, eligible_counts)
+        return StageTokens(keys, layout, rope_ids, eligible, additions, valid_counts, eligible_counts)
 
-    def _every_layer(self, states: torch.Tensor, inputs: LayerInputs, cache: Any) -> torch.Tensor:
-        """Layers ``[0, L)`` over every token of ``states`` (``(batch, T, D)`` padded, ``(1, N, D)`` packed,
-        as ``inputs``), each caching all of them in ``cache`` (``None``: no cache); what ratio 0 runs."""
+    def _every_layer(
+        self, states: torch.Tensor, inputs: LayerInputs, layout: TokenLayout, cache: Any, additions: ResidualAdditions
+    ) -> torch.Tensor:
+        """Layers ``[0, L)`` over every token of ``states`` (in ``layout``: ``(batch, T, D)`` padded, ``(1, N, D)``
+        packed, as ``inputs``), each caching all of them in ``cache`` (``None``: no cache) and followed by its
+        ``additions``; what ratio 0 runs."""
+        layer_cache = layout.cache(cache)
         for index, layer in enumerate(self.adapter.layers):
-            states = layer(states, **hf_compat.cache_argument(cache), **inputs.for_layer(index))
+            states = layer(states, **hf_compat.cache_argument(layer_cache), **inputs.for_layer(index))
+            states = additions.after(index, states, layout)
         return states
 
     def _layers(
-        self, states: torch.Tensor, inputs: LayerInputs, layout: TokenLayout, cache: Any, first: int, last: int
+        self, states: torch.Tensor, inputs: LayerInputs, stage: StageTokens, cache: Any, first: int, last: int
     ) -> tuple[torch.Tensor, PreviousLayer | None]:
-        """Layers ``[first, last)`` over every token of ``states`` (in ``layout``: ``(batch, K, D)`` padded,
+        """Layers ``[first, last)`` over every token of ``states`` (in ``stage.layout``: ``(batch, K, D)`` padded,
         ``(1, N, D)`` packed; ``inputs`` its masks and rotary), each caching all of them in ``cache``
-        (the ``(batch, K)`` padded cache, filled through ``layout``).
+        (the ``(batch, K)`` padded cache, filled through ``layout``) and followed by its ``stage.additions``.
 
         Returns:
             The states leaving layer ``last - 1``, in ``layout``; and what that layer saw (states
             ``(batch, K, D)``, keys ``(batch, kv_heads, K, head_dim)``, rotary, window), in the padded
             layout; ``None`` where no layer ran.
         """
+        layout = stage.layout
         layers, layer_cache = self.adapter.layers, layout.cache(cache)
         for index in range(first, last):
             entering, recorder = states, KeyRecorder(layer_cache)
             states = layers[index](states, **hf_compat.cache_argument(recorder), **inputs.for_layer(index))
+            states = stage.additions.after(index, states, layout)
         if last == first:
             return states, None
         rotary = tuple(layout.unpack(part) for part in inputs.position_embeddings(self.adapter.layer_types[last - 1]))
@@ -657,9 +685,11 @@ class HaltingEngine:
         return self.adapter.feed_forward(probe.layer, layout.pack(compact))
 
     def _extend(
-        self, hidden: torch.Tensor, token_valid: torch.Tensor, rope_ids: torch.Tensor, cache: Any, compact: CompactCache | None
+        self, hidden: torch.Tensor, token_valid: torch.Tensor, rope_ids: torch.Tensor, cache: Any, compact: CompactCache | None,
+        additions: ResidualAdditions,
     ) -> torch.Tensor:
-        """New tokens ``(batch, Q, D)`` through every layer after a prefill; ``token_valid`` is ``(batch, P + Q)``.
+        """New tokens ``(batch, Q, D)`` through every layer after a prefill, each layer followed by its
+        ``additions`` to them; ``token_valid`` is ``(batch, P + Q)``.
 
         A layer whose cache keeps only its latest slots (sliding window) attends over those and the new ones;
         a layer of a decision's stage (:class:`CompactStage`) over that stage's compact slots.
@@ -684,6 +714,7 @@ class HaltingEngine:
                 inputs = full if stage is None else stage_inputs[stage.first_layer]
                 key_length = hf_compat.cached_length(cache, index) + new_len
                 hidden = layer(hidden, **inputs.for_layer(index, key_length), **hf_compat.cache_argument(cache))
+                hidden = additions.after(index, hidden)
         return hidden
 
     # ----------------------------------------------------------------------------------------

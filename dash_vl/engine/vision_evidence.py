@@ -68,7 +68,8 @@ class EvidenceRecorder:
 
     :meth:`install` wraps the model's feature functions (``get_image_features`` /
     ``get_video_features``) so that the evidence of a call is known to come from images or
-    videos, and hooks the feature layer's attention. :meth:`take` hands the evidence of the
+    videos, and hooks the feature layer's attention. A feature function that another one calls
+    records under the outer call (its modality, its arguments). :meth:`take` hands the evidence of the
     prompt just encoded to the engine and forgets it.
 
     With ``before_projector`` given (the policy's :meth:`~dash_vl.methods.base.HaltingMethod.select_before_projector`
@@ -110,6 +111,8 @@ class EvidenceRecorder:
 
         @functools.wraps(original)  # generate() reads the feature function's signature
         def recording(*args: Any, **kwargs: Any) -> Any:
+            if self._call is not None:  # called by another feature function (Qwen3-VL's video calls its image one)
+                return original(*args, **kwargs)
             arguments = signature.bind_partial(*args, **kwargs).arguments
             self._call = EvidenceCall(modality, {**arguments.pop("kwargs", {}), **arguments}, [])
             try:

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 FAMILIES: LazyRegistry = LazyRegistry({
     name: f"dash_vl.testing.{name}" for name in (
-        "qwen2_vl", "qwen2_5_vl", "llava_onevision", "internvl", "llava", "llava_next", "qwen3_5",
+        "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava_onevision", "internvl", "llava", "llava_next", "qwen3_5",
     )
 })
 """Family name → its module (imported on first use, so that listing the names imports no torch)."""
@@ -73,12 +73,12 @@ def full_size_config(name: str, num_layers: int | None = None) -> Any:
 
 def long_prompt(name: str, config: Any, length: int, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """Model inputs of family ``name`` (batch 1) with about ``length`` tokens, most of them visual,
-    for timing a whole model: one image (Qwen2-VL, Qwen2.5-VL) or one video (LLaVA-OneVision,
+    for timing a whole model: one image (Qwen2-VL, Qwen2.5-VL, Qwen3-VL) or one video (LLaVA-OneVision,
     InternVL), random pixels, text around it."""
     return family(name).long_prompt(config, length, device, dtype)
 
 
-IMAGE_BATCH_FAMILIES = ("qwen2_vl", "qwen2_5_vl")
+IMAGE_BATCH_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 """The families whose image inputs concatenate along dim 0 (flattened patches), so that
 :func:`long_prompt_batch` can join their prompts."""
 

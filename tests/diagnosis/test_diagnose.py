@@ -46,7 +46,7 @@ def eager_model_and_prompt(family: str):
     return model_of(family, "eager"), vl_inputs(processor_of(family), 1)
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen3", "qwen2_vl", "internvl"])
+@pytest.mark.parametrize("family", ["llama", "qwen3", "qwen2_vl", "internvl", "qwen3_vl"])  # qwen3_vl: DeepStack
 def test_attention_received_equals_hf_eager_attention_maps(family):
     model, prompt = eager_model_and_prompt(family)
     with torch.no_grad():
@@ -99,9 +99,10 @@ def test_hidden_norm_equals_the_hidden_states_entering_each_layer():
     torch.testing.assert_close(trace_prompt(adapter_for(model), text_prompt()).hidden_norm, expected)
 
 
-def test_tracing_leaves_the_model_output_unchanged():
-    model = model_of("qwen2_vl", "sdpa")
-    prompt = vl_inputs(processor_of("qwen2_vl"), 1)
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
+def test_tracing_leaves_the_model_output_unchanged(family):
+    model = model_of(family, "sdpa")
+    prompt = vl_inputs(processor_of(family), 1)
     with torch.no_grad():
         expected = model(**prompt).logits
         with tracing(adapter_for(model), chunk=16):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tests.reference import LanguageModelInputs, MaskingReference, cache_argument
+from tests.reference import LanguageModelInputs, MaskingReference, cache_argument, with_deepstack
 
 Chooser = Callable[[int, int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -42,7 +42,7 @@ class StagedMaskingReference(MaskingReference):
                     if self.chooser is None:
                         update, output = self.split_layer(index, hidden, self.layer_mask(seq_len, active, index), rope[index])
                         active = self.halt_lowest(update, eligible, active)
-                        hidden = torch.where(active[..., None], output, entering)
+                        hidden = torch.where(active[..., None], with_deepstack(inputs, index, output), entering)
                     else:
                         active = self.chooser(stage, index, hidden, active, eligible)
                     self.stage_actives.append(active)
@@ -51,6 +51,7 @@ class StagedMaskingReference(MaskingReference):
                         hidden, attention_mask=self.layer_mask(seq_len, active, index), position_embeddings=rope[index],
                         **cache_argument(self.cache),
                     )
+                    output = with_deepstack(inputs, index, output)
                     hidden = torch.where(active[..., None], output, hidden) if self.stage_actives else output
                 self.layer_keys.append(active)
         self.active, self.start_layer = active, self.decision_layers[0]

@@ -28,7 +28,7 @@ LIMIT = 4
 @pytest.fixture(scope="module")
 def saved_models(tmp_path_factory) -> dict[str, Path]:
     folders = {}
-    for family in ("qwen2_vl", "internvl", "llava"):
+    for family in ("qwen2_vl", "internvl", "llava", "qwen3_vl"):
         folder = tmp_path_factory.mktemp(family)
         processor = tiny_processor(family)
         random_model(tiny_config(family, processor.tokenizer)).save_pretrained(folder)
@@ -83,7 +83,8 @@ def test_models_are_registered_through_the_entry_point(first_import):
     output = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert output.returncode == 0, output.stderr
     assert output.stdout.split("\n")[:2] == [
-        "['dash_internvl', 'dash_llava', 'dash_llava_next', 'dash_llava_onevision', 'dash_qwen2_vl', 'dash_qwen3_5']", "DashQwen2VL"
+        "['dash_internvl', 'dash_llava', 'dash_llava_next', 'dash_llava_onevision', 'dash_qwen2_vl', 'dash_qwen3_5', 'dash_qwen3_vl']",
+        "DashQwen2VL",
     ]
 
 
@@ -94,6 +95,7 @@ def test_models_are_registered_through_the_entry_point(first_import):
         ("qwen2_vl", "dash_qwen2_vl", dict(method="visionzip", ratio=0.5)),
         ("internvl", "dash_internvl", dict(method="dash", ratio=0.75)),
         pytest.param("llava", "dash_llava", dict(method="visionzip", ratio=0.5), marks=pytest.mark.slow),  # before the projector
+        pytest.param("qwen3_vl", "dash_qwen3_vl", dict(method="fastv", ratio=0.5), marks=pytest.mark.slow),  # DeepStack
     ],
 )
 def test_cli_end_to_end_matches_the_python_api(saved_models, tmp_path, family, model, knobs):
@@ -204,3 +206,19 @@ def test_new_method_values_answer_with_their_own_policy(saved_models, method):
     lmm.vlm.answer([Query("What colour?", (Image.new("RGB", (112, 112), "red"),))], max_new_tokens=2)
     report = lmm.vlm.last_report
     assert report.kept_tokens_per_layer[-1][0] < report.prompt_tokens[0]
+
+
+def test_qwen3_vl_model_answers_as_the_python_api(saved_models):
+    """``dash_qwen3_vl`` takes Qwen3-VL checkpoints only and answers an image query as ``load(...).ask`` does."""
+    from PIL import Image
+
+    from dash_vl.api import Query
+    from dash_vl.integrations.lmms_eval.models import DashQwen2VL, DashQwen3VL
+
+    folder = str(saved_models["qwen3_vl"])
+    with pytest.raises(ValueError, match="evaluates \\('qwen2_vl', 'qwen2_5_vl'\\) checkpoints"):
+        DashQwen2VL(pretrained=folder, device="cpu")
+    lmm = DashQwen3VL(pretrained=folder, device="cpu", dtype="float32", method="dash", ratio="0.5")
+    image = Image.new("RGB", (112, 112), "red")
+    answer = lmm.vlm.answer([Query("What colour?", (image,))], max_new_tokens=4)[0]
+    assert answer == load(folder, dtype="float32", ratio=0.5).ask("What colour?", images=[image], max_new_tokens=4)

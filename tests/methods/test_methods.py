@@ -11,7 +11,7 @@ import torch
 
 from dash_vl import Halting
 from dash_vl.hf_compat import output_cache
-from tests.conftest import FAMILY_NAMES, family_kinds, four_image_prompt, model_of, processor_of, vl_inputs
+from tests.conftest import ALL_FAMILY_NAMES, family_kinds, four_image_prompt, model_of, processor_of, vl_inputs
 from tests.engine.test_engine_text_llm import SIZES
 from tests.engine.test_packed import text_model
 from tests.reference import (
@@ -22,6 +22,7 @@ from tests.reference import (
     eligible_tokens,
     generate,
     language_model_of,
+    with_deepstack,
 )
 
 FAMILY_PROMPTS = family_kinds(("image", "video"))
@@ -92,7 +93,7 @@ def test_random_halts_the_same_tokens_of_a_prompt_alone_and_in_differently_compo
 def fastv_kept(model, inputs, ratio: float, layer: int) -> torch.Tensor:
     """Official rule on HF's eager attention maps: head-mean attention from the last token in layer
     ``layer - 1``; keep the top round(N (1 - ratio)) visual tokens, every other token."""
-    eager = model_of(next(f for f in FAMILY_NAMES if model_of(f, "sdpa") is model), "eager")
+    eager = model_of(next(f for f in ALL_FAMILY_NAMES if model_of(f, "sdpa") is model), "eager")
     with torch.no_grad():
         attentions = eager(**inputs, output_attentions=True).attentions
     received = attentions[layer - 1].mean(dim=1)[:, -1, :]
@@ -127,10 +128,11 @@ def dart_kept(model, inputs, ratio: float, layer: int, pivots: int = 4, order: s
     with torch.no_grad():
         output = language_model_of(model)(
             inputs_embeds=lm_inputs.embeds, position_ids=lm_inputs.position_ids, attention_mask=inputs["attention_mask"],
-            use_cache=True, output_hidden_states=True,
+            use_cache=True, output_hidden_states=True, **lm_inputs.deepstack_kwargs,
         )
     keys = output_cache(output).layers[layer - 1].keys.transpose(1, 2).flatten(2)
-    states = language_model_of(model).norm(output.hidden_states[layer]).detach()
+    entering = with_deepstack(lm_inputs, layer - 1, output.hidden_states[layer])  # HF records layer outputs before DeepStack
+    states = language_model_of(model).norm(entering).detach()
     valid = inputs["attention_mask"].bool()
     visual = eligible_tokens(model, inputs, "visual", "halted")
     kept = valid & ~visual

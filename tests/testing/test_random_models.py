@@ -43,7 +43,7 @@ def test_tiny_model_runs_a_long_prompt_and_halts_its_visual_tokens(family):
 @pytest.mark.parametrize(
     "family, per_unit, units_field",
     [
-        ("qwen2_vl", None, None), ("qwen3_5", None, None), ("llava_onevision", 196, "pixel_values_videos"),
+        ("qwen2_vl", None, None), ("qwen3_vl", None, None), ("qwen3_5", None, None), ("llava_onevision", 196, "pixel_values_videos"),
         ("internvl", 256, "pixel_values"),
     ],
 )
@@ -52,7 +52,7 @@ def test_full_size_prompt_has_the_checkpoints_tokens_per_frame(family, per_unit,
     prompt = long_prompt(family, config, 4096, torch.device("cpu"), torch.bfloat16)
     length, visual = prompt["input_ids"].shape[1], visual_count(config, prompt["input_ids"])
     assert 4096 - 300 <= length <= 4096
-    if family in ("qwen2_vl", "qwen3_5"):  # one image; 2 x 2 patches a token
+    if family.startswith("qwen"):  # one image; 2 x 2 patches a token
         assert visual == prompt["pixel_values"].shape[0] // 4 == int(prompt["image_grid_thw"].prod()) // 4
     else:  # one video; LLaVA-OV adds one newline token after it
         frames = prompt[units_field].shape[-4]
@@ -89,7 +89,7 @@ def test_video_prompt_of_an_image_family_is_a_clear_error():
         long_video_prompt("qwen2_vl", full_size_config("qwen2_vl", num_layers=1), 4, torch.device("cpu"), torch.float32)
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 def test_image_prompt_batch_gives_each_prompt_its_logits_alone(family):
     model = model_of(family, "sdpa")
     cpu, lengths = torch.device("cpu"), [300, 180]

@@ -12,6 +12,7 @@ from typing import Any
 
 MODEL_CLASSES: dict[str, str] = {
     "dash_qwen2_vl": "DashQwen2VL",
+    "dash_qwen3_vl": "DashQwen3VL",
     "dash_llava_onevision": "DashLlavaOnevision",
     "dash_internvl": "DashInternVL",
     "dash_llava": "DashLlava",

@@ -1,5 +1,5 @@
-"""lmms-eval models with halting: ``dash_qwen2_vl``, ``dash_llava_onevision``, ``dash_internvl``,
-``dash_llava`` (LLaVA-1.5), ``dash_llava_next`` (LLaVA-NeXT), ``dash_qwen3_5`` (Qwen3.5).
+"""lmms-eval models with halting: ``dash_qwen2_vl``, ``dash_qwen3_vl``, ``dash_llava_onevision``,
+``dash_internvl``, ``dash_llava`` (LLaVA-1.5), ``dash_llava_next`` (LLaVA-NeXT), ``dash_qwen3_5`` (Qwen3.5).
 
 Registered through the ``lmms_eval.models`` entry-point group (:mod:`dash_vl.integrations.lmms_eval.entry`), so after
 ``pip install -e ".[eval]"``::
@@ -212,6 +212,10 @@ class DashQwen2VL(HaltingModel):
     model_types = ("qwen2_vl", "qwen2_5_vl")
 
 
+class DashQwen3VL(HaltingModel):
+    model_types = ("qwen3_vl",)
+
+
 class DashLlavaOnevision(HaltingModel):
     model_types = ("llava_onevision",)
 
@@ -232,4 +236,6 @@ class DashQwen3_5(HaltingModel):
     model_types = ("qwen3_5",)
 
 
-__all__ = ["DashInternVL", "DashLlava", "DashLlavaNext", "DashLlavaOnevision", "DashQwen2VL", "DashQwen3_5", "HaltingModel"]
+__all__ = [
+    "DashInternVL", "DashLlava", "DashLlavaNext", "DashLlavaOnevision", "DashQwen2VL", "DashQwen3VL", "DashQwen3_5", "HaltingModel",
+]
