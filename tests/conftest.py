@@ -26,8 +26,9 @@ PROMPT_KINDS = ("image", "multi_image", "video")
 
 REPRESENTATIVE_AXES = ("family", "method")
 """The contributor's loop (``python -m pytest -m "not slow"``) runs, of each parametrised test, the first case
-not already slow for every family and every method it is parametrised over; the rest of its product (other
-prompt shapes, ratios, kernels, scopes, batches) is marked slow at collection. CI runs every case."""
+not already slow for every value of each of these parameters (every family once, every method once; not their
+product); the rest of its product (other prompt shapes, ratios, kernels, scopes, batches, and the families ×
+methods cross) is marked slow at collection. CI runs every case."""
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -38,10 +39,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         callspec = getattr(item, "callspec", None)
         if callspec is None or item.get_closest_marker("slow"):
             continue
-        case = (item.nodeid.split("[")[0], *(repr(callspec.params.get(axis)) for axis in REPRESENTATIVE_AXES))
-        if case in representatives:
+        test = item.nodeid.split("[")[0]
+        cases = {(test, axis, repr(callspec.params.get(axis))) for axis in REPRESENTATIVE_AXES}
+        if cases <= representatives:
             item.add_marker(pytest.mark.slow)
-        representatives.add(case)
+        representatives |= cases
 
 
 def family_kinds(kinds: tuple[str, ...], families: tuple[str, ...] = FAMILY_NAMES) -> list[tuple[str, str]]:
