@@ -15,7 +15,7 @@ from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VL
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from dash_vl.testing import qwen2_vl
-from dash_vl.testing.tokenizer import byte_level_tokenizer, chat_template, token_ids
+from dash_vl.testing.tokenizer import byte_level_tokenizer, chat_template
 
 MODEL_CLASS = Qwen3VLForConditionalGeneration
 PATCH = 16
@@ -51,22 +51,14 @@ def tiny_processor() -> Qwen3VLProcessor:
 def tiny_config(tokenizer: Any, text: dict[str, Any]) -> Qwen3VLConfig:
     """A Qwen3-VL with the ``text`` shapes (head size 16, interleaved M-RoPE), a 3-block ViT whose blocks
     feed DeepStack into language layers 0, 1 and 2, special ids from ``tokenizer``."""
-    ids = token_ids(tokenizer, qwen2_vl.SPECIAL_TOKENS)
     rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3], "mrope_interleaved": True}
     head_dim = text["hidden_size"] // text["num_attention_heads"]
     vision = dict(
         depth=3, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=text["hidden_size"], patch_size=PATCH,
         num_position_embeddings=64, deepstack_visual_indexes=[0, 1, 2],
     )
-    return Qwen3VLConfig(
-        text_config=dict(text, head_dim=head_dim, rope_parameters=rope),
-        vision_config=vision,
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        eos_token_id=ids["<|im_end|>"],
-        pad_token_id=ids["<|endoftext|>"],
+    return qwen2_vl.tiny_config(
+        tokenizer, dict(text, head_dim=head_dim, rope_parameters=rope), config_class=Qwen3VLConfig, vision=vision
     )
 
 
