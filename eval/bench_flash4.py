@@ -39,38 +39,34 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import nullcontext
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from bench_generate import halting_for
-from bench_packed import SMOKE_LENGTHS, Prompts, guarded_row, measure_modes, qwen2_vl_model, relative_error
-from dash_vl import Halting, hf_compat
+from batch_runs import (
+    KERNEL_ERRORS,
+    KERNEL_IMPLEMENTATIONS,
+    PACKED_KERNELS,
+    SMOKE_LENGTHS,
+    UNPACKED,
+    Prompts,
+    guarded_row,
+    halting_for,
+    kept_agreement,
+    kept_of,
+    kernel,
+    measure_modes,
+    qwen2_vl_model,
+    relative_error,
+    version_of,
+)
+from dash_vl import Halting
 from dash_vl.testing import long_prompt
 from gpu_timing import add_timing_arguments, cuda_elapsed_ms, print_table, report_run
 
-KERNEL_IMPLEMENTATIONS = {"sdpa": "sdpa", "flex": "sdpa", "fa4": "flash_attention_4", "fa4_packed": "flash_attention_4"}
-"""The HF attention implementation each kernel label runs under (Flex is the engine's packed path over SDPA's name)."""
-PACKED_KERNELS = ("flex", "fa4_packed")
-"""Kernels of the engine's packed path (``packing="always"``): the unmodified model has none."""
-UNPACKED = {"flex": "sdpa", "fa4_packed": "fa4"}
-"""The padded kernel of each packed one: what a packed run is compared with."""
-
 DECODE_STEPS = 16
-KERNEL_ERRORS = (Exception,)
-"""What a row survives: a kernel package that does not import or a JIT compile that fails, whatever its error type."""
-
-
-@contextmanager
-def kernel(model, label: str, towers: str = "lm") -> Iterator[None]:
-    """Within the block, the language tower (``towers="lm"``) or both towers (``"both"``) attend with ``label``'s kernel."""
-    configs = [model.model.language_model.config] + ([model.model.visual.config] if towers == "both" else [])
-    with ExitStack() as stack:
-        for config in configs:
-            stack.enter_context(hf_compat.attention_implementation(config, KERNEL_IMPLEMENTATIONS[label]))
-        yield
 
 
 def halted(model, method: str, ratio: float, label: str, decode: str = "engine"):
@@ -95,11 +91,6 @@ def prefill(model, method: str, ratio: float, label: str, calls: list[dict]) -> 
     return run
 
 
-def kept_of(run) -> list[set[int]] | None:
-    """The kept positions of ``run``'s last call (:func:`prompt_positions`), ``None`` unmodified."""
-    return None if run.halting is None else prompt_positions(run.halting.reports, run.calls)
-
-
 def greedy_decode(
     model, method: str, ratio: float, label: str, input_ids: torch.Tensor, decode: str = "engine"
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,25 +103,6 @@ def greedy_decode(
             output_logits=True, return_dict_in_generate=True,
         )
     return output.sequences[:, input_ids.shape[1] :], output.logits[1].float()
-
-
-def prompt_positions(reports: list, calls: list[dict]) -> list[set[int]]:
-    """Every sample's kept positions, counted from its first prompt token (the reports count them in
-    the left-padded layout of their call), samples of all calls in order."""
-    kept = []
-    for report, call in zip(reports, calls, strict=True):
-        width = (call["inputs_embeds"] if "inputs_embeds" in call else call["input_ids"]).shape[1]
-        for tokens, positions in zip(report.prompt_tokens, report.kept_positions, strict=True):
-            kept.append({position - (width - tokens) for position in positions})
-    return kept
-
-
-def kept_agreement(candidate: list[set[int]] | None, reference: list[set[int]] | None) -> float:
-    """Share of the reference's kept positions the candidate also kept, over all samples (1.0 where neither halts)."""
-    if candidate is None or reference is None:
-        return 1.0
-    shared = sum(len(got & expected) for got, expected in zip(candidate, reference, strict=True))
-    return shared / max(sum(len(expected) for expected in reference), 1)
 
 
 def check_rows(model, settings, single: Prompts, mixed: Prompts, input_ids: torch.Tensor, device) -> list[dict]:
@@ -341,15 +313,6 @@ def main() -> None:
         flash_attn_4=version_of("flash-attn-4"), cutlass_dsl=version_of("nvidia-cutlass-dsl-libs-cu13"),
         seconds=round(time.perf_counter() - began, 1),
     )
-
-
-def version_of(distribution: str) -> str | None:
-    from importlib import metadata
-
-    try:
-        return metadata.version(distribution)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 if __name__ == "__main__":

@@ -72,6 +72,7 @@ import torch
 import transformers
 from torch.profiler import ProfilerActivity, profile
 
+from batch_runs import halting_for, left_padding_mask
 from dash_vl import Halting, hf_compat
 from dash_vl.engine.masks import is_flash
 from dash_vl.methods import METHODS
@@ -173,19 +174,6 @@ def setting_name(setting: Setting) -> str:
         return "hf_static" if cache == "static" else "hf_default"
     name = f"{method}_{ratio}_{'compiled' if cache == 'static' else 'eager'}"
     return f"{name}_model_decode" if decode == "model" else name
-
-
-def halting_for(model, method: str, ratio: float, decode: str = "engine", **knobs) -> Halting | None:
-    """The setting's halting (scope ``all``: the text prompt has no visual tokens; ``visual`` for a method
-    that picks visual tokens before the LLM, which runs on ``--image`` prompts; further ``knobs`` of
-    :class:`dash_vl.HaltingConfig`; ``decode`` as in :data:`Setting`), or ``None`` unmodified."""
-    if method == "none":
-        return None
-    scope = "visual" if issubclass(METHODS[method], BeforeLanguageModel) else "all"
-    halting = Halting(model, method=method, ratio=ratio, scope=scope, **knobs)
-    if decode == "model":
-        halting.engine.decode_backends = None
-    return halting
 
 
 @functools.cache
@@ -331,12 +319,6 @@ def prompt_of(model, length: int, batch: int, image: bool, device: torch.device)
     generator = torch.Generator(device=device).manual_seed(length)
     ids = torch.randint(1000, 100000, (batch, length), device=device, generator=generator)
     return dict(input_ids=ids, attention_mask=torch.ones_like(ids))
-
-
-def left_padding_mask(lengths: list[int], device: torch.device) -> torch.Tensor:
-    """``(batch, max(lengths))`` long: 1 on the last ``lengths[b]`` slots of row ``b``, 0 on its left padding."""
-    width = max(lengths)
-    return (torch.arange(width, device=device) >= width - torch.tensor(lengths, device=device)[:, None]).long()
 
 
 def mixed_prompt(lengths: list[int], device: torch.device) -> dict:

@@ -34,8 +34,19 @@ from contextlib import nullcontext
 
 import torch
 
-from bench_flash4 import KERNEL_ERRORS, PACKED_KERNELS, UNPACKED, kept_agreement, kept_of, kernel, version_of
-from bench_packed import guarded_row, measure_modes, qwen2_vl_model, relative_error
+from batch_runs import (
+    KERNEL_ERRORS,
+    PACKED_KERNELS,
+    UNPACKED,
+    guarded_row,
+    kept_agreement,
+    kept_of,
+    kernel,
+    measure_modes,
+    qwen2_vl_model,
+    relative_error,
+    version_of,
+)
 from dash_vl import Halting
 from dash_vl.testing import long_prompt, long_prompt_batch
 from gpu_timing import add_timing_arguments, print_table, report_run

@@ -34,7 +34,6 @@ first FlexAttention compiles).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -42,41 +41,8 @@ from contextlib import nullcontext
 
 import torch
 
-from bench_generate import halting_for, left_padding_mask
-from dash_vl.testing import full_size_config, random_model, tiny_config, tiny_processor
-from gpu_timing import add_timing_arguments, cuda_elapsed_ms, cuda_medians_ms, host_elapsed_ms, print_table, report_run
-
-SMOKE_LENGTHS = (48, 36, 24, 12)
-
-
-class Prompts:
-    """Random input states of prompts of ``lengths`` tokens, as one left-padded batch and one by one.
-
-    Attributes:
-        embeds: ``(batch, T_max, D)``, zeros on the left padding.
-        attention_mask: ``(batch, T_max)`` long.
-        position_ids: ``(3, batch, T_max)`` M-RoPE ids of text, counted from each prompt's first token.
-    """
-
-    def __init__(self, lengths: list[int], hidden_size: int, device: torch.device, dtype: torch.dtype) -> None:
-        width = max(lengths)
-        generator = torch.Generator(device=device).manual_seed(0)
-        self.attention_mask = left_padding_mask(lengths, device)
-        embeds = torch.randn(len(lengths), width, hidden_size, device=device, dtype=dtype, generator=generator)
-        self.embeds = embeds * self.attention_mask[..., None]
-        self.position_ids = (self.attention_mask.cumsum(dim=1) - 1).clamp(min=0)[None].expand(3, -1, -1)
-        self.lengths = lengths
-
-    def batch(self) -> dict[str, torch.Tensor]:
-        return dict(inputs_embeds=self.embeds, attention_mask=self.attention_mask, position_ids=self.position_ids)
-
-    def alone(self, sample: int) -> dict[str, torch.Tensor]:
-        """Prompt ``sample`` as a batch of one, without padding."""
-        length = self.lengths[sample]
-        return dict(
-            inputs_embeds=self.embeds[sample : sample + 1, -length:],
-            position_ids=self.position_ids[:, sample : sample + 1, -length:],
-        )
+from batch_runs import SMOKE_LENGTHS, Prompts, guarded_row, halting_for, measure_modes, qwen2_vl_model, relative_error
+from gpu_timing import add_timing_arguments, print_table, report_run
 
 
 def prefill(model, method: str, ratio: float, packing: str, inputs: list[dict]) -> Callable[[], list]:
@@ -91,51 +57,11 @@ def prefill(model, method: str, ratio: float, packing: str, inputs: list[dict]) 
     return run
 
 
-def relative_error(candidate: list, reference: list) -> float:
-    got, expected = torch.cat(candidate).float(), torch.cat(reference).float()
-    return float((got - expected).norm() / expected.norm())
-
-
-def peak_gib(run: Callable[[], object], device: torch.device) -> float:
-    """Peak memory of one run, GiB (``nan`` off the GPU)."""
-    if device.type != "cuda":
-        run()
-        return float("nan")
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    run()
-    return torch.cuda.max_memory_allocated() / 2**30
-
-
-def measure_modes(runs: dict[str, Callable[[], list]], args, device: torch.device) -> dict[str, float]:
-    """Median ms and peak GiB of every mode, the modes taking turns."""
-    clock = cuda_elapsed_ms if device.type == "cuda" else host_elapsed_ms
-    times = cuda_medians_ms(runs, args.warmup, args.repeats, elapsed_ms=clock)
-    row = {f"{mode}_ms": milliseconds for mode, milliseconds in times.items()}
-    row.update({f"{mode}_gib": peak_gib(run, device) for mode, run in runs.items()})
-    return row
-
-
 def settings_of(args) -> list[tuple[str, str, float]]:
     """(label, method, ratio): the unmodified model, the engine halting nothing, each method at ``--ratio``."""
     return [("HF", "none", 0.0), ("engine ρ=0", "dash", 0.0)] + [
         (f"{method} ρ={args.ratio}", method, args.ratio) for method in args.methods
     ]
-
-
-def guarded_row(
-    label: str, measure: Callable[[], dict], device: torch.device, errors: tuple[type[Exception], ...] = (RuntimeError,)
-) -> dict:
-    """The row of setting ``label``; a setting that fails with one of ``errors`` (by default RuntimeError:
-    out of memory, a compile error) leaves its error in the row and the benchmark goes on with the next one."""
-    try:
-        row = dict(setting=label, **measure())
-    except errors as error:
-        row = dict(setting=label, error=f"{type(error).__name__}: {error}"[:300])
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    print(json.dumps(row), flush=True)
-    return row
 
 
 def mixed_batch_row(model, prompts: Prompts, method: str, ratio: float, args, device: torch.device) -> dict:
@@ -162,17 +88,6 @@ def single_prompt_row(model, prompts: Prompts, method: str, ratio: float, args, 
     row["sdpa_over_flex"] = row["sdpa_ms"] / row["flex_ms"]
     row["rel_err"] = relative_error(runs["flex"](), runs["sdpa"]())
     return row
-
-
-def qwen2_vl_model(smoke: bool) -> tuple[torch.nn.Module, torch.device, torch.dtype]:
-    """Qwen2-VL with random weights: Qwen2-VL-7B shapes in bf16 on the GPU, or a tiny float32 one on the CPU (``smoke``)."""
-    if smoke:
-        device, dtype = torch.device("cpu"), torch.float32
-        config = tiny_config("qwen2_vl", tiny_processor("qwen2_vl").tokenizer)
-    else:
-        device, dtype = torch.device("cuda"), torch.bfloat16
-        config = full_size_config("qwen2_vl")
-    return random_model(config, dtype=dtype, device=device), device, dtype
 
 
 def main() -> None:
