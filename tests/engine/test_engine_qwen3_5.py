@@ -111,6 +111,14 @@ def test_dash_with_two_images_at_a_linear_layer_matches_reference(model):
     assert_matches_reference(model, prompt, reference, ratio=0.5, start_layer=LINEAR_LAYER, question="protected")
 
 
+@pytest.mark.slow
+def test_dash_on_a_video_matches_reference(model):
+    """A 4-frame video (interleaved M-RoPE over time): the linear layers' states hold its active frames' tokens only."""
+    prompt = vl_inputs(processor_of(FAMILY), 1, "video")
+    reference = ActiveSequenceReference(model, 0.75, LINEAR_LAYER, eligible_tokens(model, prompt, "visual", "halted"))
+    assert_matches_reference(model, prompt, reference, ratio=0.75, start_layer=LINEAR_LAYER, scope="visual")
+
+
 def fastv_kept(prompt, ratio: float, layer: int) -> torch.Tensor:
     """FastV's rule on HF's eager attention maps (recorded for the full-attention layers only): keep the
     ``round(N (1 - ratio))`` visual tokens the last token attends to most in layer ``layer - 1``."""
