@@ -148,7 +148,10 @@ run_sweep([dict(ratio=0), dict(ratio=1)], measure, ResultStore(sys.argv[1], {"mo
 @pytest.mark.slow  # a subprocess that imports torch
 def test_ctrl_c_stops_with_one_line_saying_how_to_resume(tmp_path):
     path = tmp_path / "sweep.jsonl"
-    process = subprocess.Popen([sys.executable, "-c", SLOW_SWEEP, str(path)], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", SLOW_SWEEP, str(path)], cwd=ROOT, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal, also when pytest runs in the background
+    )
     deadline = time.monotonic() + 300
     while (not path.exists() or len(path.read_text().splitlines()) < 2) and time.monotonic() < deadline:
         time.sleep(0.1)
