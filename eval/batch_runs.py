@@ -22,7 +22,8 @@ from gpu_timing import cuda_elapsed_ms, cuda_medians_ms, host_elapsed_ms
 def halting_for(model, method: str, ratio: float, decode: str = "engine", **knobs) -> Halting | None:
     """The setting's halting (scope ``all``: the text prompt has no visual tokens; ``visual`` for a method
     that picks visual tokens before the LLM, which runs on ``--image`` prompts; further ``knobs`` of
-    :class:`dash_vl.HaltingConfig`; ``decode`` as in :data:`Setting`), or ``None`` unmodified."""
+    :class:`dash_vl.HaltingConfig`; ``decode="model"`` decodes through the model's own kernel, ``"engine"``
+    through the engine's decode kernels), or ``None`` unmodified."""
     if method == "none":
         return None
     scope = "visual" if issubclass(METHODS[method], BeforeLanguageModel) else "all"
