@@ -62,6 +62,25 @@ def generate(model, inputs, **kwargs):
         )
 
 
+def assert_ratio_zero_identical(model, inputs) -> None:
+    """Under ``Halting(ratio=0)``: prefill logits on valid tokens, the ``STEPS`` greedy tokens and each step's
+    logits bit-identical to the unmodified model (padding rows carry no meaning in either model)."""
+    from dash_vl import Halting
+
+    with torch.no_grad():
+        expected_logits = model(**inputs).logits
+    expected = generate(model, inputs)
+    with Halting(model, ratio=0.0):
+        with torch.no_grad():
+            logits = model(**inputs).logits
+        produced = generate(model, inputs)
+    valid = inputs["attention_mask"].bool()
+    assert torch.equal(logits[valid], expected_logits[valid])
+    assert torch.equal(produced.sequences, expected.sequences)
+    for step, expected_step in zip(produced.logits, expected.logits):
+        assert torch.equal(step, expected_step)
+
+
 def eligible_tokens(model, inputs, scope: str, question: str) -> torch.Tensor:
     """Written out independently of the engine: valid, not last, visual-only or not, question kept or not."""
     ids, valid = inputs["input_ids"], inputs["attention_mask"].bool()

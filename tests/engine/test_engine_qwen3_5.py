@@ -11,7 +11,7 @@ from dash_vl import Halting
 from dash_vl.methods import METHODS
 from tests.active_sequence_reference import ActiveSequenceReference, assert_engine_matches
 from tests.conftest import model_of, processor_of, vl_inputs
-from tests.reference import STEPS, capture_language_model_inputs, eligible_tokens, generate
+from tests.reference import STEPS, assert_ratio_zero_identical, capture_language_model_inputs, eligible_tokens, generate
 from tests.text_cases import assert_ratio_zero_matches_unmodified, text_prompts
 
 FAMILY = "qwen3_5"
@@ -34,21 +34,6 @@ def test_layers_of_both_kinds(model):
     assert set(model.config.text_config.layer_types[:3]) == {"linear_attention", "full_attention"}
     assert model.config.text_config.layer_types[LINEAR_LAYER] == "linear_attention"
     assert model.config.text_config.layer_types[FULL_LAYER] == "full_attention"
-
-
-def assert_ratio_zero_identical(model, prompt) -> None:
-    with torch.no_grad():
-        expected_logits = model(**prompt).logits
-    expected = generate(model, prompt)
-    with Halting(model, ratio=0.0):
-        with torch.no_grad():
-            logits = model(**prompt).logits
-        produced = generate(model, prompt)
-    valid = prompt["attention_mask"].bool()
-    assert torch.equal(logits[valid], expected_logits[valid])
-    assert torch.equal(produced.sequences, expected.sequences)
-    for step, expected_step in zip(produced.logits, expected.logits):
-        assert torch.equal(step, expected_step)
 
 
 def test_ratio_zero_matches_unmodified_model(model, padded_batch):

@@ -18,7 +18,12 @@ from tests.engine.test_packed import assert_packed_matches_padded, packed_calls 
 from tests.methods.test_methods import check_against, dart_kept, fastv_kept
 from tests.methods.test_pre_llm_methods import official_kept
 from tests.methods.test_visionzip import assert_visionzip_runs_like_reference, visionzip_reference
-from tests.reference import MaskingReference, capture_language_model_inputs, eligible_tokens, generate
+from tests.reference import (
+    MaskingReference,
+    assert_ratio_zero_identical,
+    capture_language_model_inputs,
+    eligible_tokens,
+)
 
 FAMILY = "qwen3_vl"
 DEEPSTACK_LAYERS = 3
@@ -39,19 +44,7 @@ def test_tiny_model_adds_deepstack_features_after_three_layers():
     [("image", 1, "sdpa"), ("image", 2, "eager"), ("multi_image", 2, "sdpa"), ("video", 2, "sdpa")],
 )
 def test_ratio_zero_matches_unmodified_model(kind, batch, attn_implementation):
-    model, inputs = case(kind, batch, attn_implementation)
-    with torch.no_grad():
-        expected_logits = model(**inputs).logits
-    expected = generate(model, inputs)
-    with Halting(model, ratio=0.0):
-        with torch.no_grad():
-            logits = model(**inputs).logits
-        produced = generate(model, inputs)
-    valid = inputs["attention_mask"].bool()
-    assert torch.equal(logits[valid], expected_logits[valid])
-    assert torch.equal(produced.sequences, expected.sequences)
-    for step, expected_step in zip(produced.logits, expected.logits):
-        assert torch.equal(step, expected_step)
+    assert_ratio_zero_identical(*case(kind, batch, attn_implementation))
 
 
 @pytest.mark.parametrize(

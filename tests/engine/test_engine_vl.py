@@ -13,6 +13,7 @@ from tests.reference import (
     STEPS,
     MaskingReference,
     assert_engine_matches_reference,
+    assert_ratio_zero_identical,
     capture_language_model_inputs,
     eligible_tokens,
     generate,
@@ -39,18 +40,7 @@ def vl_prompt(request, family):
 
 
 def test_ratio_zero_matches_unmodified_model(vl_model, vl_prompt):
-    with torch.no_grad():
-        expected_logits = vl_model(**vl_prompt).logits
-    expected = generate(vl_model, vl_prompt)
-    with Halting(vl_model, ratio=0.0):
-        with torch.no_grad():
-            logits = vl_model(**vl_prompt).logits
-        produced = generate(vl_model, vl_prompt)
-    valid = vl_prompt["attention_mask"].bool()  # padding rows carry no meaning in either model
-    assert torch.equal(logits[valid], expected_logits[valid])
-    assert torch.equal(produced.sequences, expected.sequences)
-    for step, expected_step in zip(produced.logits, expected.logits):
-        assert torch.equal(step, expected_step)
+    assert_ratio_zero_identical(vl_model, vl_prompt)
 
 
 def test_reference_with_nothing_halted_matches_unmodified_model(family, vl_prompt):
