@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
+from importlib import metadata
 
 import torch
 import transformers
@@ -190,12 +191,30 @@ def driver_version() -> str | None:
     return found.stdout.strip().splitlines()[0] if found.stdout.strip() else None
 
 
+OPTIONAL_KERNEL_PACKAGES = ("flash-attn", "flash-attn-4", "flash-linear-attention", "causal-conv1d")
+"""Distributions whose presence changes which kernels transformers picks (FlashAttention for attention; for
+gated-delta-net layers, flash-linear-attention's chunked rule and causal-conv1d's convolution instead of
+transformers' PyTorch fallbacks)."""
+
+
+def optional_kernel_versions() -> dict[str, str | None]:
+    """The installed version of each of :data:`OPTIONAL_KERNEL_PACKAGES` (``None``: not installed)."""
+    versions: dict[str, str | None] = {}
+    for name in OPTIONAL_KERNEL_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
 def run_metadata(**settings: object) -> dict:
-    """What a results file states beside its rows: GPU, driver, versions, date and the run's ``settings``."""
+    """What a results file states beside its rows: GPU, driver, versions (the optional kernel packages
+    included), date and the run's ``settings``."""
     return dict(
         gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else "none (CPU)", driver=driver_version(),
         torch=torch.__version__, transformers=transformers.__version__, python=platform.python_version(),
-        date=str(date.today()), **settings,
+        kernel_packages=optional_kernel_versions(), date=str(date.today()), **settings,
     )
 
 

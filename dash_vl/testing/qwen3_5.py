@@ -24,14 +24,17 @@ PATCH = 16
 TEXT_27B: dict[str, Any] = dict(
     hidden_size=5120, intermediate_size=17408, num_hidden_layers=64, num_attention_heads=24, num_key_value_heads=4,
     head_dim=256, vocab_size=248320, rms_norm_eps=1e-6, max_position_embeddings=262144,
+    linear_num_key_heads=16, linear_num_value_heads=48, linear_key_head_dim=128, linear_value_head_dim=128,
+    linear_conv_kernel_dim=4,
     rope_parameters={
         "rope_type": "default", "rope_theta": 10000000.0, "partial_rotary_factor": 0.25,
         "mrope_section": [11, 11, 10], "mrope_interleaved": True,
     },
 )
 """Qwen3.5-27B's language model: 64 layers of width 5120, MLP 17408, 24 query and 4 KV heads of 256,
-a quarter of each head rotated (base 10^7), one full-attention layer in four. The
-linear-attention head counts and sizes are HF's ``Qwen3_5TextConfig`` defaults."""
+a quarter of each head rotated (base 10^7), one full-attention layer in four; the gated-delta-net
+layers have 16 key and 48 value heads of 128 (HF's ``Qwen3_5TextConfig`` default is 32 value heads)
+and a 4-wide convolution. The values of ``Qwen/Qwen3.5-27B``'s ``config.json``."""
 
 
 def tiny_processor() -> Qwen3VLProcessor:
@@ -62,8 +65,9 @@ def tiny_config(tokenizer: Any, text: dict[str, Any]) -> Qwen3_5Config:
 
 
 def full_size_config(num_layers: int | None = None) -> Qwen3_5Config:
-    """Qwen3.5-27B's language-model shapes (:data:`TEXT_27B`, optionally fewer layers) with HF's default
-    Qwen3.5 vision tower (27 blocks of 1152, 16-px patches) projecting to 5120."""
+    """Qwen3.5-27B's language-model shapes (:data:`TEXT_27B`, optionally fewer layers) with its vision
+    tower, which is HF's default Qwen3.5 one (27 blocks of 1152, MLP 4304, 16 heads, 16-px patches, no
+    DeepStack), projecting to 5120."""
     text = dict(TEXT_27B, num_hidden_layers=num_layers or TEXT_27B["num_hidden_layers"])
     return Qwen3_5Config(text_config=text, vision_config=dict(out_hidden_size=TEXT_27B["hidden_size"]))
 
