@@ -3,14 +3,17 @@
 Each calibration prompt is a context followed by a *continuation* whose tokens are scored
 teacher-forced. The continuation is protected (``question="protected"``: never halted, scored
 in the same pass), the context is halted, and every grid point ``(l_s, ρ)`` is compared with the
-unmodified model on the continuation's next-token distributions:
+unmodified model on the continuation's next-token distributions. A multi-stage method keeps its
+``stage_layers`` at every point; a point is its whole decision schedule (``l_s`` then the later
+decision layers) and ρ. The proxies:
 
 - perplexity increase: ``exp(mean NLL_halted - mean NLL_unmodified) - 1`` (the DASH paper's
   screen), pooled over all scored tokens of all prompts;
 - KL: mean ``KL(p_unmodified || p_halted)`` per scored token, in nats.
 
-The pick is the point of largest ideal speedup ``L / (l_s + (L - l_s)(1 - ρ))`` whose proxies
-are within the user's :class:`QualityBudget` (ties: the lower KL).
+The pick is the point of largest ideal speedup (:meth:`dash_vl.HaltingConfig.ideal_speedup`, one decision:
+``L / (l_s + (L - l_s)(1 - ρ))``) whose proxies are within the user's :class:`QualityBudget` (ties: the
+lower KL).
 """
 
 from __future__ import annotations
@@ -25,8 +28,7 @@ from torch import nn
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from dash_vl.calibrate_grid import DEFAULT_RATIOS, DEFAULT_START_LAYERS, QualityBudget
-from dash_vl.config import HaltingConfig
+from dash_vl.calibrate_grid import DEFAULT_RATIOS, DEFAULT_START_LAYERS, QualityBudget, grid
 from dash_vl.halting import Halting
 from dash_vl.suites.retrieval import multifact_sample, passkey_sample
 
@@ -66,20 +68,32 @@ class CalibrationPoint:
     """One grid point and what it cost.
 
     Attributes:
-        start_layer: decision layer index ``l_s``.
+        decision_layers: the layer index of every decision, ascending: ``l_s``, then the later decision
+            layers of a multi-stage method (``(l_s,)`` for one decision).
         ratio: ρ.
-        ideal_speedup: ``L / (l_s + (L - l_s)(1 - ρ))``.
+        ideal_speedup: :meth:`dash_vl.HaltingConfig.ideal_speedup` over :attr:`decision_layers` (one decision:
+            ``L / (l_s + (L - l_s)(1 - ρ))``).
         relative_flops: measured prefill FLOPs over the unmodified model's, mean over prompts.
         perplexity_increase: relative, pooled over scored tokens.
         kl: nats per scored token.
     """
 
-    start_layer: int
+    decision_layers: tuple[int, ...]
     ratio: float
     ideal_speedup: float
     relative_flops: float
     perplexity_increase: float
     kl: float
+
+    @property
+    def start_layer(self) -> int:
+        """The first decision layer ``l_s``."""
+        return self.decision_layers[0]
+
+    def knobs(self) -> dict[str, int | float | tuple[int, ...]]:
+        """The :class:`dash_vl.HaltingConfig` knobs that reproduce this point's schedule on the calibrated model:
+        ``start_layer``, ``stage_layers`` (layer indices) and ``ratio``."""
+        return {"start_layer": self.start_layer, "stage_layers": self.decision_layers[1:], "ratio": self.ratio}
 
 
 @dataclass(frozen=True)
@@ -92,22 +106,26 @@ class CalibrationResult:
     pick: CalibrationPoint | None
 
     def table(self) -> str:
-        """Plain-text table, one line per point, the pick marked ``<-``."""
-        lines = [f"{'l_s':>4} {'ρ':>5} {'ideal x':>8} {'rel.FLOPs':>9} {'ppl +%':>8} {'KL nats':>8}  ok"]
-        for point in self.points:
+        """Plain-text table, one line per point (its decision layers comma-separated), the pick marked ``<-``."""
+        schedules = [",".join(map(str, point.decision_layers)) for point in self.points]
+        width = max(map(len, ["layers", *schedules]))
+        lines = [f"{'layers':>{width}} {'ρ':>5} {'ideal x':>8} {'rel.FLOPs':>9} {'ppl +%':>8} {'KL nats':>8}  ok"]
+        for point, schedule in zip(self.points, schedules):
             mark = "<-" if point == self.pick else ""
             lines.append(
-                f"{point.start_layer:>4} {point.ratio:>5.2f} {point.ideal_speedup:>8.3f} {point.relative_flops:>9.3f} "
+                f"{schedule:>{width}} {point.ratio:>5.2f} {point.ideal_speedup:>8.3f} {point.relative_flops:>9.3f} "
                 f"{100 * point.perplexity_increase:>8.2f} {point.kl:>8.4f}  {'yes' if self.budget.allows(point) else 'no':<3} {mark}"
             )
         return "\n".join(lines)
 
     def summary(self) -> str:
+        """The pick as the knobs that reproduce it (:meth:`CalibrationPoint.knobs`) and what it costs."""
         if self.pick is None:
             return f"{self.method}: no grid point is within the budget; run unmodified (ratio 0)"
         pick = self.pick
+        knobs = " ".join(f"{name}={value}" for name, value in pick.knobs().items())
         return (
-            f"{self.method}: start_layer={pick.start_layer} ratio={pick.ratio} (ideal speedup "
+            f"{self.method}: {knobs} (ideal speedup "
             f"{pick.ideal_speedup:.3f}x, perplexity {100 * pick.perplexity_increase:+.2f} %, KL {pick.kl:.4f} nats)"
         )
 
@@ -163,25 +181,28 @@ def calibrate(
     method: str = "dash",
     start_layers: Sequence[int | float] = DEFAULT_START_LAYERS,
     ratios: Sequence[float] = DEFAULT_RATIOS,
+    stage_layers: Sequence[int | float] | None = None,
     progress: bool = True,
 ) -> CalibrationResult:
     """Measure every ``(start_layer, ratio)`` on ``prompts`` and pick the fastest within ``budget``.
 
-    ``start_layers`` are layer indices or fractions of the depth (duplicates after rounding are
-    measured once). Raises ``ValueError`` on no prompts, or on knobs :class:`HaltingConfig` rejects.
+    ``start_layers`` are layer indices or fractions of the depth; ``stage_layers`` (``None``: the
+    method's default) are a multi-stage method's later decision layers, the same at every point, after
+    every start layer. Points whose whole decision schedule and ratio agree after rounding are measured
+    once (see :func:`dash_vl.calibrate_grid.grid`).
+
+    Raises:
+        ValueError: on no prompts, on a method that halts only visual tokens, on a start layer not before
+            the first of ``stage_layers``, or on knobs :class:`dash_vl.HaltingConfig` rejects.
     """
     if not prompts:
         raise ValueError("calibration needs at least one prompt")
     num_layers = model.config.get_text_config().num_hidden_layers
-    configs = {}
-    for start in start_layers:
-        for ratio in ratios:
-            config = HaltingConfig(method=method, ratio=ratio, start_layer=start, question="protected")
-            configs.setdefault((config.decision_layer(num_layers), float(ratio)), config)
+    configs = grid(method, start_layers, ratios, stage_layers, num_layers)
     references = [continuation_log_probs(model, prompt, None)[0] for prompt in prompts]
     targets = [torch.tensor(prompt.ids[len(prompt.ids) - prompt.continuation + 1:], device=r.device) for prompt, r in zip(prompts, references)]
     points = []
-    for (layer, ratio), config in tqdm(sorted(configs.items()), desc=f"calibrating {method}", disable=not progress):
+    for (schedule, ratio), config in tqdm(sorted(configs.items()), desc=f"calibrating {method}", disable=not progress):
         halting = Halting(model, config)
         differences, divergences, flops = [], [], []
         for prompt, reference, target in zip(prompts, references, targets):
@@ -192,7 +213,7 @@ def calibrate(
             flops.append(relative_flops)
         points.append(
             CalibrationPoint(
-                start_layer=layer, ratio=ratio, ideal_speedup=config.ideal_speedup(num_layers),
+                decision_layers=schedule, ratio=ratio, ideal_speedup=config.ideal_speedup(num_layers),
                 relative_flops=sum(flops) / len(flops),
                 perplexity_increase=float(torch.cat(differences).mean().exp()) - 1.0,
                 kl=float(torch.cat(divergences).mean()),

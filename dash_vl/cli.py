@@ -142,7 +142,7 @@ def calibrate(args: argparse.Namespace) -> None:
             f"{args.length} tokens (continuation: question and answer)", file=sys.stderr,
         )
         prompts = retrieval_prompts(tokenizer, args.prompts, args.length)
-    result = calibrate(model, prompts, budget, args.method, args.start_layers, args.ratios)
+    result = calibrate(model, prompts, budget, args.method, args.start_layers, args.ratios, args.stage_layers)
     print(result.table())
     print(f"pick: {result.summary()}")
 
@@ -284,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--start-layers", nargs="+", type=start_layer, default=list(DEFAULT_START_LAYERS),
         help="candidate decision layers: indices, or fractions of the depth (default: %(default)s)",
     )
+    knob_table.add_argument(calibrate_parser, "stage_layers")
     calibrate_parser.add_argument(
         "--ratios", nargs="+", type=unit_ratio, default=list(DEFAULT_RATIOS), help="candidate ratios in [0, 1) (default: %(default)s)"
     )

@@ -249,6 +249,17 @@ class HaltingConfig:
         return layer
 
     def ideal_speedup(self, num_layers: int) -> float:
-        """``L / (l_s + (L - l_s)(1 - ρ))``: prefill speedup if every layer cost the same per token."""
-        start = self.decision_layer(num_layers)
-        return num_layers / (start + (num_layers - start) * (1.0 - self.ratio))
+        """Prefill speedup if every layer cost the same per token and every prompt token were eligible:
+        ``L`` over the sum across layers of the fraction of tokens each runs on.
+
+        With the decisions at layers ``l_0 < l_1 < ... < l_(S-1)`` (:meth:`decision_layers`) and ``l_S = L``,
+        the layers before ``l_0`` run on all tokens and those from ``l_s`` to ``l_(s+1)`` on the method's
+        :meth:`~dash_vl.methods.base.HaltingMethod.stage_retention` ``r_s = (1 - ρ)^(s + 1)``:
+        ``L / (l_0 + Σ_s (l_(s+1) - l_s) r_s)``; for one decision ``L / (l_s + (L - l_s)(1 - ρ))``.
+        """
+        layers = self.decision_layers(num_layers)
+        method = METHODS[self.method]
+        active = float(layers[0])
+        for stage, (begin, end) in enumerate(zip(layers, [*layers[1:], num_layers])):
+            active += (end - begin) * method.stage_retention(self.ratio, stage)
+        return num_layers / active

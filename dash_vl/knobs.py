@@ -160,12 +160,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per knob (``--ratio``, ``--start-layer``, ...), with its type, choices, default and help."""
     group = parser.add_argument_group("halting knobs (dash_vl.HaltingConfig; every flag has its field's default)")
     for knob in KNOBS:
-        choices = None if knob.choices is None else (*knob.choices, *((None,) if knob.optional else ()))
-        metavar = None if knob.choices is None else "{" + ",".join((*knob.choices, *((UNSET,) if knob.optional else ()))) + "}"
-        group.add_argument(
-            knob.flag, dest=knob.name, type=_argument_type(knob), default=knob.default, choices=choices, metavar=metavar,
-            help=knob.help(),
-        )
+        add_argument(group, knob.name)
+
+
+def add_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup, name: str) -> None:
+    """The flag of the knob ``name`` alone (``--stage-layers`` for ``stage_layers``), as :func:`add_arguments`
+    adds it."""
+    knob = next(knob for knob in KNOBS if knob.name == name)
+    unset = (UNSET,) if knob.optional else ()
+    choices = None if knob.choices is None else (*knob.choices, *((None,) if knob.optional else ()))
+    metavar = None if knob.choices is None else "{" + ",".join((*knob.choices, *unset)) + "}"
+    parser.add_argument(
+        knob.flag, dest=knob.name, type=_argument_type(knob), default=knob.default, choices=choices, metavar=metavar,
+        help=knob.help(),
+    )
 
 
 def _argument_type(knob: Knob) -> Callable[[str], Any]:

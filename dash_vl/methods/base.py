@@ -130,7 +130,7 @@ class HaltingMethod(ABC):
     :attr:`supports_stages` (it can decide again over a compacted prompt) with
     :attr:`default_stage_layers`, and implement :meth:`keep` (or :meth:`decide`, to change the kept
     tokens' states too); :meth:`scoring_queries` tells the FLOP count of attention the policy computes
-    itself at a decision layer.
+    itself at a decision layer, :meth:`stage_retention` the share of eligible tokens each stage keeps.
     """
 
     placement: ClassVar[Placement] = "attention_update"
@@ -156,6 +156,14 @@ class HaltingMethod(ABC):
     def decide(self, inputs: DecisionInputs, ratio: float) -> Decision:
         """The decision for one prompt; by default :meth:`keep` with the states left as they are."""
         return Decision(kept=self.keep(inputs, ratio))
+
+    @classmethod
+    def stage_retention(cls, ratio: float, stage: int) -> float:
+        """The fraction of the first decision's eligible tokens still active after decision ``stage``
+        (0-based), before rounding to whole tokens: ``(1 - ratio)^(stage + 1)``. One decision keeps
+        ``1 - ratio``; each later one halts ``ratio`` of the eligible tokens still active
+        (:class:`ScoredHalting`'s ``floor(ratio * E)``; PyramidDrop keeps ``λ^(stage + 1)``, ``λ = 1 - ratio``)."""
+        return (1.0 - ratio) ** (stage + 1)
 
     def scoring_queries(self) -> int:
         """Query rows whose attention the policy computes at a decision layer with that layer's own

@@ -40,24 +40,6 @@ import torch
 from dash_vl.methods.base import Decision, DecisionInputs, HaltingMethod, lowest
 
 
-def stage_keep_counts(ratio: float, stage: int, initial: list[int]) -> list[int]:
-    """``floor(N λ^(stage + 1))`` eligible tokens kept per sample after decision ``stage`` (0-based),
-    ``λ = 1 - ratio``, ``N`` each sample's eligible tokens at the first decision.
-
-    Raises:
-        ValueError: if a sample keeps none.
-    """
-    retention = (1.0 - ratio) ** (stage + 1)
-    counts = [math.floor(total * retention + 1e-9) for total in initial]
-    for sample, (total, kept) in enumerate(zip(initial, counts)):
-        if kept < 1:
-            raise ValueError(
-                f"pyramiddrop keeps int({total} x {retention:.4g}) = 0 of the {total} visual tokens of sample {sample} "
-                f"after stage {stage + 1}; lower the ratio, use fewer stage_layers or give the prompt more visual tokens"
-            )
-    return counts
-
-
 @dataclass(frozen=True)
 class PyramidDrop(HaltingMethod):
     """Keep, at each stage, the visual tokens the last prompt token attends to most in the decision layer."""
@@ -71,11 +53,31 @@ class PyramidDrop(HaltingMethod):
     def scoring_queries(self) -> int:
         return 1
 
+    @classmethod
+    def stage_keep_counts(cls, ratio: float, stage: int, initial: list[int]) -> list[int]:
+        """``floor(N λ^(stage + 1))`` eligible tokens kept per sample after decision ``stage`` (0-based):
+        ``λ^(stage + 1)`` is :meth:`stage_retention` (``λ = 1 - ratio``), ``N`` each sample's eligible tokens
+        at the first decision.
+
+        Raises:
+            ValueError: if a sample keeps none.
+        """
+        retention = cls.stage_retention(ratio, stage)
+        counts = [math.floor(total * retention + 1e-9) for total in initial]
+        for sample, (total, kept) in enumerate(zip(initial, counts)):
+            if kept < 1:
+                raise ValueError(
+                    f"pyramiddrop keeps int({total} x {retention:.4g}) = 0 of the {total} visual tokens of "
+                    f"sample {sample} after stage {stage + 1}; lower the ratio, use fewer stage_layers or give the "
+                    "prompt more visual tokens"
+                )
+        return counts
+
     def keep(self, inputs: DecisionInputs, ratio: float) -> torch.Tensor:
         return self.decide(inputs, ratio).kept
 
     def decide(self, inputs: DecisionInputs, ratio: float) -> Decision:
         received = inputs.window_attention(1).mean(dim=1)[:, 0]
-        counts = stage_keep_counts(ratio, inputs.stage, inputs.initial_eligible_counts)
+        counts = self.stage_keep_counts(ratio, inputs.stage, inputs.initial_eligible_counts)
         kept = lowest(-received, inputs.eligible, torch.tensor(counts, device=received.device))
         return Decision(kept=kept, kept_counts=counts)
