@@ -4,6 +4,8 @@ the linear layers' recurrent and convolution states from ``l_s`` on; what it can
 
 from __future__ import annotations
 
+from contextlib import ExitStack
+
 import pytest
 import torch
 
@@ -46,8 +48,12 @@ def test_ratio_zero_matches_unmodified_eager_model(kind):
     assert_ratio_zero_identical(model_of(FAMILY, "eager"), vl_inputs(processor_of(FAMILY), 1, kind))
 
 
-def engine_run(model, prompt, **knobs):
-    with Halting(model, **knobs) as halting:
+def engine_run(model, prompt, question_tokens: int | None = None, **knobs):
+    """The halted prefill's report and logits, and ``generate``'s greedy steps (``question_tokens``: the
+    question's length for ``question="after_context"``)."""
+    with Halting(model, **knobs) as halting, ExitStack() as stack:
+        if question_tokens is not None:
+            stack.enter_context(halting.question_length(question_tokens))
         with torch.no_grad():
             logits = model(**prompt).logits
         report = halting.last_report
@@ -55,9 +61,11 @@ def engine_run(model, prompt, **knobs):
     return report, logits, produced
 
 
-def assert_matches_reference(model, prompt, reference: ActiveSequenceReference, **knobs) -> None:
+def assert_matches_reference(
+    model, prompt, reference: ActiveSequenceReference, question_tokens: int | None = None, **knobs
+) -> None:
     results = reference.run(capture_language_model_inputs(model, prompt), STEPS)
-    report, logits, produced = engine_run(model, prompt, **knobs)
+    report, logits, produced = engine_run(model, prompt, question_tokens, **knobs)
     assert_engine_matches(report, results, prompt["attention_mask"].bool(), logits, produced, STEPS)
 
 
@@ -79,6 +87,22 @@ def test_dash_at_a_linear_layer_matches_reference(model, padded_batch):
     """Left-padded batch: from the linear decision layer on, each prompt's recurrence holds its active tokens only."""
     reference = ActiveSequenceReference(model, 0.5, LINEAR_LAYER, eligible_tokens(model, padded_batch, "all", "halted"))
     assert_matches_reference(model, padded_batch, reference, ratio=0.5, start_layer=LINEAR_LAYER, scope="all")
+
+
+def test_dash_after_context_at_a_linear_layer_matches_reference(model, padded_batch):
+    """``question="after_context"`` (the DASH paper's protocol): the context is prefilled with halting, then the
+    last 4 tokens, the question, run every layer, continuing each linear layer's recurrence from the state the
+    context left: the whole prompt's below ``l_s``, the active tokens' from ``l_s`` on. In the reference the
+    question is 4 tokens that are never halted (the decision over the context is causal, so the question's
+    presence does not change it)."""
+    question_tokens = 4
+    eligible = padded_batch["attention_mask"].bool().clone()
+    eligible[:, -question_tokens:] = False
+    reference = ActiveSequenceReference(model, 0.5, LINEAR_LAYER, eligible)
+    assert_matches_reference(
+        model, padded_batch, reference, question_tokens, ratio=0.5, start_layer=LINEAR_LAYER, scope="all",
+        question="after_context",
+    )
 
 
 @pytest.mark.slow
