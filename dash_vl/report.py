@@ -18,8 +18,9 @@ class HaltingReport:
             length of each layer's KV cache after the prefill, padding excluded).
         kept_positions: ``[sample]``, prompt positions (indices into the padded prompt) still
             active after the last decision layer, ascending.
-        relative_flops: theoretical prefill FLOPs of the decoder layers (linear + attention
-            terms, vision encoder and LM head excluded) over those of the unmodified model.
+        relative_flops: theoretical prefill FLOPs of the decoder layers (per-token terms: projections,
+            MLP, a linear-attention layer's gated delta net; attention per query-key pair; vision encoder
+            and LM head excluded) over those of the unmodified model.
         ratio: the ρ the prefill ran with; at ``0`` no decision was made (every layer ran on every token).
         decision_layers: the layer of every decision, ``[start_layer]`` for a single one.
         kept_positions_per_stage: ``[decision][sample]``, the positions active after each decision

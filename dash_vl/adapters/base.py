@@ -96,6 +96,12 @@ class ModelAdapter:
         return "linear_attention" in self.layer_types
 
     @property
+    def attention_output_gate(self) -> bool:
+        """Whether ``q_proj`` of the attention layers also yields a per-head output gate (``2 x heads x head_dim``
+        outputs): ``config.attn_output_gate`` where the config sets it."""
+        return bool(getattr(self.text_config, "attn_output_gate", False))
+
+    @property
     def sliding_window(self) -> int | None:
         """Keys this many positions or more before a query are masked in ``"sliding_attention"`` layers."""
         return getattr(self.text_config, "sliding_window", None)

@@ -40,6 +40,11 @@ class GatedDeltaNetLayers(ModelAdapter):
 
     layer_kinds: ClassVar[tuple[str, ...]] = (*ATTENTION_KINDS, LINEAR_ATTENTION)
 
+    @property
+    def attention_output_gate(self) -> bool:
+        """Always: HF's Qwen3.5 attention gates its output whatever the config says."""
+        return True
+
     def attention_update(self, layer: nn.Module, hidden_states: torch.Tensor, **attention_kwargs: Any) -> torch.Tensor:
         """The token mixer's output ``U`` ``(batch, T, hidden)``, before the residual add. A linear-attention
         layer runs from a zero state and caches nothing here (``attention_mask``: its ``(batch, T)`` padding mask)."""

@@ -270,13 +270,17 @@ class HaltingEngine:
         self.decision_layers = config.decision_layers(self.num_layers)
         """The layer of every decision, ascending (one for a single-shot method)."""
         self.start_layer = self.decision_layers[0]
-        self.shapes = LayerShapes.from_config(adapter.text_config)
+        self.shapes = LayerShapes.from_config(adapter.text_config, output_gate=adapter.attention_output_gate)
         self.layer_windows = adapter.layer_windows
         """Per layer, its sliding window in positions (``None``: full attention), for the FLOP count."""
+        self.linear_layers = tuple(kind == "linear_attention" for kind in adapter.layer_types)
+        """Per layer, whether it is a linear-attention layer (a recurrent token mixer), for the FLOP count."""
         self.decision_work = DecisionLayerWork(
             attends_all=self.method.placement != "layer_input", mlp_on_all=self.method.needs_block_update,
             scoring_queries=self.method.scoring_queries(),
-        )
+        ) if config.ratio > 0 else DecisionLayerWork(attends_all=False, mlp_on_all=False)
+        """What a decision layer runs beyond its stage's tokens, for the FLOP count: nothing at ratio 0, where
+        no decision is made."""
         self._reports: list[HaltingReport] = []
         self._pending_reports: list[PendingReport] = []
         self.prompt_input_ids: torch.Tensor | None = None
@@ -854,8 +858,8 @@ class HaltingEngine:
         full_per_layer = [0.0] * self.num_layers
         for sample, valid_row in enumerate(token_valid):
             halted, full = prefill_flops(
-                self.shapes, self.layer_windows, layers, self.decision_work, valid_row.nonzero().flatten(),
-                [active[sample].nonzero().flatten() for active in actives], question_len,
+                self.shapes, self.layer_windows, self.linear_layers, layers, self.decision_work,
+                valid_row.nonzero().flatten(), [active[sample].nonzero().flatten() for active in actives], question_len,
             )
             halted_per_layer = [total + flops for total, flops in zip(halted_per_layer, halted)]
             full_per_layer = [total + flops for total, flops in zip(full_per_layer, full)]

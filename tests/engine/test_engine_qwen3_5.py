@@ -198,8 +198,7 @@ def test_attention_readers_on_linear_layers_are_refused(model, method):
             model(**prompt)
 
 
-@pytest.fixture(scope="module")
-def text_model():
+def tiny_text_model():
     """``Qwen3_5ForCausalLM`` with the tiny model's layers (linear and full attention alternating)."""
     from transformers import Qwen3_5ForCausalLM, Qwen3_5TextConfig
 
@@ -212,6 +211,11 @@ def text_model():
     config._attn_implementation = "sdpa"
     torch.manual_seed(0)
     return Qwen3_5ForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def text_model():
+    return tiny_text_model()
 
 
 def test_text_model_ratio_zero_matches_unmodified_model(text_model):
