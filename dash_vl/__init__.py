@@ -9,7 +9,7 @@ from dash_vl.version import __version__
 
 __getattr__ = lazy_attributes(__name__, {
     "Diagnosis": "dash_vl.diagnosis.run:Diagnosis",
-    "DiagnosisConfig": "dash_vl.diagnosis.run:DiagnosisConfig",
+    "DiagnosisConfig": "dash_vl.diagnosis.config:DiagnosisConfig",
     "Halting": "dash_vl.halting:Halting",
     "HaltingConfig": "dash_vl.config:HaltingConfig",
     "HaltingReport": "dash_vl.report:HaltingReport",

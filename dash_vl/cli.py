@@ -12,12 +12,15 @@ import argparse
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from dash_vl import knobs as knob_table
 from dash_vl.calibrate_grid import DEFAULT_RATIOS, DEFAULT_START_LAYERS, QualityBudget
 from dash_vl.config import SCOPES
+from dash_vl.diagnosis.config import HELP as DIAGNOSIS_HELP
+from dash_vl.diagnosis.config import DiagnosisConfig
 from dash_vl.model_source import ATTENTION_IMPLEMENTATIONS
 from dash_vl.version import __version__
 from dash_vl.weights.catalogue import PACKAGED_MODELS
@@ -63,6 +66,20 @@ def unit_ratio(value: str) -> float:
     if not 0.0 <= number < 1.0:
         raise argparse.ArgumentTypeError(f"must be in [0, 1), got {number}")
     return number
+
+
+def add_diagnosis_knobs(parser: argparse.ArgumentParser) -> None:
+    """One option per :class:`DiagnosisConfig` field (``--small-fraction`` for ``small_fraction``), with its
+    default and help; the config checks the values."""
+    for knob in fields(DiagnosisConfig):
+        flag = "--" + knob.name.replace("_", "-")
+        help_text = f"{knob.metadata[DIAGNOSIS_HELP]} (default: %(default)s)"
+        if knob.name == "start_layers":
+            parser.add_argument(flag, nargs="+", type=start_layer, default=list(knob.default), help=help_text)
+        elif knob.name == "scope":
+            parser.add_argument(flag, choices=SCOPES, default=knob.default, help=help_text)
+        else:
+            parser.add_argument(flag, type=type(knob.default), default=knob.default, help=help_text)
 
 
 def check_images(paths: Sequence[str] | None, video: str | None) -> None:
@@ -211,14 +228,10 @@ def diagnose(args: argparse.Namespace) -> None:
         raise ValueError("--image needs --query (the question about the image)")
     check_images(args.image, None)
     check_model_name(args.model)
+    config = DiagnosisConfig(**{knob.name: getattr(args, knob.name) for knob in fields(DiagnosisConfig)})
     from dash_vl.diagnosis.files import write_diagnosis
-    from dash_vl.diagnosis.run import DiagnosisConfig
     from dash_vl.diagnosis.run import diagnose as run_diagnosis
 
-    config = DiagnosisConfig(
-        start_layers=tuple(args.start_layers), ratio=args.ratio, scope=args.scope, margin=args.margin,
-        chunk=args.chunk, seed=args.seed,
-    )
     model, tokenizer, vlm = load_for_diagnosis(args.model, args.device, args.dtype)
     prompts = diagnosis_prompts(args, tokenizer, vlm, next(model.parameters()).device)
     name = Path(args.model).name or args.model
@@ -309,15 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     diagnose_parser.add_argument("--prompts", type=at_least(1), default=5, help="number of built-in prompts (default: %(default)s)")
     diagnose_parser.add_argument("--length", type=at_least(16), default=1024, help="tokens per built-in passkey or code prompt (default: %(default)s)")
-    diagnose_parser.add_argument(
-        "--start-layers", nargs="+", type=start_layer, default=[0.2, 0.3, 0.4, 0.5, 0.6],
-        help="candidate decision layers: indices, or fractions of the depth (default: %(default)s)",
-    )
-    diagnose_parser.add_argument("--ratio", type=unit_ratio, default=0.5, help="rho whose halted set is compared with random (default: %(default)s)")
-    diagnose_parser.add_argument("--scope", default="all", choices=SCOPES, help="eligible tokens (default: %(default)s)")
-    diagnose_parser.add_argument("--margin", type=float, default=0.1, help="verdict margin: holds below (1 - margin) x random (default: %(default)s)")
-    diagnose_parser.add_argument("--chunk", type=at_least(1), default=128, help="query rows per step of the attention computation (default: %(default)s)")
-    diagnose_parser.add_argument("--seed", type=int, default=0, help="seed of the built-in prompts and random groups (default: %(default)s)")
+    add_diagnosis_knobs(diagnose_parser)
     diagnose_parser.add_argument("--output", default=".", help="directory of the JSON, CSV and PNG files (default: the current one)")
     diagnose_parser.add_argument("--stem", default=None, help="file name stem (default: diagnose_<model>)")
     diagnose_parser.add_argument("--no-plots", action="store_true", help="JSON and CSV only (no matplotlib needed)")

@@ -24,9 +24,9 @@ import torch
 
 from dash_vl.adapters import adapter_for
 from dash_vl.cli import load_for_diagnosis, start_layer
+from dash_vl.diagnosis.config import DiagnosisConfig
 from dash_vl.diagnosis.layer_trace import LayerTrace, trace_prompt
 from dash_vl.diagnosis.prompts import passkey_samples, scene_prompts, token_prompt
-from dash_vl.diagnosis.run import DiagnosisConfig
 from dash_vl.diagnosis.stats import eligible_tokens, redundancy, sinks
 from dash_vl.methods.base import halted_count, lowest
 

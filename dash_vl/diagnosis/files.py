@@ -11,7 +11,8 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-from dash_vl.diagnosis.run import Diagnosis, DiagnosisConfig
+from dash_vl.diagnosis.config import DiagnosisConfig
+from dash_vl.diagnosis.run import Diagnosis
 from dash_vl.diagnosis.stats import (
     HaltedShare,
     LaterLayerAttention,

@@ -3,6 +3,7 @@ computes, the statistics answer their questions on hand-made traces, the files h
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -13,14 +14,22 @@ from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen3
 
 import dash_vl
 from dash_vl.adapters import adapter_for
-from dash_vl.cli import main
+from dash_vl.cli import build_parser, main
 from dash_vl.diagnosis.attention_received import attention_received
+from dash_vl.diagnosis.config import DiagnosisConfig
 from dash_vl.diagnosis.files import CSV_COLUMNS, read_diagnosis, write_diagnosis
 from dash_vl.diagnosis.layer_trace import LayerTrace, trace_prompt, tracing
 from dash_vl.diagnosis.prompts import passkey_samples
-from dash_vl.diagnosis.run import Diagnosis, DiagnosisConfig
+from dash_vl.diagnosis.run import Diagnosis
 from dash_vl.diagnosis.stats import ATTENTION_VIEWS, attention_view, redundancy, sinks
 from tests.conftest import model_of, processor_of, random_image, vl_inputs
+
+
+def diagnose_parser():
+    """The ``dash-vl diagnose`` subparser."""
+    commands = next(action for action in build_parser()._actions if action.dest == "command")
+    return commands.choices["diagnose"]
+
 
 SIZES = dict(
     vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
@@ -302,6 +311,45 @@ def test_cli_diagnoses_text_files(saved_vlm, tmp_path):
 def test_cli_refuses_an_image_without_a_question(saved_vlm, tmp_path, capsys):
     assert main(["diagnose", str(saved_vlm), "--image", "x.png", "--output", str(tmp_path)]) == 2
     assert "--image needs --query" in capsys.readouterr().err
+
+
+def test_cli_offers_every_diagnosis_knob_with_its_default():
+    """Each :class:`DiagnosisConfig` field is a ``dash-vl diagnose`` option whose default is the field's, so
+    a knob added to the config reaches the CLI and none is dropped on the way to the run."""
+    action_of = {action.dest: action for action in diagnose_parser()._actions}
+    for knob in dataclasses.fields(DiagnosisConfig):
+        assert knob.name in action_of, f"dash-vl diagnose has no option for DiagnosisConfig.{knob.name}"
+        default = action_of[knob.name].default
+        assert (tuple(default) if isinstance(default, list) else default) == knob.default, knob.name
+
+
+def test_cli_passes_every_knob_to_the_run(saved_vlm, tmp_path, monkeypatch):
+    """Non-default values of every knob reach the :class:`DiagnosisConfig` the run gets."""
+    given = dict(
+        start_layers=("2", "0.5"), ratio="0.25", scope="visual", small_fraction="0.1", groups="4", random_groupings="3",
+        margin="0.2", sink_norm_factor="5.0", sink_attention_share="0.3", chunk="16", seed="7",
+    )
+    args = ["diagnose", str(saved_vlm), "--output", str(tmp_path), "--no-plots", "--prompts", "1"]
+    for name, value in given.items():
+        args += ["--" + name.replace("_", "-"), *((value,) if isinstance(value, str) else value)]
+    received = []
+
+    def stop(model, prompts, config, **kwargs):
+        received.append(config)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("dash_vl.diagnosis.run.diagnose", stop)
+    assert main(args) == 130
+    assert received == [DiagnosisConfig(
+        start_layers=(2, 0.5), ratio=0.25, scope="visual", small_fraction=0.1, groups=4, random_groupings=3, margin=0.2,
+        sink_norm_factor=5.0, sink_attention_share=0.3, chunk=16, seed=7,
+    )]
+
+
+def test_cli_refuses_a_bad_knob_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("dash_vl.cli.load_for_diagnosis", lambda *args: pytest.fail("the model was loaded"))
+    assert main(["diagnose", "scenes", "--groups", "1", "--output", str(tmp_path)]) == 2
+    assert "groups must be an int in [2, inf], got 1" in capsys.readouterr().err
 
 
 def test_the_per_visible_query_view_divides_by_the_queries_that_see_each_token():
