@@ -144,14 +144,25 @@ class DecisionProbe:
     def attention_update(self) -> torch.Tensor:
         """Also leaves layer ``l_s``'s keys and values, ``(batch, kv_heads, T, head_dim)``, in :attr:`capture`."""
         if self._attention_update is None:
-            self._layout_update = self.adapter.attention_update(
-                self.layer, self.layout_states, **hf_compat.cache_argument(self.capture), **self.attention_kwargs
-            )
+            self._layout_update = self._mixer_update()
             if self.capture.key is not None:
                 self.capture.key = self.layout.unpack_heads(self.capture.key)
                 self.capture.value = self.layout.unpack_heads(self.capture.value)
             self._attention_update = self.layout.unpack(self._layout_update)
         return self._attention_update
+
+    def _mixer_update(self) -> torch.Tensor:
+        """The token mixer's output over :attr:`layout_states`, in the layout. A linear-attention mixer runs row
+        by row (:meth:`~dash_vl.engine.layouts.TokenLayout.run_by_row`), from a zero state per sample."""
+        if self.adapter.layer_types[self.layer_index] != "linear_attention":
+            return self.adapter.attention_update(
+                self.layer, self.layout_states, **hf_compat.cache_argument(self.capture), **self.attention_kwargs
+            )
+
+        def recurrence(rows: torch.Tensor, padding: torch.Tensor | None) -> torch.Tensor:
+            return self.adapter.attention_update(self.layer, rows, attention_mask=padding)
+
+        return self.layout.run_by_row(recurrence, self.layout_states)
 
     def block_update(self) -> torch.Tensor:
         if self.block_output is None:

@@ -54,7 +54,8 @@ A linear-attention layer (``"linear_attention"``: a recurrent token mixer, Qwen3
 net) caches a convolution window and a recurrent state, not keys; from ``l_s`` on it runs on the
 active tokens only, so that state is the active sequence's. At a linear decision layer the mixer
 runs over all ``T`` for the score alone and the whole layer then on the active tokens
-(:meth:`HaltingEngine._finishes`). Packing and the static cache are refused on such models.
+(:meth:`HaltingEngine._finishes`). Under packing it runs padded, row by row (:meth:`HaltingEngine._run_layer`);
+the static cache is refused on such models.
 
 Each layer gets the mask and rotary embeddings of its kind (``config.layer_types``,
 :mod:`dash_vl.engine.layer_inputs`): a sliding-window layer's window is measured in the sequence
@@ -254,11 +255,6 @@ class HaltingEngine:
     def __init__(self, adapter: ModelAdapter, config: HaltingConfig) -> None:
         check_implementation(adapter.attn_implementation)
         adapter.layer_types  # refuses layer kinds the engine cannot mask, before any call
-        if config.packing != "off" and adapter.has_linear_layers:
-            raise ValueError(
-                f"packing={config.packing!r} is not supported on {type(adapter.model).__name__}: its linear-attention "
-                "layers run HF's PyTorch gated delta rule, which takes no sequence boundaries; use packing='off'"
-            )
         if config.scope == "visual" and not adapter.has_visual_tokens:
             raise ValueError(
                 f"scope='visual' needs a model with visual tokens; {type(adapter.model).__name__} is text-only"
@@ -525,8 +521,8 @@ class HaltingEngine:
         packed, as ``inputs``), each caching all of them in ``cache`` (``None``: no cache) and followed by its
         ``additions``; what ratio 0 runs."""
         layer_cache = layout.cache(cache)
-        for index, layer in enumerate(self.adapter.layers):
-            states = layer(states, **hf_compat.cache_argument(layer_cache), **inputs.for_layer(index))
+        for index in range(self.num_layers):
+            states = self._run_layer(index, states, inputs, layout, layer_cache, cache)
             states = additions.after(index, states, layout)
         return states
 
@@ -543,10 +539,10 @@ class HaltingEngine:
             layout; ``None`` where no layer ran.
         """
         layout = stage.layout
-        layers, layer_cache = self.adapter.layers, layout.cache(cache)
+        layer_cache = layout.cache(cache)
         for index in range(first, last):
             entering, recorder = states, KeyRecorder(layer_cache)
-            states = layers[index](states, **hf_compat.cache_argument(recorder), **inputs.for_layer(index))
+            states = self._run_layer(index, states, inputs, layout, recorder, cache)
             states = stage.additions.after(index, states, layout)
         if last == first:
             return states, None
@@ -554,6 +550,26 @@ class HaltingEngine:
         keys = None if recorder.keys is None else layout.unpack_heads(recorder.keys)
         previous = PreviousLayer(layout.unpack(entering), keys, rotary, self.adapter.layer_windows[last - 1])
         return states, previous
+
+    def _run_layer(
+        self, index: int, states: torch.Tensor, inputs: LayerInputs, layout: TokenLayout, layer_cache: Any, cache: Any
+    ) -> torch.Tensor:
+        """Decoder layer ``index`` over ``states`` in ``layout`` (``inputs`` its masks and rotary).
+
+        An attention layer caches through ``layer_cache`` (``layout``'s view of ``cache``). A linear-attention
+        layer's recurrence and convolution take no sequence boundaries, so it runs row by row
+        (:meth:`~dash_vl.engine.layouts.TokenLayout.run_by_row`: padded, its padding zeroed, under packing
+        too) and keeps its states per sample in ``cache``, the ``(batch, S)`` padded cache itself
+        (``None``: no cache); it has no rotary.
+        """
+        layer = self.adapter.layers[index]
+        if not self.linear_layers[index]:
+            return layer(states, **hf_compat.cache_argument(layer_cache), **inputs.for_layer(index))
+
+        def recurrence(rows: torch.Tensor, padding: torch.Tensor | None) -> torch.Tensor:
+            return layer(rows, position_embeddings=None, attention_mask=padding, **hf_compat.cache_argument(cache))
+
+        return layout.run_by_row(recurrence, states)
 
     def _decision_probe(
         self,

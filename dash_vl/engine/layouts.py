@@ -11,11 +11,15 @@ left-padded layout HF uses. A layout says how the decoder layers see those token
   cache is written back in the padded layout (:class:`PackedCache`), which is what decoding after
   the prefill reads.
 
-Both have the same methods, so the engine's prefill is written once for either.
+Both have the same methods, so the engine's prefill is written once for either. A layer whose token
+mixer is a recurrence along each row (Qwen3.5's gated delta nets: HF's kernels take no sequence
+boundaries) runs through :meth:`TokenLayout.run_by_row`, which under packing lays its tokens back out
+padded, so each sample's recurrence starts from its own zero state.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cached_property
 from typing import Any, Protocol
 
@@ -49,6 +53,15 @@ class TokenLayout(Protocol):
     def cache(self, cache: Any) -> Any:
         """What the layers get as their KV cache so that ``cache`` fills in the ``(batch, S)`` layout."""
 
+    def run_by_row(self, run: RowRecurrence, states: torch.Tensor) -> torch.Tensor:
+        """``run`` (a token mixer recurrent along each row, or a layer with one) over ``states`` of the
+        layers' layout, each sample as its own row; the result in the layers' layout."""
+
+
+RowRecurrence = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+"""A call ``run(states, padding)`` over ``(batch, S, D)`` states whose rows are one sample each, ``padding``
+the ``(batch, S)`` bool mask of their valid slots (``None``: all valid); returns ``(batch, S, D)``."""
+
 
 class PaddedLayout:
     """The layers see the ``(batch, S)`` layout itself; every conversion is the identity.
@@ -77,6 +90,9 @@ class PaddedLayout:
 
     def cache(self, cache: Any) -> Any:
         return cache
+
+    def run_by_row(self, run: RowRecurrence, states: torch.Tensor) -> torch.Tensor:
+        return run(states, None if self.keys.all_valid else self.keys.valid[:, -states.shape[1] :])
 
 
 def run_starts(valid: torch.Tensor) -> torch.Tensor:
@@ -164,6 +180,13 @@ class Packing:
 
     def cache(self, cache: Any) -> PackedCache:
         return PackedCache(cache, self)
+
+    def run_by_row(self, run: RowRecurrence, states: torch.Tensor) -> torch.Tensor:
+        """Unpacks ``states`` ``(1, N, D)`` to the padded ``(batch, S, D)``, runs ``run`` there with the padding
+        mask, and packs the result: the recurrence of one sample never sees another's tokens, and what it
+        caches per row is in the padded layout that decoding reads."""
+        padding = None if min(self.counts) == self.width else self.valid
+        return self.pack(run(self.unpack(states), padding))
 
 
 class PackedLayerInputs(LayerInputs):

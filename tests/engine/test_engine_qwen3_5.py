@@ -13,6 +13,7 @@ from dash_vl import Halting
 from dash_vl.methods import METHODS
 from tests.active_sequence_reference import ActiveSequenceReference, assert_engine_matches
 from tests.conftest import model_of, processor_of, vl_inputs
+from tests.engine.test_packed import assert_packed_matches_padded, packed_calls  # noqa: F401 (fixture)
 from tests.reference import STEPS, assert_ratio_zero_identical, capture_language_model_inputs, eligible_tokens, generate
 from tests.text_cases import assert_ratio_zero_matches_unmodified, text_prompts
 
@@ -159,9 +160,21 @@ def test_fastv_after_a_linear_layer_is_refused(model, padded_batch):
             model(**padded_batch)
 
 
-def test_packing_is_refused(model):
-    with pytest.raises(ValueError, match="packing='ragged' is not supported on Qwen3_5ForConditionalGeneration"):
-        Halting(model, ratio=0.5, packing="ragged")
+PACKED_CASES = [
+    pytest.param(dict(ratio=0.5, start_layer=LINEAR_LAYER, scope="all"), id="dash-linear-layer"),
+    pytest.param(dict(ratio=0.75, start_layer=FULL_LAYER, scope="visual"), id="dash-full-layer", marks=pytest.mark.slow),
+    pytest.param(dict(method="fastv", ratio=0.5, start_layer=LINEAR_LAYER), id="fastv", marks=pytest.mark.slow),
+    pytest.param(dict(ratio=0.0), id="ratio-0", marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.filterwarnings("ignore:.*flex_attention called without torch.compile")
+@pytest.mark.parametrize("knobs", PACKED_CASES)
+def test_packed_prefill_matches_padded(model, padded_batch, knobs, packed_calls):  # noqa: F811 (the fixture)
+    """Packed, the attention layers run over the valid (then kept) tokens end to end, while the linear layers run
+    padded, row by row: a sample's recurrence never continues from another's state (the logits and greedy steps
+    differ where the linear layers run over the packed sequence)."""
+    assert_packed_matches_padded(model, padded_batch, packed_calls, **knobs)
 
 
 def test_static_cache_is_refused(model, padded_batch):

@@ -68,8 +68,9 @@ def run(model, inputs: dict, packing: str, calls: list[int], **knobs) -> tuple:
 def assert_packed_matches_padded(
     model, inputs: dict, calls: list[int], packing: str = "ragged", expect_flex_calls: bool = True, **knobs
 ) -> None:
-    """Equal to the padded engine; the prefill's ``L`` FlexAttention calls saw the valid tokens, then the kept
-    ones (none at all where ``expect_flex_calls`` is False: a FlashAttention model packs through its varlen kernel)."""
+    """Equal to the padded engine; the prefill's FlexAttention calls, one per attention layer (a linear-attention
+    layer runs padded, row by row), saw the valid tokens, then the kept ones (none at all where
+    ``expect_flex_calls`` is False: a FlashAttention model packs through its varlen kernel)."""
     logits, report, padded_calls, produced = run(model, inputs, "off", calls, **knobs)
     packed_logits, packed_report, packed_calls, packed_produced = run(model, inputs, packing, calls, **knobs)
     valid = inputs["attention_mask"].bool()
@@ -85,8 +86,11 @@ def assert_packed_matches_padded(
     if not expect_flex_calls:
         assert packed_calls == []
         return
-    assert packed_calls[:start] == [int(valid.sum())] * start
-    assert packed_calls[start + 1 :] == [kept] * (layers - start - 1)
+    kinds = getattr(model.config.get_text_config(), "layer_types", None) or ["full_attention"] * layers
+    attention_layers = [index for index, kind in enumerate(kinds) if kind != "linear_attention"]
+    assert len(packed_calls) == len(attention_layers)
+    expected = {index: int(valid.sum()) if index < start else kept for index in attention_layers if index != start}
+    assert {index: packed_calls[attention_layers.index(index)] for index in expected} == expected
 
 
 @pytest.mark.parametrize("method,ratio", [("dash", 0.0), ("dash", 0.5), ("random", 0.5)])
