@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import AttentionInterface
-from transformers.cache_utils import DynamicCache, StaticLayer
+from transformers.cache_utils import DynamicCache, DynamicLayer, LinearAttentionCacheLayerMixin, StaticLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling
 from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape
 from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
@@ -83,10 +83,39 @@ def new_cache(config: Any) -> DynamicCache:
     return DynamicCache(config=config)
 
 
-def full_length_cache() -> DynamicCache:
-    """An empty dynamic KV cache whose every layer keeps all its slots (no sliding-window layer that
-    drops the oldest): what a prefill on a static cache fills before the static layout is laid out."""
-    return DynamicCache()
+def full_length_cache(config: Any) -> DynamicCache:
+    """An empty dynamic cache for a language model's ``config`` whose every attention layer keeps all its
+    slots (no sliding-window layer that drops the oldest) and whose linear-attention layers hold their
+    recurrent and convolution states (``LinearAttentionLayer``): what a prefill on a static cache fills
+    before the static layout is laid out."""
+    cache = DynamicCache(config=config)
+    cache.layers[:] = [layer if isinstance(layer, LinearAttentionCacheLayerMixin) else DynamicLayer() for layer in cache.layers]
+    return cache
+
+
+def is_recurrent_layer(cache: Any, layer_index: int) -> bool:
+    """Whether ``cache``'s layer ``layer_index`` holds a linear-attention layer's recurrent and convolution
+    states rather than keys and values."""
+    return isinstance(cache.layers[layer_index], LinearAttentionCacheLayerMixin)
+
+
+def recurrent_layer(cache: Any, layer_index: int) -> Any:
+    """``cache``'s layer ``layer_index``, a linear-attention cache layer (``LinearAttentionLayer``)."""
+    return cache.layers[layer_index]
+
+
+def recurrent_cache(layers: dict[int, Any], num_layers: int) -> DynamicCache:
+    """A cache of ``num_layers`` layers whose layer ``i`` is ``layers[i]`` (linear-attention cache layers), the others
+    empty: what linear-attention layers are given to decode from and update their states in, in place."""
+    cache = DynamicCache()
+    cache.layers[:] = [layers[index] if index in layers else DynamicLayer() for index in range(num_layers)]
+    return cache
+
+
+def recurrent_states(layer: Any) -> list[torch.Tensor]:
+    """The state tensors a linear-attention cache ``layer`` holds (its convolution windows, then its recurrent
+    states), each updated in place by the layer's decode steps."""
+    return [state for state in (*layer.conv_states.values(), *layer.recurrent_states.values()) if state is not None]
 
 
 def is_static_cache(cache: Any) -> bool:
@@ -100,9 +129,15 @@ def static_capacity(cache: Any) -> int:
     Raises:
         ValueError: where a layer was already written (the cache was used outside the engine).
     """
-    if any(layer.is_initialized for layer in cache.layers):
+    recurrent = [isinstance(layer, LinearAttentionCacheLayerMixin) for layer in cache.layers]
+    attention_layers = [layer for layer, linear in zip(cache.layers, recurrent) if not linear]
+    written = any(layer.is_initialized for layer in attention_layers) or any(
+        any(layer.is_conv_states_initialized.values()) or any(layer.is_recurrent_states_initialized.values())
+        for layer, linear in zip(cache.layers, recurrent) if linear
+    )
+    if written:
         raise ValueError("halting needs an empty static cache at the prefill; this one already holds tokens")
-    return max(layer.max_cache_len for layer in cache.layers)
+    return max(layer.max_cache_len for layer in attention_layers)
 
 
 def prompt_validity(attention_mask: Any, batch_size: int, length: int, device: torch.device) -> torch.Tensor:
@@ -157,11 +192,18 @@ class EngineStaticLayer(StaticLayer):
         )
 
 
-def install_static_layers(cache: Any, keys: list[torch.Tensor], values: list[torch.Tensor], filled: list[torch.Tensor]) -> None:
+def install_static_layers(
+    cache: Any, keys: list[torch.Tensor | None], values: list[torch.Tensor | None], filled: list[torch.Tensor],
+    recurrent: dict[int, Any],
+) -> None:
     """Make static ``cache``'s layer ``i`` hold ``keys[i]`` / ``values[i]`` ``(batch, kv_heads, L_i, head_dim)``
     with ``filled[i]`` (``()`` long on the device) slots written, so ``cache.layers[i]`` and
-    ``cache.get_seq_length()`` report the engine's layout."""
-    cache.layers[:] = [EngineStaticLayer(*parts) for parts in zip(keys, values, filled)]
+    ``cache.get_seq_length()`` report the engine's layout; a linear-attention layer ``i`` (``keys[i]`` is
+    ``None``) is the cache layer ``recurrent[i]`` that holds its states."""
+    cache.layers[:] = [
+        recurrent[index] if parts[0] is None else EngineStaticLayer(*parts)
+        for index, parts in enumerate(zip(keys, values, filled))
+    ]
 
 
 def size_static_cache_per_call(model: nn.Module) -> None:

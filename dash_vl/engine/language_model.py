@@ -55,7 +55,7 @@ net) caches a convolution window and a recurrent state, not keys; from ``l_s`` o
 active tokens only, so that state is the active sequence's. At a linear decision layer the mixer
 runs over all ``T`` for the score alone and the whole layer then on the active tokens
 (:meth:`HaltingEngine._finishes`). Under packing it runs padded, row by row (:meth:`HaltingEngine._run_layer`);
-the static cache is refused on such models.
+on a static cache its decode steps update the prefill's states in place (:class:`~dash_vl.engine.static_slots.StaticSlots`).
 
 Each layer gets the mask and rotary embeddings of its kind (``config.layer_types``,
 :mod:`dash_vl.engine.layer_inputs`): a sliding-window layer's window is measured in the sequence
@@ -343,7 +343,7 @@ class HaltingEngine:
         if static_cache is not None:  # the prefill fills a dynamic cache; the static layout follows it
             self._check_static_decoding(static_cache)
             attention_mask = hf_compat.prompt_validity(attention_mask, batch_size, new_len, hidden.device)
-            cache, use_cache = hf_compat.full_length_cache(), True
+            cache, use_cache = hf_compat.full_length_cache(self.adapter.text_config), True
         use_cache = self.adapter.text_config.use_cache if use_cache is None else use_cache
         if use_cache and cache is None:
             cache = hf_compat.new_cache(self.adapter.text_config)
@@ -741,12 +741,6 @@ class HaltingEngine:
     def _check_static_decoding(self, cache: Any) -> None:
         """Refuse a static ``cache`` where its layout cannot hold: one already written (outside the engine), or
         decoder layers on several devices (a graph records one device's work)."""
-        if self.adapter.has_linear_layers:
-            raise ValueError(
-                f"a static cache while halting is not supported on {type(self.adapter.model).__name__}: its "
-                "linear-attention layers keep a recurrent state the static layout does not hold; generate without "
-                "cache_implementation"
-            )
         hf_compat.static_capacity(cache)
         devices = {next(layer.parameters()).device for layer in self.adapter.layers}
         if len(devices) > 1:
@@ -797,7 +791,8 @@ class HaltingEngine:
             self._decoder = None  # the previous layout's buffers and graph go before new ones are allocated
             slots = StaticSlots(prefilled, layouts, self.adapter.layer_windows, span, capacity)
             decoder = self._decoder = StaticDecoder(signature, slots, static_cache)
-        hf_compat.install_static_layers(static_cache, decoder.slots.keys, decoder.slots.values, decoder.slots.counters())
+        slots = decoder.slots
+        hf_compat.install_static_layers(static_cache, slots.keys, slots.values, slots.counters(), slots.recurrent)
         self._static[static_cache] = decoder
 
     def _static_extend(self, hidden: torch.Tensor, rope_ids: torch.Tensor, decoder: StaticDecoder) -> torch.Tensor:
@@ -821,15 +816,20 @@ class HaltingEngine:
     def _static_step(self, hidden: torch.Tensor, rope_ids: torch.Tensor, slots: StaticSlots) -> torch.Tensor:
         """One call's device work over the static layout: ``hidden`` ``(batch, Q, D)`` and its rotary ids
         ``(..., batch, Q)`` through every layer, each writing its new slots in place and attending over its
-        whole buffer (:func:`dash_vl.engine.static_slots.slot_attention`); the final states after the norm."""
+        whole buffer (:func:`dash_vl.engine.static_slots.slot_attention`); the final states after the norm.
+        A linear-attention layer updates its states in place (:attr:`StaticSlots.recurrent_cache`)."""
         new_len = hidden.shape[1]
         masks = slots.begin(new_len)
         kinds = self.adapter.layer_types
-        rotary = {kind: self.adapter.position_embeddings(hidden, rope_ids, kind) for kind in dict.fromkeys(kinds)}
+        rotary = {
+            kind: self.adapter.position_embeddings(hidden, rope_ids, kind) for kind in dict.fromkeys(kinds) if kind != "linear_attention"
+        }
         with hf_compat.attention_implementation(self.adapter.text_config, SLOT_ATTENTION):
             for index, layer in enumerate(self.adapter.layers):
+                linear = self.linear_layers[index]
                 hidden = layer(
-                    hidden, attention_mask=masks[index], position_embeddings=rotary[kinds[index]], **hf_compat.cache_argument(slots)
+                    hidden, attention_mask=None if linear else masks[index], position_embeddings=rotary.get(kinds[index]),
+                    **hf_compat.cache_argument(slots.recurrent_cache if linear else slots),
                 )
         slots.finish(new_len)
         return self.adapter.final_norm(hidden)

@@ -11,6 +11,11 @@ place (device-side indices), and each layer attends over its whole buffer with a
 (valid, written, causal, sliding window measured in the positions the slots hold). So one decode
 step can be captured once as a CUDA graph and replayed (:mod:`dash_vl.engine.decode_graph`).
 
+A linear-attention layer (Qwen3.5's gated delta nets) has no key slots: its convolution window and
+recurrent state have one shape whatever the prompt, and its decode steps update them in place. The
+prefill's cache layer that holds them is kept (:attr:`StaticSlots.recurrent`) and a later prefill of the
+same shape is copied into its tensors, so a recorded step reads and writes the same addresses.
+
 The attention of these steps is :func:`slot_attention`: grouped-query attention as two matrix
 products over the buffer, each key and value read once (no copy per query head, as HF's SDPA path
 makes where a mask is given), whatever implementation the model was loaded with.
@@ -99,7 +104,8 @@ class StaticSlots:
     each layer's mask (:meth:`begin`). Nothing here reads the GPU to the host.
 
     Args:
-        cache: the prefill's dynamic cache; layer ``i`` holds ``layouts[i]``'s ``P_i`` slots.
+        cache: the prefill's dynamic cache; layer ``i`` holds ``layouts[i]``'s ``P_i`` slots, or a linear-attention
+            layer's states (its layout then only groups it).
         layouts: per decoder layer, the key layout its prefill slots are in; layers given the same
             object share a :class:`SlotGroup` (any number of distinct layouts).
         windows: per layer, its sliding window in positions (``None``: full attention).
@@ -116,8 +122,13 @@ class StaticSlots:
         self.layer_groups, distinct = self._group_layers(layouts)
         self.groups = [SlotGroup.of(layout, capacity) for layout in distinct]
         prefill = self._prefill_slots(cache, layouts)
-        self.keys = [self._buffer(keys, capacity) for keys, _ in prefill]
-        self.values = [self._buffer(values, capacity) for _, values in prefill]
+        self.keys = [None if part is None else self._buffer(part[0], capacity) for part in prefill]
+        self.values = [None if part is None else self._buffer(part[1], capacity) for part in prefill]
+        """Per layer, its key and value buffers ``(batch, kv_heads, P_i + N, head_dim)``; ``None`` for a linear-attention layer."""
+        self.recurrent = {index: hf_compat.recurrent_layer(cache, index) for index, part in enumerate(prefill) if part is None}
+        """Per linear-attention layer, the prefill's cache layer holding its states, kept for every later prefill."""
+        self.recurrent_cache = hf_compat.recurrent_cache(self.recurrent, len(layouts))
+        """The cache the linear-attention layers' steps are given: :attr:`recurrent` at their indices."""
         self.windows = windows
         self.span = span
         self.capacity = capacity
@@ -140,17 +151,20 @@ class StaticSlots:
         return [indices[id(layout)] for layout in layouts], distinct
 
     @staticmethod
-    def _prefill_slots(cache: Any, layouts: list[KeyLayout]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per layer, its cached keys and values ``(batch, kv_heads, P_i, head_dim)``.
+    def _prefill_slots(cache: Any, layouts: list[KeyLayout]) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
+        """Per layer, its cached keys and values ``(batch, kv_heads, P_i, head_dim)``; ``None`` for a linear-attention layer.
 
         Raises:
             ValueError: where a layer's cache does not hold its layout's slots.
         """
-        cached = [hf_compat.cached_keys_values(cache, index) for index in range(len(layouts))]
-        for index, ((keys, _), layout) in enumerate(zip(cached, layouts)):
-            if keys.shape[2] != layout.valid.shape[1]:
+        cached = [
+            None if hf_compat.is_recurrent_layer(cache, index) else hf_compat.cached_keys_values(cache, index)
+            for index in range(len(layouts))
+        ]
+        for index, (parts, layout) in enumerate(zip(cached, layouts)):
+            if parts is not None and parts[0].shape[2] != layout.valid.shape[1]:
                 raise ValueError(
-                    f"layer {index} cached {keys.shape[2]} slots, its layout has {layout.valid.shape[1]}: a static cache "
+                    f"layer {index} cached {parts[0].shape[2]} slots, its layout has {layout.valid.shape[1]}: a static cache "
                     "needs every slot of every layer"
                 )
         return cached
@@ -159,15 +173,21 @@ class StaticSlots:
     def signature(cls, cache: Any, layouts: list[KeyLayout], span: int, capacity: int) -> tuple:
         """What fixes the buffers' shapes and a step's recorded work, for a prefill into ``cache`` over
         ``layouts`` (as in the constructor): the prompt's width, the room for new tokens, which layers share a
-        layout, and every layer's cached keys' and values' shape, dtype and device. Two prefills of one
-        signature can share one set of buffers (:meth:`refill`) and one recorded step."""
+        layout, and every layer's cached keys' and values' (or a linear-attention layer's states') shape, dtype
+        and device. Two prefills of one signature can share one set of buffers (:meth:`refill`) and one recorded step."""
         layer_groups, _ = cls._group_layers(layouts)
         cached = tuple(
-            (tuple(part.shape), part.dtype, part.device)
+            tuple((tuple(part.shape), part.dtype, part.device) for part in cls._layer_tensors(cache, index))
             for index in range(len(layouts))
-            for part in hf_compat.cached_keys_values(cache, index)
         )
         return span, capacity, tuple(layer_groups), cached
+
+    @staticmethod
+    def _layer_tensors(cache: Any, index: int) -> list[torch.Tensor]:
+        """What ``cache`` holds for layer ``index``: its keys and values, or a linear-attention layer's states."""
+        if hf_compat.is_recurrent_layer(cache, index):
+            return hf_compat.recurrent_states(hf_compat.recurrent_layer(cache, index))
+        return list(hf_compat.cached_keys_values(cache, index))
 
     def refill(self, cache: Any, layouts: list[KeyLayout]) -> None:
         """Lay out a new prefill (``cache`` over ``layouts``, of this object's :meth:`signature`) in these
@@ -180,9 +200,13 @@ class StaticSlots:
             group.valid[:, : group.prompt_slots] = layout.valid
             group.positions[:, : group.prompt_slots] = layout.positions
             group.filled.fill_(group.prompt_slots)
-        prefill = self._prefill_slots(cache, layouts)
-        for buffers, parts in zip((self.keys, self.values), zip(*prefill)):
-            for buffer, part in zip(buffers, parts):
+        for index, parts in enumerate(self._prefill_slots(cache, layouts)):
+            if parts is None:
+                kept, new_states = self.recurrent[index], hf_compat.recurrent_layer(cache, index)
+                for state, new in zip(hf_compat.recurrent_states(kept), hf_compat.recurrent_states(new_states), strict=True):
+                    state.copy_(new)
+                continue
+            for buffer, part in zip((self.keys[index], self.values[index]), parts):
                 buffer[:, :, : part.shape[2]] = part
                 buffer[:, :, part.shape[2] :] = 0
         self.step.zero_()
@@ -195,11 +219,6 @@ class StaticSlots:
         buffer = torch.zeros(batch, heads, slots + capacity, dim, dtype=prefill.dtype, device=prefill.device)
         buffer[:, :, :slots] = prefill
         return buffer
-
-    @property
-    def lengths(self) -> list[int]:
-        """Per layer, its buffer's slots ``P_i + N``."""
-        return [keys.shape[2] for keys in self.keys]
 
     def reserve(self, new_tokens: int) -> None:
         """Count ``new_tokens`` on the host before a call writes them.

@@ -9,11 +9,12 @@ from contextlib import ExitStack
 import pytest
 import torch
 
-from dash_vl import Halting
+from dash_vl import Halting, hf_compat
 from dash_vl.methods import METHODS
 from tests.active_sequence_reference import ActiveSequenceReference, assert_engine_matches
 from tests.conftest import model_of, processor_of, vl_inputs
 from tests.engine.test_packed import assert_packed_matches_padded, packed_calls  # noqa: F401 (fixture)
+from tests.engine.test_static_decode import assert_same_decoding, greedy, halted_on_both_caches
 from tests.reference import STEPS, assert_ratio_zero_identical, capture_language_model_inputs, eligible_tokens, generate
 from tests.text_cases import assert_ratio_zero_matches_unmodified, text_prompts
 
@@ -177,9 +178,70 @@ def test_packed_prefill_matches_padded(model, padded_batch, knobs, packed_calls)
     assert_packed_matches_padded(model, padded_batch, packed_calls, **knobs)
 
 
-def test_static_cache_is_refused(model, padded_batch):
-    with Halting(model, ratio=0.5, start_layer=LINEAR_LAYER), pytest.raises(ValueError, match="static cache .* recurrent state"):
-        model.generate(**padded_batch, max_new_tokens=2, do_sample=False, cache_implementation="static")
+STATIC_CASES = [
+    pytest.param(dict(ratio=0.5, start_layer=LINEAR_LAYER, scope="all"), None, id="dash-linear-layer"),
+    pytest.param(dict(ratio=0.75, start_layer=FULL_LAYER, scope="visual"), None, id="dash-full-layer", marks=pytest.mark.slow),
+    pytest.param(
+        dict(ratio=0.5, start_layer=LINEAR_LAYER, scope="all", question="after_context"), 4, id="dash-after-context",
+        marks=pytest.mark.slow,
+    ),
+    pytest.param(dict(method="fastv", ratio=0.5, start_layer=LINEAR_LAYER), None, id="fastv", marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize(("knobs", "question_tokens"), STATIC_CASES)
+def test_static_decoding_equals_eager_decoding(model, padded_batch, knobs, question_tokens):
+    """Over a static cache the linear layers decode from the states the halted prefill left (the active tokens'
+    from ``l_s`` on), updated in place: the same greedy tokens and logits as the engine's dynamic-cache decoding."""
+    dynamic, static = halted_on_both_caches(model, padded_batch, question_tokens, **knobs)
+    assert_same_decoding(dynamic, static)
+
+
+def test_ratio_zero_on_a_static_cache_matches_hf_static(model, padded_batch):
+    unmodified = greedy(model, padded_batch, "static")
+    with Halting(model, ratio=0.0):
+        halted = greedy(model, padded_batch, "static")
+    assert_same_decoding(unmodified, halted)
+
+
+def test_a_second_static_prefill_of_the_same_shape_reuses_the_recurrent_states_in_place(model, padded_batch):
+    """A later ``generate`` of the same shape (other pixels) copies its prefill's states into the tensors the first
+    one laid out (what a recorded CUDA graph reads), and decodes what the dynamic cache decodes for it."""
+    other = dict(padded_batch, pixel_values=padded_batch["pixel_values"].flip(-1))
+    with Halting(model, ratio=0.5, start_layer=LINEAR_LAYER, scope="all") as halting:
+        first = greedy(model, padded_batch, "static")
+        decoder = halting.engine._decoder
+        addresses = {index: [state.data_ptr() for state in hf_compat.recurrent_states(layer)] for index, layer in decoder.slots.recurrent.items()}
+        reused = greedy(model, other, "static")
+        assert halting.engine._decoder is decoder
+        assert addresses and all(
+            [state.data_ptr() for state in hf_compat.recurrent_states(layer)] == addresses[index]
+            for index, layer in decoder.slots.recurrent.items()
+        )
+    dynamic, _ = halted_on_both_caches(model, other, None, ratio=0.5, start_layer=LINEAR_LAYER, scope="all")
+    assert not torch.equal(dynamic.sequences, first.sequences)  # the first prompt's states would decode otherwise
+    assert_same_decoding(dynamic, reused)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs are recorded on a GPU")
+def test_recorded_graphs_decode_what_the_dynamic_cache_decodes_on_a_gpu(padded_batch):
+    """Real CUDA graphs (float32): the linear layers' in-place state updates are recorded by the first call and
+    replayed by a second of the same shape over its own prompt; each answers what the dynamic cache answers."""
+    model = model_of(FAMILY, "sdpa").cuda()
+    other = dict(padded_batch, pixel_values=padded_batch["pixel_values"].flip(-1))
+    prompts = [{name: tensor.cuda() for name, tensor in found.items()} for found in (padded_batch, other)]
+    halting = Halting(model, ratio=0.5, start_layer=LINEAR_LAYER, scope="all")
+    decoders = []
+    for found in prompts:
+        with halting:
+            static = greedy(model, found, "static")
+            decoders.append(halting.engine._decoder)
+            dynamic = greedy(model, found, None)
+        assert decoders[-1].graph is not None
+        assert torch.equal(dynamic.sequences, static.sequences)
+        for eager_logits, static_logits in zip(dynamic.logits, static.logits, strict=True):
+            torch.testing.assert_close(static_logits, eager_logits, rtol=1e-4, atol=1e-4)
+    assert decoders[0] is decoders[1]
 
 
 def test_encoder_halting_is_refused(model):

@@ -49,7 +49,7 @@ def halted_on_both_caches(model, prompts: dict, question_tokens: int | None = No
     """The same halted ``generate`` over the dynamic cache and over a static one."""
     outputs = []
     for cache_implementation in (None, "static"):
-        halting = Halting(model, start_layer=START_LAYER, **knobs)
+        halting = Halting(model, **{"start_layer": START_LAYER, **knobs})
         with ExitStack() as stack:
             stack.enter_context(halting)
             if question_tokens is not None:
