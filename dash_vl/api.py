@@ -100,11 +100,8 @@ class VisionLanguageModel:
     def cache_options(self) -> dict[str, str]:
         """``generate``'s cache argument for halted answers: a static cache on a GPU where
         ``compiled_decode`` is set (decode steps replayed as CUDA graphs, :mod:`dash_vl.engine.decode_graph`),
-        else none (the dynamic cache): also on a model with linear-attention layers (Qwen3.5), whose static
-        decoding is tested on the CPU but whose graph capture has not been measured on a GPU."""
+        else none (the dynamic cache)."""
         if self.halting is None or not self.halting.config.compiled_decode or self.model.device.type != "cuda":
-            return {}
-        if self.halting.adapter.has_linear_layers:
             return {}
         return {"cache_implementation": "static"}
 
