@@ -238,9 +238,7 @@ def test_recorded_graphs_decode_what_the_dynamic_cache_decodes_on_a_gpu(padded_b
             decoders.append(halting.engine._decoder)
             dynamic = greedy(model, found, None)
         assert decoders[-1].graph is not None
-        assert torch.equal(dynamic.sequences, static.sequences)
-        for eager_logits, static_logits in zip(dynamic.logits, static.logits, strict=True):
-            torch.testing.assert_close(static_logits, eager_logits, rtol=1e-4, atol=1e-4)
+        assert_same_decoding(dynamic, static, tolerance=1e-4)
     assert decoders[0] is decoders[1]
 
 
