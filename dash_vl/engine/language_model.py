@@ -557,7 +557,7 @@ class HaltingEngine:
         """Decoder layer ``index`` over ``states`` in ``layout`` (``inputs`` its masks and rotary).
 
         An attention layer caches through ``layer_cache`` (``layout``'s view of ``cache``). A linear-attention
-        layer's recurrence and convolution take no sequence boundaries, so it runs row by row
+        layer's convolution (and its PyTorch delta rule) runs each row as one sequence, so it runs row by row
         (:meth:`~dash_vl.engine.layouts.TokenLayout.run_by_row`: padded, its padding zeroed, under packing
         too) and keeps its states per sample in ``cache``, the ``(batch, S)`` padded cache itself
         (``None``: no cache); it has no rotary.

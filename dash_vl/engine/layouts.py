@@ -12,9 +12,10 @@ left-padded layout HF uses. A layout says how the decoder layers see those token
   the prefill reads.
 
 Both have the same methods, so the engine's prefill is written once for either. A layer whose token
-mixer is a recurrence along each row (Qwen3.5's gated delta nets: HF's kernels take no sequence
-boundaries) runs through :meth:`TokenLayout.run_by_row`, which under packing lays its tokens back out
-padded, so each sample's recurrence starts from its own zero state.
+mixer is a recurrence along each row (Qwen3.5's gated delta nets: HF's PyTorch delta rule and its
+convolution, with or without fla's kernels, run each row as one sequence) runs through
+:meth:`TokenLayout.run_by_row`, which under packing lays its tokens back out padded, so each sample's
+recurrence starts from its own zero state.
 """
 
 from __future__ import annotations
