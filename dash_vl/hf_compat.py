@@ -129,15 +129,16 @@ def static_capacity(cache: Any) -> int:
     Raises:
         ValueError: where a layer was already written (the cache was used outside the engine).
     """
-    recurrent = [isinstance(layer, LinearAttentionCacheLayerMixin) for layer in cache.layers]
-    attention_layers = [layer for layer, linear in zip(cache.layers, recurrent) if not linear]
-    written = any(layer.is_initialized for layer in attention_layers) or any(
-        any(layer.is_conv_states_initialized.values()) or any(layer.is_recurrent_states_initialized.values())
-        for layer, linear in zip(cache.layers, recurrent) if linear
-    )
-    if written:
+    if any(_holds_tokens(layer) for layer in cache.layers):
         raise ValueError("halting needs an empty static cache at the prefill; this one already holds tokens")
-    return max(layer.max_cache_len for layer in attention_layers)
+    return max(layer.max_cache_len for layer in cache.layers if not isinstance(layer, LinearAttentionCacheLayerMixin))
+
+
+def _holds_tokens(layer: Any) -> bool:
+    """Whether a cache layer was written: its keys, or a linear-attention layer's states."""
+    if isinstance(layer, LinearAttentionCacheLayerMixin):
+        return any(layer.is_conv_states_initialized.values()) or any(layer.is_recurrent_states_initialized.values())
+    return layer.is_initialized
 
 
 def prompt_validity(attention_mask: Any, batch_size: int, length: int, device: torch.device) -> torch.Tensor:
