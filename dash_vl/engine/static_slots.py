@@ -3,7 +3,8 @@
 After a halted prefill the layers cache different numbers of slots: the full prompt's ``T`` below
 ``l_s``, the compact ``K`` from ``l_s`` on (a multi-stage halting, more lengths). The layout is
 decided once, after the prefill: layer ``i`` gets key and value buffers of ``P_i + N`` slots
-(``P_i``: its prefill slots, ``N``: the new tokens the static cache was sized for), and the layers
+(``P_i``: its prefill slots, ``N``: the new tokens the static cache was sized for), rounded up to a
+multiple of :data:`SLOT_ALIGNMENT` (:func:`buffer_slots`), and the layers
 that share one prompt layout share one :class:`SlotGroup`: which slots hold a valid token, the
 sequence index each holds, and the next slot to write. A later call of ``Q`` new tokens then has
 fixed shapes and no host read: it writes slots ``filled .. filled + Q - 1`` of every layer in
@@ -34,6 +35,19 @@ from dash_vl.engine.layer_inputs import KeyLayout
 
 SLOT_ATTENTION = "dash_vl_slots"
 """The attention implementation name of static-cache steps (registered with transformers on import)."""
+
+SLOT_ALIGNMENT = 8
+"""Every buffer's slot count is a multiple of this. A step's attention is two matrix products over the
+buffer, and cuBLAS takes its fast kernels only where the slot count keeps every row 16-byte aligned: on an
+NVIDIA H100 (torch 2.11, bf16, Qwen2-VL-7B heads, one query) a call over 16 513 slots took 569 µs, over
+16 514 188 µs, over 16 512 or 16 520 110–127 µs (``eval/results/slot_alignment_h100.md``). The slots past
+``P_i + N`` are never valid, so every mask leaves them out."""
+
+
+def buffer_slots(prompt_slots: int, capacity: int) -> int:
+    """The slots of a buffer for ``prompt_slots`` prefill slots and ``capacity`` new tokens: their sum
+    rounded up to a multiple of :data:`SLOT_ALIGNMENT`."""
+    return -(-(prompt_slots + capacity) // SLOT_ALIGNMENT) * SLOT_ALIGNMENT
 
 
 def slot_attention(
@@ -70,7 +84,7 @@ hf_compat.register_attention(SLOT_ATTENTION, slot_attention)
 
 @dataclass
 class SlotGroup:
-    """The key slots of the layers that share one prompt layout, in buffers of ``L`` slots.
+    """The key slots of the layers that share one prompt layout, in buffers of ``L`` slots (:func:`buffer_slots`).
 
     Attributes:
         valid: ``(batch, L)`` bool: slots that hold a token (False on padding and on slots not written yet).
@@ -90,8 +104,9 @@ class SlotGroup:
         """The group of a prefill's ``layout`` (``(batch, P)``) with room for ``capacity`` new slots."""
         batch, prompt_slots = layout.valid.shape
         device = layout.valid.device
-        valid = torch.zeros(batch, prompt_slots + capacity, dtype=torch.bool, device=device)
-        positions = torch.zeros(batch, prompt_slots + capacity, dtype=torch.long, device=device)
+        slots = buffer_slots(prompt_slots, capacity)
+        valid = torch.zeros(batch, slots, dtype=torch.bool, device=device)
+        positions = torch.zeros(batch, slots, dtype=torch.long, device=device)
         valid[:, :prompt_slots] = layout.valid
         positions[:, :prompt_slots] = layout.positions
         return cls(valid, positions, torch.tensor(prompt_slots, device=device), prompt_slots)
@@ -124,7 +139,8 @@ class StaticSlots:
         prefill = self._prefill_slots(cache, layouts)
         self.keys = [None if part is None else self._buffer(part[0], capacity) for part in prefill]
         self.values = [None if part is None else self._buffer(part[1], capacity) for part in prefill]
-        """Per layer, its key and value buffers ``(batch, kv_heads, P_i + N, head_dim)``; ``None`` for a linear-attention layer."""
+        """Per layer, its key and value buffers ``(batch, kv_heads, L_i, head_dim)`` (:func:`buffer_slots` of ``P_i`` and
+        ``N``); ``None`` for a linear-attention layer."""
         self.recurrent = {index: hf_compat.recurrent_layer(cache, index) for index, part in enumerate(prefill) if part is None}
         """Per linear-attention layer, the prefill's cache layer holding its states, kept for every later prefill."""
         self.recurrent_cache = hf_compat.recurrent_cache(self.recurrent, len(layouts))
@@ -214,9 +230,9 @@ class StaticSlots:
 
     @staticmethod
     def _buffer(prefill: torch.Tensor, capacity: int) -> torch.Tensor:
-        """``(batch, kv_heads, P + capacity, head_dim)``: ``prefill`` then zeros."""
+        """``(batch, kv_heads, L, head_dim)`` (``L``: :func:`buffer_slots` of ``P`` and ``capacity``): ``prefill`` then zeros."""
         batch, heads, slots, dim = prefill.shape
-        buffer = torch.zeros(batch, heads, slots + capacity, dim, dtype=prefill.dtype, device=prefill.device)
+        buffer = torch.zeros(batch, heads, buffer_slots(slots, capacity), dim, dtype=prefill.dtype, device=prefill.device)
         buffer[:, :, :slots] = prefill
         return buffer
 

@@ -20,6 +20,7 @@ from dash_vl import Halting, HaltingConfig
 from dash_vl.api import VisionLanguageModel
 from dash_vl.cli import build_parser
 from dash_vl.engine.language_model import HaltingEngine
+from dash_vl.engine.static_slots import SLOT_ALIGNMENT
 from dash_vl.hf_compat import CACHE_KEYWORD, output_cache
 from dash_vl.knobs import config_from_arguments
 from tests.conftest import model_of, vl_inputs
@@ -111,15 +112,21 @@ def test_ratio_zero_on_a_static_cache_matches_hf_static(processor, family):
 
 def test_static_layout_gives_each_layer_its_prefill_slots_and_the_room_for_new_tokens(sdpa_model, processor):
     """Layers ``< l_s`` hold ``T + room`` slots, layers ``>= l_s`` the compact width ``K + room``, ``room`` being what
-    the static cache was sized for after the prompt; the cache reports the prompt plus the tokens fed back."""
+    the static cache was sized for after the prompt, each rounded up to a multiple of ``SLOT_ALIGNMENT`` (the room is
+    picked so that ``T + room`` is not one already); the cache reports the prompt plus the tokens fed back."""
     prompts = vl_inputs(processor, 2)
-    with Halting(sdpa_model, ratio=0.5, start_layer=START_LAYER) as halting:
-        output = greedy(sdpa_model, prompts, "static", max_cache_len=prompts["input_ids"].shape[1] + 10)
     prompt_slots = prompts["input_ids"].shape[1]
+    room = next(room for room in range(10, 20) if (prompt_slots + room) % SLOT_ALIGNMENT)
+    with Halting(sdpa_model, ratio=0.5, start_layer=START_LAYER) as halting:
+        output = greedy(sdpa_model, prompts, "static", max_cache_len=prompt_slots + room)
     compact_slots = max(halting.last_report.kept_tokens_per_layer[-1])
     layers = len(halting.last_report.kept_tokens_per_layer)
     cache = output_cache(output)
-    expected = [prompt_slots + 10] * START_LAYER + [compact_slots + 10] * (layers - START_LAYER)
+
+    def aligned(slots: int) -> int:
+        return -(-slots // SLOT_ALIGNMENT) * SLOT_ALIGNMENT
+
+    expected = [aligned(prompt_slots + room)] * START_LAYER + [aligned(compact_slots + room)] * (layers - START_LAYER)
     assert [layer.keys.shape[2] for layer in cache.layers] == expected
     assert int(cache.get_seq_length()) == prompt_slots + NEW_TOKENS - 1
 
