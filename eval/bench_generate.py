@@ -176,6 +176,11 @@ def setting_name(setting: Setting) -> str:
     return f"{name}_model_decode" if decode == "model" else name
 
 
+def check_name(setting: Setting, kernels: list[str]) -> str:
+    """The setting's key in ``meta.checks``: :func:`setting_name`, after ``<kernel>:`` where several kernels run."""
+    return f"{setting[0]}:{setting_name(setting)}" if len(kernels) > 1 else setting_name(setting)
+
+
 @functools.cache
 def setting_halting(model, setting: Setting, packing: str) -> Halting | None:
     """The setting's one :func:`halting_for`, kept for all its calls (its static layout and CUDA graph with it)."""
@@ -331,7 +336,8 @@ def mixed_prompt(lengths: list[int], device: torch.device) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--lengths", type=int, nargs="+", default=[4096, 16384, 32768])
+    parser.add_argument("--lengths", type=int, nargs="*", default=[4096, 16384, 32768],
+                        help="prompt lengths (batch --batch); none with --mixed times the mixed batch alone")
     parser.add_argument("--methods", nargs="+", default=["dash", "fastv", "dart"], choices=sorted(METHODS))
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.667, 0.9, 0.99])
     parser.add_argument("--batch", type=int, default=1)
@@ -389,7 +395,7 @@ def main() -> None:
                 setting: decode_agreement(model, inputs, setting, min(args.check_tokens, new_tokens), args.packing, cache_length)
                 for setting in settings if args.compiled and setting[4] == "static"
             }
-            meta["checks"][str(lengths)] = {setting_name(setting): check for setting, check in checks.items()}
+            meta["checks"][str(lengths)] = {check_name(setting, args.kernels): check for setting, check in checks.items()}
             print(json.dumps(meta["checks"][str(lengths)]), flush=True)
             shape = (lengths, inputs["input_ids"].shape[0], tuple(length for length in ANSWER_LENGTHS if length <= new_tokens))
 
