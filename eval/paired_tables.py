@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from dash_vl.suites.paired_stats import RESAMPLES, SEED, PairedDifference, paired_difference
-from dash_vl.suites.sweep import ResultStore
+from dash_vl.suites.sweep import stored_rows
 
 UNMODIFIED = "none"
 KEEP_MARGIN = 0.03
@@ -174,7 +174,7 @@ def main() -> None:
     parser.add_argument("--output", required=True, help="the markdown file to write")
     parser.add_argument("--source", default="-", help="the source of rows that name none (stdlib for older code rows)")
     args = parser.parse_args()
-    rows = [{"source": args.source, **row} for path in args.results for row in ResultStore(path).rows()]
+    rows = [{"source": args.source, **row} for path in args.results for row in stored_rows(path)]
     text = report(rows, args.score)
     Path(args.output).write_text(text)
     print(text)

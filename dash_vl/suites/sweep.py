@@ -81,6 +81,29 @@ def sweep_header(model: str, weights: str, **settings: Any) -> dict[str, Any]:
     return strict_json(dict(model=str(model), weights=weights, **settings, versions=versions()))
 
 
+def flattened(record: Row) -> Row:
+    """A stored row with its cell's settings beside its measurements (the bookkeeping left out)."""
+    return {**record["cell"], **{key: value for key, value in record.items() if key not in ("cell", CELL_ROWS)}}
+
+
+def stored_rows(path: str | Path) -> list[Row]:
+    """Every row of the finished results file ``path``, :func:`flattened`, for reading only: its header line is
+    skipped (files of older dash_vl have none), any header is accepted, and the file is never written.
+
+    Raises:
+        ValueError: where a line is not JSON.
+    """
+    rows = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise ValueError(f"{path} line {number} is not JSON") from None
+        if HEADER not in record:
+            rows.append(flattened(record))
+    return rows
+
+
 class ResultStore:
     """Rows of a sweep in the JSON-lines file ``path`` under ``header``; each row carries its cell's
     settings under ``"cell"`` and its measurements beside them.
@@ -165,7 +188,7 @@ class ResultStore:
 
     def rows(self) -> list[Row]:
         """Every row, with the cell's settings flattened beside the measurements."""
-        return [{**row["cell"], **{k: v for k, v in row.items() if k not in ("cell", CELL_ROWS)}} for row in self._rows]
+        return [flattened(row) for row in self._rows]
 
     def write_csv(self, path: str | Path) -> None:
         """The flattened rows as a CSV (columns: the union of the rows' keys, in first-seen order)."""

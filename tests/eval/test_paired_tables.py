@@ -3,11 +3,13 @@ length; older rows (group means only) paired group by group and given no per-len
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 from dash_vl.suites.prompt_scoring import ScoredAnswer
+from dash_vl.suites.sweep import ResultStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "eval"))
 import accuracy_grid  # noqa: E402
@@ -74,3 +76,23 @@ def test_group_means_are_paired_by_group_and_get_no_per_length_interval():
     assert "| 2 groups |" in paired_tables.pooled_table(rows, "edit_similarity")
     lengths = paired_tables.length_table(rows, "edit_similarity").splitlines()[2:]
     assert [line.split(" | ")[5:7] for line in lengths] == [["all", "2 groups"]]
+
+
+def test_the_command_reads_a_results_file_with_a_header_and_an_older_one_without(tmp_path, monkeypatch):
+    """``paired_tables.py`` reads finished files as they are, never writing them: one with a header (as the
+    sweep writes it, here the unmodified model and random) and an older one with no header line (DASH)."""
+    store = ResultStore(tmp_path / "new.jsonl", {"model": "m"})
+    for row in rows_of("none", 0.0, {2048: 0.0, 4096: 0.0}) + rows_of("random", 0.5, {2048: 0.0, 4096: 0.0}):
+        store.add({key: row[key] for key in ("method", "ratio", "task", "length")}, [row])
+    older = tmp_path / "old.jsonl"
+    older.write_text("".join(
+        json.dumps({"cell": {key: row[key] for key in ("method", "ratio", "task", "length")}, **row}) + "\n"
+        for row in rows_of("dash", 0.5, {2048: 0.1, 4096: 0.1})
+    ))
+    before = {path: path.read_text() for path in (tmp_path / "new.jsonl", older)}
+    output = tmp_path / "paired.md"
+    monkeypatch.setattr(sys, "argv", ["paired_tables.py", str(tmp_path / "new.jsonl"), str(older), "--output", str(output)])
+    paired_tables.main()
+    dash = next(line for line in output.read_text().splitlines() if "| dash |" in line)
+    assert "+0.100 [+0.100, +0.100] holds" in dash  # against random, prompt by prompt across the two files
+    assert {path: path.read_text() for path in before} == before
