@@ -9,6 +9,7 @@ not multiples of 8. The static layout rounds every buffer up to ``SLOT_ALIGNMENT
 
 from __future__ import annotations
 
+import argparse
 import statistics
 
 import torch
@@ -39,6 +40,7 @@ def microseconds_per_call(slots: int, device: torch.device, calls: int = 100, bl
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     device = torch.device("cuda")
     torch.manual_seed(0)
     print(torch.cuda.get_device_name(), torch.__version__)
