@@ -34,7 +34,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from dash_vl.suites.code_completion import CODE_SOURCES, CODE_TASKS, code_suite, source_root
-from dash_vl.suites.prompt_scoring import answer_batch, batches
+from dash_vl.suites.prompt_scoring import PromptSample, answer_batch, batches
 from dash_vl.suites.sweep import Cell, ResultStore, run_sweep, sweep_header, weights_fingerprint
 from dash_vl.weights.catalogue import FORMER_NAMES, PACKAGED_MODELS, packaged_model_name
 
@@ -71,6 +71,13 @@ def main() -> None:
         parser.error(f"--results {args.results!r} must contain '{{source}}' to name one file per source "
                      f"({' '.join(args.source)})")
 
+    roots = {}
+    for source in args.source:
+        try:
+            roots[source] = source_root(source)
+        except ValueError as error:
+            parser.error(str(error))
+
     packaged = PACKAGED_MODELS[args.model]
     label = packaged.checkpoint
     model, tokenizer = packaged.load(args.device, getattr(torch, args.dtype))
@@ -78,18 +85,23 @@ def main() -> None:
     if max(args.lengths) + args.max_new_tokens > context:
         parser.error(f"{label} reads at most {context} tokens: --lengths {max(args.lengths)} plus "
                      f"--max-new-tokens {args.max_new_tokens} do not fit")
-    for source in args.source:
-        sweep_source(args, source, args.results.replace("{source}", source), model, tokenizer, label)
+    prompts = {}
+    for source, (root, version) in roots.items():  # every source's prompts before any measurement
+        try:
+            suite = code_suite(tokenizer, tuple(args.tasks), tuple(args.lengths), args.per_cell, args.seed, root)
+        except ValueError as error:
+            parser.error(f"--source {source}: {error}")
+        prompts[source] = (version, list(batches(suite, tokenizer, args.batch_size)))
+    for source, (version, groups) in prompts.items():
+        sweep_source(args, source, version, groups, args.results.replace("{source}", source), model, tokenizer, label)
 
 
 def sweep_source(
-    args: argparse.Namespace, source: str, results: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-    label: str,
+    args: argparse.Namespace, source: str, version: str, groups: list[list[PromptSample]], results: str, model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase, label: str,
 ) -> None:
-    """Every cell of the grid on the prompts built from ``source``, stored in (and resumed from) ``results``."""
-    root, version = source_root(source)
-    suite = code_suite(tokenizer, tuple(args.tasks), tuple(args.lengths), args.per_cell, args.seed, root)
-    groups = list(batches(suite, tokenizer, args.batch_size))
+    """Every cell of the grid on ``groups`` (the batches of the prompts built from ``source`` at ``version``),
+    stored in (and resumed from) ``results``."""
 
     def measure(cell: Cell) -> list[dict]:
         """One row per (task, length): mean edit similarity, mean relative FLOPs and kept fraction."""
@@ -108,6 +120,7 @@ def sweep_source(
     run_sweep(grid(args), measure, store, f"{label} code completion ({source})")
     if not args.no_report:
         write_report(store, results, "edit_similarity", f"{label}, LCC + RepoBench-P next line ({source})")
+
 
 if __name__ == "__main__":
     main()

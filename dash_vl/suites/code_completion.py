@@ -184,7 +184,10 @@ def lcc_sample(
                 "lcc", length, INSTRUCTION + "".join(lines[:cut]), QUESTION, lines[cut].strip(),
                 f"{path.relative_to(root)}:{cut + 1}",
             )
-    raise ValueError(f"no unused library file under {root} has a {length}-token head before a statement")
+    raise ValueError(
+        f"no unused library file under {root} has a {length}-token head before a statement: {len(used)} files "
+        f"gave LCC samples of {length} tokens; ask for at most {len(used)} prompts per cell at this length"
+    )
 
 
 def repobench_sample(

@@ -1,5 +1,6 @@
-"""``eval/accuracy_code.py`` on several code sources: each source needs a results file of its own, so a
-``--results`` path without ``{source}`` is refused before any model is loaded."""
+"""``eval/accuracy_code.py``'s refusals: several code sources need a results file each, so a ``--results`` path
+without ``{source}`` is refused before any model is loaded; a source that cannot give the prompts asked for is
+a one-line error before anything is measured."""
 
 from __future__ import annotations
 
@@ -25,3 +26,25 @@ def test_several_sources_without_a_source_placeholder_are_refused(monkeypatch, c
         accuracy_code.main()
     assert exit_info.value.code == 2
     assert "must contain '{source}'" in capsys.readouterr().err
+
+
+def test_a_suite_the_source_cannot_fill_is_one_line_error_before_any_measurement(monkeypatch, capsys, tmp_path):
+    model = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=32768))
+    loaded = SimpleNamespace(checkpoint="Qwen", load=lambda device, dtype: (model, object()))
+    monkeypatch.setitem(accuracy_code.PACKAGED_MODELS, "qwen-coder", loaded)
+
+    def too_few(*args, **kwargs):
+        raise ValueError("no unused library file has a 16384-token head: ask for at most 13 prompts per cell")
+
+    def no_sweep(*args, **kwargs):
+        raise AssertionError("nothing may be measured when a source's prompts cannot be built")
+
+    monkeypatch.setattr(accuracy_code, "code_suite", too_few)
+    monkeypatch.setattr(accuracy_code, "sweep_source", no_sweep)
+    results = str(tmp_path / "r_{source}.jsonl")
+    monkeypatch.setattr(sys, "argv", ["accuracy_code.py", "--source", "stdlib", "sympy", "--results", results])
+    with pytest.raises(SystemExit) as exit_info:
+        accuracy_code.main()
+    assert exit_info.value.code == 2
+    assert "--source stdlib: no unused library file" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

@@ -105,3 +105,11 @@ def test_sympy_prompts_are_real_sympy_lines_outside_tests_benchmarks_and_generat
 def test_an_unknown_source_is_refused():
     with pytest.raises(ValueError, match="source must be one of"):
         source_root("numpy")
+
+
+def test_a_library_with_too_few_long_files_says_how_many_prompts_it_can_give(tokenizer, tmp_path):
+    for name in ("first", "second"):
+        (tmp_path / f"{name}.py").write_text("".join(f"value_{i} = compute({i}, scale={i * 7})\n" for i in range(300)))
+    assert len(code_suite(tokenizer, tasks=("lcc",), lengths=(256,), per_cell=2, root=tmp_path)) == 2
+    with pytest.raises(ValueError, match="2 files gave LCC samples of 256 tokens; ask for at most 2 prompts per cell"):
+        code_suite(tokenizer, tasks=("lcc",), lengths=(256,), per_cell=3, root=tmp_path)
