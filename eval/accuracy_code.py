@@ -48,7 +48,10 @@ def main() -> None:
     add_grid_arguments(parser, ratios=[0.3, 0.5, 0.7, 0.9])
     parser.add_argument("--tasks", nargs="+", default=list(CODE_TASKS))
     parser.add_argument("--lengths", nargs="+", type=int, default=[2048, 4096, 8192, 16384])
-    parser.add_argument("--per-cell", type=int, default=25, help="prompts per (task, length)")
+    parser.add_argument(
+        "--per-cell", nargs="+", type=int, default=[25],
+        help="prompts per (task, length): one count, or one per --lengths value",
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
@@ -67,6 +70,9 @@ def main() -> None:
     )
     parser.add_argument("--no-report", action="store_true", help="measure only (no CSV, table, plots: no matplotlib)")
     args = parser.parse_args()
+    if len(args.per_cell) not in (1, len(args.lengths)):
+        parser.error(f"--per-cell takes one count or one per length ({len(args.lengths)}), got {len(args.per_cell)}")
+    per_cell = args.per_cell[0] if len(args.per_cell) == 1 else tuple(args.per_cell)
     if len(args.source) > 1 and "{source}" not in args.results:
         parser.error(f"--results {args.results!r} must contain '{{source}}' to name one file per source "
                      f"({' '.join(args.source)})")
@@ -88,20 +94,20 @@ def main() -> None:
     prompts = {}
     for source, (root, version) in roots.items():  # every source's prompts before any measurement
         try:
-            suite = code_suite(tokenizer, tuple(args.tasks), tuple(args.lengths), args.per_cell, args.seed, root)
+            suite = code_suite(tokenizer, tuple(args.tasks), tuple(args.lengths), per_cell, args.seed, root)
         except ValueError as error:
             parser.error(f"--source {source}: {error}")
         prompts[source] = (version, list(batches(suite, tokenizer, args.batch_size)))
     for source, (version, groups) in prompts.items():
-        sweep_source(args, source, version, groups, args.results.replace("{source}", source), model, tokenizer, label)
+        sweep_source(args, per_cell, source, version, groups, args.results.replace("{source}", source), model, tokenizer, label)
 
 
 def sweep_source(
-    args: argparse.Namespace, source: str, version: str, groups: list[list[PromptSample]], results: str, model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase, label: str,
+    args: argparse.Namespace, per_cell: int | tuple[int, ...], source: str, version: str, groups: list[list[PromptSample]],
+    results: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, label: str,
 ) -> None:
-    """Every cell of the grid on ``groups`` (the batches of the prompts built from ``source`` at ``version``),
-    stored in (and resumed from) ``results``."""
+    """Every cell of the grid on ``groups`` (the batches of the ``per_cell`` prompts built from ``source`` at
+    ``version``), stored in (and resumed from) ``results``."""
 
     def measure(cell: Cell) -> list[dict]:
         """One row per (task, length): mean edit similarity, mean relative FLOPs and kept fraction."""
@@ -112,7 +118,7 @@ def sweep_source(
         )
 
     header = sweep_header(
-        label, weights_fingerprint(model), tasks=args.tasks, lengths=args.lengths, per_cell=args.per_cell,
+        label, weights_fingerprint(model), tasks=args.tasks, lengths=args.lengths, per_cell=per_cell,
         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, seed=args.seed, device=args.device, dtype=args.dtype,
         source=source, source_version=version,
     )

@@ -242,27 +242,33 @@ def code_suite(
     tokenizer: PreTrainedTokenizerBase,
     tasks: tuple[str, ...] = CODE_TASKS,
     lengths: tuple[int, ...] = (2048, 4096, 8192, 16384),
-    per_cell: int = 25,
+    per_cell: int | tuple[int, ...] = 25,
     seed: int = 0,
     root: Path | None = None,
 ) -> list[CodeSample]:
-    """``per_cell`` distinct samples for every (task, length), reproducible from ``seed`` on one library.
+    """``per_cell`` distinct samples for every (task, length), reproducible from ``seed`` on one library:
+    one count for every length, or one count per length (in the order of ``lengths``), so a library with few
+    files long enough for the longest length can still give many prompts at the shorter ones.
 
     Raises:
-        ValueError: on an unknown task or a length under 256 tokens.
+        ValueError: on an unknown task, a length under 256 tokens, or counts that are not one per length or
+            not positive.
     """
     unknown = set(tasks) - set(CODE_TASKS)
     if unknown:
         raise ValueError(f"tasks must be among {CODE_TASKS}, got {sorted(unknown)}")
     if any(length < 256 for length in lengths):
         raise ValueError(f"lengths must be at least 256 tokens, got {lengths}")
+    counts = (per_cell,) * len(lengths) if isinstance(per_cell, int) else tuple(per_cell)
+    if len(counts) != len(lengths) or min(counts, default=1) < 1:
+        raise ValueError(f"per_cell must be one positive count or one per length {lengths}, got {per_cell}")
     root = root or standard_library()
     files = library_files(root)
     rng = random.Random(seed)
     builders = {"lcc": lcc_sample, "repobench": repobench_sample}
     samples = []
     for task in tasks:
-        for length in lengths:
+        for length, count in zip(lengths, counts):
             used: set[str] = set()
-            samples.extend(builders[task](rng, tokenizer, files, root, length, used) for _ in range(per_cell))
+            samples.extend(builders[task](rng, tokenizer, files, root, length, used) for _ in range(count))
     return samples

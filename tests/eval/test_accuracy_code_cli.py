@@ -1,5 +1,5 @@
 """``eval/accuracy_code.py``'s refusals: several code sources need a results file each, so a ``--results`` path
-without ``{source}`` is refused before any model is loaded; a source that cannot give the prompts asked for is
+without ``{source}`` is refused before any model is loaded, as are prompt counts that are not one per length; a source that cannot give the prompts asked for is
 a one-line error before anything is measured."""
 
 from __future__ import annotations
@@ -16,16 +16,20 @@ import accuracy_code  # noqa: E402
 sys.path.pop(0)
 
 
-def test_several_sources_without_a_source_placeholder_are_refused(monkeypatch, capsys):
+@pytest.mark.parametrize("argv,message", [
+    (["--source", "stdlib", "sympy", "--results", "r.jsonl"], "must contain '{source}'"),
+    (["--lengths", "2048", "4096", "--per-cell", "28", "28", "13", "--results", "r.jsonl"], "one count or one per length (2), got 3"),
+])
+def test_bad_arguments_are_refused_before_a_model_is_loaded(monkeypatch, capsys, argv, message):
     def no_load(*args, **kwargs):
         raise AssertionError("the model must not be loaded before the arguments are checked")
 
     monkeypatch.setitem(accuracy_code.PACKAGED_MODELS, "qwen-coder", SimpleNamespace(checkpoint="Qwen", load=no_load))
-    monkeypatch.setattr(sys, "argv", ["accuracy_code.py", "--source", "stdlib", "sympy", "--results", "r.jsonl"])
+    monkeypatch.setattr(sys, "argv", ["accuracy_code.py", *argv])
     with pytest.raises(SystemExit) as exit_info:
         accuracy_code.main()
     assert exit_info.value.code == 2
-    assert "must contain '{source}'" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 def test_a_suite_the_source_cannot_fill_is_one_line_error_before_any_measurement(monkeypatch, capsys, tmp_path):

@@ -85,7 +85,9 @@ def test_edit_similarity_is_partial_for_a_near_miss():
 
 
 @pytest.mark.parametrize("kwargs,message", [(dict(tasks=("lcc", "humaneval")), "tasks must be among"),
-                                            (dict(lengths=(100,)), "at least 256")])
+                                            (dict(lengths=(100,)), "at least 256"),
+                                            (dict(lengths=(384, 768), per_cell=(2, 2, 2)), "one per length"),
+                                            (dict(lengths=(384, 768), per_cell=(2, 0)), "one positive count")])
 def test_suite_rejects_bad_settings(tokenizer, kwargs, message):
     with pytest.raises(ValueError, match=message):
         code_suite(tokenizer, **kwargs)
@@ -113,3 +115,9 @@ def test_a_library_with_too_few_long_files_says_how_many_prompts_it_can_give(tok
     assert len(code_suite(tokenizer, tasks=("lcc",), lengths=(256,), per_cell=2, root=tmp_path)) == 2
     with pytest.raises(ValueError, match="2 files gave LCC samples of 256 tokens; ask for at most 2 prompts per cell"):
         code_suite(tokenizer, tasks=("lcc",), lengths=(256,), per_cell=3, root=tmp_path)
+
+
+def test_counts_per_length_give_that_many_prompts_at_each_length(tokenizer, suite):
+    uneven = code_suite(tokenizer, lengths=LENGTHS, per_cell=(3, 1), seed=5)
+    assert [(s.task, s.length) for s in uneven] == [("lcc", 384)] * 3 + [("lcc", 768)] + [("repobench", 384)] * 3 + [("repobench", 768)]
+    assert code_suite(tokenizer, lengths=LENGTHS, per_cell=(3, 3), seed=5) == suite
