@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from dash_vl.suites.code_completion import CODE_SOURCES, CODE_TASKS, code_suite, source_root
+from dash_vl.suites.code_completion import CODE_SOURCES, CODE_TASKS, code_suite, prompt_counts, source_root
 from dash_vl.suites.prompt_scoring import PromptSample, answer_batch, batches
 from dash_vl.suites.sweep import Cell, ResultStore, run_sweep, sweep_header, weights_fingerprint
 from dash_vl.weights.catalogue import FORMER_NAMES, PACKAGED_MODELS, packaged_model_name
@@ -70,9 +70,11 @@ def main() -> None:
     )
     parser.add_argument("--no-report", action="store_true", help="measure only (no CSV, table, plots: no matplotlib)")
     args = parser.parse_args()
-    if len(args.per_cell) not in (1, len(args.lengths)):
-        parser.error(f"--per-cell takes one count or one per length ({len(args.lengths)}), got {len(args.per_cell)}")
     per_cell = args.per_cell[0] if len(args.per_cell) == 1 else tuple(args.per_cell)
+    try:
+        prompt_counts(per_cell, args.lengths)  # before the load, which takes minutes
+    except ValueError as error:
+        parser.error(f"--per-cell: {error}")
     if len(args.source) > 1 and "{source}" not in args.results:
         parser.error(f"--results {args.results!r} must contain '{{source}}' to name one file per source "
                      f"({' '.join(args.source)})")

@@ -27,6 +27,7 @@ import platform
 import random
 import sysconfig
 import tokenize
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -238,6 +239,20 @@ def repobench_sample(
     raise ValueError(f"no package under {root} fills {length} tokens with siblings and a file head ({MAX_ATTEMPTS} tries)")
 
 
+def prompt_counts(per_cell: int | Sequence[int], lengths: Sequence[int]) -> tuple[int, ...]:
+    """The number of prompts at each of ``lengths``: ``per_cell`` repeated, or ``per_cell`` itself when it gives
+    one count per length.
+
+    Raises:
+        ValueError: when the counts are not one per length or not all positive.
+    """
+    counts = (per_cell,) * len(lengths) if isinstance(per_cell, int) else tuple(per_cell)
+    if len(counts) != len(lengths) or min(counts, default=1) < 1:
+        raise ValueError(f"prompt counts must be one positive count or one per length ({len(lengths)} lengths: "
+                         f"{' '.join(map(str, lengths))}), got {per_cell}")
+    return counts
+
+
 def code_suite(
     tokenizer: PreTrainedTokenizerBase,
     tasks: tuple[str, ...] = CODE_TASKS,
@@ -259,9 +274,7 @@ def code_suite(
         raise ValueError(f"tasks must be among {CODE_TASKS}, got {sorted(unknown)}")
     if any(length < 256 for length in lengths):
         raise ValueError(f"lengths must be at least 256 tokens, got {lengths}")
-    counts = (per_cell,) * len(lengths) if isinstance(per_cell, int) else tuple(per_cell)
-    if len(counts) != len(lengths) or min(counts, default=1) < 1:
-        raise ValueError(f"per_cell must be one positive count or one per length {lengths}, got {per_cell}")
+    counts = prompt_counts(per_cell, lengths)
     root = root or standard_library()
     files = library_files(root)
     rng = random.Random(seed)

@@ -1,6 +1,6 @@
-"""``eval/accuracy_code.py``'s refusals: several code sources need a results file each, so a ``--results`` path
-without ``{source}`` is refused before any model is loaded, as are prompt counts that are not one per length; a source that cannot give the prompts asked for is
-a one-line error before anything is measured."""
+"""``eval/accuracy_code.py``'s refusals: several code sources need a results file each, so a ``--results``
+path without ``{source}`` is refused before any model is loaded, as are prompt counts that are not one per
+length; a source that cannot give the prompts asked for is a one-line error before anything is measured."""
 
 from __future__ import annotations
 
@@ -18,7 +18,9 @@ sys.path.pop(0)
 
 @pytest.mark.parametrize("argv,message", [
     (["--source", "stdlib", "sympy", "--results", "r.jsonl"], "must contain '{source}'"),
-    (["--lengths", "2048", "4096", "--per-cell", "28", "28", "13", "--results", "r.jsonl"], "one count or one per length (2), got 3"),
+    (["--lengths", "2048", "4096", "--per-cell", "28", "28", "13", "--results", "r.jsonl"],
+     "--per-cell: prompt counts must be one positive count or one per length (2 lengths: 2048 4096), got (28, 28, 13)"),
+    (["--per-cell", "0", "--results", "r.jsonl"], "one positive count"),
 ])
 def test_bad_arguments_are_refused_before_a_model_is_loaded(monkeypatch, capsys, argv, message):
     def no_load(*args, **kwargs):
