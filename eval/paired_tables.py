@@ -35,11 +35,24 @@ Group = tuple[str, int]
 
 
 def settings(rows: Iterable[dict]) -> dict[Setting, dict[Group, dict]]:
-    """The rows of each setting, by (task, length); a row that names no ``source`` gets ``"-"``."""
+    """The rows of each setting, by (task, length); a row that names no ``source`` gets ``"-"``.
+
+    Raises:
+        ValueError: when a setting's (task, length) comes twice (from two files) with other per-prompt scores,
+            or without any: the files hold other prompts (another count, say), which cannot be paired in one
+            table. The same prompts measured again, with the same scores, are one row.
+    """
     found: dict[Setting, dict[Group, dict]] = defaultdict(dict)
     for row in rows:
         key = (row.get("source", "-"), row["question"], row["method"], row["decision_layer"], row["ratio"])
-        found[key][(row["task"], row["length"])] = row
+        group = (row["task"], row["length"])
+        earlier = found[key].get(group)
+        if earlier is not None and ("scores" not in row or earlier.get("scores") != row["scores"]):
+            raise ValueError(
+                f"{row['method']} at ratio {row['ratio']} on {group[0]} {group[1]} ({key[0]}) comes twice with "
+                f"other scores ({earlier['n']} and {row['n']} prompts): those files hold other prompts; table them apart"
+            )
+        found[key][group] = row
     return found
 
 
@@ -175,7 +188,10 @@ def main() -> None:
     parser.add_argument("--source", default="-", help="the source of rows that name none (stdlib for older code rows)")
     args = parser.parse_args()
     rows = [{"source": args.source, **row} for path in args.results for row in stored_rows(path)]
-    text = report(rows, args.score)
+    try:
+        text = report(rows, args.score)
+    except ValueError as error:
+        parser.error(str(error))
     Path(args.output).write_text(text)
     print(text)
 

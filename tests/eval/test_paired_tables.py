@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 from dash_vl.suites.prompt_scoring import ScoredAnswer
 from dash_vl.suites.sweep import ResultStore
 
@@ -96,3 +98,29 @@ def test_the_command_reads_a_results_file_with_a_header_and_an_older_one_without
     dash = next(line for line in output.read_text().splitlines() if "| dash |" in line)
     assert "+0.100 [+0.100, +0.100] holds" in dash  # against random, prompt by prompt across the two files
     assert {path: path.read_text() for path in before} == before
+
+
+def test_the_same_setting_from_two_prompt_sets_is_refused_and_a_repeat_is_one_row(tmp_path, monkeypatch, capsys):
+    """Two files that hold the same setting over other prompts (another count per length) cannot share a
+    table; the same prompts measured again with the same scores (an unmodified cell run twice) can."""
+    rows = rows_of("none", 0.0, {2048: 0.0, 4096: 0.0}) + rows_of("dash", 0.5, {2048: 0.1, 4096: 0.1})
+    repeat = rows_of("none", 0.0, {2048: 0.0, 4096: 0.0})
+    assert "| 16 prompts |" in paired_tables.pooled_table(rows + repeat, "edit_similarity")
+    other = [{**row, "scores": row["scores"][:4], "n": 4} for row in rows_of("dash", 0.5, {2048: 0.0, 4096: 0.0})]
+    older = [{key: value for key, value in row.items() if key != "scores"} for row in repeat]
+    with pytest.raises(ValueError, match=r"dash at ratio 0.5 on lcc 2048 \(-\) comes twice with other scores \(8 and 4 "):
+        paired_tables.pooled_table(rows + other, "edit_similarity")
+    with pytest.raises(ValueError, match=r"none at ratio 0.0 on lcc 2048 \(-\) comes twice"):  # group means only
+        paired_tables.pooled_table(rows + older, "edit_similarity")
+    files = []
+    for name, part in (("a", rows), ("b", other)):
+        store = ResultStore(tmp_path / f"{name}.jsonl", {"model": name})
+        for row in part:
+            store.add({key: row[key] for key in ("method", "ratio", "task", "length")}, [row])
+        files.append(str(tmp_path / f"{name}.jsonl"))
+    monkeypatch.setattr(sys, "argv", ["paired_tables.py", *files, "--output", str(tmp_path / "paired.md")])
+    with pytest.raises(SystemExit) as exit_info:
+        paired_tables.main()
+    assert exit_info.value.code == 2
+    assert "table them apart" in capsys.readouterr().err
+    assert not (tmp_path / "paired.md").exists()
