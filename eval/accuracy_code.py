@@ -70,9 +70,10 @@ def main() -> None:
     )
     parser.add_argument("--no-report", action="store_true", help="measure only (no CSV, table, plots: no matplotlib)")
     args = parser.parse_args()
-    per_cell = args.per_cell[0] if len(args.per_cell) == 1 else tuple(args.per_cell)
+    # one count is stored as an int, so files written before counts per length still resume
+    args.per_cell = args.per_cell[0] if len(args.per_cell) == 1 else tuple(args.per_cell)
     try:
-        prompt_counts(per_cell, args.lengths)  # before the load, which takes minutes
+        prompt_counts(args.per_cell, args.lengths)  # before the load, which takes minutes
     except ValueError as error:
         parser.error(f"--per-cell: {error}")
     if len(args.source) > 1 and "{source}" not in args.results:
@@ -96,19 +97,19 @@ def main() -> None:
     prompts = {}
     for source, (root, version) in roots.items():  # every source's prompts before any measurement
         try:
-            suite = code_suite(tokenizer, tuple(args.tasks), tuple(args.lengths), per_cell, args.seed, root)
+            suite = code_suite(tokenizer, tuple(args.tasks), tuple(args.lengths), args.per_cell, args.seed, root)
         except ValueError as error:
             parser.error(f"--source {source}: {error}")
         prompts[source] = (version, list(batches(suite, tokenizer, args.batch_size)))
     for source, (version, groups) in prompts.items():
-        sweep_source(args, per_cell, source, version, groups, args.results.replace("{source}", source), model, tokenizer, label)
+        sweep_source(args, source, version, groups, args.results.replace("{source}", source), model, tokenizer, label)
 
 
 def sweep_source(
-    args: argparse.Namespace, per_cell: int | tuple[int, ...], source: str, version: str, groups: list[list[PromptSample]],
+    args: argparse.Namespace, source: str, version: str, groups: list[list[PromptSample]],
     results: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, label: str,
 ) -> None:
-    """Every cell of the grid on ``groups`` (the batches of the ``per_cell`` prompts built from ``source`` at
+    """Every cell of the grid on ``groups`` (the batches of the ``args.per_cell`` prompts built from ``source`` at
     ``version``), stored in (and resumed from) ``results``."""
 
     def measure(cell: Cell) -> list[dict]:
@@ -120,7 +121,7 @@ def sweep_source(
         )
 
     header = sweep_header(
-        label, weights_fingerprint(model), tasks=args.tasks, lengths=args.lengths, per_cell=per_cell,
+        label, weights_fingerprint(model), tasks=args.tasks, lengths=args.lengths, per_cell=args.per_cell,
         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, seed=args.seed, device=args.device, dtype=args.dtype,
         source=source, source_version=version,
     )

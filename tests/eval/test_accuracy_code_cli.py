@@ -54,3 +54,25 @@ def test_a_suite_the_source_cannot_fill_is_one_line_error_before_any_measurement
     assert exit_info.value.code == 2
     assert "--source stdlib: no unused library file" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("counts,stored", [(["13"], 13), (["52", "52", "39", "13"], (52, 52, 39, 13))])
+def test_prompt_counts_reach_the_suite_and_the_results_header_as_given(monkeypatch, tmp_path, counts, stored):
+    """One count stays an int (the header of files written before counts per length, so they still resume);
+    several become a tuple, one per length."""
+    model = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=32768))
+    monkeypatch.setitem(accuracy_code.PACKAGED_MODELS, "qwen-coder",
+                        SimpleNamespace(checkpoint="Qwen", load=lambda device, dtype: (model, object())))
+    seen = {}
+
+    def suite(tokenizer, tasks, lengths, per_cell, seed, root):
+        seen["suite"] = per_cell
+        return []
+
+    monkeypatch.setattr(accuracy_code, "code_suite", suite)
+    monkeypatch.setattr(accuracy_code, "batches", lambda suite, tokenizer, size: iter(()))
+    monkeypatch.setattr(accuracy_code, "sweep_source", lambda args, *rest: seen.setdefault("sweep", args.per_cell))
+    monkeypatch.setattr(sys, "argv", ["accuracy_code.py", "--per-cell", *counts, "--results", str(tmp_path / "r.jsonl")])
+    accuracy_code.main()
+    assert seen == {"suite": stored, "sweep": stored}
+    assert type(seen["sweep"]) is type(stored)
