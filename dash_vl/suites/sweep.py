@@ -219,19 +219,28 @@ def run_sweep(
     """Measure every cell not yet in ``store``, with a progress bar; returns how many ran.
 
     On Ctrl-C the finished cells stay in the file, one line says how to resume, and the process exits
-    with code 130 (no traceback).
+    with code 130; when the GPU runs out of memory, likewise with code 1 (no traceback either way).
     """
+    import torch
+
     pending = [cell for cell in cells if not store.has(cell)]
+
+    def stop(what: str, code: int) -> SystemExit:
+        done = sum(store.has(cell) for cell in pending)
+        print(
+            f"\n{description}: {what}; {done} of {len(pending)} pending cells finished and saved in {store.path}; "
+            "rerun the same command to resume", file=sys.stderr,
+        )
+        return SystemExit(code)
+
     try:
         for cell in tqdm(pending, desc=description, unit="cell"):
             store.add(cell, measure(cell))
     except KeyboardInterrupt:
-        done = sum(store.has(cell) for cell in pending)
-        print(
-            f"\n{description}: interrupted; {done} of {len(pending)} pending cells finished and saved in {store.path}; "
-            "rerun the same command to resume", file=sys.stderr,
-        )
-        raise SystemExit(130) from None
+        raise stop("interrupted", 130) from None
+    except torch.OutOfMemoryError as error:
+        first_line = str(error).split(". ")[0]
+        raise stop(f"out of GPU memory in cell {cell} ({first_line}): free the GPU or use smaller batches", 1) from None
     return len(pending)
 
 

@@ -166,6 +166,26 @@ def test_ctrl_c_stops_with_one_line_saying_how_to_resume(tmp_path):
     assert len(read_lines(path)) == 2
 
 
+def test_running_out_of_gpu_memory_stops_with_one_line_and_keeps_the_finished_cells(tmp_path, capsys):
+    import torch
+
+    def measure(cell):
+        if cell["ratio"] == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.71 GiB. GPU 0 has a total capacity of 79 GiB")
+        return [dict(n=1)]
+
+    path = tmp_path / "sweep.jsonl"
+    with pytest.raises(SystemExit) as exit_info:
+        run_sweep([dict(ratio=0), dict(ratio=1)], measure, ResultStore(path, HEADER), "demo")
+    assert exit_info.value.code == 1
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message == (
+        f"demo: out of GPU memory in cell {{'ratio': 1}} (CUDA out of memory): free the GPU or use smaller batches; "
+        f"1 of 2 pending cells finished and saved in {path}; rerun the same command to resume"
+    )
+    assert len(read_lines(path)) == 2
+
+
 def test_pooled_means_are_weighted_by_prompt_count():
     rows = [
         dict(method="dash", n=1, accuracy=1.0, flops=0.5),
